@@ -1,0 +1,440 @@
+"""ONE search loop for every search space: NASP (proximal), DARTS first/second order, and random search.
+
+The loop owns epochs, the two optimisers and the weight-lr schedule, the persistent validation stream, the
+progress bar, the per-epoch JSONL log, callbacks, atomic checkpoints with exact resume, the genotype of every
+epoch and the final derivation. The space (an ``nn.Module``, see :mod:`nasp.space`) and the task adapter
+(loss of a batch, evaluation) are all it knows of the problem.
+
+Example::
+
+    searcher = Searcher(space, task, SearchConfig(epochs=50, strategy="nasp"), device="cuda", run_dir="runs/a")
+    result = searcher.fit(train_loader, valid_loader)
+    print(result.genotype)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .genotype import Genotype, draw
+from .space import SearchSpace, Task
+from .strategies import STRATEGIES
+from .streams import ResumableStream
+
+__all__ = ["SearchConfig", "Searcher", "SearchResult", "NonFiniteLossError", "to_device"]
+
+log = logging.getLogger("nasp.search")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; the run stopped and the last good checkpoint was kept."""
+
+
+@dataclass
+class SearchConfig:
+    """Settings of the search loop (defaults: the NASP/DARTS CNN recipe of algorithms.md)."""
+
+    strategy: str = "nasp"              # nasp | darts1 | darts2 | random
+    epochs: int = 50
+    seed: int = 0
+    # weight optimiser
+    w_optimizer: str = "sgd"            # sgd | adagrad | adam
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_lr_schedule: str = "cosine"       # cosine | constant
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    grad_clip: float = 5.0              # 0 disables
+    # alpha optimiser (Adam)
+    a_lr: float = 3e-4
+    a_betas: tuple[float, float] = (0.5, 0.999)
+    a_weight_decay: float = 1e-3
+    alpha_init: str | None = None      # None: "darts" for darts*, "nasp" otherwise (used by spaces that ask)
+    alpha_every: int = 1                # alpha update every n weight steps
+    warmup_epochs: int = 0              # weight-only epochs on random C1 samples before any alpha step
+    eta: float = 0.0                    # complexity regulariser weight
+    random_candidates: int = 20         # random search: architectures scored on validation per epoch
+    max_steps_per_epoch: int | None = None
+    log_every: int = 20                 # progress-bar refresh / non-finite check period on accelerators
+    checkpoint_every: int = 0           # also checkpoint every n steps inside an epoch (0: epoch ends only)
+    amp: str | None = None              # None | "bf16"
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {self.strategy!r}")
+        if self.w_optimizer not in ("sgd", "adagrad", "adam"):
+            raise ValueError(f"w_optimizer must be sgd, adagrad or adam, got {self.w_optimizer!r}")
+        if self.w_lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"w_lr_schedule must be cosine or constant, got {self.w_lr_schedule!r}")
+        if self.amp not in (None, "bf16"):
+            raise ValueError(f"amp must be None or 'bf16', got {self.amp!r}")
+        for name in ("epochs", "alpha_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.a_betas = tuple(self.a_betas)
+
+    @property
+    def resolved_alpha_init(self) -> str:
+        if self.alpha_init is not None:
+            return self.alpha_init
+        return "darts" if self.strategy.startswith("darts") else "nasp"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown SearchConfig keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class SearchResult:
+    """What a search returns: the final genotype (last prox_C1), the epoch best on the validation metric and
+    its genotype, and the per-epoch history (the JSONL log as dicts)."""
+
+    genotype: Genotype
+    best_genotype: Genotype
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move tensors in a (nested) batch to ``device`` (non-blocking)."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+class _PhaseTimer:
+    """Seconds spent per phase. On CUDA it records events and reads them once per epoch (no host syncs)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.totals: dict[str, float] = {}
+        self.events: list[tuple[str, Any, Any]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.events.append((phase, start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self.totals[phase] = self.totals.get(phase, 0.0) + time.perf_counter() - t0
+
+    def collect(self) -> dict[str, float]:
+        if self.events:
+            torch.cuda.synchronize()
+            for phase, s, e in self.events:
+                self.totals[phase] = self.totals.get(phase, 0.0) + s.elapsed_time(e) / 1000.0
+            self.events.clear()
+        out, self.totals = self.totals, {}
+        return out
+
+
+class Searcher:
+    """Drives a :class:`~nasp.space.SearchSpace` with a :class:`~nasp.space.Task`.
+
+    model: the supernet (owns ``arch``); task: the loss/evaluation adapter; config: :class:`SearchConfig`;
+    device: where to run ("cpu", "cuda", ...); run_dir: folder for config, log, checkpoint and genotype
+    (None: keep nothing on disk, no resume); callbacks: ``fn(epoch, elapsed_seconds, metrics)``, a True return
+    stops the search; w_optimizer: optional factory ``params -> torch.optim.Optimizer`` overriding the config.
+    """
+
+    def __init__(self, model: SearchSpace, task: Task, config: SearchConfig | None = None, device="cpu",
+                 run_dir: str | Path | None = None, callbacks: Sequence[Callable] = (), show_progress: bool = True,
+                 w_optimizer: Callable | None = None, extra_config: dict | None = None):
+        self.config = config or SearchConfig()
+        self.device = torch.device(device)
+        self.model, self.task = model.to(self.device), task
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.callbacks, self.show_progress = list(callbacks), show_progress
+        self.extra_config = extra_config or {}
+        self._step_fn = STRATEGIES[self.config.strategy]
+        self.alpha_params = list(model.alphas())
+        self.extra_params = list(model.alpha_step_parameters())
+        self.weight_params = list(model.weights())
+        self.op_costs = {n: c.to(self.device) for n, c in model.op_costs().items()}
+        self.w_opt = w_optimizer(self.weight_params) if w_optimizer else self._make_w_optimizer()
+        self.a_opt = torch.optim.Adam(self.alpha_params + self.extra_params, lr=self.config.a_lr,
+                                      betas=self.config.a_betas, weight_decay=self.config.a_weight_decay)
+        self.scheduler = self._make_scheduler()
+        self.arch_generator = torch.Generator().manual_seed(self.config.seed + 7919)
+        self.timer = _PhaseTimer(self.device)
+        self.epoch, self.step, self.history = 0, 0, []
+        self._epoch_acc: dict[str, Any] = {}
+
+    # ---- construction ------------------------------------------------------------------------------------
+    def _make_w_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        if c.w_optimizer == "sgd":
+            return torch.optim.SGD(self.weight_params, lr=c.w_lr, momentum=c.w_momentum,
+                                   weight_decay=c.w_weight_decay)
+        if c.w_optimizer == "adagrad":
+            return torch.optim.Adagrad(self.weight_params, lr=c.w_lr, weight_decay=c.w_weight_decay)
+        return torch.optim.Adam(self.weight_params, lr=c.w_lr, weight_decay=c.w_weight_decay)
+
+    def _make_scheduler(self):
+        c = self.config
+        if c.w_lr_schedule == "constant":
+            return None
+        return torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=c.epochs, eta_min=c.w_lr_min)
+
+    def autocast(self):
+        if self.config.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.run_dir / "checkpoint.pt" if self.run_dir is not None else None
+
+    def state_dict(self, train_stream: ResumableStream, valid_stream: ResumableStream) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "rng": rng_state(), "arch_generator": self.arch_generator.get_state(),
+            "epoch": self.epoch, "step": self.step, "history": self.history,
+            "train_stream": train_stream.state_dict(), "valid_stream": valid_stream.state_dict(),
+            "epoch_acc": {k: (v.detach().cpu() if isinstance(v, Tensor) else v)
+                          for k, v in self._epoch_acc.items()},
+            "config": asdict(self.config),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], train_stream, valid_stream) -> None:
+        self.model.load_state_dict(state["model"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.a_opt.load_state_dict(state["a_opt"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.arch_generator.set_state(state["arch_generator"])
+        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+        train_stream.load_state_dict(state["train_stream"])
+        valid_stream.load_state_dict(state["valid_stream"])
+        self._epoch_acc = {k: (v.to(self.device) if isinstance(v, Tensor) else v)
+                           for k, v in state["epoch_acc"].items()}
+
+    def _save(self, train_stream, valid_stream) -> None:
+        if self.checkpoint_path is not None:
+            save_checkpoint(self.state_dict(train_stream, valid_stream), self.checkpoint_path)
+
+    def _check_saved_config(self, saved: dict[str, Any]) -> None:
+        now = asdict(self.config)
+        keys = ("strategy", "epochs", "seed", "w_optimizer", "w_lr", "a_lr", "eta", "warmup_epochs")
+        diff = {k: (saved.get(k), now[k]) for k in keys if saved.get(k) != now[k]}
+        if diff:
+            raise ValueError(f"checkpoint {self.checkpoint_path} was written with other settings "
+                             f"(saved, now): {diff}; use another run_dir or resume=False")
+
+    # ---- the loop --------------------------------------------------------------------------------------------
+    def fit(self, train_loader: Iterable, valid_loader: Iterable, eval_loader: Iterable | None = None,
+            resume: bool = True) -> SearchResult:
+        """Search for ``config.epochs`` epochs (continuing a checkpoint in ``run_dir`` when ``resume``)."""
+        eval_loader = valid_loader if eval_loader is None else eval_loader
+        train_stream, valid_stream = ResumableStream(train_loader), ResumableStream(valid_loader)
+        ckpt = self.checkpoint_path
+        if resume and ckpt is not None and ckpt.is_file():
+            state = load_checkpoint(ckpt, map_location=self.device)
+            self._check_saved_config(state["config"])
+            self.load_state_dict(state, train_stream, valid_stream)
+            log.info("resumed from %s at epoch %d step %d", ckpt, self.epoch, self.step)
+        else:
+            seed_everything(self.config.seed)
+            self.epoch, self.step, self.history = 0, 0, []
+        self._write_run_files()
+        t_start = time.perf_counter()
+        while self.epoch < self.config.epochs:
+            metrics = self._run_epoch(train_stream, valid_stream, eval_loader)
+            if any(bool(cb(self.epoch - 1, time.perf_counter() - t_start, metrics)) for cb in self.callbacks):
+                log.info("a callback stopped the search after epoch %d", self.epoch - 1)
+                break
+        return self._finish(time.perf_counter() - t_start)
+
+    def _run_epoch(self, train_stream: ResumableStream, valid_stream: ResumableStream, eval_loader) -> dict:
+        c, epoch = self.config, self.epoch
+        warm = epoch < c.warmup_epochs
+        step_fn = STRATEGIES["random"] if warm else self._step_fn
+        acc = self._epoch_acc or {"train_loss": torch.zeros((), device=self.device),
+                                  "alpha_loss": torch.zeros((), device=self.device),
+                                  "n_train": 0, "n_alpha": 0, "steps": 0, "seconds": 0.0}
+        self._epoch_acc = acc
+        self.model.train()
+        t0 = time.perf_counter()
+        loader = train_stream.loader
+        total = len(loader) if hasattr(loader, "__len__") else None
+        if c.max_steps_per_epoch is not None:
+            total = min(total or c.max_steps_per_epoch, c.max_steps_per_epoch)
+        bar = _progress(total, acc["steps"], f"{c.strategy} epoch {epoch + 1}/{c.epochs}", self.show_progress)
+        for batch in train_stream.take_epoch():
+            update_alpha = (not warm) and (self.step % c.alpha_every == 0)
+            valid_batch = to_device(next(valid_stream), self.device) if update_alpha else None
+            out = step_fn(self, to_device(batch, self.device), valid_batch, update_alpha)
+            self._accumulate(acc, out)
+            self.step += 1
+            self._check_finite(acc, epoch, force=self.device.type == "cpu")
+            if bar is not None:
+                bar.update(1)
+                if acc["steps"] % c.log_every == 0:
+                    bar.set_postfix_str(self._postfix(acc))
+            if c.checkpoint_every and self.step % c.checkpoint_every == 0:
+                acc["seconds"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self._save(train_stream, valid_stream)
+            if c.max_steps_per_epoch is not None and acc["steps"] >= c.max_steps_per_epoch:
+                break
+        if bar is not None:
+            bar.close()
+        self._check_finite(acc, epoch, force=True)
+        if train_stream.offset:                 # stopped early by max_steps_per_epoch
+            train_stream.epoch, train_stream.offset, train_stream._it = train_stream.epoch + 1, 0, None
+        return self._end_epoch(acc, t0, train_stream, valid_stream, eval_loader, warm)
+
+    @staticmethod
+    def _accumulate(acc: dict, out: dict[str, Tensor]) -> None:
+        acc["train_loss"] += out["train_loss"].float()
+        acc["n_train"] += 1
+        if "alpha_loss" in out:
+            acc["alpha_loss"] += out["alpha_loss"].float()
+            acc["n_alpha"] += 1
+        acc["steps"] += 1
+
+    def _postfix(self, acc: dict) -> str:
+        loss = (acc["train_loss"] / max(acc["n_train"], 1)).item()
+        return f"loss={loss:.4f} arch={self.model.genotype()}"[:160]
+
+    def _check_finite(self, acc: dict, epoch: int, force: bool) -> None:
+        if not force and acc["steps"] % self.config.log_every != 0:
+            return
+        if bool(torch.isfinite(acc["train_loss"]) & torch.isfinite(acc["alpha_loss"])):
+            return
+        kept = self.checkpoint_path if self.checkpoint_path is not None and self.checkpoint_path.is_file() else None
+        if kept is not None:   # put the last good state back into the caller's model
+            self.model.load_state_dict(load_checkpoint(kept, self.device)["model"])
+        where = f"epoch {epoch} (global step {self.step}, strategy {self.config.strategy})"
+        keep_msg = f"the last good checkpoint {kept} was kept and reloaded" if kept else "no checkpoint was written"
+        raise NonFiniteLossError(f"non-finite loss (NaN or inf) at {where}; stopping: {keep_msg}. Lower the "
+                                 "learning rates, enable grad_clip, or check the data for NaN/inf values.")
+
+    def _end_epoch(self, acc, t0, train_stream, valid_stream, eval_loader, warm) -> dict[str, Any]:
+        phases = self.timer.collect()
+        if self.config.strategy == "random":
+            with self.timer("pick"):
+                self._pick_random_candidate(eval_loader)
+        with self.timer("eval"):
+            self.model.eval()
+            metrics = self.task.evaluate(self.model, eval_loader, self.model.sparse_view())
+            self.model.train()
+        phases.update(self.timer.collect())
+        if self.scheduler is not None:
+            self.scheduler.step()
+        genotype = self.model.genotype()
+        record = {
+            "epoch": self.epoch, "step": self.step, "warmup": warm,
+            "train_loss": (acc["train_loss"] / max(acc["n_train"], 1)).item(),
+            "alpha_loss": (acc["alpha_loss"] / acc["n_alpha"]).item() if acc["n_alpha"] else None,
+            **{_metric_key(k): v for k, v in metrics.items()},
+            "lr": self.w_opt.param_groups[0]["lr"],
+            "seconds_alpha": phases.get("alpha", 0.0), "seconds_weight": phases.get("weight", 0.0),
+            "seconds_eval": phases.get("eval", 0.0) + phases.get("pick", 0.0),
+            "seconds_epoch": acc["seconds"] + time.perf_counter() - t0,
+            "genotype": genotype.to_dict(),
+            "alphas": {n: a.detach().cpu().tolist() for n, a in self.model.arch},
+        }
+        self.history.append(record)
+        self.epoch += 1
+        self._epoch_acc = {}
+        self._save(train_stream, valid_stream)
+        self._append_log(record)
+        log.info("epoch %d: train_loss=%.4f %s=%s genotype=%s", record["epoch"], record["train_loss"],
+                 self.task.metric, metrics.get(self.task.metric), genotype)
+        return record
+
+    @torch.no_grad()
+    def _pick_random_candidate(self, eval_loader) -> None:
+        """Random search: score sampled architectures on validation, keep the best one as A."""
+        best, best_view = None, None
+        self.model.eval()
+        for _ in range(self.config.random_candidates):
+            view = self.model.arch.random_view(self.arch_generator)
+            score = self.task.evaluate(self.model, eval_loader, view)[self.task.metric]
+            key = score if self.task.maximize else -score
+            if best is None or key > best:
+                best, best_view = key, view
+        self.model.train()
+        self.model.arch.set_(best_view.weights)
+
+    def _finish(self, seconds: float) -> SearchResult:
+        genotype = self.model.genotype()
+        metric = _metric_key(self.task.metric)
+        scored = [h for h in self.history if h.get(metric) is not None and not h["warmup"]]
+        best_epoch, best_geno = len(self.history) - 1, genotype
+        if scored:
+            sign = 1 if self.task.maximize else -1
+            best = max(scored, key=lambda h: (sign * h[metric], -h["epoch"]))
+            best_epoch, best_geno = best["epoch"], Genotype.from_dict(best["genotype"])
+        if self.run_dir is not None:
+            genotype.to_json(self.run_dir / "genotype.json")
+            best_geno.to_json(self.run_dir / "best_genotype.json")
+            draw(genotype, self.run_dir / "genotype.png", title=self.config.strategy)
+        return SearchResult(genotype, best_geno, best_epoch, list(self.history), seconds)
+
+    # ---- run folder ------------------------------------------------------------------------------------------
+    def _write_run_files(self) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {"search": asdict(self.config), "device": str(self.device),
+                    "space": type(self.model).__name__, "arch": repr(self.model.arch), **self.extra_config}
+        (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+        with open(self.run_dir / "log.jsonl", "w") as f:     # rewritten from the checkpoint's history on resume
+            for rec in self.history:
+                f.write(json.dumps(rec) + "\n")
+
+    def _append_log(self, record: dict) -> None:
+        if self.run_dir is not None:
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record, default=_json_default) + "\n")
+
+
+def _metric_key(name: str) -> str:
+    """Validation metrics are logged as ``valid_<name>``."""
+    return name if name.startswith("valid_") else f"valid_{name}"
+
+
+def _json_default(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return str(x)
+
+
+def _progress(total, initial, desc, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
