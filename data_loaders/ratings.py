@@ -18,12 +18,13 @@ from .download import DEFAULT_BASE_URL, default_cache_dir, download_movielens
 
 _SUFFIX_SEPS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t", ".data": "\t", ".dat": "::"}
 _PARQUET = (".parquet", ".pq")
+_TORCH_DTYPES = {np.int64: torch.int64, np.float32: torch.float32}
 
 
 def _as_tensor(values, dtype) -> torch.Tensor:
     """A tensor of ``values`` (tensor or array-like); read-only arrays are copied first."""
     if torch.is_tensor(values):
-        return values.to(dtype)
+        return values.to(_TORCH_DTYPES[dtype])
     arr = np.asarray(values, dtype=dtype)
     return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
