@@ -146,14 +146,30 @@ def _values_ok(cols: dict[str, np.ndarray], scale: tuple[float, float] | None) -
     return scale is None or bool(((ratings >= scale[0]) & (ratings <= scale[1])).all())
 
 
+def _pair_key(cols: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """(n,) int64 key equal for equal (user, item) rows, when ids are small enough; else None."""
+    users, items = cols["user"], cols["item"]
+    if "context" in cols or not len(users) or min(users.min(), items.min()) < 0:
+        return None
+    span = int(items.max()) + 1
+    return users * span + items if int(users.max()) < _INT64_MAX // span else None
+
+
+def has_duplicates(cols: Mapping[str, np.ndarray]) -> bool:
+    """Whether some (user, item[, context]) key repeats (sorting one int64 key beats hashing)."""
+    key = _pair_key(cols)
+    if key is None:
+        return bool(duplicate_mask(cols).any())
+    key = np.sort(key)  # (n,)
+    return bool((key[1:] == key[:-1]).any())
+
+
 def duplicate_mask(cols: Mapping[str, np.ndarray]) -> np.ndarray:
     """(n,) bool, True for each repeat of an earlier (user, item[, context]) key."""
+    key = _pair_key(cols)
+    if key is not None:
+        return pd.Series(key).duplicated().to_numpy()
     keys = {r: cols[r] for r in ("user", "item", "context") if r in cols}
-    users, items = keys["user"], keys["item"]
-    if "context" not in keys and len(users) and min(users.min(), items.min()) >= 0:
-        span = int(items.max()) + 1
-        if int(users.max()) < _INT64_MAX // span:  # one int64 key hashes faster than a frame
-            return pd.Series(users * span + items).duplicated().to_numpy()
     return pd.DataFrame(keys).duplicated().to_numpy()
 
 
@@ -277,7 +293,7 @@ def read_delimited(source: Source, fmt: TableFormat, scale: tuple[float, float] 
     source.check()
     layout = _resolve_layout(source, fmt)
     cols = _fast_read(source, fmt, layout)
-    if cols is not None and _values_ok(cols, scale) and not duplicate_mask(cols).any():
+    if cols is not None and _values_ok(cols, scale) and not has_duplicates(cols):
         return Table(cols)
     try:
         table = _careful_read(source, fmt, layout, scale, drop_invalid)

@@ -164,3 +164,13 @@ def test_csv_header_mismatch_for_movielens(tmp_path):
         zf.writestr("ml-25m/ratings.csv", "user,movie,rating,timestamp\n1,2,3,4\n")
     with pytest.raises(ValueError, match=r"header has no column 'userId'"):
         load_movielens("25m", root=path)
+
+
+def test_duplicate_triple_with_context_and_negative_ids(tmp_path):
+    path = _write(tmp_path, "-1,2,3,0\n-1,2,4,1\n-1,2,5,1\n")
+    expected = r"line 3: duplicate \(user, item, context\) = \(-1, 2, 1\), first seen on line 2"
+    with pytest.raises(ValueError, match=expected):
+        read_ratings_file(path, header=False, columns={"user": 0, "item": 1, "rating": 2, "context": 3})
+    path = _write(tmp_path, "-1,2,3\n5,-2,4\n-1,2,5\n", "neg.csv")
+    with pytest.raises(ValueError, match=r"3: duplicate \(user, item\) = \(-1, 2\), first seen on line 1"):
+        read_ratings_file(path, header=False)
