@@ -97,12 +97,12 @@ def _reader(source: Source, fmt: TableFormat):
     return csv.reader(_text_lines(source, fmt), delimiter=delimiter)
 
 
-def _first_row(source: Source, fmt: TableFormat) -> tuple[int, list[str]]:
-    """(line number, fields) of the first non-blank line; ValueError when there is none."""
+def _first_row(source: Source, fmt: TableFormat) -> list[str]:
+    """Fields of the first non-blank line; ValueError when there is none."""
     try:
         for fields in _reader(source, fmt):
             if fields:
-                return 0, fields
+                return fields
     except UnicodeDecodeError as err:
         raise ValueError(f"{source.label}: not {fmt.encoding} text ({err})") from None
     raise ValueError(f"{source.label}: file is empty (expected rating rows separated by {fmt.sep!r})")
@@ -115,7 +115,7 @@ def _resolve_layout(source: Source, fmt: TableFormat) -> _Layout:
     if unknown or missing:
         raise ValueError(f"columns: expected roles {REQUIRED_ROLES} (+ optional timestamp, context); "
                          f"unknown {sorted(unknown)}, missing {missing}")
-    _, first = _first_row(source, fmt)
+    first = _first_row(source, fmt)
     line = fmt.sep.join(first)
     names = [f.strip() for f in first]
     positions = {}

@@ -54,8 +54,8 @@ def _rank_within_user(users: np.ndarray, key: np.ndarray) -> np.ndarray:
     """(n,) 0-based rank of each row among its user's rows, ordered by ``key`` (ties by row order)."""
     order = np.lexsort((np.arange(len(users)), key, users))  # (n,)
     sorted_users = users[order]
-    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])  # (num groups,)
-    group_start = starts[np.cumsum(np.r_[True, sorted_users[1:] != sorted_users[:-1]]) - 1]
+    is_start = np.r_[True, sorted_users[1:] != sorted_users[:-1]]  # (n,) first row of each user's run
+    group_start = np.flatnonzero(is_start)[np.cumsum(is_start) - 1]  # (n,) position of that first row
     rank = np.empty(len(users), dtype=np.int64)
     rank[order] = np.arange(len(users)) - group_start
     return rank
