@@ -1,0 +1,358 @@
+"""Parsing rating tables into validated numpy columns.
+
+Delimited text goes through a fast path (pandas C engine with explicit dtypes plus a separator count that
+proves every line had the expected number of fields). Only when that path fails or finds a bad value does a
+careful line-by-line path run; it names the file and line of the first bad row, or, with ``drop_invalid``,
+drops every bad row and counts why.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ._source import Source
+
+ROLES = ("user", "item", "rating", "timestamp", "context")
+REQUIRED_ROLES = ("user", "item", "rating")
+_COMMON_SEPS = ("\t", ",", ";", "::", "|", " ")
+_INTERNAL_SEP = "\x1f"  # stands in for a multi-character separator so the C engine can be used
+_INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class TableFormat:
+    """How a delimited file is laid out.
+
+    ``columns`` maps a role (user, item, rating, timestamp, context) to a header name or a 0-based position.
+    ``num_fields`` is the number of fields per line (None: taken from the header or the first line).
+    """
+
+    sep: str
+    header: bool
+    columns: Mapping[str, str | int]
+    num_fields: int | None = None
+    encoding: str = "utf-8"
+
+
+@dataclass
+class Table:
+    """Validated columns: role -> (n,) array (int64 ids/timestamps/contexts, float64 ratings)."""
+
+    columns: dict[str, np.ndarray]
+    lines: np.ndarray | None = None  # (n,) 1-based line (or row) number of each row; careful path only
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.columns["rating"])
+
+
+@dataclass(frozen=True)
+class _Layout:
+    num_fields: int
+    positions: dict[str, int]  # role -> 0-based field position
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _sep_hint(line: str, sep: str) -> str:
+    """A hint naming a common separator the line contains, when it is not the expected one."""
+    for cand in _COMMON_SEPS:
+        if cand != sep and cand in line and not (cand == " " and sep in line):
+            return f"; the line contains {cand!r}: wrong separator?"
+    return ""
+
+
+def _to_int(text: str) -> int:
+    """Parse an integer the way the pandas C engine accepts one ('7', ' 7', '7.0')."""
+    try:
+        value = int(text)
+    except ValueError:
+        number = float(text)
+        if not number.is_integer():
+            raise ValueError(text) from None
+        value = int(number)
+    if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
+        raise ValueError(text)
+    return value
+
+
+def _text_lines(source: Source, fmt: TableFormat) -> Iterator[str]:
+    """Lines of the file as text, a multi-character separator replaced by a single internal one."""
+    with source.open_binary() as fh:
+        text = io.TextIOWrapper(fh, encoding=fmt.encoding, newline="")
+        for line in text:
+            yield line.replace(fmt.sep, _INTERNAL_SEP) if len(fmt.sep) > 1 else line
+
+
+def _reader(source: Source, fmt: TableFormat):
+    """A csv reader over the file (its ``line_num`` is the current 1-based line number)."""
+    delimiter = _INTERNAL_SEP if len(fmt.sep) > 1 else fmt.sep
+    return csv.reader(_text_lines(source, fmt), delimiter=delimiter)
+
+
+def _first_row(source: Source, fmt: TableFormat) -> list[str]:
+    """Fields of the first non-blank line; ValueError when there is none."""
+    try:
+        for fields in _reader(source, fmt):
+            if fields:
+                return fields
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{source.label}: not {fmt.encoding} text ({err})") from None
+    raise ValueError(f"{source.label}: file is empty (expected rating rows separated by {fmt.sep!r})")
+
+
+def _resolve_layout(source: Source, fmt: TableFormat) -> _Layout:
+    """Map each role to a field position, checking the header and the first line."""
+    unknown = set(fmt.columns) - set(ROLES)
+    missing = [r for r in REQUIRED_ROLES if fmt.columns.get(r) is None]
+    if unknown or missing:
+        raise ValueError(f"columns: expected roles {REQUIRED_ROLES} (+ optional timestamp, context); "
+                         f"unknown {sorted(unknown)}, missing {missing}")
+    first = _first_row(source, fmt)
+    line = fmt.sep.join(first)
+    names = [f.strip() for f in first]
+    positions = {}
+    for role, col in fmt.columns.items():
+        if col is None:
+            continue
+        if isinstance(col, str):
+            if not fmt.header:
+                raise ValueError(f"columns[{role!r}]={col!r}: a name needs header=True; use a position")
+            if col not in names:
+                raise ValueError(f"{source.label}, line 1: header has no column {col!r} for {role} "
+                                 f"(found {names}){_sep_hint(line, fmt.sep)}")
+            col = names.index(col)
+        positions[role] = int(col)
+    num_fields = fmt.num_fields or len(first)
+    if max(positions.values()) >= num_fields:
+        role = max(positions, key=positions.get)
+        raise ValueError(f"{source.label}, line 1: expected at least {positions[role] + 1} fields separated "
+                         f"by {fmt.sep!r} (for {role}), found {len(first)}{_sep_hint(line, fmt.sep)}")
+    return _Layout(num_fields, positions)
+
+
+def _values_ok(cols: dict[str, np.ndarray], scale: tuple[float, float] | None) -> bool:
+    """True when there is at least one row, every rating is finite and inside the scale."""
+    ratings = cols["rating"]
+    if len(ratings) == 0 or not np.isfinite(ratings).all():
+        return False
+    return scale is None or bool(((ratings >= scale[0]) & (ratings <= scale[1])).all())
+
+
+def _pair_key(cols: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """(n,) int64 key equal for equal (user, item) rows, when ids are small enough; else None."""
+    users, items = cols["user"], cols["item"]
+    if "context" in cols or not len(users) or min(users.min(), items.min()) < 0:
+        return None
+    span = int(items.max()) + 1
+    return users * span + items if int(users.max()) < _INT64_MAX // span else None
+
+
+def has_duplicates(cols: Mapping[str, np.ndarray]) -> bool:
+    """Whether some (user, item[, context]) key repeats (sorting one int64 key beats hashing)."""
+    key = _pair_key(cols)
+    if key is None:
+        return bool(duplicate_mask(cols).any())
+    key = np.sort(key)  # (n,)
+    return bool((key[1:] == key[:-1]).any())
+
+
+def duplicate_mask(cols: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(n,) bool, True for each repeat of an earlier (user, item[, context]) key."""
+    key = _pair_key(cols)
+    if key is not None:
+        return pd.Series(key).duplicated().to_numpy()
+    keys = {r: cols[r] for r in ("user", "item", "context") if r in cols}
+    return pd.DataFrame(keys).duplicated().to_numpy()
+
+
+# ------------------------------------------------------------------------------------------- fast path
+def _fast_read(source: Source, fmt: TableFormat, layout: _Layout) -> dict[str, np.ndarray] | None:
+    """Parse with the pandas C engine; None when anything about the file is not as expected."""
+    sep = _INTERNAL_SEP if len(fmt.sep) > 1 else fmt.sep
+    sep_byte = sep.encode(fmt.encoding)
+    if len(fmt.sep) > 1 or source.member is not None:
+        data = source.read_bytes()
+        if len(fmt.sep) > 1:
+            data = data.replace(fmt.sep.encode(fmt.encoding), sep_byte)
+        handle, num_seps = io.BytesIO(data), data.count(sep_byte)
+    else:
+        handle, num_seps = source.path, source.count_byte(sep_byte)
+    names = [f"f{j}" for j in range(layout.num_fields)]
+    use = {role: names[pos] for role, pos in layout.positions.items()}
+    dtype = {name: ("float64" if role == "rating" else "int64") for role, name in use.items()}
+    try:
+        frame = pd.read_csv(handle, sep=sep, header=0 if fmt.header else None, names=names,
+                            usecols=list(use.values()), dtype=dtype, engine="c", encoding=fmt.encoding)
+    except (ValueError, OverflowError, TypeError):
+        return None
+    rows = len(frame) + int(fmt.header)
+    if num_seps != (layout.num_fields - 1) * rows or not isinstance(frame.index, pd.RangeIndex):
+        return None  # some line had a different number of fields
+    return {role: frame[name].to_numpy() for role, name in use.items()}
+
+
+# ---------------------------------------------------------------------------------------- careful path
+def _parse_row(fields: list[str], layout: _Layout, sep: str,
+               scale: tuple[float, float] | None) -> tuple[dict | None, tuple[str, str] | None]:
+    """(values, None) for a good row, (None, (reason, message)) for a bad one."""
+    if len(fields) != layout.num_fields:
+        line = sep.join(fields)
+        return None, ("wrong number of fields",
+                      f"expected {layout.num_fields} fields separated by {sep!r}, found {len(fields)}"
+                      f"{_sep_hint(line, sep)}: {line[:100]!r}")
+    values = {}
+    for role, pos in layout.positions.items():
+        text = fields[pos]
+        try:
+            values[role] = float(text) if role == "rating" else _to_int(text)
+        except ValueError:
+            kind = "a number" if role == "rating" else "an int64 integer"
+            return None, ("not a number", f"expected {kind} for {role} (field {pos + 1}), found {text!r}")
+    rating = values["rating"]
+    if not math.isfinite(rating):
+        text = fields[layout.positions["rating"]]
+        return None, ("non-finite rating", f"expected a finite rating, found {text!r}")
+    if scale is not None and not scale[0] <= rating <= scale[1]:
+        expected = f"expected a rating in [{scale[0]:g}, {scale[1]:g}]"
+        return None, ("rating outside scale", f"{expected}, found {rating:g}")
+    return values, None
+
+
+def _careful_read(source: Source, fmt: TableFormat, layout: _Layout,
+                  scale: tuple[float, float] | None, drop_invalid: bool) -> Table:
+    """Line-by-line parse; raise at the first bad row, or drop bad rows when ``drop_invalid``."""
+    out: dict[str, list] = {role: [] for role in layout.positions}
+    lines: list[int] = []
+    dropped: Counter = Counter()
+    reader, skip_header = _reader(source, fmt), fmt.header
+    for fields in reader:
+        if not fields:
+            continue
+        if skip_header:
+            skip_header = False
+            continue
+        values, problem = _parse_row(fields, layout, fmt.sep, scale)
+        if problem is not None:
+            if not drop_invalid:
+                raise ValueError(f"{source.label}, line {reader.line_num}: {problem[1]}")
+            dropped[problem[0]] += 1
+            continue
+        for role, value in values.items():
+            out[role].append(value)
+        lines.append(reader.line_num)
+    cols = {r: np.asarray(v, dtype=np.float64 if r == "rating" else np.int64) for r, v in out.items()}
+    return Table(cols, np.asarray(lines, dtype=np.int64), dict(dropped))
+
+
+def _handle_duplicates(table: Table, label: str, drop_invalid: bool, where: str = "line") -> Table:
+    """Raise on the first repeated (user, item[, context]) key, or drop repeats when ``drop_invalid``."""
+    mask = duplicate_mask(table.columns)
+    if not mask.any():
+        return table
+    key = "(user, item, context)" if "context" in table.columns else "(user, item)"
+    if drop_invalid:
+        keep = ~mask
+        cols = {r: v[keep] for r, v in table.columns.items()}
+        dropped = {**table.dropped, f"duplicate {key}": int(mask.sum())}
+        return Table(cols, table.lines[keep], dropped)
+    row = int(np.flatnonzero(mask)[0])
+    c = table.columns
+    same = np.ones(len(mask), dtype=bool)
+    for r in ("user", "item", "context"):
+        if r in c:
+            same &= c[r] == c[r][row]
+    first = int(np.flatnonzero(same)[0])
+    values = ", ".join(str(c[r][row]) for r in ("user", "item", "context") if r in c)
+    raise ValueError(f"{label}, {where} {table.lines[row]}: duplicate {key} = ({values}), first seen on "
+                     f"{where} {table.lines[first]}; expected each {key} at most once "
+                     f"(drop_invalid=True keeps the first)")
+
+
+def _finish(table: Table, label: str, drop_invalid: bool, header: bool, where: str = "line") -> Table:
+    """Duplicate handling and the empty-result check shared by every format."""
+    table = _handle_duplicates(table, label, drop_invalid, where)
+    if len(table) == 0:
+        if table.dropped:
+            raise ValueError(f"{label}: no rating rows left after dropping {table.dropped}")
+        what = "has a header but no rating rows" if header else "has no rating rows"
+        raise ValueError(f"{label}: {what} (expected at least one)")
+    return table
+
+
+def read_delimited(source: Source, fmt: TableFormat, scale: tuple[float, float] | None,
+                   drop_invalid: bool) -> Table:
+    """Read and validate a delimited text file (plain or zip member)."""
+    source.check()
+    layout = _resolve_layout(source, fmt)
+    cols = _fast_read(source, fmt, layout)
+    if cols is not None and _values_ok(cols, scale) and not has_duplicates(cols):
+        return Table(cols)
+    try:
+        table = _careful_read(source, fmt, layout, scale, drop_invalid)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{source.label}: not {fmt.encoding} text ({err})") from None
+    return _finish(table, source.label, drop_invalid, fmt.header)
+
+
+# --------------------------------------------------------------------------------------------- parquet
+def _frame_column(series: pd.Series, role: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values, bad mask) for one column of a frame; ids as int64, ratings as float64."""
+    if role != "rating" and pd.api.types.is_integer_dtype(series.dtype) and not series.isna().any():
+        return series.to_numpy(dtype=np.int64), np.zeros(len(series), dtype=bool)
+    numbers = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    if role == "rating":
+        return numbers, np.isnan(numbers) & series.notna().to_numpy()
+    bad = ~np.isfinite(numbers) | (numbers != np.round(numbers)) | (np.abs(numbers) >= 2.0**63)
+    return np.where(bad, 0, numbers).astype(np.int64), bad
+
+
+def _frame_problems(cols: dict[str, np.ndarray], bad: dict[str, np.ndarray],
+                    scale: tuple[float, float] | None) -> dict[str, np.ndarray]:
+    """reason -> (n,) bool mask of rows with that problem (first matching reason wins)."""
+    ratings = cols["rating"]
+    problems = {"not a number": np.logical_or.reduce(list(bad.values()))}
+    problems["non-finite rating"] = ~np.isfinite(ratings) & ~problems["not a number"]
+    outside = np.zeros(len(ratings), dtype=bool)
+    if scale is not None:
+        with np.errstate(invalid="ignore"):
+            outside = np.isfinite(ratings) & ((ratings < scale[0]) | (ratings > scale[1]))
+    problems["rating outside scale"] = outside & ~problems["not a number"]
+    return problems
+
+
+def read_parquet_table(source: Source, columns: Mapping[str, str | int],
+                       scale: tuple[float, float] | None, drop_invalid: bool) -> Table:
+    """Read and validate a Parquet file; problems are reported by 1-based row number."""
+    source.check()
+    frame = pd.read_parquet(source.path)
+    names = {}
+    for role, col in columns.items():
+        if col is None:
+            continue
+        name = frame.columns[col] if isinstance(col, int) else col
+        if name not in frame.columns:
+            raise ValueError(f"{source.label}: no column {name!r} for {role} (found {list(frame.columns)})")
+        names[role] = name
+    parsed = {role: _frame_column(frame[name], role) for role, name in names.items()}
+    cols = {role: v for role, (v, _) in parsed.items()}
+    problems = _frame_problems(cols, {r: b for r, (_, b) in parsed.items()}, scale)
+    any_bad = np.logical_or.reduce(list(problems.values()))
+    rows = np.arange(1, len(frame) + 1, dtype=np.int64)
+    if any_bad.any() and not drop_invalid:
+        row = int(np.flatnonzero(any_bad)[0])
+        reason = next(r for r, m in problems.items() if m[row])
+        shown = {role: frame[name].iloc[row] for role, name in names.items()}
+        raise ValueError(f"{source.label}, row {row + 1}: {reason} (expected numeric ids and a finite rating"
+                         f"{'' if scale is None else f' in [{scale[0]:g}, {scale[1]:g}]'}), found {shown}")
+    dropped = {r: int(m.sum()) for r, m in problems.items() if m.any()}
+    keep = ~any_bad
+    table = Table({r: v[keep] for r, v in cols.items()}, rows[keep], dropped)
+    return _finish(table, source.label, drop_invalid, header=True, where="row")

@@ -1,0 +1,220 @@
+"""Rating datasets and their readers (MovieLens family and generic CSV/TSV/Parquet)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ._movielens import find_file, get_spec
+from ._parse import Table, TableFormat, read_delimited, read_parquet_table
+from ._source import Source
+from .download import DEFAULT_BASE_URL, default_cache_dir, download_movielens
+
+_SUFFIX_SEPS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t", ".data": "\t", ".dat": "::"}
+_PARQUET = (".parquet", ".pq")
+_TORCH_DTYPES = {np.int64: torch.int64, np.float32: torch.float32}
+
+
+def _as_tensor(values, dtype) -> torch.Tensor:
+    """A tensor of ``values`` (tensor or array-like); read-only arrays are copied first."""
+    if torch.is_tensor(values):
+        return values.to(_TORCH_DTYPES[dtype])
+    arr = np.asarray(values, dtype=dtype)
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+
+
+def _as_long(values) -> torch.Tensor:
+    return _as_tensor(values, np.int64)
+
+
+def _encode(raw: np.ndarray, ids: np.ndarray | None, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, ids): contiguous codes of ``raw``; ``ids`` (sorted original ids) is built when None."""
+    if ids is None:
+        codes, uniques = pd.factorize(raw, sort=True)
+        return codes.astype(np.int64, copy=False), np.asarray(uniques)
+    pos = np.searchsorted(ids, raw)
+    if len(ids) == 0:
+        missing = np.ones(len(raw), dtype=bool)
+    else:
+        missing = (pos >= len(ids)) | (ids[np.minimum(pos, len(ids) - 1)] != raw)
+    if missing.any():
+        raise ValueError(f"{what} id {raw[np.flatnonzero(missing)[0]]} is not in the given id map")
+    return pos.astype(np.int64), ids
+
+
+class RatingDataset:
+    """Ratings as tensors: contiguous int64 user/item (and context) indices, float32 ratings.
+
+    ``user_ids[k]`` / ``item_ids[k]`` give the original id of index ``k``; subsets share these maps, so
+    ``num_users`` / ``num_items`` are the same for a dataset and all its splits.
+    """
+
+    def __init__(self, users, items, ratings, *, user_ids, item_ids, rating_scale, name: str = "ratings",
+                 contexts=None, timestamps=None, num_contexts: int | None = None, context_ids=None,
+                 time_bin_edges=None, dropped: Mapping[str, int] | None = None):
+        self.users = _as_long(users)  # (n,) int64
+        self.items = _as_long(items)  # (n,) int64
+        self.ratings = _as_tensor(ratings, np.float32)  # (n,) float32
+        self.contexts = None if contexts is None else _as_long(contexts)  # (n,) int64 or None
+        self.timestamps = None if timestamps is None else _as_long(timestamps)  # (n,) int64 or None
+        self.user_ids, self.item_ids = np.asarray(user_ids), np.asarray(item_ids)
+        self.context_ids = None if context_ids is None else np.asarray(context_ids)
+        self.time_bin_edges = None if time_bin_edges is None else np.asarray(time_bin_edges, dtype=np.float64)
+        self.rating_scale = (float(rating_scale[0]), float(rating_scale[1]))
+        self.name = name
+        self.dropped = dict(dropped or {})
+        self.num_contexts = self._count_contexts(num_contexts)
+        self._check_lengths()
+
+    def _count_contexts(self, num_contexts: int | None) -> int:
+        if self.contexts is None:
+            return 0
+        if num_contexts is not None:
+            return int(num_contexts)
+        if self.context_ids is not None:
+            return len(self.context_ids)
+        return int(self.contexts.max()) + 1 if len(self.contexts) else 0
+
+    def _check_lengths(self) -> None:
+        n = len(self.ratings)
+        for label, t in (("users", self.users), ("items", self.items), ("contexts", self.contexts),
+                         ("timestamps", self.timestamps)):
+            if t is not None and t.shape != (n,):
+                raise ValueError(f"{label} has shape {tuple(t.shape)}, expected ({n},) like ratings")
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    def __len__(self) -> int:
+        return len(self.ratings)
+
+    def __repr__(self) -> str:
+        return (f"RatingDataset({self.name!r}, n={len(self)}, users={self.num_users}, "
+                f"items={self.num_items}, contexts={self.num_contexts}, scale={self.rating_scale})")
+
+    @classmethod
+    def from_arrays(cls, users, items, ratings, *, timestamps=None, contexts=None, rating_scale=None,
+                    name: str = "ratings", user_ids=None, item_ids=None, dropped=None) -> RatingDataset:
+        """Build from original ids; the id maps are the sorted distinct ids unless given."""
+        ratings = np.asarray(ratings, dtype=np.float64)
+        u, user_ids = _encode(np.asarray(users), None if user_ids is None else np.asarray(user_ids), "user")
+        i, item_ids = _encode(np.asarray(items), None if item_ids is None else np.asarray(item_ids), "item")
+        c, context_ids = (None, None) if contexts is None else _encode(np.asarray(contexts), None, "context")
+        if rating_scale is None:
+            rating_scale = (float(ratings.min()), float(ratings.max())) if len(ratings) else (0.0, 0.0)
+        return cls(u, i, ratings, user_ids=user_ids, item_ids=item_ids, rating_scale=rating_scale, name=name,
+                   contexts=c, timestamps=timestamps, context_ids=context_ids, dropped=dropped)
+
+    def _replace(self, **changes) -> RatingDataset:
+        state = dict(users=self.users, items=self.items, ratings=self.ratings, contexts=self.contexts,
+                     timestamps=self.timestamps, user_ids=self.user_ids, item_ids=self.item_ids,
+                     rating_scale=self.rating_scale, name=self.name, num_contexts=self.num_contexts,
+                     context_ids=self.context_ids, time_bin_edges=self.time_bin_edges, dropped=self.dropped)
+        state.update(changes)
+        return RatingDataset(state.pop("users"), state.pop("items"), state.pop("ratings"), **state)
+
+    def subset(self, index) -> RatingDataset:
+        """Rows ``index`` (int or bool tensor/array) as a dataset with the same id maps and sizes."""
+        idx = torch.as_tensor(np.asarray(index) if not torch.is_tensor(index) else index)
+        if idx.dtype == torch.bool:
+            idx = torch.nonzero(idx, as_tuple=True)[0]
+        idx = idx.to(torch.int64).reshape(-1)  # (m,)
+        pick = lambda t: None if t is None else t.index_select(0, idx)  # noqa: E731
+        return self._replace(users=pick(self.users), items=pick(self.items), ratings=pick(self.ratings),
+                             contexts=pick(self.contexts), timestamps=pick(self.timestamps))
+
+    def with_time_contexts(self, num_bins: int | None = None, edges=None) -> RatingDataset:
+        """A copy whose contexts are time bins of the timestamps.
+
+        With ``num_bins``, the bins are quantile bins fitted on this dataset (fit them on train only); the
+        result's ``time_bin_edges`` can be passed as ``edges`` to bin valid/test data the same way.
+        """
+        if self.timestamps is None:
+            raise ValueError(f"{self.name}: has no timestamps to bin")
+        ts = self.timestamps.numpy()
+        if edges is None:
+            if num_bins is None or num_bins < 1 or len(ts) == 0:
+                raise ValueError("with_time_contexts needs num_bins >= 1 and a non-empty dataset, or edges")
+            edges = np.quantile(ts, np.linspace(0.0, 1.0, num_bins + 1)[1:-1])
+        edges = np.asarray(edges, dtype=np.float64)  # (num_bins - 1,) inner edges, ascending
+        bins = np.searchsorted(edges, ts, side="right")  # (n,) in 0..num_bins-1
+        num_bins = len(edges) + 1
+        return self._replace(contexts=bins, num_contexts=num_bins, context_ids=np.arange(num_bins),
+                             time_bin_edges=edges)
+
+
+# ------------------------------------------------------------------------------------------------ readers
+def _dataset_from_table(table: Table, label: str, name: str, scale) -> RatingDataset:
+    if table.dropped:
+        total = sum(table.dropped.values())
+        detail = ", ".join(f"{n} {reason}" for reason, n in table.dropped.items())
+        warnings.warn(f"{label}: dropped {total} invalid row(s) ({detail})", stacklevel=3)
+    c = table.columns
+    return RatingDataset.from_arrays(c["user"], c["item"], c["rating"], timestamps=c.get("timestamp"),
+                                     contexts=c.get("context"), rating_scale=scale, name=name,
+                                     dropped=table.dropped)
+
+
+def read_ratings_file(path, sep: str | None = None, columns: Mapping[str, str | int | None] | None = None,
+                      header: bool = True, rating_scale: tuple[float, float] | None = None,
+                      drop_invalid: bool = False, name: str | None = None,
+                      encoding: str = "utf-8") -> RatingDataset:
+    """Read a generic rating file: CSV/TSV (by suffix, or ``sep``) or Parquet (``.parquet``/``.pq``).
+
+    ``columns`` maps user/item/rating (required) and timestamp/context (optional) to header names or
+    0-based positions (default: user, item, rating in the first three fields). Ids, timestamps and
+    contexts must be integers. With ``rating_scale`` every rating must lie inside it; without, the scale is
+    the observed (min, max). Bad rows raise ValueError naming file and line, unless ``drop_invalid``.
+    """
+    source = Source(Path(path))
+    columns = dict(columns or {"user": 0, "item": 1, "rating": 2})
+    scale = None if rating_scale is None else (float(rating_scale[0]), float(rating_scale[1]))
+    name = name or source.path.stem
+    if source.suffix in _PARQUET:
+        table = read_parquet_table(source, columns, scale, drop_invalid)
+    else:
+        sep = sep or _SUFFIX_SEPS.get(source.suffix, ",")
+        fmt = TableFormat(sep=sep, header=header, columns=columns, encoding=encoding)
+        table = read_delimited(source, fmt, scale, drop_invalid)
+    return _dataset_from_table(table, source.label, name, scale)
+
+
+def _default_root() -> Path:
+    env = os.environ.get("NASP_DATA_DIR")
+    return Path(env) if env else default_cache_dir()
+
+
+def load_movielens(variant: str = "100k", root=None, download: bool = False,
+                   base_url: str = DEFAULT_BASE_URL, checksum: str | None = None,
+                   drop_invalid: bool = False, progress: bool = True) -> RatingDataset:
+    """Load a MovieLens release: 100k, 1m, 10m, 20m, 25m, 32m, latest, latest-small.
+
+    ``root`` is the extracted folder, a folder holding it, the official zip, or a folder holding the zip
+    (default: $NASP_DATA_DIR, else the cache folder). With ``download=True`` and nothing found, the official
+    zip is fetched from ``base_url`` into ``root`` (verified against ``checksum`` or a known one) and read.
+    """
+    spec = get_spec(variant)
+    root = Path(root) if root is not None else _default_root()
+    source = find_file(root, spec, spec.ratings_file)
+    if source is None:
+        if not download:
+            tried = [root / spec.ratings_file, root / spec.folder / spec.ratings_file, root / spec.zip_name]
+            raise FileNotFoundError(f"MovieLens {spec.name}: none of {', '.join(map(str, tried))} exists "
+                                    f"(pass download=True to fetch {spec.zip_name})")
+        dest = root if root.suffix == ".zip" else root / spec.zip_name
+        zip_path = download_movielens(spec.name, dest=dest, base_url=base_url, checksum=checksum,
+                                      progress=progress)
+        source = find_file(zip_path, spec, spec.ratings_file)
+    table = read_delimited(source, spec.fmt, spec.scale, drop_invalid)
+    return _dataset_from_table(table, source.label, f"ml-{spec.name}", spec.scale)
