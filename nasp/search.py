@@ -179,7 +179,8 @@ class Searcher:
         self.op_costs = {n: c.to(self.device) for n, c in model.op_costs().items()}
         self.w_opt = w_optimizer(self.weight_params) if w_optimizer else self._make_w_optimizer()
         self.a_opt = torch.optim.Adam(self.alpha_params + self.extra_params, lr=self.config.a_lr,
-                                      betas=self.config.a_betas, weight_decay=self.config.a_weight_decay)
+                                      betas=self.config.a_betas, weight_decay=self.config.a_weight_decay,
+                                      foreach=True)
         self.scheduler = self._make_scheduler()
         self.arch_generator = torch.Generator().manual_seed(self.config.seed + 7919)
         self.timer = _PhaseTimer(self.device)
@@ -191,10 +192,10 @@ class Searcher:
         c = self.config
         if c.w_optimizer == "sgd":
             return torch.optim.SGD(self.weight_params, lr=c.w_lr, momentum=c.w_momentum,
-                                   weight_decay=c.w_weight_decay)
+                                   weight_decay=c.w_weight_decay, foreach=True)
         if c.w_optimizer == "adagrad":
-            return torch.optim.Adagrad(self.weight_params, lr=c.w_lr, weight_decay=c.w_weight_decay)
-        return torch.optim.Adam(self.weight_params, lr=c.w_lr, weight_decay=c.w_weight_decay)
+            return torch.optim.Adagrad(self.weight_params, lr=c.w_lr, weight_decay=c.w_weight_decay, foreach=True)
+        return torch.optim.Adam(self.weight_params, lr=c.w_lr, weight_decay=c.w_weight_decay, foreach=True)
 
     def _make_scheduler(self):
         c = self.config

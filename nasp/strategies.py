@@ -44,7 +44,7 @@ def weight_step(s: Searcher, batch, view) -> Tensor:
         loss = s.task.loss(s.model, batch, view, "train")
     loss.backward()
     if s.config.grad_clip:
-        nn.utils.clip_grad_norm_(s.weight_params, s.config.grad_clip)
+        nn.utils.clip_grad_norm_(s.weight_params, s.config.grad_clip, foreach=True)
     s.w_opt.step()
     s.model.after_weight_step()
     return loss.detach()

@@ -1,0 +1,224 @@
+"""Classic rating models in one registry, trained and evaluated with the same code as SIF.
+
+Every model is an ``nn.Module`` with ``forward(users, items, contexts=None) -> (B,)`` (standardised ratings) and
+``forward_with_penalty`` which also returns the norms of the batch's embedding rows (weighted by the task's
+``reg``), looking the rows up once. Fixed SIF interaction functions are :class:`sif.space.SIFSpace` with a single op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["BASELINES", "register_baseline", "create_baseline", "BiasOnly", "BiasedMF", "GMF", "NCF", "NeuMF",
+           "OuterProduct", "CP", "TuckER"]
+
+BASELINES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_baseline(name: str):
+    def deco(cls):
+        if name in BASELINES:
+            raise ValueError(f"baseline {name!r} is already registered")
+        BASELINES[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return deco
+
+
+def create_baseline(name: str, **kwargs) -> nn.Module:
+    """Build a registered baseline by name (kwargs: num_users, num_items, num_contexts, embedding_dim, ...)."""
+    if name not in BASELINES:
+        raise KeyError(f"unknown baseline {name!r}; registered: {sorted(BASELINES)}")
+    return BASELINES[name](**kwargs)
+
+
+def _embedding(n: int, k: int, std: float, g: torch.Generator) -> nn.Embedding:
+    emb = nn.Embedding(n, k)
+    with torch.no_grad():
+        emb.weight.copy_(std * torch.randn(emb.weight.shape, generator=g))
+    return emb
+
+
+def _zero_embedding(n: int) -> nn.Embedding:
+    emb = nn.Embedding(n, 1)
+    nn.init.zeros_(emb.weight)
+    return emb
+
+
+def _mlp(sizes: list[int], g: torch.Generator) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        lin = nn.Linear(a, b)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * (2.0 / a) ** 0.5)
+            lin.bias.zero_()
+        layers += [lin, nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class RatingModel(nn.Module):
+    """Shared pieces: user/item (+context) embeddings, optional biases, the batch penalty."""
+
+    tensor_model = False
+
+    def __init__(self, num_users: int, num_items: int, num_contexts: int = 0, embedding_dim: int = 8,
+                 use_bias: bool = True, init_std: float = 0.1, seed: int = 0, **unused):
+        super().__init__()
+        if unused:
+            raise TypeError(f"{type(self).__name__}: unknown argument(s) {sorted(unused)}")
+        if self.tensor_model and num_contexts < 1:
+            raise ValueError(f"{type(self).__name__} is a tensor model: it needs contexts (num_contexts >= 1)")
+        self.g = torch.Generator().manual_seed(seed)
+        k = embedding_dim
+        self.user = _embedding(num_users, k, init_std, self.g)
+        self.item = _embedding(num_items, k, init_std, self.g)
+        self.context = _embedding(num_contexts, k, init_std, self.g) if num_contexts else None
+        self.use_bias = use_bias
+        if use_bias:
+            self.user_bias, self.item_bias = _zero_embedding(num_users), _zero_embedding(num_items)
+            self.global_bias = nn.Parameter(torch.zeros(()))
+
+    def bias(self, users: Tensor, items: Tensor) -> Tensor | float:
+        if not self.use_bias:
+            return 0.0
+        return self.global_bias + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
+
+    def embed(self, users: Tensor, items: Tensor, contexts: Tensor | None = None) -> dict[str, Tensor]:
+        """The embedding rows of the batch, looked up once for the score and the penalty."""
+        out = {"u": self.user(users), "v": self.item(items)}
+        if self.context is not None and contexts is not None:
+            out["c"] = self.context(contexts)
+        return out
+
+    def score(self, emb: dict[str, Tensor], users: Tensor, items: Tensor) -> Tensor:
+        """The interaction on looked-up embeddings (B,), without biases."""
+        raise NotImplementedError(f"{type(self).__name__} must implement score")   # abstract
+
+    def forward(self, users: Tensor, items: Tensor, contexts: Tensor | None = None) -> Tensor:
+        return self.forward_with_penalty(users, items, contexts)[0]
+
+    def forward_with_penalty(self, users, items, contexts=None) -> tuple[Tensor, Tensor]:
+        """(prediction (B,), sum of the norms of the batch's embedding rows)."""
+        emb = self.embed(users, items, contexts)
+        penalty = sum(e.norm() for e in emb.values())
+        return self.score(emb, users, items) + self.bias(users, items), penalty
+
+    def penalty(self, users: Tensor, items: Tensor, contexts: Tensor | None = None) -> Tensor:
+        return self.forward_with_penalty(users, items, contexts)[1]
+
+    def after_weight_step(self) -> None:
+        """No projection for classic models."""
+
+
+@register_baseline("bias_only")
+class BiasOnly(RatingModel):
+    """global + user + item bias: no interaction at all (the floor every interaction must beat)."""
+
+    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=1, use_bias=True, seed=0, **kw):
+        super().__init__(num_users, num_items, 0, 1, use_bias=True, seed=seed, **kw)
+
+    def embed(self, users, items, contexts=None):
+        return {"bu": self.user_bias(users), "bi": self.item_bias(items)}
+
+    def score(self, emb, users, items):
+        return 0.0
+
+
+@register_baseline("mf")
+class BiasedMF(RatingModel):
+    """<p_u, q_i> + b_u + b_i + b (the tuned dot product of Rendle et al.)."""
+
+    def score(self, emb, users, items):
+        return (emb["u"] * emb["v"]).sum(-1)
+
+
+@register_baseline("gmf")
+class GMF(RatingModel):
+    """h^T (p_u * q_i): generalised matrix factorisation (NCF paper), no biases by default."""
+
+    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=8, use_bias=False, seed=0, **kw):
+        super().__init__(num_users, num_items, 0, embedding_dim, use_bias=use_bias, seed=seed, **kw)
+        self.head = nn.Linear(embedding_dim, 1, bias=False)
+        with torch.no_grad():
+            self.head.weight.fill_(1.0)
+
+    def score(self, emb, users, items):
+        return self.head(emb["u"] * emb["v"]).squeeze(-1)
+
+
+@register_baseline("ncf")
+class NCF(RatingModel):
+    """MLP on [p_u; q_i] (the NCF "MLP" model): 2k -> 2k -> k -> k/2 -> 1 with ReLU."""
+
+    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=8, use_bias=False, seed=0, **kw):
+        super().__init__(num_users, num_items, 0, embedding_dim, use_bias=use_bias, seed=seed, **kw)
+        k = embedding_dim
+        self.mlp = _mlp([2 * k, 2 * k, k, max(k // 2, 1)], self.g)
+        self.out = nn.Linear(max(k // 2, 1), 1)
+
+    def score(self, emb, users, items):
+        return self.out(self.mlp(torch.cat([emb["u"], emb["v"]], dim=-1))).squeeze(-1)
+
+
+@register_baseline("neumf")
+class NeuMF(RatingModel):
+    """NeuMF: a GMF branch and an MLP branch with separate embeddings, fused by a linear layer."""
+
+    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=8, use_bias=False, init_std=0.1,
+                 seed=0, **kw):
+        super().__init__(num_users, num_items, 0, embedding_dim, use_bias=use_bias, init_std=init_std, seed=seed,
+                         **kw)
+        k = embedding_dim
+        self.user_mlp = _embedding(num_users, k, init_std, self.g)
+        self.item_mlp = _embedding(num_items, k, init_std, self.g)
+        self.mlp = _mlp([2 * k, 2 * k, k, max(k // 2, 1)], self.g)
+        self.out = nn.Linear(k + max(k // 2, 1), 1)
+
+    def embed(self, users, items, contexts=None):
+        return {"u": self.user(users), "v": self.item(items), "um": self.user_mlp(users), "vm": self.item_mlp(items)}
+
+    def score(self, emb, users, items):
+        mlp = self.mlp(torch.cat([emb["um"], emb["vm"]], dim=-1))
+        return self.out(torch.cat([emb["u"] * emb["v"], mlp], dim=-1)).squeeze(-1)
+
+
+@register_baseline("outer")
+class OuterProduct(RatingModel):
+    """Linear head on the flattened outer product p_u q_i^T (ConvNCF's interaction map, without the CNN)."""
+
+    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=8, use_bias=False, seed=0, **kw):
+        super().__init__(num_users, num_items, 0, embedding_dim, use_bias=use_bias, seed=seed, **kw)
+        self.head = nn.Linear(embedding_dim * embedding_dim, 1, bias=False)
+
+    def score(self, emb, users, items):
+        outer = (emb["u"].unsqueeze(-1) * emb["v"].unsqueeze(-2)).flatten(1)     # (B, k*k)
+        return self.head(outer).squeeze(-1)
+
+
+@register_baseline("cp")
+class CP(RatingModel):
+    """CP decomposition for (user, item, context): sum_r p_ur q_ir c_cr (+ biases)."""
+
+    tensor_model = True
+
+    def score(self, emb, users, items):
+        return (emb["u"] * emb["v"] * emb["c"]).sum(-1)
+
+
+@register_baseline("tucker")
+class TuckER(RatingModel):
+    """TuckER: core tensor W (k, k, k) contracted with user, item and context embeddings (+ biases)."""
+
+    tensor_model = True
+
+    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=8, seed=0, **kw):
+        super().__init__(num_users, num_items, num_contexts, embedding_dim, seed=seed, **kw)
+        k = embedding_dim
+        self.core = nn.Parameter(torch.randn(k, k, k, generator=self.g) / k)
+
+    def score(self, emb, users, items):
+        return torch.einsum("bi,bj,bk,ijk->b", emb["u"], emb["v"], emb["c"], self.core)

@@ -1,0 +1,189 @@
+"""The SIF supernet: embeddings, the element-wise transform g per side, one linear head per candidate interaction.
+
+Matrix case (user, item): prediction ``y = w_o^T o(g_u(u_i), g_v(v_j))`` with ``o`` one of the vector-wise ops of
+:mod:`sif.interactions`; tensor case (user, item, context): ``o`` one of the 53 two-stage candidates. The choice of
+``o`` is one NASP row (a single alpha matrix ``interaction`` with one row). Heads are bias-free linear maps
+projected onto the unit L2 ball after every weight step.
+
+Options beyond the paper (off by default where they change the paper's space): ``use_bias`` adds global, user and
+item (and context) biases, so that a biased MF (``multiply`` with a fixed head) lies inside the space;
+``g_skip`` makes g a residual map ``x + mlp(x)``; ``embedding_dim`` larger than the paper's 2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from nasp.arch import SPARSE, AlphaSpec, ArchParameters, ArchView
+from nasp.mixed import mix
+from nasp.regularizers import cost_matrix
+from nasp.space import SearchSpace, register_space
+
+from .interactions import INTERACTIONS, PRIMITIVES, out_dim, tensor_candidates
+
+__all__ = ["ElementwiseMLP", "SIFSpace", "SIDES", "build_candidates"]
+
+SIDES = ("u", "v", "c")
+
+
+class ElementwiseMLP(nn.Module):
+    """g: a tiny MLP 1 -> hidden -> 1 (tanh) applied to every scalar of its input, one MLP per side.
+
+    The sides' MLPs are stored stacked (sides, hidden) and evaluated in one pass over a stacked input
+    (sides, B, k); ``skip`` makes g residual (x + mlp(x)).
+    """
+
+    def __init__(self, sides: int, hidden: int = 8, skip: bool = False):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(sides, 1, 1, hidden))
+        self.b1 = nn.Parameter(torch.empty(sides, 1, 1, hidden))
+        self.w2 = nn.Parameter(torch.empty(sides, 1, hidden, 1))
+        self.b2 = nn.Parameter(torch.zeros(sides, 1, 1))
+        self.skip = skip
+        self.reset_parameters(torch.Generator().manual_seed(0))
+
+    @torch.no_grad()
+    def reset_parameters(self, g: torch.Generator) -> None:
+        self.w1.copy_(torch.randn(self.w1.shape, generator=g))
+        self.b1.copy_(0.1 * torch.randn(self.b1.shape, generator=g))
+        self.w2.copy_(torch.randn(self.w2.shape, generator=g) / math.sqrt(self.w2.shape[-2]))
+        self.b2.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:                     # (S, B, k) -> (S, B, k)
+        h = torch.tanh(x.unsqueeze(-1) * self.w1 + self.b1)      # (S, B, k, hidden)
+        y = (h * self.w2.transpose(-1, -2)).sum(-1) + self.b2    # (S, B, k)
+        return x + y if self.skip else y
+
+
+@register_space("sif")
+class SIFSpace(SearchSpace):
+    """Supernet over interaction functions. ``forward(users, items, contexts=None, view=None) -> (B,)``.
+
+    ops: candidate names (default: the 5 primitives for matrices, all 53 two-stage candidates for tensors; a
+    single name gives a fixed interaction function). With ``view=None`` the current discrete architecture runs.
+    """
+
+    def __init__(self, num_users: int, num_items: int, num_contexts: int = 0, embedding_dim: int = 2,
+                 ops: Iterable[str] | None = None, use_bias: bool = False, g_hidden: int = 8, g_skip: bool = False,
+                 init_std: float = 0.1, alpha_init: str = "nasp", seed: int = 0):
+        super().__init__()
+        self.sides = SIDES if num_contexts > 0 else SIDES[:2]
+        sizes = {"u": num_users, "v": num_items, "c": num_contexts}
+        self.embedding_dim, self.use_bias = embedding_dim, use_bias
+        self.names, self.candidates, widths = build_candidates(ops, embedding_dim, len(self.sides) == 3)
+        g = torch.Generator().manual_seed(seed)
+        self.embeddings = nn.ModuleDict({s: nn.Embedding(sizes[s], embedding_dim) for s in self.sides})
+        self.g = ElementwiseMLP(len(self.sides), g_hidden, g_skip)
+        self.heads = nn.ModuleList(nn.Linear(w, 1, bias=False) for w in widths)
+        self.biases = nn.ModuleDict({s: nn.Embedding(sizes[s], 1) for s in self.sides}) if use_bias else None
+        self.global_bias = nn.Parameter(torch.zeros(())) if use_bias else None
+        self._init_weights(g, init_std)
+        spec = AlphaSpec("interaction", self.names, ("*".join(self.sides),))
+        self.arch = ArchParameters([spec], init=alpha_init, seed=seed)
+
+    def _init_weights(self, g: torch.Generator, std: float) -> None:
+        with torch.no_grad():
+            for emb in self.embeddings.values():
+                emb.weight.copy_(std * torch.randn(emb.weight.shape, generator=g))
+            self.g.reset_parameters(g)
+            for head in self.heads:
+                bound = 1.0 / math.sqrt(head.in_features)
+                head.weight.copy_(bound * (2 * torch.rand(head.weight.shape, generator=g) - 1))
+            if self.biases is not None:
+                for b in self.biases.values():
+                    b.weight.zero_()
+
+    # ---- pieces of the forward pass -------------------------------------------------------------------------
+    def embed(self, users: Tensor, items: Tensor, contexts: Tensor | None = None) -> dict[str, Tensor]:
+        """Raw embeddings per side, each (B, k)."""
+        idx = {"u": users, "v": items, "c": contexts}
+        return {s: self.embeddings[s](idx[s]) for s in self.sides}
+
+    def transform(self, emb: dict[str, Tensor]) -> dict[str, Tensor]:
+        """g applied element-wise per side (all sides in one pass)."""
+        z = self.g(torch.stack([emb[s] for s in self.sides]))     # (S, B, k)
+        return dict(zip(self.sides, z.unbind(0), strict=True))
+
+    def bias(self, users: Tensor, items: Tensor, contexts: Tensor | None = None) -> Tensor | None:
+        """global + user + item (+ context) bias, (B,), or None without biases."""
+        if self.biases is None:
+            return None
+        idx = {"u": users, "v": items, "c": contexts}
+        out = self.global_bias
+        for s in self.sides:
+            out = out + self.biases[s](idx[s]).squeeze(-1)
+        return out
+
+    def candidate(self, k: int, z: dict[str, Tensor]) -> Tensor:
+        """Head output of candidate k on transformed embeddings: (B,)."""
+        return self.heads[k](self.candidates[k](z)).squeeze(-1)
+
+    def interact(self, z: dict[str, Tensor], view: ArchView) -> Tensor:
+        out = mix(view, "interaction", 0, lambda k: self.candidate(k, z), len(self.names))
+        if out is None:
+            raise RuntimeError("the interaction row was dropped; SIF always keeps its single row")
+        return out
+
+    def forward(self, users: Tensor, items: Tensor, contexts: Tensor | None = None,
+                view: ArchView | None = None) -> Tensor:
+        view = self.sparse_view() if view is None else view
+        pred = self.interact(self.transform(self.embed(users, items, contexts)), view)
+        b = self.bias(users, items, contexts)
+        return pred if b is None else pred + b
+
+    def other_heads_loss(self, z: dict[str, Tensor], target: Tensor, view: ArchView) -> Tensor | None:
+        """MSE of every non-selected head on detached features (the heads learn, nothing else does), so that the
+        alpha step judges unselected ops with trained heads. ``target`` is the rating minus the (detached) bias."""
+        if view.mode != SPARSE or len(self.names) == 1:
+            return None
+        sel = view.selected["interaction"][0]
+        zd = {s: t.detach() for s, t in z.items()}
+        outs = torch.stack([self.candidate(k, zd) for k in range(len(self.names)) if k != sel])   # (K-1, B)
+        return ((outs - target.detach()) ** 2).mean(dim=1).sum()
+
+    # ---- hooks of the search core ---------------------------------------------------------------------------
+    def alpha_step_parameters(self) -> list[nn.Parameter]:
+        """The reference trains g with the alphas (Adam) as well as with the weights (Adagrad)."""
+        return list(self.g.parameters())
+
+    @torch.no_grad()
+    def after_weight_step(self) -> None:
+        """Project every head onto the unit L2 ball."""
+        ws = [h.weight for h in self.heads]
+        norms = torch._foreach_norm(ws)
+        torch._foreach_div_(ws, torch._foreach_clamp_min(norms, 1.0))
+
+    def op_costs(self) -> dict[str, Tensor]:
+        return {"interaction": cost_matrix([list(self.heads)])}
+
+
+
+def _matrix_fn(name: str) -> Callable[[dict[str, Tensor]], Tensor]:
+    fn = INTERACTIONS[name]
+    return lambda z: fn(z["u"], z["v"])
+
+
+def build_candidates(ops: Iterable[str] | str | None, k: int, tensor: bool):
+    """(names, callables z -> (B, width), widths) of the candidate interactions; None or "all" = every one."""
+    if ops is not None and not isinstance(ops, str):
+        ops = tuple(ops)
+    elif isinstance(ops, str):
+        ops = None if ops == "all" else (ops,)
+    if tensor:
+        cands = tensor_candidates()
+        if ops is not None:
+            by_name = {c.name: c for c in cands}
+            unknown = [o for o in ops if o not in by_name]
+            if unknown:
+                raise ValueError(f"unknown tensor interaction(s) {unknown}; known: {sorted(by_name)}")
+            cands = tuple(by_name[o] for o in ops)
+        return tuple(c.name for c in cands), list(cands), [c.out_dim(k) for c in cands]
+    names = PRIMITIVES if ops is None else ops
+    unknown = [o for o in names if o not in INTERACTIONS]
+    if unknown:
+        raise ValueError(f"unknown interaction(s) {unknown}; known: {sorted(INTERACTIONS)}")
+    return tuple(names), [_matrix_fn(n) for n in names], [out_dim(n, k) for n in names]

@@ -1,0 +1,86 @@
+"""The rating task adapter: loss of a batch for the search loop and the stand-alone trainer, and evaluation.
+
+Batches are tuples ``(users, items, ratings)`` or ``(users, items, ratings, contexts)`` with ratings already
+standardised by a :class:`data_loaders.RatingScaler` fitted on the training split. Evaluation reports RMSE and MAE
+on the raw rating scale (predictions mapped back and clipped to the scale) and RMSE on the standardised scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from nasp.arch import ArchView
+
+__all__ = ["RatingTask", "unpack"]
+
+
+def unpack(batch) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(users, items, ratings, contexts or None) from a 3- or 4-tuple batch."""
+    if len(batch) == 3:
+        users, items, ratings = batch
+        return users, items, ratings, None
+    users, items, ratings, contexts = batch
+    return users, items, ratings, contexts
+
+
+class RatingTask:
+    """MSE + ``reg * (||U_batch|| + ||V_batch|| [+ ||C_batch||])`` on standardised ratings.
+
+    mean, std: the train-only scaler (to report raw-scale errors); rating_scale: (min, max) for clipping
+    predictions at evaluation (None: no clipping); train_all_heads: add the loss of every non-selected head on
+    detached features in training steps (SIF only), so that unselected ops are never judged with untrained heads.
+    """
+
+    metric, maximize = "rmse", False
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0, rating_scale: tuple[float, float] | None = None,
+                 reg: float = 1e-5, train_all_heads: bool = False):
+        self.mean, self.std, self.rating_scale = float(mean), float(std), rating_scale
+        self.reg, self.train_all_heads = reg, train_all_heads
+
+    def loss(self, model: nn.Module, batch, view: ArchView | None, stream: str) -> Tensor:
+        users, items, y, contexts = unpack(batch)
+        if not hasattr(model, "transform"):           # baselines: a plain rating model
+            pred, penalty = model.forward_with_penalty(users, items, contexts)
+            loss = torch.mean((pred - y) ** 2)
+            return loss + self.reg * penalty if self.reg else loss
+        view = model.sparse_view() if view is None else view
+        emb = model.embed(users, items, contexts)
+        z = model.transform(emb)
+        b = model.bias(users, items, contexts)
+        pred = model.interact(z, view) if b is None else model.interact(z, view) + b
+        loss = torch.mean((pred - y) ** 2)
+        if self.reg:
+            loss = loss + self.reg * sum(e.norm() for e in emb.values())
+        if self.train_all_heads and stream == "train":
+            extra = model.other_heads_loss(z, y if b is None else y - b, view)
+            if extra is not None:
+                loss = loss + extra
+        return loss
+
+    def to_raw(self, pred: Tensor) -> Tensor:
+        """Standardised predictions -> raw rating scale (clipped to ``rating_scale``)."""
+        raw = pred.float() * self.std + self.mean
+        return raw.clamp(*self.rating_scale) if self.rating_scale is not None else raw
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Iterable, view: ArchView | None = None) -> dict[str, float]:
+        """rmse, mae (raw scale) and rmse_z (standardised scale, unclipped) over a loader."""
+        was_training = model.training
+        model.eval()
+        se = ae = se_z = None
+        n = 0
+        for batch in loader:
+            users, items, y, contexts = unpack(batch)
+            pred = model(users, items, contexts, view) if view is not None else model(users, items, contexts)
+            d = self.to_raw(pred) - (y.float() * self.std + self.mean)
+            parts = ((d * d).sum(), d.abs().sum(), ((pred.float() - y.float()) ** 2).sum())
+            se, ae, se_z = parts if se is None else (se + parts[0], ae + parts[1], se_z + parts[2])
+            n += len(y)
+        model.train(was_training)
+        if n == 0:
+            raise ValueError("evaluate: the loader yielded no ratings")
+        return {"rmse": (se / n).sqrt().item(), "mae": (ae / n).item(), "rmse_z": (se_z / n).sqrt().item()}

@@ -1,0 +1,168 @@
+"""Stand-alone training of one rating model (a found interaction function, a fixed one, or a baseline).
+
+Early stopping on validation RMSE with patience; the best state is restored at the end. With a ``run_dir`` an
+atomic checkpoint is written after every epoch and a killed run resumes from it to the same result.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasp.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from nasp.search import NonFiniteLossError, to_device
+
+from .task import RatingTask
+
+__all__ = ["TrainConfig", "TrainResult", "train_model", "make_optimizer"]
+
+log = logging.getLogger("sif.train")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of stand-alone training (defaults: the SIF recipe, Adagrad lr 0.05, clip 5)."""
+
+    max_epochs: int = 200
+    patience: int = 10
+    min_delta: float = 1e-4
+    batch_size: int = 512
+    optimizer: str = "adagrad"      # adagrad | adam | sgd
+    lr: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.optimizer not in ("adagrad", "adam", "sgd"):
+            raise ValueError(f"optimizer must be adagrad, adam or sgd, got {self.optimizer!r}")
+        if self.max_epochs < 1 or self.patience < 1:
+            raise ValueError(f"max_epochs and patience must be >= 1, got {self.max_epochs}, {self.patience}")
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_valid: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Weights to train: everything but architecture parameters."""
+    return list(model.weights()) if hasattr(model, "weights") else list(model.parameters())
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, foreach=True)
+
+
+def _train_epoch(model, task: RatingTask, loader: Iterable, opt, params, cfg: TrainConfig, device, view) -> float:
+    total, n = torch.zeros((), device=device), 0
+    model.train()
+    for batch in loader:
+        batch = to_device(batch, device)
+        opt.zero_grad(set_to_none=True)
+        loss = task.loss(model, batch, view, "train")
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+        opt.step()
+        if hasattr(model, "after_weight_step"):
+            model.after_weight_step()
+        total += loss.detach()
+        n += 1
+    return (total / max(n, 1)).item()
+
+
+def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, config: TrainConfig | None = None,
+                device="cpu", run_dir: str | Path | None = None, show_progress: bool = True,
+                callback: Callable | None = None, resume: bool = True) -> TrainResult:
+    """Train ``model`` until validation RMSE stops improving for ``patience`` epochs; restore the best state.
+
+    ``callback(epoch, elapsed, metrics)`` is called after every epoch; a True return stops training.
+    """
+    cfg = config or TrainConfig()
+    device = torch.device(device)
+    model.to(device)
+    params = trainable_parameters(model)
+    opt = make_optimizer(params, cfg)
+    view = model.sparse_view() if hasattr(model, "sparse_view") else None
+    state = {"epoch": 0, "best_rmse": float("inf"), "best_epoch": -1, "bad_epochs": 0, "history": [],
+             "best_state": copy.deepcopy(model.state_dict())}
+    ckpt = Path(run_dir) / "train_checkpoint.pt" if run_dir is not None else None
+    if resume and ckpt is not None and ckpt.is_file():
+        saved = load_checkpoint(ckpt, device)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        set_rng_state(saved["rng"])
+        state = {k: saved[k] for k in state}
+        log.info("resumed stand-alone training from %s at epoch %d", ckpt, state["epoch"])
+    else:
+        seed_everything(cfg.seed)
+    t_start = time.perf_counter()
+    bar = _bar(cfg.max_epochs, state["epoch"], show_progress)
+    while state["epoch"] < cfg.max_epochs and state["bad_epochs"] < cfg.patience:
+        epoch, t0 = state["epoch"], time.perf_counter()
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        train_loss = _train_epoch(model, task, train_loader, opt, params, cfg, device, view)
+        if not torch.isfinite(torch.tensor(train_loss)):
+            _stop_non_finite(model, ckpt, epoch, device)
+        metrics = task.evaluate(model, valid_loader, view)
+        record = {"epoch": epoch, "train_loss": train_loss, **{f"valid_{k}": v for k, v in metrics.items()},
+                  "seconds": time.perf_counter() - t0}
+        state["history"].append(record)
+        if metrics["rmse"] < state["best_rmse"] - cfg.min_delta:
+            state.update(best_rmse=metrics["rmse"], best_epoch=epoch, bad_epochs=0,
+                         best_state=copy.deepcopy(model.state_dict()))
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        if ckpt is not None:
+            save_checkpoint({**state, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
+                             "config": asdict(cfg)}, ckpt)
+            with open(ckpt.parent / "train_log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss:.4f}", valid_rmse=f"{metrics['rmse']:.4f}",
+                            best=f"{state['best_rmse']:.4f}")
+        if callback is not None and callback(epoch, time.perf_counter() - t_start, record):
+            break
+    if bar is not None:
+        bar.close()
+    model.load_state_dict(state["best_state"])
+    best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
+    best_valid = {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")}
+    return TrainResult(state["best_epoch"], best_valid, state["history"], time.perf_counter() - t_start)
+
+
+def _stop_non_finite(model: nn.Module, ckpt: Path | None, epoch: int, device) -> None:
+    kept = ckpt if ckpt is not None and ckpt.is_file() else None
+    if kept is not None:
+        model.load_state_dict(load_checkpoint(kept, device)["model"])
+    raise NonFiniteLossError(f"non-finite training loss (NaN or inf) in stand-alone epoch {epoch}; stopping: "
+                             + (f"the last good checkpoint {kept} was kept and reloaded" if kept else
+                                "no checkpoint was written") + ". Lower the learning rate or check the data.")
+
+
+def _bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", leave=False, dynamic_ncols=True)
