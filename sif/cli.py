@@ -1,0 +1,232 @@
+"""Command line: ``sif search | train | evaluate | benchmark``.
+
+    sif search --config configs/sif_ml100k.yaml --set search.epochs=10
+    sif train --config configs/sif_ml100k.yaml --set model.name=mf
+    sif evaluate --run runs/sif-ml100k
+    sif benchmark --config configs/sif_ml100k_folds.yaml
+
+Every run folder holds the resolved config (config.yaml), structured logs (run.log as JSON lines, the search's
+log.jsonl, train_log.jsonl), checkpoints (a rerun of the same command resumes), the saved model, the genotype as
+JSON, a picture of the found interaction function and results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import RunConfig, load_config
+from .data import load_splits
+from .evaluation import mean_std
+from .recommender import SIFRecommender, create_recommender, load_recommender
+
+__all__ = ["main", "build_recommender", "run_fit", "run_benchmark"]
+
+log = logging.getLogger("sif")
+SIF_KEYS = ("g_hidden", "g_skip", "train_all_heads", "select", "search_on", "keep_g")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"time": round(record.created, 3), "level": record.levelname, "logger": record.name,
+                           "message": record.getMessage()})
+
+
+def _setup_logging(run_dir: Path) -> logging.Handler:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(_JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler
+
+
+def build_recommender(cfg: RunConfig, name: str | None = None, **overrides: Any):
+    """The recommender a config describes (``name`` overrides ``cfg.model.name``)."""
+    name = name or cfg.model.name
+    m = cfg.model
+    kw: dict[str, Any] = dict(embedding_dim=m.embedding_dim, use_bias=m.use_bias, reg=m.reg, train=asdict(cfg.train),
+                              clip_predictions=m.clip_predictions, device=cfg.device, random_state=cfg.seed)
+    if name.startswith("sif"):
+        kw.update({k: getattr(m, k) for k in SIF_KEYS}, search=asdict(cfg.search))
+    elif name.startswith("fixed:"):
+        kw.update(g_hidden=m.g_hidden, g_skip=m.g_skip)
+    kw.update(overrides)
+    return create_recommender(name, **kw)
+
+
+def _write_config(cfg: RunConfig, run_dir: Path) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None) -> dict[str, Any]:
+    """Fit one model on the configured split (resuming checkpoints in ``run_dir``), evaluate valid and test once,
+    save everything; returns the results dict."""
+    train, valid, test = load_splits(cfg.data, cfg.seed)
+    log.info("data: train=%d valid=%d test=%d users=%d items=%d contexts=%d", len(train), len(valid), len(test),
+             train.num_users, train.num_items, train.num_contexts)
+    rec = build_recommender(cfg, name)
+    t0 = time.perf_counter()
+    rec.fit(train, valid, show_progress=cfg.show_progress, run_dir=run_dir)
+    seconds = time.perf_counter() - t0
+    results = {"model": name or cfg.model.name, "valid": rec.score(valid), "test": rec.score(test),
+               "seconds_total": seconds, "seconds_train": rec.train_result_.seconds,
+               "best_epoch": rec.train_result_.best_epoch, "n_train": len(train), "n_test": len(test)}
+    if isinstance(rec, SIFRecommender):
+        results.update(genotype=rec.genotype_.to_dict(), op=rec.op_, seconds_search=rec.search_result_.seconds,
+                       search_epochs=len(rec.search_result_.history))
+        rec.genotype_.to_json(run_dir / "genotype.json")
+    if hasattr(rec.model_, "names"):
+        from .draw import draw_interaction
+
+        draw_interaction(rec.model_, run_dir / "interaction")
+    rec.save(run_dir / "model")
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    log.info("results: %s", json.dumps(results))
+    return results
+
+
+def _fit_tuned(cfg: RunConfig, name: str, grid: dict[str, list], data) -> tuple[Any, dict[str, Any]]:
+    """Fit ``name`` for every combination in ``grid`` (model settings), keep the best on validation RMSE."""
+    import itertools
+
+    train, valid, _ = data
+    best, best_rmse, best_setting = None, float("inf"), {}
+    keys = sorted(grid)
+    for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
+        setting = dict(zip(keys, values, strict=True))
+        run_cfg = copy.deepcopy(cfg)
+        for k, v in setting.items():
+            target = run_cfg.train if hasattr(run_cfg.train, k) else run_cfg.model
+            setattr(target, k, v)
+        rec = build_recommender(run_cfg, name).fit(train, valid, show_progress=False)
+        r = rec.score(valid)["rmse"]
+        if r < best_rmse:
+            best, best_rmse, best_setting = rec, r, setting
+    return best, best_setting
+
+
+def run_benchmark(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Every model of ``cfg.benchmark.models`` on every fold (or seed); a markdown and a JSON table."""
+    rows: list[dict[str, Any]] = []
+    splits = cfg.benchmark.folds if cfg.data.split == "fold" else cfg.benchmark.seeds
+    for split_id in splits:
+        run_cfg = copy.deepcopy(cfg)
+        if cfg.data.split == "fold":
+            run_cfg.data.fold = split_id
+        else:
+            run_cfg.seed = int(split_id)
+        data = load_splits(run_cfg.data, run_cfg.seed)
+        for name in cfg.benchmark.models:
+            t0 = time.perf_counter()
+            rec, setting = _fit_tuned(run_cfg, name, cfg.benchmark.tune.get(name, {}), data)
+            row = {"model": name, "split": split_id, "test": rec.score(data[2]), "valid": rec.score(data[1]),
+                   "seconds": time.perf_counter() - t0, "seconds_train": rec.train_result_.seconds,
+                   "setting": setting}
+            if isinstance(rec, SIFRecommender):
+                row.update(op=rec.op_, seconds_search=rec.search_result_.seconds)
+            rows.append(row)
+            log.info("benchmark row: %s", json.dumps(row))
+            print(f"[{split_id}] {name:14s} test rmse={row['test']['rmse']:.4f} ({row['seconds']:.1f}s)"
+                  + (f" op={row['op']}" if "op" in row else ""), flush=True)
+            (run_dir / "benchmark.json").write_text(json.dumps(rows, indent=2) + "\n")
+    table = benchmark_table(rows)
+    (run_dir / "benchmark.md").write_text(table)
+    print(table)
+    return {"rows": rows, "table": table}
+
+
+def benchmark_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: mean +- std over splits of test RMSE and MAE, seconds, found ops."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lines = ["| model | test RMSE | test MAE | valid RMSE | search s | train s | found op / setting |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for m in models:
+        rs = [r for r in rows if r["model"] == m]
+        rm, rsd = mean_std([r["test"]["rmse"] for r in rs])
+        am, asd = mean_std([r["test"]["mae"] for r in rs])
+        vm, _ = mean_std([r["valid"]["rmse"] for r in rs])
+        search = mean_std([r.get("seconds_search", 0.0) for r in rs])[0]
+        train = mean_std([r["seconds_train"] for r in rs])[0]
+        extra = ", ".join(sorted({r["op"] for r in rs if "op" in r})) or \
+            ", ".join(sorted({json.dumps(r["setting"], sort_keys=True) for r in rs if r["setting"]}))
+        lines.append(f"| {m} | {rm:.4f} +- {rsd:.4f} | {am:.4f} +- {asd:.4f} | {vm:.4f} | {search:.1f} | "
+                     f"{train:.1f} | {extra} |")
+    return "\n".join(lines) + "\n"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sif", description="Interaction-function search for collaborative filtering")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("search", "search the interaction function, train it stand-alone, evaluate"),
+                        ("train", "train one model (model.name) stand-alone and evaluate"),
+                        ("benchmark", "many models x folds/seeds in one table")):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--config", help="YAML file (safe_load); defaults are used without one")
+        sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. search.epochs=10")
+        sp.add_argument("--out", help="run folder (default: out_dir of the config)")
+    ev = sub.add_parser("evaluate", help="evaluate a saved run's model on its test split")
+    ev.add_argument("--run", required=True, help="a run folder written by sif search / sif train")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (FileNotFoundError, KeyError, TypeError, ValueError) as e:
+        print(f"sif {args.command}: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    if args.command == "evaluate":
+        run_dir = Path(args.run)
+        cfg = load_config(run_dir / "config.yaml")
+        _, valid, test = load_splits(cfg.data, cfg.seed)
+        rec = load_recommender(run_dir / "model", device=cfg.device)
+        out = {"valid": rec.score(valid), "test": rec.score(test)}
+        print(json.dumps(out, indent=2))
+        return 0
+    cfg = load_config(args.config, args.set)
+    run_dir = Path(args.out or cfg.out_dir)
+    handler = _setup_logging(run_dir)
+    _write_config(cfg, run_dir)
+    try:
+        if args.command == "benchmark":
+            run_benchmark(cfg, run_dir)
+        else:
+            name = cfg.model.name
+            if args.command == "search" and not name.startswith("sif"):
+                name = "sif"
+            if args.command == "train" and name.startswith("sif"):
+                raise ValueError(f"sif train trains one fixed model: set model.name to fixed:<op> or a baseline "
+                                 f"(got {name!r}; use sif search to search)")
+            results = run_fit(cfg, run_dir, name)
+            _print_results(results, run_dir)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    return 0
+
+
+def _print_results(r: dict[str, Any], run_dir: Path) -> None:
+    head = f"model={r['model']}" + (f" found={r['op']}" if "op" in r else "")
+    print(f"{head}\n  valid RMSE {r['valid']['rmse']:.4f}   test RMSE {r['test']['rmse']:.4f}   "
+          f"test MAE {r['test']['mae']:.4f}   (z-scale test RMSE {r['test']['rmse_z']:.4f})\n"
+          f"  search {r.get('seconds_search', 0.0):.1f}s, stand-alone training {r['seconds_train']:.1f}s\n"
+          f"  run folder: {run_dir}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""Turn a :class:`sif.config.DataConfig` into (train, valid, test) rating datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from data_loaders import (
+    RatingDataset,
+    leave_k_out_split,
+    load_movielens,
+    movielens_fold,
+    random_split,
+    read_ratings_file,
+    time_split,
+)
+
+from .config import DataConfig
+
+__all__ = ["load_splits", "MOVIELENS"]
+
+MOVIELENS = {"ml-100k": "100k", "ml-1m": "1m", "ml-10m": "10m", "ml-20m": "20m", "ml-25m": "25m", "ml-32m": "32m",
+             "ml-latest": "latest", "ml-latest-small": "latest-small"}
+
+
+def _read(cfg: DataConfig) -> RatingDataset:
+    if cfg.dataset == "file":
+        if not cfg.path:
+            raise ValueError("data.dataset=file needs data.path (a CSV, TSV or Parquet file)")
+        scale = tuple(cfg.rating_scale) if cfg.rating_scale else None
+        return read_ratings_file(cfg.path, sep=cfg.sep, columns=cfg.columns, header=cfg.header, rating_scale=scale)
+    if cfg.dataset not in MOVIELENS:
+        raise ValueError(f"data.dataset={cfg.dataset!r}: expected 'file' or one of {sorted(MOVIELENS)}")
+    return load_movielens(MOVIELENS[cfg.dataset], root=cfg.root, download=cfg.download)
+
+
+def _fold_root(cfg: DataConfig) -> Path:
+    if cfg.root:
+        return Path(cfg.root)
+    env = os.environ.get("NASP_DATA_DIR")
+    if env and (Path(env) / "ml-100k").is_dir():
+        return Path(env) / "ml-100k"
+    raise ValueError("data.split=fold needs data.root (the ml-100k folder) or NASP_DATA_DIR holding ml-100k/")
+
+
+def load_splits(cfg: DataConfig, seed: int) -> tuple[RatingDataset, RatingDataset, RatingDataset]:
+    """(train, valid, test) as the config asks; time-bin contexts are fitted on train only."""
+    if cfg.split == "fold":
+        if cfg.dataset != "ml-100k":
+            raise ValueError("data.split=fold (canonical u1..u5, ua, ub folds) exists for ml-100k only")
+        base, test = movielens_fold(_fold_root(cfg), fold=cfg.fold)
+        v = cfg.valid_fraction
+        train, valid, _ = random_split(base, (1.0 - v, v, 0.0), seed=seed)
+    else:
+        ds = _read(cfg)
+        if cfg.split == "random":
+            train, valid, test = random_split(ds, tuple(cfg.ratios), seed=seed)
+        elif cfg.split == "time":
+            train, valid, test = time_split(ds, tuple(cfg.ratios))
+        elif cfg.split == "leave_k_out":
+            train, valid, test = leave_k_out_split(ds, k=cfg.leave_k, seed=seed, valid_k=cfg.leave_k)
+        else:
+            raise ValueError(f"data.split={cfg.split!r}: expected random, fold, time or leave_k_out")
+    if cfg.context_bins > 0:
+        train = train.with_time_contexts(cfg.context_bins)
+        valid = valid.with_time_contexts(edges=train.time_bin_edges)
+        test = test.with_time_contexts(edges=train.time_bin_edges)
+    return train, valid, test

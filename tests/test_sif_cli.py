@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from sif.cli import main
+from sif.config import RunConfig, apply_override, load_config
+from sif.synthetic import planted_ratings
+
+
+@pytest.fixture()
+def ratings_csv(tmp_path):
+    ds = planted_ratings("multiply", num_users=25, num_items=30, n=600, seed=0)
+    path = tmp_path / "ratings.csv"
+    lines = ["user,item,rating"] + [f"{u},{i},{r:.4f}" for u, i, r in
+                                     zip(ds.users.tolist(), ds.items.tolist(), ds.ratings.tolist(), strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _config(tmp_path, csv, **extra):
+    cfg = {"seed": 1, "show_progress": False, "out_dir": str(tmp_path / "run"),
+           "data": {"dataset": "file", "path": str(csv), "split": "random", "ratios": [0.8, 0.1, 0.1]},
+           "model": {"embedding_dim": 3},
+           "search": {"epochs": 2}, "train": {"max_epochs": 2, "batch_size": 128}}
+    for k, v in extra.items():
+        cfg[k].update(v)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_cli_search_then_evaluate_end_to_end(tmp_path, ratings_csv, capsys):
+    cfg = _config(tmp_path, ratings_csv)
+    assert main(["search", "--config", str(cfg), "--set", "search.epochs=3"]) == 0
+    run = tmp_path / "run"
+    for name in ("config.yaml", "results.json", "genotype.json", "interaction.dot", "interaction.png", "run.log",
+                 "model/recommender.json", "model/model.pt", "search/log.jsonl", "search/checkpoint.pt",
+                 "train/train_checkpoint.pt"):
+        assert (run / name).is_file(), name
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["search"]["epochs"] == 3 and resolved["model"]["embedding_dim"] == 3
+    results = json.loads((run / "results.json").read_text())
+    assert results["op"] in ("plus", "multiply", "max", "min", "concat")
+    assert len((run / "search/log.jsonl").read_text().splitlines()) == 3
+    assert json.loads((run / "run.log").read_text().splitlines()[-1])["level"] == "INFO"
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["test"]["rmse"] == pytest.approx(results["test"]["rmse"], rel=1e-6)
+
+
+def test_cli_rerun_resumes_from_checkpoints(tmp_path, ratings_csv):
+    cfg = _config(tmp_path, ratings_csv)
+    assert main(["search", "--config", str(cfg)]) == 0
+    first = json.loads((tmp_path / "run/results.json").read_text())
+    assert main(["search", "--config", str(cfg)]) == 0       # everything is already done: resumes at the end
+    again = json.loads((tmp_path / "run/results.json").read_text())
+    assert again["test"] == first["test"] and again["op"] == first["op"]
+
+
+def test_cli_train_and_benchmark(tmp_path, ratings_csv):
+    cfg = _config(tmp_path, ratings_csv)
+    assert main(["train", "--config", str(cfg), "--set", "model.name=mf", "--out", str(tmp_path / "mf")]) == 0
+    assert json.loads((tmp_path / "mf/results.json").read_text())["model"] == "mf"
+    assert main(["benchmark", "--config", str(cfg), "--out", str(tmp_path / "bench"), "--set",
+                 "benchmark.models=[bias_only, mf, fixed:plus]", "benchmark.seeds=[0, 1]",
+                 "benchmark.tune={mf: {embedding_dim: [2, 4]}}"]) == 0
+    rows = json.loads((tmp_path / "bench/benchmark.json").read_text())
+    assert len(rows) == 6 and {r["model"] for r in rows} == {"bias_only", "mf", "fixed:plus"}
+    table = (tmp_path / "bench/benchmark.md").read_text()
+    assert "| mf |" in table and "+-" in table
+
+
+def test_cli_rejects_bad_config(tmp_path, ratings_csv, capsys):
+    cfg = _config(tmp_path, ratings_csv)
+    assert main(["search", "--config", str(cfg), "--set", "search.epochz=3"]) == 2
+    assert "unknown config key 'search.epochz'" in capsys.readouterr().err
+    assert main(["search", "--config", str(cfg), "--set", "train.max_epochs=many"]) == 2
+    assert "train.max_epochs: expected int" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  embedding_dimm: 4\n")
+    assert main(["search", "--config", str(bad)]) == 2
+    assert "bad.yaml" in capsys.readouterr().err
+    assert main(["train", "--config", str(cfg)]) == 2
+    assert "sif search" in capsys.readouterr().err
+
+
+def test_config_layers_and_types():
+    cfg = load_config(None, ["search.epochs=7", "data.ratios=[0.5, 0.25, 0.25]", "model.reg=1", "seed=3"])
+    assert cfg.search.epochs == 7 and cfg.data.ratios == [0.5, 0.25, 0.25] and cfg.model.reg == 1.0
+    assert cfg.seed == 3 and isinstance(cfg, RunConfig)
+    with pytest.raises(ValueError, match="strategy"):
+        apply_override(cfg, "search.strategy=evolution")
+    with pytest.raises(TypeError, match="model.use_bias: expected bool"):
+        apply_override(cfg, "model.use_bias=3")
+    assert np.isclose(cfg.search.a_lr, 3e-4)
