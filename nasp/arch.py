@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .prox import prox_c1, prox_c2, random_c1
+from .prox import prox_c1, prox_c2, random_c1, row_argmax
 
 __all__ = ["AlphaSpec", "ArchParameters", "ArchView", "SPARSE", "NASP", "DENSE"]
 
@@ -136,13 +136,16 @@ class ArchParameters(nn.Module):
         return getattr(self, f"groups_{name}")
 
     # ---- proximal maps -----------------------------------------------------------------------------------
+    def _prox_one(self, n: str, a: Tensor) -> Tensor:
+        if self.groups(n) is None:        # fast path: every row kept, one-hot at the tie-broken argmax
+            idx = row_argmax(a.detach(), getattr(self, f"op_priority_{n}"))
+            return torch.nn.functional.one_hot(idx, a.shape[1]).to(a.dtype)
+        return prox_c1(a, self.groups(n), self.specs[n].k, getattr(self, f"op_priority_{n}"),
+                       getattr(self, f"row_priority_{n}"))
+
     def prox_c1(self) -> dict[str, Tensor]:
         """Ā = prox_C1(A) for every matrix (new detached tensors)."""
-        return {
-            n: prox_c1(a, self.groups(n), self.specs[n].k, getattr(self, f"op_priority_{n}"),
-                       getattr(self, f"row_priority_{n}"))
-            for n, a in self.alphas.items()
-        }
+        return {n: self._prox_one(n, a) for n, a in self.alphas.items()}
 
     @torch.no_grad()
     def prox_c2_(self) -> None:

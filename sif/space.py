@@ -101,7 +101,7 @@ class SIFSpace(SearchSpace):
     def embed(self, users: Tensor, items: Tensor, contexts: Tensor | None = None) -> dict[str, Tensor]:
         """Raw embeddings per side, each (B, k)."""
         idx = {"u": users, "v": items, "c": contexts}
-        return {s: self.embeddings[s](idx[s]) for s in self.sides}
+        return {s: self.embeddings[s].weight.index_select(0, idx[s]) for s in self.sides}
 
     def transform(self, emb: dict[str, Tensor]) -> dict[str, Tensor]:
         """g applied element-wise per side (all sides in one pass)."""
@@ -115,7 +115,7 @@ class SIFSpace(SearchSpace):
         idx = {"u": users, "v": items, "c": contexts}
         out = self.global_bias
         for s in self.sides:
-            out = out + self.biases[s](idx[s]).squeeze(-1)
+            out = out + self.biases[s].weight.index_select(0, idx[s]).squeeze(-1)
         return out
 
     def candidate(self, k: int, z: dict[str, Tensor]) -> Tensor:

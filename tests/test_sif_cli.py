@@ -96,3 +96,13 @@ def test_config_layers_and_types():
     with pytest.raises(TypeError, match="model.use_bias: expected bool"):
         apply_override(cfg, "model.use_bias=3")
     assert np.isclose(cfg.search.a_lr, 3e-4)
+
+
+def test_every_shipped_sif_config_loads():
+    from pathlib import Path
+
+    files = sorted(Path(__file__).resolve().parents[1].glob("configs/sif_*.yaml"))
+    assert len(files) >= 5
+    for f in files:
+        cfg = load_config(f)
+        assert cfg.model.name == "sif", f
