@@ -39,9 +39,9 @@ class ElementwiseMLP(nn.Module):
 
     def __init__(self, sides: int, hidden: int = 8, skip: bool = False):
         super().__init__()
-        self.w1 = nn.Parameter(torch.empty(sides, 1, 1, hidden))
-        self.b1 = nn.Parameter(torch.empty(sides, 1, 1, hidden))
-        self.w2 = nn.Parameter(torch.empty(sides, 1, hidden, 1))
+        self.w1 = nn.Parameter(torch.empty(sides, 1, hidden))
+        self.b1 = nn.Parameter(torch.empty(sides, 1, hidden))
+        self.w2 = nn.Parameter(torch.empty(sides, hidden, 1))
         self.b2 = nn.Parameter(torch.zeros(sides, 1, 1))
         self.skip = skip
         self.reset_parameters(torch.Generator().manual_seed(0))
@@ -50,12 +50,13 @@ class ElementwiseMLP(nn.Module):
     def reset_parameters(self, g: torch.Generator) -> None:
         self.w1.copy_(torch.randn(self.w1.shape, generator=g))
         self.b1.copy_(0.1 * torch.randn(self.b1.shape, generator=g))
-        self.w2.copy_(torch.randn(self.w2.shape, generator=g) / math.sqrt(self.w2.shape[-2]))
+        self.w2.copy_(torch.randn(self.w2.shape, generator=g) / math.sqrt(self.w2.shape[1]))
         self.b2.zero_()
 
     def forward(self, x: Tensor) -> Tensor:                     # (S, B, k) -> (S, B, k)
-        h = torch.tanh(x.unsqueeze(-1) * self.w1 + self.b1)      # (S, B, k, hidden)
-        y = (h * self.w2.transpose(-1, -2)).sum(-1) + self.b2    # (S, B, k)
+        flat = x.reshape(x.shape[0], -1, 1)                      # (S, B*k, 1)
+        h = torch.tanh(torch.baddbmm(self.b1, flat, self.w1))    # (S, B*k, hidden)
+        y = torch.baddbmm(self.b2, h, self.w2).view_as(x)        # (S, B, k)
         return x + y if self.skip else y
 
 
@@ -76,10 +77,11 @@ class SIFSpace(SearchSpace):
         self.embedding_dim, self.use_bias = embedding_dim, use_bias
         self.names, self.candidates, widths = build_candidates(ops, embedding_dim, len(self.sides) == 3)
         g = torch.Generator().manual_seed(seed)
-        self.embeddings = nn.ModuleDict({s: nn.Embedding(sizes[s], embedding_dim) for s in self.sides})
+        # one table per side; with biases its last column is the side's bias (one lookup gives both)
+        width = embedding_dim + int(use_bias)
+        self.embeddings = nn.ModuleDict({s: nn.Embedding(sizes[s], width) for s in self.sides})
         self.g = ElementwiseMLP(len(self.sides), g_hidden, g_skip)
         self.heads = nn.ModuleList(nn.Linear(w, 1, bias=False) for w in widths)
-        self.biases = nn.ModuleDict({s: nn.Embedding(sizes[s], 1) for s in self.sides}) if use_bias else None
         self.global_bias = nn.Parameter(torch.zeros(())) if use_bias else None
         self._init_weights(g, init_std)
         spec = AlphaSpec("interaction", self.names, ("*".join(self.sides),))
@@ -89,34 +91,29 @@ class SIFSpace(SearchSpace):
         with torch.no_grad():
             for emb in self.embeddings.values():
                 emb.weight.copy_(std * torch.randn(emb.weight.shape, generator=g))
+                if self.use_bias:
+                    emb.weight[:, -1] = 0.0
             self.g.reset_parameters(g)
             for head in self.heads:
                 bound = 1.0 / math.sqrt(head.in_features)
                 head.weight.copy_(bound * (2 * torch.rand(head.weight.shape, generator=g) - 1))
-            if self.biases is not None:
-                for b in self.biases.values():
-                    b.weight.zero_()
 
     # ---- pieces of the forward pass -------------------------------------------------------------------------
-    def embed(self, users: Tensor, items: Tensor, contexts: Tensor | None = None) -> dict[str, Tensor]:
-        """Raw embeddings per side, each (B, k)."""
+    def encode(self, users: Tensor, items: Tensor, contexts: Tensor | None = None
+               ) -> tuple[dict[str, Tensor], Tensor | None]:
+        """(raw embeddings per side (B, k), global + side biases (B,) or None), from one lookup per side."""
         idx = {"u": users, "v": items, "c": contexts}
-        return {s: self.embeddings[s].weight.index_select(0, idx[s]) for s in self.sides}
+        rows = {s: self.embeddings[s].weight.index_select(0, idx[s]) for s in self.sides}   # (B, k [+1])
+        if not self.use_bias:
+            return rows, None
+        k = self.embedding_dim
+        bias = self.global_bias + sum(r[:, k] for r in rows.values())
+        return {s: r[:, :k] for s, r in rows.items()}, bias
 
     def transform(self, emb: dict[str, Tensor]) -> dict[str, Tensor]:
         """g applied element-wise per side (all sides in one pass)."""
         z = self.g(torch.stack([emb[s] for s in self.sides]))     # (S, B, k)
         return dict(zip(self.sides, z.unbind(0), strict=True))
-
-    def bias(self, users: Tensor, items: Tensor, contexts: Tensor | None = None) -> Tensor | None:
-        """global + user + item (+ context) bias, (B,), or None without biases."""
-        if self.biases is None:
-            return None
-        idx = {"u": users, "v": items, "c": contexts}
-        out = self.global_bias
-        for s in self.sides:
-            out = out + self.biases[s].weight.index_select(0, idx[s]).squeeze(-1)
-        return out
 
     def candidate(self, k: int, z: dict[str, Tensor]) -> Tensor:
         """Head output of candidate k on transformed embeddings: (B,)."""
@@ -131,9 +128,9 @@ class SIFSpace(SearchSpace):
     def forward(self, users: Tensor, items: Tensor, contexts: Tensor | None = None,
                 view: ArchView | None = None) -> Tensor:
         view = self.sparse_view() if view is None else view
-        pred = self.interact(self.transform(self.embed(users, items, contexts)), view)
-        b = self.bias(users, items, contexts)
-        return pred if b is None else pred + b
+        emb, bias = self.encode(users, items, contexts)
+        pred = self.interact(self.transform(emb), view)
+        return pred if bias is None else pred + bias
 
     def other_heads_loss(self, z: dict[str, Tensor], target: Tensor, view: ArchView) -> Tensor | None:
         """MSE of every non-selected head on detached features (the heads learn, nothing else does), so that the

@@ -48,9 +48,8 @@ class RatingTask:
             loss = torch.mean((pred - y) ** 2)
             return loss + self.reg * penalty if self.reg else loss
         view = model.sparse_view() if view is None else view
-        emb = model.embed(users, items, contexts)
+        emb, b = model.encode(users, items, contexts)
         z = model.transform(emb)
-        b = model.bias(users, items, contexts)
         pred = model.interact(z, view) if b is None else model.interact(z, view) + b
         loss = torch.mean((pred - y) ** 2)
         if self.reg:
