@@ -34,6 +34,7 @@ except ImportError:  # run as a script
 
 def reference(seed: int, epochs: int) -> SIFRecommender:
     return SIFRecommender(embedding_dim=2, use_bias=False, train_all_heads=False, select="last", random_state=seed,
+                          reg=1e-5, penalty="norm",
                           search={"epochs": epochs}, train={"batch_size": 512, "max_epochs": 500, "patience": 10})
 
 

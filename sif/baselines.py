@@ -1,8 +1,7 @@
 """Classic rating models in one registry, trained and evaluated with the same code as SIF.
 
 Every model is an ``nn.Module`` with ``forward(users, items, contexts=None) -> (B,)`` (standardised ratings) and
-``forward_with_penalty`` which also returns the norms of the batch's embedding rows (weighted by the task's
-``reg``), looking the rows up once. Fixed SIF interaction functions are :class:`sif.space.SIFSpace` with a single op.
+``forward_with_rows`` which also returns the batch's embedding rows (looked up once) for the task's penalty. Fixed SIF interaction functions are :class:`sif.space.SIFSpace` with a single op.
 """
 
 from __future__ import annotations
@@ -99,16 +98,12 @@ class RatingModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement score")   # abstract
 
     def forward(self, users: Tensor, items: Tensor, contexts: Tensor | None = None) -> Tensor:
-        return self.forward_with_penalty(users, items, contexts)[0]
+        return self.forward_with_rows(users, items, contexts)[0]
 
-    def forward_with_penalty(self, users, items, contexts=None) -> tuple[Tensor, Tensor]:
-        """(prediction (B,), sum of the norms of the batch's embedding rows)."""
+    def forward_with_rows(self, users, items, contexts=None) -> tuple[Tensor, list[Tensor]]:
+        """(prediction (B,), the batch's embedding rows that the task's penalty regularises)."""
         emb = self.embed(users, items, contexts)
-        penalty = sum(e.norm() for e in emb.values())
-        return self.score(emb, users, items) + self.bias(users, items), penalty
-
-    def penalty(self, users: Tensor, items: Tensor, contexts: Tensor | None = None) -> Tensor:
-        return self.forward_with_penalty(users, items, contexts)[1]
+        return self.score(emb, users, items) + self.bias(users, items), list(emb.values())
 
     def after_weight_step(self) -> None:
         """No projection for classic models."""

@@ -55,7 +55,8 @@ def build_recommender(cfg: RunConfig, name: str | None = None, **overrides: Any)
     """The recommender a config describes (``name`` overrides ``cfg.model.name``)."""
     name = name or cfg.model.name
     m = cfg.model
-    kw: dict[str, Any] = dict(embedding_dim=m.embedding_dim, use_bias=m.use_bias, reg=m.reg, train=asdict(cfg.train),
+    kw: dict[str, Any] = dict(embedding_dim=m.embedding_dim, use_bias=m.use_bias, reg=m.reg, penalty=m.penalty,
+                              train=asdict(cfg.train),
                               clip_predictions=m.clip_predictions, device=cfg.device, random_state=cfg.seed)
     if name.startswith("sif"):
         kw.update({k: getattr(m, k) for k in SIF_KEYS}, search=asdict(cfg.search))

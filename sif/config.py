@@ -49,7 +49,8 @@ class ModelConfig:
     name: str = "sif"
     embedding_dim: int = 8
     use_bias: bool = True
-    reg: float = 1e-5
+    reg: float = 0.02
+    penalty: str = "l2"             # l2 (per-rating squared norms) | norm (the reference's ||U_b|| + ||V_b||)
     g_hidden: int = 8
     g_skip: bool = False
     train_all_heads: bool = True

@@ -61,10 +61,11 @@ class BaseRecommender:
     """Shared fit/predict/recommend/save/load. Subclasses implement ``_build_model`` and may override
     ``_fit_model`` (SIF searches first)."""
 
-    def __init__(self, embedding_dim: int = 8, use_bias: bool = True, reg: float = 1e-5, train: Any = None,
-                 valid_fraction: float = 0.1, clip_predictions: bool = True, device: str = "cpu",
+    def __init__(self, embedding_dim: int = 8, use_bias: bool = True, reg: float = 0.02, penalty: str = "l2",
+                 train: Any = None, valid_fraction: float = 0.1, clip_predictions: bool = True, device: str = "cpu",
                  random_state: int = 0):
         self.embedding_dim, self.use_bias, self.reg, self.train = embedding_dim, use_bias, reg, train
+        self.penalty = penalty
         self.valid_fraction, self.clip_predictions = valid_fraction, clip_predictions
         self.device, self.random_state = device, random_state
 
@@ -113,7 +114,7 @@ class BaseRecommender:
 
     def _task(self, **kw) -> RatingTask:
         scale = self.rating_scale_ if self.clip_predictions else None
-        return RatingTask(self.scaler_.mean_, self.scaler_.std_, scale, self.reg, **kw)
+        return RatingTask(self.scaler_.mean_, self.scaler_.std_, scale, self.reg, penalty=self.penalty, **kw)
 
     def _fields(self) -> tuple[str, ...]:
         return ("users", "items", "ratings", "contexts") if self.num_contexts_ else ("users", "items", "ratings")

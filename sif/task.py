@@ -27,7 +27,10 @@ def unpack(batch) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
 
 
 class RatingTask:
-    """MSE + ``reg * (||U_batch|| + ||V_batch|| [+ ||C_batch||])`` on standardised ratings.
+    """MSE + ``reg * penalty`` on standardised ratings.
+
+    penalty "l2" (default): the mean over the batch of the squared norms of the looked-up embedding rows (the
+    per-rating L2 of classic MF); "norm": ``||U_batch|| + ||V_batch|| [+ ||C_batch||]`` (the SIF reference code).
 
     mean, std: the train-only scaler (to report raw-scale errors); rating_scale: (min, max) for clipping
     predictions at evaluation (None: no clipping); train_all_heads: add the loss of every non-selected head on
@@ -37,23 +40,30 @@ class RatingTask:
     metric, maximize = "rmse", False
 
     def __init__(self, mean: float = 0.0, std: float = 1.0, rating_scale: tuple[float, float] | None = None,
-                 reg: float = 1e-5, train_all_heads: bool = False):
+                 reg: float = 1e-5, train_all_heads: bool = False, penalty: str = "l2"):
+        if penalty not in ("l2", "norm"):
+            raise ValueError(f"penalty must be 'l2' or 'norm', got {penalty!r}")
         self.mean, self.std, self.rating_scale = float(mean), float(std), rating_scale
-        self.reg, self.train_all_heads = reg, train_all_heads
+        self.reg, self.train_all_heads, self.penalty = reg, train_all_heads, penalty
+
+    def _penalty(self, rows) -> Tensor:
+        if self.penalty == "norm":
+            return sum(r.norm() for r in rows)
+        return sum((r * r).sum() for r in rows) / rows[0].shape[0]
 
     def loss(self, model: nn.Module, batch, view: ArchView | None, stream: str) -> Tensor:
         users, items, y, contexts = unpack(batch)
         if not hasattr(model, "transform"):           # baselines: a plain rating model
-            pred, penalty = model.forward_with_penalty(users, items, contexts)
+            pred, rows = model.forward_with_rows(users, items, contexts)
             loss = torch.mean((pred - y) ** 2)
-            return loss + self.reg * penalty if self.reg else loss
+            return loss + self.reg * self._penalty(rows) if self.reg else loss
         view = model.sparse_view() if view is None else view
         emb, b = model.encode(users, items, contexts)
         z = model.transform(emb)
         pred = model.interact(z, view) if b is None else model.interact(z, view) + b
         loss = torch.mean((pred - y) ** 2)
         if self.reg:
-            loss = loss + self.reg * sum(e.norm() for e in emb.values())
+            loss = loss + self.reg * self._penalty(list(emb.values()))
         if self.train_all_heads and stream == "train":
             extra = model.other_heads_loss(z, y if b is None else y - b, view)
             if extra is not None:

@@ -156,7 +156,8 @@ def test_every_baseline_forward_and_penalty(name):
     m = create_baseline(name, num_users=6, num_items=7, num_contexts=ctx, embedding_dim=4)
     u, i, c = torch.tensor([0, 5]), torch.tensor([1, 6]), (torch.tensor([0, 2]) if ctx else None)
     assert m(u, i, c).shape == (2,)
-    assert torch.isfinite(m.penalty(u, i, c))
+    pred, rows = m.forward_with_rows(u, i, c)
+    assert torch.equal(pred, m(u, i, c)) and all(torch.isfinite(r).all() for r in rows)
 
 
 def test_bad_input_errors_name_the_argument():
