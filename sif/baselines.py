@@ -1,7 +1,8 @@
 """Classic rating models in one registry, trained and evaluated with the same code as SIF.
 
 Every model is an ``nn.Module`` with ``forward(users, items, contexts=None) -> (B,)`` (standardised ratings) and
-``forward_with_rows`` which also returns the batch's embedding rows (looked up once) for the task's penalty. Fixed SIF interaction functions are :class:`sif.space.SIFSpace` with a single op.
+``forward_with_rows`` which also returns the batch's embedding rows (looked up once) for the task's penalty.
+Fixed SIF interaction functions are :class:`sif.space.SIFSpace` with a single op.
 """
 
 from __future__ import annotations

@@ -114,7 +114,9 @@ class BaseRecommender:
 
     def _task(self, **kw) -> RatingTask:
         scale = self.rating_scale_ if self.clip_predictions else None
-        return RatingTask(self.scaler_.mean_, self.scaler_.std_, scale, self.reg, penalty=self.penalty, **kw)
+        on_transformed = self.penalty != "norm"        # the reference penalises the raw embeddings
+        return RatingTask(self.scaler_.mean_, self.scaler_.std_, scale, self.reg, penalty=self.penalty,
+                          on_transformed=on_transformed, **kw)
 
     def _fields(self) -> tuple[str, ...]:
         return ("users", "items", "ratings", "contexts") if self.num_contexts_ else ("users", "items", "ratings")

@@ -31,6 +31,8 @@ class RatingTask:
 
     penalty "l2" (default): the mean over the batch of the squared norms of the looked-up embedding rows (the
     per-rating L2 of classic MF); "norm": ``||U_batch|| + ||V_batch|| [+ ||C_batch||]`` (the SIF reference code).
+    For SIF models the penalty applies to the transformed embeddings g(e) when ``on_transformed`` (g can scale
+    small embeddings up, so a penalty on the raw ones does not bound the interaction's inputs), else to e.
 
     mean, std: the train-only scaler (to report raw-scale errors); rating_scale: (min, max) for clipping
     predictions at evaluation (None: no clipping); train_all_heads: add the loss of every non-selected head on
@@ -40,11 +42,12 @@ class RatingTask:
     metric, maximize = "rmse", False
 
     def __init__(self, mean: float = 0.0, std: float = 1.0, rating_scale: tuple[float, float] | None = None,
-                 reg: float = 1e-5, train_all_heads: bool = False, penalty: str = "l2"):
+                 reg: float = 1e-5, train_all_heads: bool = False, penalty: str = "l2", on_transformed: bool = True):
         if penalty not in ("l2", "norm"):
             raise ValueError(f"penalty must be 'l2' or 'norm', got {penalty!r}")
         self.mean, self.std, self.rating_scale = float(mean), float(std), rating_scale
         self.reg, self.train_all_heads, self.penalty = reg, train_all_heads, penalty
+        self.on_transformed = on_transformed
 
     def _penalty(self, rows) -> Tensor:
         if self.penalty == "norm":
@@ -63,7 +66,7 @@ class RatingTask:
         pred = model.interact(z, view) if b is None else model.interact(z, view) + b
         loss = torch.mean((pred - y) ** 2)
         if self.reg:
-            loss = loss + self.reg * self._penalty(list(emb.values()))
+            loss = loss + self.reg * self._penalty(list(z.values()) if self.on_transformed else list(emb.values()))
         if self.train_all_heads and stream == "train":
             extra = model.other_heads_loss(z, y if b is None else y - b, view)
             if extra is not None:
