@@ -32,15 +32,22 @@ except ImportError:  # run as a script
     from _machine import machine_line
 
 
+REFERENCE_SEARCH = {"w_optimizer": "adagrad", "w_lr": 0.05, "a_lr": 3e-4}
+REFERENCE_TRAIN = {"batch_size": 512, "optimizer": "adagrad", "lr": 0.05, "max_epochs": 500, "patience": 10}
+
+
 def reference(seed: int, epochs: int) -> SIFRecommender:
+    """The reference code's settings (dim 2, no biases, Adagrad 0.05, norm penalty 1e-5, last prox)."""
     return SIFRecommender(embedding_dim=2, use_bias=False, train_all_heads=False, select="last", random_state=seed,
-                          reg=1e-5, penalty="norm",
-                          search={"epochs": epochs}, train={"batch_size": 512, "max_epochs": 500, "patience": 10})
+                          reg=1e-5, penalty="norm", search={"epochs": epochs, **REFERENCE_SEARCH},
+                          train=REFERENCE_TRAIN)
 
 
 def library(seed: int, epochs: int, dim: int) -> SIFRecommender:
-    return SIFRecommender(embedding_dim=dim, use_bias=True, train_all_heads=True, select="best", random_state=seed,
-                          search={"epochs": epochs}, train={"batch_size": 512, "max_epochs": 500, "patience": 10})
+    """This library's defaults (biases, per-rating L2 on g(e), every head trained, best epoch on validation),
+    with the reference's batch size and search length."""
+    return SIFRecommender(embedding_dim=dim, random_state=seed, search={"epochs": epochs},
+                          train={"batch_size": 512})
 
 
 def summarize(rec: SIFRecommender, test) -> dict:
@@ -57,7 +64,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--dims", type=int, nargs="+", default=[4, 8, 16])
+    p.add_argument("--dims", type=int, nargs="+", default=[8, 32])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/sif_reference_protocol.json")
     args = p.parse_args()

@@ -47,9 +47,9 @@ class ModelConfig:
     """Which recommender and its settings (see :func:`sif.recommender.create_recommender`)."""
 
     name: str = "sif"
-    embedding_dim: int = 8
+    embedding_dim: int = 32
     use_bias: bool = True
-    reg: float = 0.02
+    reg: float = 0.1
     penalty: str = "l2"             # l2 (per-rating squared norms) | norm (the reference's ||U_b|| + ||V_b||)
     g_hidden: int = 8
     g_skip: bool = False
@@ -83,8 +83,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     search: SearchConfig = field(default_factory=lambda: SearchConfig(
-        epochs=30, w_optimizer="adagrad", w_lr=0.05, w_lr_schedule="constant", w_momentum=0.0,
-        w_weight_decay=0.0))
+        epochs=10, w_optimizer="adam", w_lr=0.002, w_lr_schedule="constant", w_momentum=0.0,
+        w_weight_decay=0.0, a_lr=1e-3))
     train: TrainConfig = field(default_factory=TrainConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 

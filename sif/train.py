@@ -30,14 +30,15 @@ log = logging.getLogger("sif.train")
 
 @dataclass
 class TrainConfig:
-    """Settings of stand-alone training (defaults: the SIF recipe, Adagrad lr 0.05, clip 5)."""
+    """Settings of stand-alone training (defaults measured best on ML-100K validation: Adam lr 0.002, batch 1024;
+    the SIF reference used Adagrad lr 0.05, batch 512)."""
 
     max_epochs: int = 200
-    patience: int = 10
+    patience: int = 5
     min_delta: float = 1e-4
-    batch_size: int = 512
-    optimizer: str = "adagrad"      # adagrad | adam | sgd
-    lr: float = 0.05
+    batch_size: int = 1024
+    optimizer: str = "adam"         # adagrad | adam | sgd
+    lr: float = 0.002
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     seed: int = 0

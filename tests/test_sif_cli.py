@@ -95,7 +95,7 @@ def test_config_layers_and_types():
         apply_override(cfg, "search.strategy=evolution")
     with pytest.raises(TypeError, match="model.use_bias: expected bool"):
         apply_override(cfg, "model.use_bias=3")
-    assert np.isclose(cfg.search.a_lr, 3e-4)
+    assert np.isclose(cfg.search.a_lr, 1e-3)
 
 
 def test_every_shipped_sif_config_loads():
