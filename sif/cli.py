@@ -147,6 +147,12 @@ def run_benchmark(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     return {"rows": rows, "table": table}
 
 
+def merge_benchmarks(paths: list[str | Path]) -> str:
+    """One table from several benchmark.json files (e.g. folds run in parallel processes)."""
+    rows = [r for p in paths for r in json.loads(Path(p).read_text())]
+    return benchmark_table(rows)
+
+
 def benchmark_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: mean +- std over splits of test RMSE and MAE, seconds, found ops."""
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -200,6 +206,10 @@ def _dispatch(args) -> int:
         print(json.dumps(out, indent=2))
         return 0
     cfg = load_config(args.config, args.set)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     run_dir = Path(args.out or cfg.out_dir)
     handler = _setup_logging(run_dir)
     _write_config(cfg, run_dir)

@@ -78,6 +78,7 @@ class RunConfig:
 
     seed: int = 0
     device: str = "cpu"
+    threads: int | None = None      # torch intra-op threads (None: torch's default)
     out_dir: str = "runs/sif"
     show_progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)

@@ -29,7 +29,7 @@ from nasp.search import SearchConfig, Searcher
 from .baselines import BASELINES, create_baseline
 from .space import SIFSpace
 from .task import RatingTask
-from .train import TrainConfig, TrainResult, train_model
+from .train import TrainConfig, train_model
 
 __all__ = ["BaseRecommender", "SIFRecommender", "FixedInteractionRecommender", "BaselineRecommender",
            "RECOMMENDERS", "create_recommender", "load_recommender"]
@@ -379,21 +379,22 @@ class SIFRecommender(BaseRecommender):
 
 def create_recommender(name: str, **kwargs) -> BaseRecommender:
     """Build a recommender from a short name: "sif", "sif_random" (random search over the same space),
-    "sif_noval" (the no-validation-split ablation), "fixed:<op>", or a baseline name ("mf", "gmf", ...)."""
+    "sif_noval" (the no-validation-split ablation), "sif_noheads" (only the selected head trains during the
+    search), "sif_last" (last prox instead of the best epoch), "fixed:<op>", or a baseline name ("mf", "gmf", ...)."""
     if name == "sif":
         return SIFRecommender(**kwargs)
     if name == "sif_random":
         search = dict(kwargs.pop("search", None) or {})
         return SIFRecommender(search={**search, "strategy": "random"}, **kwargs)
     if name == "sif_noval":
-        return SIFRecommender(search_on="train", **kwargs)
+        return SIFRecommender(**{**kwargs, "search_on": "train"})
+    if name == "sif_noheads":            # ablation: unselected ops judged with heads that never trained
+        return SIFRecommender(**{**kwargs, "train_all_heads": False})
+    if name == "sif_last":               # ablation: the last prox instead of the epoch best on validation
+        return SIFRecommender(**{**kwargs, "select": "last"})
     if name.startswith("fixed:"):
         return FixedInteractionRecommender(op=name.split(":", 1)[1], **kwargs)
     if name in BASELINES:
         return BaselineRecommender(model=name, **kwargs)
-    raise KeyError(f"unknown recommender {name!r}: use sif, sif_random, sif_noval, fixed:<op> or one of "
-                   f"{sorted(BASELINES)}")
-
-
-def _unused(_: TrainResult) -> None:   # keeps the import of TrainResult for type readers
-    return None
+    raise KeyError(f"unknown recommender {name!r}: use sif, sif_random, sif_noval, sif_noheads, sif_last, "
+                   f"fixed:<op> or one of {sorted(BASELINES)}")
