@@ -60,11 +60,14 @@ class RNNSearchSpace(SearchSpace):
                  ops: tuple[str, ...] = PRIMITIVES_DARTS, dropout: float = 0.75, dropout_h: float = 0.25,
                  dropout_x: float = 0.75, dropout_i: float = 0.2, dropout_e: float = 0.0, weight_drop: float = 0.0,
                  batchnorm: bool = True, alpha_init: str = "nasp", seed: int = 0):
+        """seed drives the initial weights, the alpha noise and the alpha tie-break priorities."""
         super().__init__()
         self.ops, self.num_nodes = tuple(ops), num_nodes
         self.skip = tuple(k for k, o in enumerate(self.ops) if o == "none")
-        self.lm = LanguageModelShell(vocab_size, ninp, nhid, num_nodes, dropout, dropout_h, dropout_x, dropout_i,
-                                     dropout_e, weight_drop, tie_weights=True)
+        with torch.random.fork_rng(devices=[]):      # weights are a function of `seed`, global RNG untouched
+            torch.manual_seed(seed)
+            self.lm = LanguageModelShell(vocab_size, ninp, nhid, num_nodes, dropout, dropout_h, dropout_x,
+                                         dropout_i, dropout_e, weight_drop, tie_weights=True)
         self.bns = nn.ModuleList(nn.BatchNorm1d(nhid, affine=False, track_running_stats=False)
                                  for _ in range(num_nodes)) if batchnorm else None
         pairs = row_pairs(num_nodes)
@@ -145,16 +148,19 @@ class RNNModel(nn.Module):
     """Evaluation language model of a fixed recurrent cell (DARTS recipe: 850 units, tied weights).
 
     forward(x (T, B) int64, hidden (B, H), view=None) -> (logits (T, B, V), hidden (B, H), raw (T, B, H));
-    ``view`` is accepted and ignored so the same task adapter drives search and evaluation models.
+    ``view`` is accepted and ignored so the same task adapter drives search and evaluation models. The initial
+    weights are a function of ``seed``.
     """
 
     def __init__(self, vocab_size: int, genotype: RNNGenotype, ninp: int = 850, nhid: int = 850,
                  dropout: float = 0.75, dropout_h: float = 0.25, dropout_x: float = 0.75, dropout_i: float = 0.2,
-                 dropout_e: float = 0.1, weight_drop: float = 0.0, tie_weights: bool = True):
+                 dropout_e: float = 0.1, weight_drop: float = 0.0, tie_weights: bool = True, seed: int = 0):
         super().__init__()
         self.genotype = genotype
-        self.lm = LanguageModelShell(vocab_size, ninp, nhid, genotype.num_nodes, dropout, dropout_h, dropout_x,
-                                     dropout_i, dropout_e, weight_drop, tie_weights)
+        with torch.random.fork_rng(devices=[]):      # weights are a function of `seed`, global RNG untouched
+            torch.manual_seed(seed)
+            self.lm = LanguageModelShell(vocab_size, ninp, nhid, genotype.num_nodes, dropout, dropout_h,
+                                         dropout_x, dropout_i, dropout_e, weight_drop, tie_weights)
 
     def init_hidden(self, batch_size: int, device=None) -> Tensor:
         return self.lm.init_hidden(batch_size, device)
