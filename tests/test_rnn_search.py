@@ -72,11 +72,12 @@ def test_tiny_nasp_search_learns_the_language_then_found_cell_trains(corpus, tmp
 @pytest.mark.parametrize("strategy", ["darts1", "darts2", "random"])
 def test_other_strategies_drive_the_recurrent_space(corpus, strategy):
     train, valid, evals = _loaders(corpus)
-    space = RNNSearchSpace(len(corpus.vocab), 8, 8, alpha_init="darts" if strategy != "random" else "nasp")
+    space = RNNSearchSpace(len(corpus.vocab), 8, 8, num_nodes=4, alpha_init="darts" if strategy != "random" else "nasp")
     config = SearchConfig(strategy=strategy, epochs=1, max_steps_per_epoch=2, random_candidates=2, **SEARCH)
-    result = Searcher(space, LanguageModelTask(), config, show_progress=False).fit(train, valid, evals)
+    task = LanguageModelTask(max_eval_batches=2)
+    result = Searcher(space, task, config, show_progress=False).fit(train, valid, evals)
     assert torch.isfinite(torch.tensor(result.history[-1]["valid_ppl"]))
-    assert space.rnn_genotype().num_nodes == 8
+    assert space.rnn_genotype().num_nodes == 4
 
 
 def test_nonmonotone_trigger():

@@ -185,3 +185,17 @@ def test_op_costs_are_the_shared_node_map():
     costs = _space().op_costs()["cell"]
     assert costs.shape == (36, 5)
     assert (costs[:, 0] == 0).all() and (costs[:, 1:] == 12 * 24).all()
+
+
+def test_dropouts_and_weight_drop_only_in_training():
+    model = RNNModel(40, DARTS_V2, ninp=12, nhid=12, dropout_e=0.3, weight_drop=0.5)
+    x, _, _ = _batch()
+    h = model.init_hidden(3)
+    model.eval()
+    torch.testing.assert_close(model(x, h)[0], model(x, h)[0])
+    model.train()
+    a, b = model(x, h)[0], model(x, h)[0]
+    assert not torch.allclose(a, b)
+    space = _space(weight_drop=0.5, dropout=0.0, dropout_h=0.0, dropout_x=0.0, dropout_i=0.0).train()
+    view = space.arch.sparse_view()
+    assert not torch.allclose(space(x, h, view)[0], space(x, h, view)[0])     # only DropConnect is random
