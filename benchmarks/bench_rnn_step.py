@@ -1,0 +1,131 @@
+"""Seconds per search step and peak memory of NASP vs DARTS (first and second order) on the recurrent space.
+
+Every strategy runs in a fresh subprocess (so peak memory is its own) on the same model (same seed, same
+initial weights and alphas) and the same sequence of training/validation batches; the parent prints a
+markdown table with the ratios of one run. A step is what the shared search loop does per training batch:
+for NASP the proximal alpha step + the sparse weight step, for DARTS the (unrolled) alpha step + the dense
+weight step. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps, on CPU the peak
+resident set size (``ru_maxrss``) of the subprocess.
+
+Examples::
+
+    python benchmarks/bench_rnn_step.py                                # CPU, reduced sizes
+    python benchmarks/bench_rnn_step.py --device cuda --hidden 300 --batch 256 --bptt 35   # DARTS search sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nasp.search import SearchConfig, Searcher  # noqa: E402
+from nasp.spaces.rnn import PRIMITIVES_DARTS, LanguageModelTask, RNNSearchSpace  # noqa: E402
+from nasp.strategies import STRATEGIES  # noqa: E402
+
+STRATEGY_NAMES = ("nasp", "darts1", "darts2")
+
+
+def _args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--vocab", type=int, default=10000)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--bptt", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=7, help="timed steps; the median is reported")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--strategies", default=",".join(STRATEGY_NAMES))
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def _batches(args, n, seed):
+    """n fixed (x, y, first) windows of random tokens, the same for every strategy."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(args.vocab, (args.bptt, args.batch), generator=g),
+             torch.randint(args.vocab, (args.bptt, args.batch), generator=g), i == 0) for i in range(n)]
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def worker(args) -> dict:
+    """Time one strategy; returns median seconds per step and peak memory."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    name = args.worker
+    space = RNNSearchSpace(args.vocab, args.hidden, args.hidden, ops=PRIMITIVES_DARTS, seed=0,
+                           alpha_init="darts" if name.startswith("darts") else "nasp")
+    config = SearchConfig(strategy=name, epochs=1, w_lr=20.0, w_lr_schedule="constant", w_momentum=0.0,
+                          w_weight_decay=5e-7, grad_clip=0.25, a_lr=3e-3, a_betas=(0.9, 0.999))
+    s = Searcher(space, LanguageModelTask(), config, device=device, show_progress=False)
+    n = args.warmup + args.steps
+    train = [tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in b) for b in _batches(args, n, 1)]
+    valid = [tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in b) for b in _batches(args, n, 2)]
+    step = STRATEGIES[name]
+    rss_before = (torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda"
+                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    times = []
+    for i in range(n):
+        if i == args.warmup and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        out = step(s, train[i], valid[i], True)
+        _sync(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    loss = float(out["train_loss"])
+    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"strategy": name, "median_s": statistics.median(times), "min_s": min(times), "steps": len(times),
+            "peak_mib": peak, "rss_before_steps_mib": rss_before, "final_train_loss": loss,
+            "memory": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (ru_maxrss)"}
+
+
+def main(argv=None) -> list[dict]:
+    args = _args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return []
+    keys = ("device", "vocab", "hidden", "batch", "bptt", "warmup", "steps", "threads")
+    base = [f"--{k}={getattr(args, k)}" for k in keys if getattr(args, k) is not None]
+    results = []
+    for name in args.strategies.split(","):
+        cmd = [sys.executable, __file__, *base, "--worker", name]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name} worker failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    ref = next((r for r in results if r["strategy"] == "nasp"), results[0])
+    print(f"device={args.device} torch={torch.__version__} threads={args.threads or torch.get_num_threads()} "
+          f"vocab={args.vocab} hidden={args.hidden} batch={args.batch} bptt={args.bptt} "
+          f"steps={args.steps} (median) warmup={args.warmup}")
+    print("| strategy | median s/step | x NASP time | peak memory MiB | x NASP memory | peak - before steps MiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        print(f"| {r['strategy']} | {r['median_s']:.3f} | {r['median_s'] / ref['median_s']:.2f} | "
+              f"{r['peak_mib']:.0f} | {r['peak_mib'] / ref['peak_mib']:.2f} | "
+              f"{r['peak_mib'] - r['rss_before_steps_mib']:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
