@@ -62,10 +62,10 @@ class BaseRecommender:
     ``_fit_model`` (SIF searches first)."""
 
     def __init__(self, embedding_dim: int = 32, use_bias: bool = True, reg: float = 0.1, penalty: str = "l2",
-                 train: Any = None, valid_fraction: float = 0.1, clip_predictions: bool = True, device: str = "cpu",
-                 random_state: int = 0):
+                 penalize_transformed: bool = False, train: Any = None, valid_fraction: float = 0.1,
+                 clip_predictions: bool = True, device: str = "cpu", random_state: int = 0):
         self.embedding_dim, self.use_bias, self.reg, self.train = embedding_dim, use_bias, reg, train
-        self.penalty = penalty
+        self.penalty, self.penalize_transformed = penalty, penalize_transformed
         self.valid_fraction, self.clip_predictions = valid_fraction, clip_predictions
         self.device, self.random_state = device, random_state
 
@@ -114,9 +114,8 @@ class BaseRecommender:
 
     def _task(self, **kw) -> RatingTask:
         scale = self.rating_scale_ if self.clip_predictions else None
-        on_transformed = self.penalty != "norm"        # the reference penalises the raw embeddings
         return RatingTask(self.scaler_.mean_, self.scaler_.std_, scale, self.reg, penalty=self.penalty,
-                          on_transformed=on_transformed, **kw)
+                          on_transformed=self.penalize_transformed, **kw)
 
     def _fields(self) -> tuple[str, ...]:
         return ("users", "items", "ratings", "contexts") if self.num_contexts_ else ("users", "items", "ratings")
