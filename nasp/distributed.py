@@ -97,11 +97,29 @@ def init_distributed(device: str | torch.device = "cpu", backend: str | None = N
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
-        kw = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **kw)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        kw: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+        if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+            kw.update(store=_attempt_store(world, timeout), rank=int(os.environ["RANK"]), world_size=world)
+        dist.init_process_group(backend=backend, timeout=timeout, **kw)
         log.info("rank %d/%d joined the %s process group on %s", dist.get_rank(), dist.get_world_size(),
                  backend, device)
     return device
+
+
+def _attempt_store(world: int, timeout: datetime.timedelta) -> dist.Store:
+    """The rendezvous store of this launch attempt, under a prefix per torchrun restart.
+
+    torchrun's agent keeps one TCP store across ``--max-restarts`` attempts; without a fresh prefix a restarted
+    rank can read the previous attempt's gloo addresses (a dead peer: "connection refused" or a hang). Like
+    ``env://``: the agent hosts the store when ``TORCHELASTIC_USE_AGENT_STORE=True``, else rank 0 does.
+    """
+    rank = int(os.environ["RANK"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=(rank == 0 and not agent), timeout=timeout, multi_tenant=not agent)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"nasp_attempt_{attempt}", store)
 
 
 def cleanup() -> None:
@@ -376,11 +394,23 @@ class DistributedSearcher(Searcher):
         return load_checkpoint_on_main(self.shared_run_dir / "checkpoint.pt" if self.shared_run_dir else None,
                                        self.device)
 
-    def _end_epoch(self, acc, t0, train_stream, valid_stream, eval_loader, warm) -> dict[str, Any]:
-        check_alphas_identical(self.model.arch, f"at the end of epoch {self.epoch} (global step {self.step})")
+    @staticmethod
+    def _average_losses(acc: dict[str, Any]) -> None:
+        """Replace this rank's running loss sums by their mean over ranks (linear, so doing it at every checkpoint
+        and again at the epoch end gives the same epoch mean; a resumed run restores rank 0's sums)."""
+        if "train_loss" not in acc:
+            return
         losses = torch.stack([acc["train_loss"], acc["alpha_loss"]]).float()          # (2,) local sums of means
         allreduce_mean_([losses])
         acc["train_loss"], acc["alpha_loss"] = losses[0].clone(), losses[1].clone()
+
+    def _save(self, train_stream, valid_stream) -> None:
+        self._average_losses(self._epoch_acc)       # every rank calls _save; rank 0 alone has a checkpoint_path
+        super()._save(train_stream, valid_stream)
+
+    def _end_epoch(self, acc, t0, train_stream, valid_stream, eval_loader, warm) -> dict[str, Any]:
+        check_alphas_identical(self.model.arch, f"at the end of epoch {self.epoch} (global step {self.step})")
+        self._average_losses(acc)
         return super()._end_epoch(acc, t0, train_stream, valid_stream, eval_loader, warm)
 
 
