@@ -4,7 +4,7 @@ training), in one process or as one rank of a torchrun group; writes ``<out>/res
     PYTHONPATH=. torchrun --standalone --nproc_per_node=2 tests/dist_worker.py --out DIR [--jobs toy,sif,mismatch]
         [--kill-at-step N --marker PATH]
 
-Jobs: toy, sif, mismatch (rank 1 nudges an alpha; the check must raise everywhere), cli (``sif search``).
+Jobs: toy, darts2, sif, mismatch (rank 1 nudges an alpha; the check must raise everywhere), cli (``sif search``).
 ``--kill-at-step``: rank 1 calls ``os._exit`` once at that global search step of the toy search (when ``--marker``
 does not exist yet; it creates it first), so that torchrun's ``--max-restarts`` restarts the group.
 """
@@ -48,6 +48,13 @@ def run_toy(run_dir, kill_at_step: int | None = None, marker: str | None = None)
             "train_loss": [h["train_loss"] for h in result.history],
             "valid_loss": [h["valid_loss"] for h in result.history],
             "first_step": seen.get("first_step"), "steps": searcher.step}
+
+
+def run_darts2(run_dir) -> dict:
+    """One epoch of second-order DARTS on the toy space (its virtual step and finite differences are averaged)."""
+    searcher, result = toy_search(run_dir, epochs=1, n_train=256, strategy="darts2")
+    return {"genotype": result.genotype.to_dict(),
+            "alphas": {n: a.detach().tolist() for n, a in searcher.model.arch}}
 
 
 def sif_data():
@@ -110,6 +117,8 @@ def main(argv=None) -> int:
         jobs = args.jobs.split(",")
         if "toy" in jobs:
             result["toy"] = run_toy(out / "toy", args.kill_at_step, args.marker)
+        if "darts2" in jobs:
+            result["darts2"] = run_darts2(out / "darts2")
         if "sif" in jobs:
             result["sif"] = run_sif(out / "sif")
         if "mismatch" in jobs:

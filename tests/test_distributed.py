@@ -125,7 +125,8 @@ def test_grad_sync_hook_sees_weight_and_alpha_grads():
 # ---- two processes, gloo on CPU ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
-    """One torchrun launch: toy search, SIF search + stand-alone training, the alpha-mismatch check, sif search CLI."""
+    """One torchrun launch: toy search (NASP, DARTS 2nd order), SIF search + stand-alone training, the
+    alpha-mismatch check, the sif search CLI."""
     out = tmp_path_factory.mktemp("dist2")
     worker = _worker_module()
     train, valid = worker.sif_data()
@@ -137,7 +138,7 @@ def two_rank_run(tmp_path_factory):
     cfg = {"seed": 1, "show_progress": False, "data": {"dataset": "file", "path": str(csv), "ratios": [0.8, 0.1, 0.1]},
            "model": {"embedding_dim": 3}, "search": {"epochs": 1}, "train": {"max_epochs": 1, "batch_size": 128}}
     (out / "cli.yaml").write_text(yaml.safe_dump(cfg))
-    _torchrun(out, "--jobs", "toy,sif,mismatch,cli", "--cli-config", str(out / "cli.yaml"))
+    _torchrun(out, "--jobs", "toy,darts2,sif,mismatch,cli", "--cli-config", str(out / "cli.yaml"))
     return out, _results(out), worker
 
 
@@ -149,8 +150,9 @@ def test_two_ranks_agree_bit_for_bit_and_equal_one_process(two_rank_run):
         assert r0[job]["alphas"] == r1[job]["alphas"]                  # bit-identical on both ranks
     assert r0["sif"]["weights"] == r1["sif"]["weights"]
     # one process, same global batch, same seeds: equal within float tolerance
-    single = {"toy": worker.run_toy(None), "sif": worker.run_sif(None)}
-    for job in ("toy", "sif"):
+    single = {"toy": worker.run_toy(None), "sif": worker.run_sif(None), "darts2": worker.run_darts2(None)}
+    assert r0["darts2"]["alphas"] == r1["darts2"]["alphas"]
+    for job in ("toy", "sif", "darts2"):
         assert single[job]["genotype"] == r0[job]["genotype"], job
         for name, alpha in single[job]["alphas"].items():
             torch.testing.assert_close(torch.tensor(r0[job]["alphas"][name]), torch.tensor(alpha),
