@@ -186,6 +186,7 @@ class Searcher:
         self.timer = _PhaseTimer(self.device)
         self.epoch, self.step, self.history = 0, 0, []
         self._epoch_acc: dict[str, Any] = {}
+        self.grad_sync: Callable[[list[Tensor]], None] | None = None   # data-parallel hook (nasp.distributed)
 
     # ---- construction ------------------------------------------------------------------------------------
     def _make_w_optimizer(self) -> torch.optim.Optimizer:
@@ -243,6 +244,11 @@ class Searcher:
         if self.checkpoint_path is not None:
             save_checkpoint(self.state_dict(train_stream, valid_stream), self.checkpoint_path)
 
+    def _resume_state(self) -> dict[str, Any] | None:
+        """The checkpoint to resume from, or None (hook: the data-parallel searcher reads it on rank 0 only)."""
+        ckpt = self.checkpoint_path
+        return load_checkpoint(ckpt, map_location=self.device) if ckpt is not None and ckpt.is_file() else None
+
     def _check_saved_config(self, saved: dict[str, Any]) -> None:
         now = asdict(self.config)
         keys = ("strategy", "epochs", "seed", "w_optimizer", "w_lr", "a_lr", "eta", "warmup_epochs")
@@ -257,12 +263,11 @@ class Searcher:
         """Search for ``config.epochs`` epochs (continuing a checkpoint in ``run_dir`` when ``resume``)."""
         eval_loader = valid_loader if eval_loader is None else eval_loader
         train_stream, valid_stream = ResumableStream(train_loader), ResumableStream(valid_loader)
-        ckpt = self.checkpoint_path
-        if resume and ckpt is not None and ckpt.is_file():
-            state = load_checkpoint(ckpt, map_location=self.device)
+        state = self._resume_state() if resume else None
+        if state is not None:
             self._check_saved_config(state["config"])
             self.load_state_dict(state, train_stream, valid_stream)
-            log.info("resumed from %s at epoch %d step %d", ckpt, self.epoch, self.step)
+            log.info("resumed from %s at epoch %d step %d", self.checkpoint_path, self.epoch, self.step)
         else:
             seed_everything(self.config.seed)
             self.epoch, self.step, self.history = 0, 0, []

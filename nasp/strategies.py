@@ -37,12 +37,20 @@ def _assign_grads(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
         p.grad = g.detach().to(p.dtype)
 
 
+def _sync(s: Searcher, grads: Sequence[Tensor]) -> None:
+    """Average ``grads`` in place across data-parallel ranks (no-op in a single process)."""
+    sync = getattr(s, "grad_sync", None)
+    if sync is not None:
+        sync(list(grads))
+
+
 def weight_step(s: Searcher, batch, view) -> Tensor:
     """One optimiser step on the network weights with the training loss under ``view``."""
     s.w_opt.zero_grad(set_to_none=True)
     with s.autocast():
         loss = s.task.loss(s.model, batch, view, "train")
     loss.backward()
+    _sync(s, [p.grad for p in s.weight_params if p.grad is not None])
     if s.config.grad_clip:
         nn.utils.clip_grad_norm_(s.weight_params, s.config.grad_clip, foreach=True)
     s.w_opt.step()
@@ -105,13 +113,16 @@ def unrolled_alpha_grads(s: Searcher, train_batch, valid_batch) -> tuple[Tensor,
         fixed = arch.softmax_view()
     with s.autocast():
         lt = s.task.loss(s.model, train_batch, fixed, "train")
-    direction = _virtual_direction(s, _grads(lt, W))
+    train_grads = _grads(lt, W)
+    _sync(s, train_grads)                     # the same virtual step w' on every rank
+    direction = _virtual_direction(s, train_grads)
     _set_weights(W, [w - xi * d for w, d in zip(w0, direction, strict=True)])             # w'
     view = arch.softmax_view()
     loss, total = _alpha_loss(s, valid_batch, view)
     grads = _grads(total, s.alpha_params + s.extra_params + W)
     na, ne = len(s.alpha_params), len(s.extra_params)
     d_alpha, d_extra, d_w = grads[:na], grads[na: na + ne], grads[na + ne:]
+    _sync(s, d_w)                             # the same eps and w± on every rank
     eps = 0.01 / torch.sqrt(sum((g.float() ** 2).sum() for g in d_w)).clamp_min(1e-12)
     hessian = []
     for sign in (1.0, -1.0):
@@ -126,6 +137,7 @@ def unrolled_alpha_grads(s: Searcher, train_batch, valid_batch) -> tuple[Tensor,
 
 
 def _alpha_update(s: Searcher, alpha_grads: list[Tensor], extra_grads: list[Tensor]) -> None:
+    _sync(s, list(alpha_grads) + list(extra_grads))
     s.a_opt.zero_grad(set_to_none=True)
     _assign_grads(s.alpha_params, alpha_grads)
     _assign_grads(s.extra_params, extra_grads)

@@ -4,10 +4,13 @@
     sif train --config configs/sif_ml100k.yaml --set model.name=mf
     sif evaluate --run runs/sif-ml100k
     sif benchmark --config configs/sif_ml100k_folds.yaml
+    torchrun --nproc_per_node=2 -m sif.cli search --config configs/sif_ml100k.yaml   # data parallel
 
-Every run folder holds the resolved config (config.yaml), structured logs (run.log as JSON lines, the search's
-log.jsonl, train_log.jsonl), checkpoints (a rerun of the same command resumes), the saved model, the genotype as
-JSON, a picture of the found interaction function and results.json.
+Under torchrun (WORLD_SIZE > 1) every command joins a process group (gloo on CPU, nccl on CUDA with one GPU per local
+rank, see :mod:`nasp.distributed`), each rank trains on its slice of every global batch, and rank 0 alone writes
+the run folder. Every run folder holds the resolved config (config.yaml), structured logs (run.log as JSON lines,
+the search's log.jsonl, train_log.jsonl), checkpoints (a rerun of the same command resumes), the saved model, the
+genotype as JSON, a picture of the found interaction function and results.json.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -23,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from nasp import distributed as nd
 
 from .config import RunConfig, load_config
 from .data import load_splits
@@ -86,6 +92,11 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None) -> dict[str,
     if isinstance(rec, SIFRecommender):
         results.update(genotype=rec.genotype_.to_dict(), op=rec.op_, seconds_search=rec.search_result_.seconds,
                        search_epochs=len(rec.search_result_.history))
+    if nd.get_world_size() > 1:
+        results["world_size"] = nd.get_world_size()
+    if not nd.is_main_process():         # data parallel: rank 0 writes the run folder
+        return results
+    if isinstance(rec, SIFRecommender):
         rec.genotype_.to_json(run_dir / "genotype.json")
     if hasattr(rec.model_, "names"):
         from .draw import draw_interaction
@@ -138,12 +149,14 @@ def run_benchmark(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
                 row.update(op=rec.op_, seconds_search=rec.search_result_.seconds)
             rows.append(row)
             log.info("benchmark row: %s", json.dumps(row))
-            print(f"[{split_id}] {name:14s} test rmse={row['test']['rmse']:.4f} ({row['seconds']:.1f}s)"
-                  + (f" op={row['op']}" if "op" in row else ""), flush=True)
-            (run_dir / "benchmark.json").write_text(json.dumps(rows, indent=2) + "\n")
+            if nd.is_main_process():
+                print(f"[{split_id}] {name:14s} test rmse={row['test']['rmse']:.4f} ({row['seconds']:.1f}s)"
+                      + (f" op={row['op']}" if "op" in row else ""), flush=True)
+                (run_dir / "benchmark.json").write_text(json.dumps(rows, indent=2) + "\n")
     table = benchmark_table(rows)
-    (run_dir / "benchmark.md").write_text(table)
-    print(table)
+    if nd.is_main_process():
+        (run_dir / "benchmark.md").write_text(table)
+        print(table)
     return {"rows": rows, "table": table}
 
 
@@ -194,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, KeyError, TypeError, ValueError) as e:
         print(f"sif {args.command}: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
+    finally:
+        nd.cleanup()
 
 
 def _dispatch(args) -> int:
@@ -211,8 +226,13 @@ def _dispatch(args) -> int:
 
         torch.set_num_threads(cfg.threads)
     run_dir = Path(args.out or cfg.out_dir)
-    handler = _setup_logging(run_dir)
-    _write_config(cfg, run_dir)
+    main = nd.is_main_process() if nd.is_distributed() else int(os.environ.get("RANK", "0")) == 0
+    handler = _setup_logging(run_dir) if main else None
+    if main:
+        _write_config(cfg, run_dir)
+    device = nd.init_distributed(cfg.device)      # joins the process group under torchrun, else a no-op
+    if nd.is_distributed():
+        cfg.device = str(device)
     try:
         if args.command == "benchmark":
             run_benchmark(cfg, run_dir)
@@ -224,10 +244,12 @@ def _dispatch(args) -> int:
                 raise ValueError(f"sif train trains one fixed model: set model.name to fixed:<op> or a baseline "
                                  f"(got {name!r}; use sif search to search)")
             results = run_fit(cfg, run_dir, name)
-            _print_results(results, run_dir)
+            if nd.is_main_process():
+                _print_results(results, run_dir)
     finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     return 0
 
 

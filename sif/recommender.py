@@ -23,8 +23,9 @@ from torch import nn
 
 from data_loaders import BatchIterator, RatingDataset, RatingScaler, random_split, to_csr
 from nasp.checkpoint import load_checkpoint, save_checkpoint
+from nasp.distributed import ShardedLoader, make_searcher, shard_if_distributed
 from nasp.genotype import Genotype
-from nasp.search import SearchConfig, Searcher
+from nasp.search import SearchConfig
 
 from .baselines import BASELINES, create_baseline
 from .space import SIFSpace
@@ -131,7 +132,9 @@ class BaseRecommender:
 
     def _loaders(self, train: RatingDataset, valid: RatingDataset):
         bs, seed = self.train_config_.batch_size, self.random_state
-        return (self._iterator(train, True, bs, seed), self._iterator(valid, True, bs, seed + 1),
+        # data parallel (torchrun): each rank takes its slice of every global batch; evaluation sees everything
+        return (shard_if_distributed(self._iterator(train, True, bs, seed)),
+                shard_if_distributed(self._iterator(valid, True, bs, seed + 1)),
                 self._iterator(valid, False, 8192, seed))
 
     def _fit_model(self, train_it, valid_it, eval_it, show_progress, callback, run_dir):
@@ -346,12 +349,14 @@ class SIFRecommender(BaseRecommender):
         space = self._space(self.ops)
         task = self._task(train_all_heads=self.train_all_heads)
         search_dir = Path(run_dir) / "search" if run_dir is not None else None
-        searcher = Searcher(space, task, cfg, device=self.device, run_dir=search_dir, show_progress=show_progress)
+        searcher = make_searcher(space, task, cfg, device=self.device, run_dir=search_dir,
+                                 show_progress=show_progress)
         alpha_it = train_it if self.search_on == "train" else valid_it
         if self.search_on == "train":    # a second, differently shuffled pass over train for the alpha steps
-            alpha_it = BatchIterator(dict(zip(self._fields(), train_it.tensors, strict=True)),
-                                     batch_size=train_it.batch_size, seed=self.random_state + 2,
-                                     device=self.device, fields=self._fields())
+            base = train_it.loader if isinstance(train_it, ShardedLoader) else train_it
+            alpha_it = shard_if_distributed(BatchIterator(dict(zip(self._fields(), base.tensors, strict=True)),
+                                                          batch_size=base.batch_size, seed=self.random_state + 2,
+                                                          device=self.device, fields=self._fields()))
         self.search_result_ = searcher.fit(train_it, alpha_it, eval_loader=eval_it)
         genotype = self.search_result_.best_genotype if self.select == "best" else self.search_result_.genotype
         self.genotype_ = genotype

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nasp import distributed as nd
 from nasp.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from nasp.search import NonFiniteLossError, to_device
 
@@ -71,7 +72,8 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, foreach=True)
 
 
-def _train_epoch(model, task: RatingTask, loader: Iterable, opt, params, cfg: TrainConfig, device, view) -> float:
+def _train_epoch(model, task: RatingTask, loader: Iterable, opt, params, cfg: TrainConfig, device, view,
+                 sync: bool = False) -> float:
     total, n = torch.zeros((), device=device), 0
     model.train()
     for batch in loader:
@@ -79,6 +81,8 @@ def _train_epoch(model, task: RatingTask, loader: Iterable, opt, params, cfg: Tr
         opt.zero_grad(set_to_none=True)
         loss = task.loss(model, batch, view, "train")
         loss.backward()
+        if sync:                                  # data parallel: average the gradients of all ranks
+            nd.allreduce_grads_(params)
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
         opt.step()
@@ -86,27 +90,37 @@ def _train_epoch(model, task: RatingTask, loader: Iterable, opt, params, cfg: Tr
             model.after_weight_step()
         total += loss.detach()
         n += 1
-    return (total / max(n, 1)).item()
+    mean = total / max(n, 1)
+    return nd.allreduce_mean_scalar(mean, device) if sync else mean.item()
 
 
 def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, config: TrainConfig | None = None,
                 device="cpu", run_dir: str | Path | None = None, show_progress: bool = True,
-                callback: Callable | None = None, resume: bool = True) -> TrainResult:
+                callback: Callable | None = None, resume: bool = True,
+                data_parallel: bool | None = None) -> TrainResult:
     """Train ``model`` until validation RMSE stops improving for ``patience`` epochs; restore the best state.
 
     ``callback(epoch, elapsed, metrics)`` is called after every epoch; a True return stops training.
+    ``data_parallel`` (default: on inside a torch.distributed group of several ranks, see :mod:`nasp.distributed`):
+    gradients are averaged across ranks after every backward (pass this rank's :class:`ShardedLoader` as
+    ``train_loader`` and the whole validation set as ``valid_loader``); rank 0 alone writes checkpoints and logs
+    and shows progress; resume reads rank 0's checkpoint on every rank.
     """
     cfg = config or TrainConfig()
     device = torch.device(device)
     model.to(device)
     params = trainable_parameters(model)
+    sync = nd.is_distributed() if data_parallel is None else data_parallel
+    main = nd.is_main_process()
+    if sync:
+        nd.broadcast_module_(model)
     opt = make_optimizer(params, cfg)
     view = model.sparse_view() if hasattr(model, "sparse_view") else None
     state = {"epoch": 0, "best_rmse": float("inf"), "best_epoch": -1, "bad_epochs": 0, "history": [],
              "best_state": copy.deepcopy(model.state_dict())}
     ckpt = Path(run_dir) / "train_checkpoint.pt" if run_dir is not None else None
-    if resume and ckpt is not None and ckpt.is_file():
-        saved = load_checkpoint(ckpt, device)
+    saved = nd.load_checkpoint_on_main(ckpt, device) if resume else None
+    if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         set_rng_state(saved["rng"])
@@ -115,12 +129,12 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
     else:
         seed_everything(cfg.seed)
     t_start = time.perf_counter()
-    bar = _bar(cfg.max_epochs, state["epoch"], show_progress)
+    bar = _bar(cfg.max_epochs, state["epoch"], show_progress and main)
     while state["epoch"] < cfg.max_epochs and state["bad_epochs"] < cfg.patience:
         epoch, t0 = state["epoch"], time.perf_counter()
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        train_loss = _train_epoch(model, task, train_loader, opt, params, cfg, device, view)
+        train_loss = _train_epoch(model, task, train_loader, opt, params, cfg, device, view, sync)
         if not torch.isfinite(torch.tensor(train_loss)):
             _stop_non_finite(model, ckpt, epoch, device)
         metrics = task.evaluate(model, valid_loader, view)
@@ -133,7 +147,7 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        if ckpt is not None:
+        if ckpt is not None and main:
             save_checkpoint({**state, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
                              "config": asdict(cfg)}, ckpt)
             with open(ckpt.parent / "train_log.jsonl", "a") as f:
@@ -142,7 +156,7 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", valid_rmse=f"{metrics['rmse']:.4f}",
                             best=f"{state['best_rmse']:.4f}")
-        if callback is not None and callback(epoch, time.perf_counter() - t_start, record):
+        if callback is not None and _stop(callback(epoch, time.perf_counter() - t_start, record), sync, device):
             break
     if bar is not None:
         bar.close()
@@ -150,6 +164,14 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
     best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
     best_valid = {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")}
     return TrainResult(state["best_epoch"], best_valid, state["history"], time.perf_counter() - t_start)
+
+
+def _stop(flag, sync: bool, device) -> bool:
+    """A callback's stop request; in data-parallel training every rank stops when one asks."""
+    if not sync:
+        return bool(flag)
+    dev = device if torch.distributed.get_backend() == "nccl" else "cpu"
+    return nd.allreduce_any(bool(flag), dev)
 
 
 def _stop_non_finite(model: nn.Module, ckpt: Path | None, epoch: int, device) -> None:
