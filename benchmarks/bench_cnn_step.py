@@ -172,15 +172,15 @@ def _passthrough(args) -> list[str]:
 
 
 def table(results: dict) -> str:
-    lines = ["| op set | strategy | s/step (median) | alpha step s | weight step s | peak MiB | NASP speed-up |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| op set | strategy | s/step (median) | s/step (min) | alpha step s | weight step s | peak MiB | NASP "
+             "speed-up (median) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for op_set, rows in results["op_sets"].items():
         base = rows["nasp"]["median_s"] if "nasp" in rows else None
         for v, r in rows.items():
             speed = f"{r['median_s'] / base:.2f}x" if base and v.startswith("darts") else ""
             mem = f"{r['peak_mib']:.0f}" if r.get("peak_mib") is not None else "-"
-            lines.append(f"| {op_set} | {v} | {r['median_s']:.3f} | {r['alpha_s']:.3f} | {r['weight_s']:.3f} | {mem} "
-                         f"| {speed} |")
+            lines.append(f"| {op_set} | {v} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['alpha_s']:.3f} | "
+                         f"{r['weight_s']:.3f} | {mem} | {speed} |")
     return "\n".join(lines)
 
 
@@ -203,6 +203,7 @@ def parse(argv=None):
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--child", nargs=2, metavar=("OP_SET", "VARIANT"), help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path)
+    p.add_argument("--table", type=Path, help="only print the markdown table of a saved JSON result")
     return p.parse_args(argv)
 
 
@@ -210,6 +211,9 @@ def main(argv=None) -> dict:
     args = parse(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return {}
     if args.child:
         print(child_memory(args, args.child[0], args.child[1], device))
         return {}
