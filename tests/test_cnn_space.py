@@ -135,3 +135,14 @@ def test_op_costs_shape():
     costs = m.op_costs()
     assert costs["normal"].shape == (9, 8) and costs["reduce"].shape == (9, 5)
     assert costs["reduce"].sum() > 0          # skip_connect at stride 2 is a FactorizedReduce
+
+
+@pytest.mark.parametrize("strategy", ["nasp", "darts1"])
+def test_bf16_autocast_step(strategy):
+    """The deferred alpha gradient re-enters the caller's autocast inside backward (bf16 inputs, fp32 weights)."""
+    m = _space(alpha_init="darts" if strategy == "darts1" else "nasp")
+    s = Searcher(m, ImageClassificationTask(), SearchConfig(strategy=strategy, epochs=1, amp="bf16"),
+                 show_progress=False)
+    out = STRATEGIES[strategy](s, _batch(), _batch(), True)
+    assert torch.isfinite(out["alpha_loss"]) and torch.isfinite(out["train_loss"])
+    assert all(torch.isfinite(a).all() for a in s.alpha_params)

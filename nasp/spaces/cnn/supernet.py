@@ -16,6 +16,8 @@ dL/dĀ is rescaled (see :class:`_SubBatchMix`).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -183,6 +185,9 @@ class _DeferredAlphaGrad(torch.autograd.Function):
     def forward(ctx, w: Tensor, x: Tensor, y: Tensor, info) -> Tensor:
         cell, r, sel, pending = info
         ctx.info = info
+        dev = x.device.type
+        # the non-selected ops run in backward, outside the caller's autocast region: re-enter the same one
+        ctx.amp = (dev, torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else None
         ctx.save_for_backward(w, x, y)
         scale = w[sel] if sel >= 0 else w.new_zeros(())
         return y * scale.to(y.dtype)
@@ -191,7 +196,8 @@ class _DeferredAlphaGrad(torch.autograd.Function):
     def backward(ctx, g: Tensor):
         w, x, y = ctx.saved_tensors
         cell, r, sel, pending = ctx.info
-        with torch.no_grad():
+        amp = torch.autocast(ctx.amp[0], dtype=ctx.amp[1]) if ctx.amp else contextlib.nullcontext()
+        with torch.no_grad(), amp:
             grad_w = cell.row_alpha_grad(r, sel, x, y, g, pending).to(w.dtype)
         grad_y = g * w[sel].to(g.dtype) if sel >= 0 and ctx.needs_input_grad[2] else None
         return grad_w, None, grad_y, None
