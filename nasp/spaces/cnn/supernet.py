@@ -6,12 +6,15 @@ the last ``multiplier`` intermediate nodes. One alpha matrix per cell type ("nor
 edge, grouped by target node with k = 2 rows kept per group (the DARTS cell). Reduction cells sit at 1/3 and
 2/3 of the depth and use stride 2 on the edges leaving the input nodes.
 
-Every edge runs through :func:`nasp.mixed.mix`, so the three view modes behave as the core defines them:
-SPARSE runs only the selected op of each kept edge (the NASP weight step), NASP runs the non-selected ops
-without weight graphs (the exact NASP alpha step), DENSE is the DARTS mixed op. 'none' is never run
-(``skip``). :attr:`CNNSearchSpace.alpha_subbatch` (off by default) is the "cheaper alpha-gradient estimate":
-in NASP mode the non-selected ops run on the first ``alpha_subbatch`` samples only and their contribution to
-dL/dĀ is rescaled (see :class:`_SubBatchMix`).
+Modes (see :class:`nasp.arch.ArchView`): SPARSE and DENSE edges go through :func:`nasp.mixed.mix` (SPARSE runs
+only the selected op of each kept edge: the NASP weight step; DENSE is the DARTS mixed op; 'none' is never run).
+NASP mode (the alpha step) has its own, stronger implementation of the same exact rule: the selected op runs
+with its graph, and every other op runs inside the backward pass (:class:`_DeferredAlphaGrad`), once
+g = dL/d(edge out) is known, and is reduced at once to dL/dĀ_k = <g, op_k(x)>; no output of a non-selected op
+is stored, so the alpha step's peak memory is that of the sparse network. Tests check it against autograd on
+the one-hot matrix. :attr:`CNNSearchSpace.alpha_subbatch` (off by default) is the "cheaper alpha-gradient
+estimate": the non-selected ops run on the first ``alpha_subbatch`` samples only and their term is rescaled by
+B / b (BN statistics then come from the sub-batch, so it is an estimate).
 """
 
 from __future__ import annotations
