@@ -202,24 +202,28 @@ def _draw_matplotlib(cell: CellGenotype, which: str, png: Path) -> bool:
         return False
     pairs, concat = getattr(cell, which), getattr(cell, f"{which}_concat")
     steps = len(pairs) // 2
-    pos = {"c_{k-2}": (0.0, 1.6), "c_{k-1}": (0.0, -0.4), "c_{k}": (steps + 1.2, 0.6)}
+    pos = {"c_{k-2}": (0.0, 2.0), "c_{k-1}": (0.0, -0.4), "c_{k}": (2.0 * steps + 1.5, 0.8)}
     for i in range(steps):
-        pos[str(i)] = (i + 1.0, 0.6 + (0.9 if i % 2 else -0.9) * 0.6)
-    fig, ax = plt.subplots(figsize=(2.2 * steps + 2, 4))
+        pos[str(i)] = (2.0 * i + 2.0, 0.8 + (0.7 if i % 2 else -0.7))
+    fig, ax = plt.subplots(figsize=(2.6 * steps + 2.5, 4.5))
     for n, (op, j) in enumerate(pairs):
         (x0, y0), (x1, y1) = pos[_node_label(j)], pos[str(n // 2)]
-        rad = 0.25 if n % 2 else -0.25
+        rad = 0.2 if n % 2 else -0.2
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="->", color="#555", connectionstyle=f"arc3,rad={rad}"))
-        ax.text((x0 + x1) / 2, (y0 + y1) / 2 + rad * 0.8, op, ha="center", fontsize=7, color="#a33")
+                    arrowprops=dict(arrowstyle="->", color="#555", shrinkA=12, shrinkB=12,
+                                    connectionstyle=f"arc3,rad={rad}"))
+        # the midpoint of matplotlib's arc3 curve: chord midpoint + rad / 2 * (dy, -dx)
+        mx, my = (x0 + x1) / 2 + rad / 2 * (y1 - y0), (y0 + y1) / 2 - rad / 2 * (x1 - x0)
+        ax.text(mx, my, op, ha="center", va="center", fontsize=7, color="#a33",
+                bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
     for c in concat:
         (x0, y0), (x1, y1) = pos[str(c - 2)], pos["c_{k}"]
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(arrowstyle="->", color="#bbb"))
     for name, (x, y) in pos.items():
         colour = "#cfe8cf" if name.startswith("c_{k-") else ("#f3e9a8" if name == "c_{k}" else "#cfe3f3")
         ax.text(x, y, name, ha="center", va="center", fontsize=9, bbox=dict(boxstyle="round", fc=colour, ec="#336"))
-    ax.set_xlim(-0.6, steps + 1.8)
-    ax.set_ylim(-1.2, 2.3)
+    ax.set_xlim(-0.8, 2.0 * steps + 2.3)
+    ax.set_ylim(-1.0, 2.6)
     ax.set_title(f"{which} cell", fontsize=10)
     ax.axis("off")
     fig.savefig(png, dpi=120, bbox_inches="tight")
