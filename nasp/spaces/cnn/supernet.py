@@ -1,0 +1,320 @@
+"""The CNN search cell and search network (the supernet) over either op set.
+
+Cell: two input nodes (outputs of the two previous cells, preprocessed to C channels), ``steps`` intermediate
+nodes, an edge from every earlier node to every intermediate node (14 edges for 4 nodes), output = concat of
+the last ``multiplier`` intermediate nodes. One alpha matrix per cell type ("normal", "reduce"), one row per
+edge, grouped by target node with k = 2 rows kept per group (the DARTS cell). Reduction cells sit at 1/3 and
+2/3 of the depth and use stride 2 on the edges leaving the input nodes.
+
+Modes (see :class:`nasp.arch.ArchView`): SPARSE and DENSE edges go through :func:`nasp.mixed.mix` (SPARSE runs
+only the selected op of each kept edge: the NASP weight step; DENSE is the DARTS mixed op; 'none' is never run).
+NASP mode (the alpha step) has its own, stronger implementation of the same exact rule: the selected op runs
+with its graph, and every other op runs inside the backward pass (:class:`_DeferredAlphaGrad`), once
+g = dL/d(edge out) is known, and is reduced at once to dL/dĀ_k = <g, op_k(x)>; no output of a non-selected op
+is stored, so the alpha step's peak memory is that of the sparse network. Tests check it against autograd on
+the one-hot matrix. :attr:`CNNSearchSpace.alpha_subbatch` (off by default) is the "cheaper alpha-gradient
+estimate": the non-selected ops run on the first ``alpha_subbatch`` samples only and their term is rescaled by
+B / b (BN statistics then come from the sub-batch, so it is an estimate).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+
+from ...arch import NASP, SPARSE, AlphaSpec, ArchParameters, ArchView
+from ...genotype import Genotype, genotype_from_onehot
+from ...mixed import mix
+from ...regularizers import cost_matrix
+from ...space import SearchSpace, register_space
+from .ops import OP_SETS, FactorizedReduce, ReLUConvBN, search_op
+
+__all__ = ["SearchCell", "CNNSearchSpace", "cell_alpha_spec", "node_names"]
+
+
+def node_names(steps: int) -> list[str]:
+    """Names of the cell's nodes: the two inputs, then the intermediate nodes 0..steps-1."""
+    return ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(steps)]
+
+
+def cell_alpha_spec(name: str, ops: tuple[str, ...], steps: int = 4) -> AlphaSpec:
+    """One row per edge (j -> node i), rows ordered node by node; grouped by target node, k = 2."""
+    names = node_names(steps)
+    rows, groups, edges = [], [], []
+    for i in range(steps):
+        for j in range(2 + i):
+            rows.append(f"{names[j]}->{names[2 + i]}")
+            groups.append(i)
+            edges.append((names[j], names[2 + i]))
+    return AlphaSpec(name, tuple(ops), tuple(rows), tuple(groups), k=2, edges=tuple(edges))
+
+
+class SearchCell(nn.Module):
+    """A search cell. forward(s0 (B, C_pp, H, W), s1 (B, C_p, H', W'), view) -> (B, multiplier * C, H'', W'').
+
+    Parameter-free ops (pools with their affine-free BN, identity) give the same output on every edge that
+    leaves the same node, so one module per (source node, op) is shared by those edges and computed once per
+    forward (an exact saving that DARTS' dense forward and backward get as well).
+    """
+
+    def __init__(self, steps: int, multiplier: int, C_pp: int, C_p: int, C: int, reduction: bool,
+                 reduction_prev: bool, ops: tuple[str, ...]):
+        super().__init__()
+        self.reduction, self.steps, self.multiplier = reduction, steps, multiplier
+        self.matrix = "reduce" if reduction else "normal"
+        self.ops = ops
+        self.skip = tuple(k for k, o in enumerate(ops) if o == "none")
+        self.preprocess0 = (FactorizedReduce(C_pp, C, affine=False) if reduction_prev
+                            else ReLUConvBN(C_pp, C, 1, 1, 0, affine=False))
+        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList()
+        self.sources: list[int] = []          # source node of each row
+        self.strides: list[int] = []
+        shared: dict[tuple[int, str], nn.Module] = {}
+        for i in range(steps):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                row = []
+                for o in ops:
+                    op = search_op(o, C, stride)
+                    if not any(True for _ in op.parameters()):
+                        op = shared.setdefault((j, o), op)
+                    row.append(op)
+                self.edges.append(nn.ModuleList(row))
+                self.sources.append(j)
+                self.strides.append(stride)
+        self.param_free = tuple(not any(True for _ in m.parameters()) for m in self.edges[0])
+        self.alpha_subbatch: int | None = None
+
+    def forward(self, s0: Tensor, s1: Tensor, view: ArchView) -> Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        cache: dict[tuple[int, int], Tensor] = {}
+        pending = _PendingCache(self.sources) if view.mode == NASP else None
+        r = 0
+        for _ in range(self.steps):
+            node = None
+            for j in range(len(states)):
+                if pending is not None:
+                    out = self._nasp_edge(view, r, states[j], pending)
+                else:
+                    out = mix(view, self.matrix, r, self._compute(r, states[j], cache), len(self.ops), self.skip)
+                if out is not None:
+                    node = out if node is None else node + out
+                r += 1
+            if node is None:   # every incoming edge dropped or 'none': a zero node of the right shape
+                node = torch.zeros_like(states[1] if not self.reduction else states[1][:, :, ::2, ::2])
+            states.append(node)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+    def _compute(self, r: int, x: Tensor, cache: dict):
+        j, ops = self.sources[r], self.edges[r]
+
+        def compute(k: int) -> Tensor:
+            if not self.param_free[k]:
+                return ops[k](x)
+            key = (j, k)
+            if key not in cache:
+                cache[key] = ops[k](x)
+            return cache[key]
+
+        return compute
+
+    def _nasp_edge(self, view: ArchView, r: int, x: Tensor, pending: _PendingCache) -> Tensor:
+        """NASP alpha step on one edge: the selected op runs with its graph; the other ops run later, inside
+        the backward pass, without graphs, each reduced at once to dL/dĀ_k = <dL/d(edge out), op_k(x)>."""
+        w, sel = view.row(self.matrix, r)
+        if sel >= 0 and sel not in self.skip:
+            y = self.edges[r][sel](x)
+        else:     # dropped row or 'none': the row output is 0, its alpha gradients are still needed
+            H, W = x.shape[-2:]
+            s = self.strides[r]
+            y = x.new_zeros((x.shape[0], x.shape[1], (H + s - 1) // s, (W + s - 1) // s))
+        return _DeferredAlphaGrad.apply(w, x, y, (self, r, sel, pending))
+
+    def row_alpha_grad(self, r: int, sel: int, x: Tensor, y: Tensor, g: Tensor, pending: _PendingCache) -> Tensor:
+        """(ops,) gradient of the loss w.r.t. row r of Ā given g = dL/d(row output) (B, C, H', W')."""
+        B = x.shape[0]
+        b = min(self.alpha_subbatch or B, B)
+        scale = B / b
+        acc = torch.promote_types(g.dtype, torch.float32)      # accumulate bf16/fp16 products in float32
+        xs, gs = x[:b], g[:b].to(acc)
+        grad = torch.zeros(len(self.ops), dtype=acc, device=g.device)
+        j = self.sources[r]
+        for k in range(len(self.ops)):
+            if k in self.skip:
+                continue
+            if k == sel:
+                grad[k] = (g.to(acc) * y.to(acc)).sum()
+                continue
+            if self.param_free[k]:
+                out = pending.get((j, k, b), lambda k=k: self.edges[r][k](xs))
+            else:
+                out = self.edges[r][k](xs)
+            grad[k] = scale * (gs * out.to(acc)).sum()
+        pending.done(r)
+        return grad
+
+
+class _PendingCache:
+    """Outputs of parameter-free ops per (source, op, sub-batch), shared by the edges leaving a source during
+    the backward pass, freed once every edge of that source has been reduced."""
+
+    def __init__(self, sources: list[int]):
+        self.sources = sources
+        self.left = {j: sources.count(j) for j in set(sources)}
+        self.store: dict[tuple[int, int, int], Tensor] = {}
+
+    def get(self, key, make):
+        if key not in self.store:
+            self.store[key] = make()
+        return self.store[key]
+
+    def done(self, r: int) -> None:
+        j = self.sources[r]
+        self.left[j] -= 1
+        if self.left[j] == 0:
+            for key in [k for k in self.store if k[0] == j]:
+                del self.store[key]
+
+
+class _DeferredAlphaGrad(torch.autograd.Function):
+    """out = w[sel] * y (y = the selected op's output, zeros for a dropped row). Backward: dL/dy = w[sel] * g and
+    dL/dw computed by ``cell.row_alpha_grad`` (the non-selected ops run there, under no_grad); nothing of them
+    is kept between forward and backward, so the alpha step's memory is that of the sparse network."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, x: Tensor, y: Tensor, info) -> Tensor:
+        cell, r, sel, pending = info
+        ctx.info = info
+        dev = x.device.type
+        # the non-selected ops run in backward, outside the caller's autocast region: re-enter the same one
+        ctx.amp = (dev, torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else None
+        ctx.save_for_backward(w, x, y)
+        scale = w[sel] if sel >= 0 else w.new_zeros(())
+        return y * scale.to(y.dtype)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        w, x, y = ctx.saved_tensors
+        cell, r, sel, pending = ctx.info
+        amp = torch.autocast(ctx.amp[0], dtype=ctx.amp[1]) if ctx.amp else contextlib.nullcontext()
+        with torch.no_grad(), amp:
+            grad_w = cell.row_alpha_grad(r, sel, x, y, g, pending).to(w.dtype)
+        grad_y = g * w[sel].to(g.dtype) if sel >= 0 and ctx.needs_input_grad[2] else None
+        return grad_w, None, grad_y, None
+
+
+@register_space("cnn")
+class CNNSearchSpace(SearchSpace):
+    """The DARTS/NASP image-classification supernet. forward(x (B, 3, H, W), view) -> logits (B, num_classes).
+
+    C: channels of the first cell (stem has stem_multiplier * C); layers: number of cells; steps: intermediate
+    nodes per cell; multiplier: nodes concatenated into the cell output; op_set: "darts" (7 + none) or "nasp"
+    (12 ops, separate normal/reduction lists); alpha_init / seed: see :class:`nasp.arch.ArchParameters`;
+    derive_rule: "prox" (the last prox_C1, the core's rule, used by NASP) or "darts" (per node the 2 edges with
+    the largest non-'none' weight, op = argmax over non-'none' ops; the DARTS paper's rule).
+    """
+
+    def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, steps: int = 4, multiplier: int = 4,
+                 stem_multiplier: int = 3, in_channels: int = 3, op_set: str = "darts", alpha_init: str = "nasp",
+                 seed: int = 0, derive_rule: str = "prox", alpha_subbatch: int | None = None):
+        super().__init__()
+        if op_set not in OP_SETS:
+            raise ValueError(f"op_set must be one of {sorted(OP_SETS)}, got {op_set!r}")
+        if derive_rule not in ("prox", "darts"):
+            raise ValueError(f"derive_rule must be 'prox' or 'darts', got {derive_rule!r}")
+        if layers < 1 or steps < 1 or not 1 <= multiplier <= steps:
+            raise ValueError(f"need layers >= 1, steps >= 1, 1 <= multiplier <= steps; got {layers}, {steps}, "
+                             f"{multiplier}")
+        self.C, self.num_classes, self.layers, self.steps = C, num_classes, layers, steps
+        self.op_set, self.derive_rule = op_set, derive_rule
+        normal_ops, reduce_ops = OP_SETS[op_set]
+        self.arch = ArchParameters([cell_alpha_spec("normal", normal_ops, steps),
+                                    cell_alpha_spec("reduce", reduce_ops, steps)], init=alpha_init, seed=seed)
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = layers >= 3 and i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            ops = reduce_ops if reduction else normal_ops
+            self.cells.append(SearchCell(steps, multiplier, C_pp, C_p, C_curr, reduction, reduction_prev, ops))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, num_classes)
+        self.alpha_subbatch = alpha_subbatch
+
+    @property
+    def alpha_subbatch(self) -> int | None:
+        return self._alpha_subbatch
+
+    @alpha_subbatch.setter
+    def alpha_subbatch(self, value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ValueError(f"alpha_subbatch must be None or >= 1, got {value}")
+        self._alpha_subbatch = value
+        for cell in self.cells:
+            cell.alpha_subbatch = value
+
+    def forward(self, x: Tensor, view: ArchView) -> Tensor:
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, view)
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    # ---- hooks of the core ---------------------------------------------------------------------------------
+    def op_costs(self) -> dict[str, Tensor]:
+        """Per-op parameter counts of the first cell of each type (every cell of a type has the same ratios)."""
+        out = {}
+        for name in ("normal", "reduce"):
+            cell = next((c for c in self.cells if c.matrix == name), None)
+            if cell is not None:
+                out[name] = cost_matrix([list(edge) for edge in cell.edges])
+        return out
+
+    def darts_onehot(self) -> dict[str, Tensor]:
+        """DARTS' derivation as a one-hot architecture (rows, ops) per matrix: per node keep the 2 incoming edges
+        with the largest softmax weight over non-'none' ops; each keeps its best non-'none' op."""
+        out = {}
+        for name, a in self.arch:
+            spec = self.arch.specs[name]
+            w = torch.softmax(a.detach(), dim=-1).clone()
+            for k, o in enumerate(spec.ops):
+                if o == "none":
+                    w[:, k] = -1.0
+            best, idx = w.max(dim=1)
+            onehot = torch.zeros_like(w)
+            groups = torch.tensor(spec.groups, device=w.device)
+            for g in range(self.steps):
+                rows = torch.nonzero(groups == g).flatten()
+                top = rows[torch.topk(best[rows], min(spec.k, len(rows))).indices]
+                onehot[top, idx[top]] = 1.0
+            out[name] = onehot
+        return out
+
+    def sparse_view(self) -> ArchView:
+        if self.derive_rule == "darts":
+            return self.arch.sparse_view(self.darts_onehot())
+        return self.arch.sparse_view()
+
+    def genotype(self) -> Genotype:
+        if self.derive_rule == "darts":
+            return genotype_from_onehot(self.arch.specs, self.darts_onehot())
+        return super().genotype()
+
+    @torch.no_grad()
+    def selected_parameters(self, view: ArchView) -> set[int]:
+        """ids of the op parameters a SPARSE view runs (for tests and diagnostics)."""
+        assert view.mode == SPARSE
+        ids = set()
+        for cell in self.cells:
+            for r, sel in enumerate(view.selected[cell.matrix]):
+                if sel >= 0:
+                    ids.update(id(p) for p in cell.edges[r][sel].parameters())
+        return ids

@@ -1,0 +1,1 @@
+"""Stand-alone trainers for found architectures (image classifiers: :mod:`nasp.train.image`)."""
