@@ -193,7 +193,8 @@ def _parser() -> argparse.ArgumentParser:
                         ("benchmark", "many models x folds/seeds in one table")):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("--config", help="YAML file (safe_load); defaults are used without one")
-        sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. search.epochs=10")
+        sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                        help="overrides, e.g. search.epochs=10 (repeatable)")
         sp.add_argument("--out", help="run folder (default: out_dir of the config)")
     ev = sub.add_parser("evaluate", help="evaluate a saved run's model on its test split")
     ev.add_argument("--run", required=True, help="a run folder written by sif search / sif train")
