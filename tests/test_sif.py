@@ -81,7 +81,8 @@ def test_heads_projected_onto_unit_ball():
 def test_search_recovers_planted_multiply(seed):
     ds = planted_ratings("multiply", seed=seed)
     tr, va, _ = random_split(ds, (0.7, 0.15, 0.15), seed=seed)
-    rec = SIFRecommender(embedding_dim=4, use_bias=False, random_state=seed, search={"epochs": 8},
+    search = {"epochs": 8, "w_optimizer": "adagrad", "w_lr": 0.05, "a_lr": 3e-4}
+    rec = SIFRecommender(embedding_dim=4, use_bias=False, reg=1e-5, penalty="norm", random_state=seed, search=search,
                          train={"max_epochs": 3}).fit(tr, va, show_progress=False)
     assert rec.op_ == "multiply", [h["genotype"] for h in rec.search_result_.history]
 
