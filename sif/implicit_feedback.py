@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data_loaders import BatchIterator, RatingDataset, to_csr
+from data_loaders import BatchIterator, RatingDataset, leave_k_out_split, time_split, to_csr
 from nasp.arch import SPARSE, ArchView
 
 from .ranking import evaluate_ranking
 
 __all__ = ["LOSSES", "NegativeSampler", "RankingData", "ImplicitTask", "positives", "positive_pairs",
-           "score_all_items", "model_score_fn", "positive_iterator", "split_matrices"]
+           "score_all_items", "model_score_fn", "positive_iterator", "split_matrices",
+           "implicit_splits"]
 
 LOSSES = ("bpr", "bce")
 
@@ -292,6 +293,24 @@ class ImplicitTask:
                                device=device, max_elements=data.max_elements)
         model.train(was_training)
         return out
+
+
+def implicit_splits(ds: RatingDataset, threshold: float | None = 4.0, split: str = "leave_k_out", k: int = 5,
+                    valid_k: int | None = None, seed: int = 0, fractions=(0.8, 0.1, 0.1)
+                    ) -> tuple[RatingDataset, RatingDataset, RatingDataset]:
+    """(train, valid, test) positives for implicit feedback: ratings >= ``threshold`` (all when None), split by
+    the data layer: "leave_k_out" (per user, ``k`` random test and ``valid_k`` (default k) valid positives),
+    "leave_k_out_time" (per user, the latest ``k`` test, the next ``valid_k`` valid), or "time" (global time order,
+    ``fractions``)."""
+    pos = positives(ds, threshold)
+    valid_k = k if valid_k is None else valid_k
+    if split == "leave_k_out":
+        return leave_k_out_split(pos, k=k, seed=seed, valid_k=valid_k)
+    if split == "leave_k_out_time":
+        return leave_k_out_split(pos, k=k, seed=seed, valid_k=valid_k, by_time=True)
+    if split == "time":
+        return time_split(pos, tuple(fractions))
+    raise ValueError(f"split must be leave_k_out, leave_k_out_time or time, got {split!r}")
 
 
 def split_matrices(train: RatingDataset, valid: RatingDataset, threshold: float | None
