@@ -355,10 +355,10 @@ class SIFRecommender(BaseRecommender):
 
     search: a :class:`nasp.search.SearchConfig` or dict (defaults: the SIF recipe: NASP, Adagrad lr 0.05 on the
     weights, Adam lr 3e-4 on alpha and g); select: "best" (architecture of the epoch with the best validation
-    RMSE) or "last" (the last prox); search_on: "valid" (alpha steps on validation batches) or "train" (the
-    "no validation split" ablation); train_all_heads: train every op's head on detached features during the
-    search, so that unselected ops are judged with trained heads; keep_g: stand-alone training starts from the
-    searched g (the paper) rather than a fresh one.
+    RMSE, or NDCG@10 for the implicit tasks) or "last" (the last prox); search_on: "valid" (alpha steps on
+    validation batches) or "train" (the "no validation split" ablation); train_all_heads: train every op's head
+    on detached features during the search, so that unselected ops are judged with trained heads; keep_g:
+    stand-alone training starts from the searched g (the paper) rather than a fresh one.
     """
 
     def __init__(self, embedding_dim: int = 8, use_bias: bool = True, search: Any = None, select: str = "best",
