@@ -36,8 +36,9 @@ try:
 except ImportError:  # run as a script
     from _machine import machine_line
 
-MODELS = ("sif", "gmf", "ncf", "neumf", "implicit_als", "implicit_bpr", "implicit_lmf")
-LABELS = {"sif": "SIF (searched)", "gmf": "GMF", "ncf": "NCF", "neumf": "NeuMF", "implicit_als": "implicit ALS",
+MODELS = ("sif", "sif_nonsep", "gmf", "ncf", "neumf", "implicit_als", "implicit_bpr", "implicit_lmf")
+LABELS = {"sif": "SIF (searched, 5 ops)", "sif_nonsep": "SIF (searched, multiply/max/min)", "gmf": "GMF",
+          "ncf": "NCF", "neumf": "NeuMF", "implicit_als": "implicit ALS",
           "implicit_bpr": "implicit BPR", "implicit_lmf": "implicit LMF"}
 
 
@@ -53,15 +54,17 @@ def fit(name: str, params: dict, cfg: dict, train, valid, train_m, valid_m, seed
         return f.score_fn(device), f.seconds, {}
     n = cfg["neural"]
     kw = dict(task=n["task"], num_negatives=n["num_negatives"], train=dict(n["train"]), device=device,
-              random_state=seed, use_bias=name == "sif", **params)
-    if name == "sif":
+              random_state=seed, use_bias=name.startswith("sif"), **params)
+    if name.startswith("sif"):
         kw["search"] = dict(n["sif_search"])
-    rec = create_recommender(name, **kw)
+    if name == "sif_nonsep":     # only the ops whose score is not a sum of a user term and an item term
+        kw["ops"] = list(n["sif_nonseparable_ops"])
+    rec = create_recommender(name.removesuffix("_nonsep"), **kw)
     t0 = time.perf_counter()
     rec.fit(train, valid, show_progress=False)
     seconds = time.perf_counter() - t0
     info = {"epochs": len(rec.train_result_.history), "best_epoch": rec.train_result_.best_epoch}
-    if name == "sif":
+    if name.startswith("sif"):
         info["op"] = rec.op_
     return model_score_fn(rec.model_), seconds, info
 
