@@ -185,3 +185,13 @@ def test_implicit_splits_keep_only_positives():
 def test_sif_recommender_rejects_unknown_task():
     with pytest.raises(ValueError, match="task must be"):
         SIFRecommender(task="ranking")
+
+
+@pytest.mark.parametrize("op,separable", [("plus", True), ("concat", True), ("multiply", False), ("max", False)])
+def test_separable_ops_rank_items_the_same_for_every_user(op, separable):
+    model = SIFSpace(6, 30, embedding_dim=4, ops=(op,), use_bias=True, seed=3)
+    with torch.no_grad():
+        for e in model.embeddings.values():
+            e.weight.normal_()
+    order = torch.argsort(score_all_items(model, torch.arange(6)), dim=1)
+    assert bool((order == order[0]).all()) == separable
