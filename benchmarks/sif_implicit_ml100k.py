@@ -36,10 +36,12 @@ try:
 except ImportError:  # run as a script
     from _machine import machine_line
 
-MODELS = ("sif", "sif_nonsep", "gmf", "ncf", "neumf", "implicit_als", "implicit_bpr", "implicit_lmf")
+MODELS = ("sif", "sif_nonsep", "gmf", "ncf", "neumf", "implicit_als", "implicit_bpr", "implicit_lmf",
+          "popularity")
 LABELS = {"sif": "SIF (searched, 5 ops)", "sif_nonsep": "SIF (searched, multiply/max/min)", "gmf": "GMF",
           "ncf": "NCF", "neumf": "NeuMF", "implicit_als": "implicit ALS",
-          "implicit_bpr": "implicit BPR", "implicit_lmf": "implicit LMF"}
+          "implicit_bpr": "implicit BPR", "implicit_lmf": "implicit LMF",
+          "popularity": "popularity (reference, not tuned)"}
 
 
 def evaluate(score_fn, seen, target, ks) -> dict[str, float]:
@@ -49,6 +51,10 @@ def evaluate(score_fn, seen, target, ks) -> dict[str, float]:
 
 def fit(name: str, params: dict, cfg: dict, train, valid, train_m, valid_m, seed: int, device: str):
     """(score_fn, fit seconds, extra info) of model ``name`` with ``params``."""
+    if name == "popularity":     # every user gets the items ranked by their number of training positives
+        t0 = time.perf_counter()
+        counts = torch.from_numpy(np.asarray(train_m.sum(0)).ravel().astype(np.float32)).to(device)   # (I,)
+        return (lambda users: counts.expand(len(users), -1)), time.perf_counter() - t0, {}
     if name.startswith("implicit_"):
         f = fit_implicit(name.split("_", 1)[1], train_m, random_state=seed, num_threads=1, **params)
         return f.score_fn(device), f.seconds, {}
