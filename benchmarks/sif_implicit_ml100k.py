@@ -1,6 +1,6 @@
 """Implicit feedback on ML-100K: SIF (searched), GMF, NCF, NeuMF and implicit's ALS, BPR and LMF, one evaluation.
 
-Protocol (configs/sif_implicit_ml100k.yaml): ratings >= 4 are positives; per user, 5 random positives are the
+Protocol (configs/implicit_ml100k_benchmark.yaml): ratings >= 4 are positives; per user, 5 random positives are the
 test set and 5 more the validation set. Every model is tuned with the same budget: each configuration of its grid
 (2 per model) is fitted once on the tuning seed and scored on validation NDCG@10 (training positives filtered);
 the best configuration is then fitted on every seed (split and initialisation change with the seed) and scored on
@@ -137,7 +137,8 @@ def table(results: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs/sif_implicit_ml100k.yaml"))
+    root = Path(__file__).resolve().parents[1]
+    p.add_argument("--config", default=str(root / "configs/implicit_ml100k_benchmark.yaml"))
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--seeds", type=int, nargs="+", help="override the config's seeds")
     p.add_argument("--max-epochs", type=int, help="override the neural models' max_epochs (quick checks)")
