@@ -5,6 +5,11 @@
 sets learned attributes ending in ``_`` and returns ``self``. ``random_state`` seeds everything inside ``fit``.
 Indices are the dataset's contiguous user/item indices (``RatingDataset.users``); ``user_ids``/``item_ids``
 of the training dataset map them back to original ids. ``save`` writes JSON + a state_dict (no pickle).
+
+``task="bpr"`` or ``"bce"`` trains on implicit feedback instead of ratings (see :mod:`sif.implicit_feedback`): the
+positives are the ratings >= ``positive_threshold`` (every rating when None), ``num_negatives`` sampled negatives
+per positive, early stopping (and SIF's architecture choice) on validation NDCG@10 with the user's training
+positives filtered; ``predict`` then returns scores (logits), not ratings.
 """
 
 from __future__ import annotations
@@ -28,6 +33,15 @@ from nasp.genotype import Genotype
 from nasp.search import SearchConfig
 
 from .baselines import BASELINES, create_baseline
+from .implicit_feedback import (
+    ImplicitTask,
+    NegativeSampler,
+    RankingData,
+    positive_iterator,
+    score_all_items,
+    split_matrices,
+)
+from .ranking import topk_by_score_then_index
 from .space import SIFSpace
 from .task import RatingTask
 from .train import TrainConfig, train_model
@@ -64,7 +78,11 @@ class BaseRecommender:
 
     def __init__(self, embedding_dim: int = 32, use_bias: bool = True, reg: float = 0.1, penalty: str = "l2",
                  penalize_transformed: bool = False, train: Any = None, valid_fraction: float = 0.1,
-                 clip_predictions: bool = True, device: str = "cpu", random_state: int = 0):
+                 clip_predictions: bool = True, device: str = "cpu", random_state: int = 0, task: str = "rating",
+                 num_negatives: int = 4, positive_threshold: float | None = None):
+        if task not in ("rating", "bpr", "bce"):
+            raise ValueError(f"task must be 'rating', 'bpr' or 'bce', got {task!r}")
+        self.task, self.num_negatives, self.positive_threshold = task, num_negatives, positive_threshold
         self.embedding_dim, self.use_bias, self.reg, self.train = embedding_dim, use_bias, reg, train
         self.penalty, self.penalize_transformed = penalty, penalize_transformed
         self.valid_fraction, self.clip_predictions = valid_fraction, clip_predictions
@@ -106,19 +124,32 @@ class BaseRecommender:
         self.rating_scale_ = train.rating_scale
         self.num_users_, self.num_items_, self.num_contexts_ = train.num_users, train.num_items, train.num_contexts
         self.user_ids_, self.item_ids_ = train.user_ids, train.item_ids
+        if self.implicit:
+            self.positives_ = split_matrices(train, valid, self.positive_threshold)    # (train, valid) CSR
+            self.samplers_ = {"train": NegativeSampler(self.positives_[0], device=self.device),
+                              "valid": NegativeSampler(self.positives_[0] + self.positives_[1], device=self.device)}
         self.task_ = self._task()
         loaders = self._loaders(train, valid)
         self.model_, self.train_result_ = self._fit_model(*loaders, show_progress, callback, run_dir)
         self.model_.eval()
-        self.rated_ = to_csr(train, binary=True)
+        self.rated_ = self.positives_[0] if self.implicit else to_csr(train, binary=True)
         return self
 
-    def _task(self, **kw) -> RatingTask:
+    @property
+    def implicit(self) -> bool:
+        """True for the implicit-feedback tasks ("bpr", "bce")."""
+        return self.task != "rating"
+
+    def _task(self, **kw) -> RatingTask | ImplicitTask:
+        if self.implicit:
+            return ImplicitTask(self.task, self.num_negatives, getattr(self, "samplers_", None), self.reg, **kw)
         scale = self.rating_scale_ if self.clip_predictions else None
         return RatingTask(self.scaler_.mean_, self.scaler_.std_, scale, self.reg, penalty=self.penalty,
                           on_transformed=self.penalize_transformed, **kw)
 
     def _fields(self) -> tuple[str, ...]:
+        if self.implicit:
+            return ("users", "items")
         return ("users", "items", "ratings", "contexts") if self.num_contexts_ else ("users", "items", "ratings")
 
     def _iterator(self, ds: RatingDataset, shuffle: bool, batch_size: int, seed: int) -> BatchIterator:
@@ -132,6 +163,11 @@ class BaseRecommender:
 
     def _loaders(self, train: RatingDataset, valid: RatingDataset):
         bs, seed = self.train_config_.batch_size, self.random_state
+        if self.implicit:
+            tr, va = self.positives_
+            return (positive_iterator(tr, bs, True, seed, self.device), positive_iterator(va, bs, True, seed + 1,
+                                                                                         self.device),
+                    RankingData(tr, va))
         # data parallel (torchrun): each rank takes its slice of every global batch; evaluation sees everything
         return (shard_if_distributed(self._iterator(train, True, bs, seed)),
                 shard_if_distributed(self._iterator(valid, True, bs, seed + 1)),
@@ -175,17 +211,24 @@ class BaseRecommender:
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
     def score(self, dataset: RatingDataset) -> dict[str, float]:
-        """rmse, mae (raw scale) and rmse_z on a dataset with the same id maps."""
+        """rmse, mae (raw scale) and rmse_z on a dataset with the same id maps; for implicit tasks the ranking
+        metrics (K=10, AUC) of its positives with the training positives filtered."""
         self._check_fitted()
         _check_dataset(dataset, "dataset")
+        if self.implicit:
+            target = to_csr(dataset, threshold=self.positive_threshold, binary=True)
+            return self.task_.evaluate(self.model_, RankingData(self.rated_, target, auc=True))
         return self.task_.evaluate(self.model_, self._iterator(dataset, False, 8192, 0))
 
     @torch.no_grad()
     def recommend(self, user_or_users, N: int = 10, filter_already_rated: bool = True, context: int | None = None,
-                  batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                  batch_size: int = 256, original_ids: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Top-N items per user: (item indices, predicted ratings), shapes (N,) for one user or (n, N).
 
-        Items the user rated in the training data are excluded when ``filter_already_rated``.
+        Items the user rated in the training data (its positives for implicit tasks) are excluded when
+        ``filter_already_rated``. Scores are ratings for the rating task, logits for implicit tasks. Equal
+        scores are ordered by the lower item index. ``original_ids``: return the items' original ids
+        (``item_ids_``) instead of indices.
         """
         self._check_fitted()
         single = np.ndim(user_or_users) == 0
@@ -196,17 +239,22 @@ class BaseRecommender:
         ids, scores = [], []
         for s in range(0, len(users), batch_size):
             ub = users[s: s + batch_size].to(self.device)                         # (b,)
-            uu = ub.repeat_interleave(n_items)                                     # (b * m,)
-            ii = all_items.repeat(len(ub))
-            cc = None if not self.num_contexts_ else torch.full_like(uu, 0 if context is None else context)
-            pred = self.model_(uu, ii, cc).view(len(ub), n_items).float()          # (b, m)
+            if self.num_contexts_:
+                uu = ub.repeat_interleave(n_items)                                 # (b * m,)
+                ii = all_items.repeat(len(ub))
+                cc = torch.full_like(uu, 0 if context is None else context)
+                pred = self.model_(uu, ii, cc).view(len(ub), n_items).float()      # (b, m)
+            else:
+                pred = score_all_items(self.model_, ub).float()                    # (b, m)
             if filter_already_rated:
                 rated = torch.from_numpy(self.rated_[ub.cpu().numpy()].toarray() > 0).to(self.device)
                 pred = pred.masked_fill(rated, float("-inf"))
-            top = torch.topk(pred, N, dim=1)
-            ids.append(top.indices.cpu())
-            scores.append(self.task_.to_raw(top.values).cpu())
+            top = topk_by_score_then_index(pred, N)                                # (b, N)
+            ids.append(top.cpu())
+            scores.append(self.task_.to_raw(pred.gather(1, top)).cpu())
         ids_np, scores_np = torch.cat(ids).numpy(), torch.cat(scores).numpy()
+        if original_ids:
+            ids_np = np.asarray(self.item_ids_)[ids_np]
         return (ids_np[0], scores_np[0]) if single else (ids_np, scores_np)
 
     # ---- persistence ----------------------------------------------------------------------------------------
@@ -312,7 +360,8 @@ class SIFRecommender(BaseRecommender):
 
     search: a :class:`nasp.search.SearchConfig` or dict (defaults: NASP, 10 epochs, Adam lr 0.002 on the
     weights, Adam lr 1e-3 on alpha and g; the reference used Adagrad 0.05 and alpha lr 3e-4 over 100 epochs).
-    select: "best" (architecture of the epoch with the best validation RMSE) or "last" (the last prox).
+    select: "best" (architecture of the epoch with the best validation RMSE, or NDCG@10 for the implicit tasks)
+    or "last" (the last prox).
     search_on: "valid" (alpha steps on validation batches) or "train" (the "no validation split" ablation).
     train_all_heads: train every op's head on detached features during the search, so that unselected ops are
     judged with trained heads. keep_g: stand-alone training starts from the searched g (the paper) rather than a

@@ -1,6 +1,7 @@
 """Stand-alone training of one rating model (a found interaction function, a fixed one, or a baseline).
 
-Early stopping on validation RMSE with patience; the best state is restored at the end. With a ``run_dir`` an
+Early stopping on the task's validation metric (``task.metric``, lower is better unless ``task.maximize``; RMSE for
+the rating task) with patience; the best state is restored at the end. With a ``run_dir`` an
 atomic checkpoint is written after every epoch and a killed run resumes from it to the same result.
 """
 
@@ -98,7 +99,8 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
                 device="cpu", run_dir: str | Path | None = None, show_progress: bool = True,
                 callback: Callable | None = None, resume: bool = True,
                 data_parallel: bool | None = None) -> TrainResult:
-    """Train ``model`` until validation RMSE stops improving for ``patience`` epochs; restore the best state.
+    """Train ``model`` until the validation ``task.metric`` (RMSE for the rating task) stops improving for
+    ``patience`` epochs; restore the best state.
 
     ``callback(epoch, elapsed, metrics)`` is called after every epoch; a True return stops training.
     ``data_parallel`` (default: on inside a torch.distributed group of several ranks, see :mod:`nasp.distributed`):
@@ -116,6 +118,7 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
         nd.broadcast_module_(model)
     opt = make_optimizer(params, cfg)
     view = model.sparse_view() if hasattr(model, "sparse_view") else None
+    metric, sign = getattr(task, "metric", "rmse"), (1.0 if getattr(task, "maximize", False) else -1.0)
     state = {"epoch": 0, "best_rmse": float("inf"), "best_epoch": -1, "bad_epochs": 0, "history": [],
              "best_state": copy.deepcopy(model.state_dict())}
     ckpt = Path(run_dir) / "train_checkpoint.pt" if run_dir is not None else None
@@ -141,8 +144,8 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
         record = {"epoch": epoch, "train_loss": train_loss, **{f"valid_{k}": v for k, v in metrics.items()},
                   "seconds": time.perf_counter() - t0}
         state["history"].append(record)
-        if metrics["rmse"] < state["best_rmse"] - cfg.min_delta:
-            state.update(best_rmse=metrics["rmse"], best_epoch=epoch, bad_epochs=0,
+        if -sign * metrics[metric] < state["best_rmse"] - cfg.min_delta:     # best_rmse: best of -sign * metric
+            state.update(best_rmse=-sign * metrics[metric], best_epoch=epoch, bad_epochs=0,
                          best_state=copy.deepcopy(model.state_dict()))
         else:
             state["bad_epochs"] += 1
@@ -154,8 +157,8 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
                 f.write(json.dumps(record) + "\n")
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.4f}", valid_rmse=f"{metrics['rmse']:.4f}",
-                            best=f"{state['best_rmse']:.4f}")
+            bar.set_postfix(loss=f"{train_loss:.4f}", **{f"valid_{metric}": f"{metrics[metric]:.4f}"},
+                            best=f"{-sign * state['best_rmse']:.4f}")
         if callback is not None and _stop(callback(epoch, time.perf_counter() - t_start, record), sync, device):
             break
     if bar is not None:
