@@ -141,8 +141,8 @@ def _is_sif(model: nn.Module) -> bool:
 def _pair_scores(model: nn.Module, users: Tensor, items: Tensor, view: ArchView | None):
     """(scores (B,), penalty, SIF features for other heads or None) of (user, item) pairs."""
     if not _is_sif(model):
-        pred, penalty = model.forward_with_penalty(users, items, None)
-        return pred, penalty, None
+        pred, rows = model.forward_with_rows(users, items, None)
+        return pred, sum(r.norm() for r in rows), None
     view = model.sparse_view() if view is None else view
     emb, b = model.encode(users, items, None)
     z = model.transform(emb)
