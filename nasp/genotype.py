@@ -14,7 +14,31 @@ import torch
 
 from .arch import AlphaSpec, ArchParameters
 
-__all__ = ["Choice", "Genotype", "derive", "genotype_from_onehot", "to_dot", "draw"]
+__all__ = ["Choice", "Genotype", "JsonGenotype", "derive", "genotype_from_onehot", "to_dot", "draw"]
+
+
+class JsonGenotype:
+    """JSON in and out (never ``eval``) for genotype dataclasses that define ``to_dict``/``from_dict``."""
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path):
+        """Parse JSON text (a string starting with '{') or read a JSON file."""
+        is_file = isinstance(text_or_path, Path) or not str(text_or_path).lstrip().startswith("{")
+        p = Path(text_or_path)
+        if is_file and not p.is_file():
+            raise FileNotFoundError(f"genotype file {p} does not exist")
+        text = p.read_text() if is_file else str(text_or_path)
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            src = str(p) if is_file else "<string>"
+            raise ValueError(f"{src}: not valid genotype JSON at line {e.lineno}: {e.msg}") from e
 
 
 @dataclass(frozen=True)
@@ -29,7 +53,7 @@ class Choice:
 
 
 @dataclass(frozen=True)
-class Genotype:
+class Genotype(JsonGenotype):
     """The discrete architecture: ``matrices`` is a tuple of (matrix name, tuple of kept :class:`Choice`)."""
 
     matrices: tuple[tuple[str, tuple[Choice, ...]], ...]
@@ -59,26 +83,6 @@ class Genotype:
                 raise ValueError(f"genotype matrix {name!r}: bad choice entry ({e})") from e
             mats.append((name, choices))
         return cls(tuple(mats))
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | Path) -> Genotype:
-        """Parse JSON text (a string starting with '{') or read a JSON file."""
-        is_file = isinstance(text_or_path, Path) or not str(text_or_path).lstrip().startswith("{")
-        p = Path(text_or_path)
-        if is_file and not p.is_file():
-            raise FileNotFoundError(f"genotype file {p} does not exist")
-        text = p.read_text() if is_file else str(text_or_path)
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            src = str(p) if is_file else "<string>"
-            raise ValueError(f"{src}: not valid genotype JSON at line {e.lineno}: {e.msg}") from e
 
     def __str__(self) -> str:
         parts = []

@@ -6,6 +6,15 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny test models run fastest on one thread and do not oversubscribe a shared 2-core CI machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def device() -> torch.device:
     name = os.environ.get("NASP_TEST_DEVICE", "cpu")

@@ -9,14 +9,6 @@ from nasp.spaces.cnn.model import NetworkCIFAR, NetworkImageNet
 from nasp.train.image import count_parameters, multiply_adds
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_darts_v2_has_3_35m_parameters():
     n = count_parameters(NetworkCIFAR(DARTS_V2, C=36, num_classes=10, layers=20, auxiliary=True))
     assert abs(n - 3.35e6) / 3.35e6 < 0.01, n

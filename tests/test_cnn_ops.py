@@ -11,16 +11,6 @@ from nasp.spaces.cnn.ops import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest on one thread (and do not oversubscribe a shared 2-core CI box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 @pytest.mark.parametrize("name", sorted(OPS))
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("affine", [True, False])

@@ -15,14 +15,6 @@ from nasp.streams import TensorLoader
 from nasp.train.image import TrainConfig, train_classifier
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _toy_images(n, seed):
     """Two classes told apart by the mean brightness of the red channel (learnable in a few steps)."""
     g = torch.Generator().manual_seed(seed)

@@ -9,16 +9,6 @@ from nasp.spaces.cnn.genotypes import from_core
 from nasp.strategies import STRATEGIES, nasp_alpha_grads
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest on one thread (and do not oversubscribe a shared 2-core CI box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def _space(op_set="darts", **kw):
     torch.manual_seed(0)
     return CNNSearchSpace(C=4, layers=3, steps=3, multiplier=3, num_classes=5, op_set=op_set, **kw)

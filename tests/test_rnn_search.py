@@ -11,14 +11,6 @@ from nasp.spaces.rnn import DARTS_V2, PRIMITIVES_NASP, LanguageModelTask, RNNMod
 from nasp.train.language import LMTrainConfig, WeightAverager, nonmonotone_trigger, train_language_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _markov_text(path, n_lines, seed, vocab=16):
     """Lines of a Markov chain where the next word is one of two successors of the current one."""
     g = torch.Generator().manual_seed(seed)

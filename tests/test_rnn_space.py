@@ -18,15 +18,6 @@ from nasp.spaces.rnn import (
 from nasp.strategies import nasp_alpha_grads
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny recurrent models are dominated by thread start-up costs; one thread keeps the tests fast."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _space(**kw):
     return RNNSearchSpace(**{"vocab_size": 40, "ninp": 12, "nhid": 12, "seed": 0, **kw})
 

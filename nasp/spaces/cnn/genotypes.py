@@ -18,13 +18,12 @@ invented cell would be worse than none (add it here as data when it is).
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...genotype import Genotype
+from ...genotype import Genotype, JsonGenotype
 from .ops import OPS
 
 __all__ = ["CellGenotype", "DARTS_V1", "DARTS_V2", "GENOTYPES", "from_core", "to_dot", "draw", "get_genotype"]
@@ -46,7 +45,7 @@ def _check_cell(name: str, pairs: tuple[Pair, ...], concat: tuple[int, ...]) -> 
 
 
 @dataclass(frozen=True)
-class CellGenotype:
+class CellGenotype(JsonGenotype):
     """Normal and reduction cell as (op, input index) pairs, two per intermediate node."""
 
     normal: tuple[Pair, ...]
@@ -78,19 +77,6 @@ class CellGenotype:
             raise ValueError(f"a cell genotype needs exactly the keys {sorted(keys)}, got {got}")
         return cls(tuple(tuple(p) for p in d["normal"]), tuple(d["normal_concat"]),
                    tuple(tuple(p) for p in d["reduce"]), tuple(d["reduce_concat"]))
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | Path) -> CellGenotype:
-        """Parse JSON text (starting with '{') or read a JSON file."""
-        s = str(text_or_path)
-        text = s if s.lstrip().startswith("{") else Path(s).read_text()
-        return cls.from_dict(json.loads(text))
 
 
 def from_core(genotype: Genotype, steps: int = 4) -> CellGenotype:

@@ -8,11 +8,9 @@ second order); they are never produced by evaluating text.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from ...genotype import Choice, Genotype
+from ...genotype import Choice, Genotype, JsonGenotype
 
 __all__ = ["ACTIVATION_NAMES", "PRIMITIVES_DARTS", "PRIMITIVES_NASP", "RNNGenotype", "GENOTYPES", "DARTS_V1",
            "DARTS_V2", "row_index", "row_pairs", "MATRIX"]
@@ -36,7 +34,7 @@ def row_index(i: int, j: int) -> int:
 
 
 @dataclass(frozen=True)
-class RNNGenotype:
+class RNNGenotype(JsonGenotype):
     """A recurrent cell: ``recurrent[j-1] = (activation, predecessor)`` for node j; ``concat`` = averaged nodes."""
 
     recurrent: tuple[tuple[str, int], ...]
@@ -92,18 +90,6 @@ class RNNGenotype:
             return cls(tuple(tuple(x) for x in d["recurrent"]), tuple(d["concat"]))
         except (KeyError, TypeError) as e:
             raise ValueError(f"a recurrent genotype needs 'recurrent' and 'concat' lists, got {d!r}") from e
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict())
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | Path) -> RNNGenotype:
-        s = str(text_or_path)
-        text = s if s.lstrip().startswith("{") else Path(s).read_text()
-        return cls.from_dict(json.loads(text))
 
 
 # The DARTS paper's Penn Treebank cells (first order: V1, second order: V2), as published.
