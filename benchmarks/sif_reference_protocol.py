@@ -33,12 +33,14 @@ except ImportError:  # run as a script
 
 
 REFERENCE_SEARCH = {"w_optimizer": "adagrad", "w_lr": 0.05, "a_lr": 3e-4}
-REFERENCE_TRAIN = {"batch_size": 512, "optimizer": "adagrad", "lr": 0.05, "max_epochs": 500, "patience": 10}
+REFERENCE_TRAIN = {"batch_size": 512, "optimizer": "adagrad", "lr": 0.05, "max_epochs": 500, "patience": 10,
+                   "g_lr_scale": 1.0}
 
 
 def reference(seed: int, epochs: int) -> SIFRecommender:
     """The reference code's settings (dim 2, no biases, Adagrad 0.05, norm penalty 1e-5, last prox)."""
     return SIFRecommender(embedding_dim=2, use_bias=False, train_all_heads=False, select="last", random_state=seed,
+                          g_skip=False, keep_g=True,
                           reg=1e-5, penalty="norm", search={"epochs": epochs, **REFERENCE_SEARCH},
                           train=REFERENCE_TRAIN)
 

@@ -52,11 +52,11 @@ class ModelConfig:
     reg: float = 0.1
     penalty: str = "l2"             # l2 (per-rating squared norms) | norm (the reference's ||U_b|| + ||V_b||)
     g_hidden: int = 8
-    g_skip: bool = False
+    g_skip: bool = True             # g starts as the identity and learns a residual (paper: random MLP)
     train_all_heads: bool = True
     select: str = "best"
     search_on: str = "valid"
-    keep_g: bool = True
+    keep_g: bool = False
     clip_predictions: bool = True
 
 

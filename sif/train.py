@@ -43,6 +43,7 @@ class TrainConfig:
     lr: float = 0.002
     weight_decay: float = 0.0
     grad_clip: float = 5.0
+    g_lr_scale: float = 0.05        # lr multiplier for SIF's element-wise transform g (1.0: the paper)
     seed: int = 0
 
     def __post_init__(self):
@@ -65,7 +66,13 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(model.weights()) if hasattr(model, "weights") else list(model.parameters())
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, slow: Iterable[nn.Parameter] = ()
+                   ) -> torch.optim.Optimizer:
+    """The configured optimiser; ``slow`` parameters (SIF's g) get ``lr * cfg.g_lr_scale``."""
+    slow_ids = {id(p) for p in slow}
+    if slow_ids and cfg.g_lr_scale != 1.0:
+        params = [{"params": [p for p in params if id(p) not in slow_ids]},
+                  {"params": [p for p in params if id(p) in slow_ids], "lr": cfg.lr * cfg.g_lr_scale}]
     if cfg.optimizer == "adagrad":
         return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     if cfg.optimizer == "adam":
@@ -116,7 +123,8 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
     main = nd.is_main_process()
     if sync:
         nd.broadcast_module_(model)
-    opt = make_optimizer(params, cfg)
+    g = getattr(model, "g", None)
+    opt = make_optimizer(params, cfg, g.parameters() if isinstance(g, nn.Module) else ())
     view = model.sparse_view() if hasattr(model, "sparse_view") else None
     metric, sign = getattr(task, "metric", "rmse"), (1.0 if getattr(task, "maximize", False) else -1.0)
     state = {"epoch": 0, "best_rmse": float("inf"), "best_epoch": -1, "bad_epochs": 0, "history": [],
