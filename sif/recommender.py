@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from torch import nn
 
 from data_loaders import BatchIterator, RatingDataset, RatingScaler, random_split, to_csr
 from nasp.checkpoint import load_checkpoint, save_checkpoint
+from nasp.config import config_from_dict
 from nasp.distributed import ShardedLoader, make_searcher, shard_if_distributed
 from nasp.genotype import Genotype
 from nasp.search import SearchConfig
@@ -64,11 +65,7 @@ def _as_config(cls, value):
     if isinstance(value, cls):
         return value
     if isinstance(value, dict):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(known)}")
-        return cls(**value)
+        return config_from_dict(cls, value)
     raise TypeError(f"expected a {cls.__name__} or dict, got {type(value).__name__}")
 
 

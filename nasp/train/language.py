@@ -19,12 +19,13 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..config import config_from_dict
 from ..spaces.rnn.task import LanguageModelTask
 
 __all__ = ["LMTrainConfig", "WeightAverager", "nonmonotone_trigger", "train_language_model",
@@ -58,11 +59,7 @@ class LMTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LMTrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown LMTrainConfig keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 class WeightAverager:
