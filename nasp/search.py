@@ -30,6 +30,7 @@ from torch import Tensor
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from .config import config_from_dict
 from .genotype import Genotype, draw
+from .optim import make_optimizer
 from .space import SearchSpace, Task
 from .strategies import STRATEGIES
 from .streams import ResumableStream
@@ -175,9 +176,8 @@ class Searcher:
         self.weight_params = list(model.weights())
         self.op_costs = {n: c.to(self.device) for n, c in model.op_costs().items()}
         self.w_opt = w_optimizer(self.weight_params) if w_optimizer else self._make_w_optimizer()
-        self.a_opt = torch.optim.Adam(self.alpha_params + self.extra_params, lr=self.config.a_lr,
-                                      betas=self.config.a_betas, weight_decay=self.config.a_weight_decay,
-                                      foreach=True)
+        self.a_opt = make_optimizer("adam", self.alpha_params + self.extra_params, self.config.a_lr,
+                                    self.config.a_weight_decay, betas=self.config.a_betas)
         self.scheduler = self._make_scheduler()
         self.arch_generator = torch.Generator().manual_seed(self.config.seed + 7919)
         self.timer = _PhaseTimer(self.device)
@@ -188,12 +188,7 @@ class Searcher:
     # ---- construction ------------------------------------------------------------------------------------
     def _make_w_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
-        if c.w_optimizer == "sgd":
-            return torch.optim.SGD(self.weight_params, lr=c.w_lr, momentum=c.w_momentum,
-                                   weight_decay=c.w_weight_decay, foreach=True)
-        if c.w_optimizer == "adagrad":
-            return torch.optim.Adagrad(self.weight_params, lr=c.w_lr, weight_decay=c.w_weight_decay, foreach=True)
-        return torch.optim.Adam(self.weight_params, lr=c.w_lr, weight_decay=c.w_weight_decay, foreach=True)
+        return make_optimizer(c.w_optimizer, self.weight_params, c.w_lr, c.w_weight_decay, momentum=c.w_momentum)
 
     def _make_scheduler(self):
         c = self.config

@@ -21,6 +21,7 @@ from torch import nn
 
 from nasp import distributed as nd
 from nasp.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from nasp.optim import make_optimizer as build_optimizer
 from nasp.search import NonFiniteLossError, to_device
 
 from .task import RatingTask
@@ -73,11 +74,7 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, slow: Iterable[
     if slow_ids and cfg.g_lr_scale != 1.0:
         params = [{"params": [p for p in params if id(p) not in slow_ids]},
                   {"params": [p for p in params if id(p) in slow_ids], "lr": cfg.lr * cfg.g_lr_scale}]
-    if cfg.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, foreach=True)
+    return build_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay, momentum=0.9)
 
 
 def _train_epoch(model, task: RatingTask, loader: Iterable, opt, params, cfg: TrainConfig, device, view,
