@@ -295,3 +295,24 @@ def test_cuda_nasp_epoch_has_no_sync_outside_the_alpha_selection():
         s._step_fn = step
         s.fit(train, valid)
     assert len(reads) == 1 + 3                                   # the initial A, then one per alpha update
+
+
+def test_sif_stand_alone_training_compile_option_with_the_eager_backend():
+    from sif.space import SIFSpace
+    from sif.task import RatingTask
+    from sif.train import TrainConfig, train_model
+
+    g = torch.Generator().manual_seed(1)
+    u, i, y = torch.randint(30, (512,), generator=g), torch.randint(40, (512,), generator=g), torch.randn(512)
+    train, valid = TensorLoader(u, i, y, batch_size=128, seed=0), TensorLoader(u, i, y, batch_size=512, seed=1)
+    torch._dynamo.reset()
+    results = []
+    for compile_ in (False, True):
+        model = SIFSpace(30, 40, embedding_dim=4, ops=("multiply",), use_bias=True, g_skip=True, seed=0)
+        cfg = TrainConfig(max_epochs=2, compile=compile_, compile_backend="eager")
+        results.append((train_model(model, RatingTask(), train, valid, cfg, show_progress=False), model))
+    torch._dynamo.reset()
+    (ref, m_ref), (comp, m_comp) = results
+    assert ref.history[-1]["train_loss"] == pytest.approx(comp.history[-1]["train_loss"], rel=1e-6)
+    for (k, v), (_, w) in zip(m_ref.state_dict().items(), m_comp.state_dict().items(), strict=True):
+        torch.testing.assert_close(v, w, rtol=1e-6, atol=1e-7, msg=k)
