@@ -209,8 +209,8 @@ class Searcher:
     ``config.compile``: the task loss (forward + loss of every step) runs through ``torch.compile`` with
     ``config.compile_backend``/``compile_mode``. Meant for CUDA. Each distinct discrete architecture of a SPARSE
     step is its own graph (the selection is a Python constant), so NASP recompiles when the choice changes, up to
-    torch._dynamo's recompile limit, after which that call runs eagerly. On a CPU it does not pay: measured on
-    this project's 2-core machine, compiling the SIF search took about 240 s and gave no speed-up.
+    torch._dynamo's recompile limit, after which that call runs eagerly. On a CPU it does not pay: on this
+    project's 2-core machine compiling cost minutes and no step got faster (benchmarks/README.md, host syncs).
     """
 
     def __init__(self, model: SearchSpace, task: Task, config: SearchConfig | None = None, device="cpu",
