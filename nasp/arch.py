@@ -77,7 +77,8 @@ class ArchView:
 
     mode: SPARSE, NASP or DENSE. weights: name -> (rows, ops) tensor (one-hot Ā for SPARSE/NASP, mixing weights
     for DENSE). selected: name -> tuple of plain ints, the op index of each row or -1 for a dropped row (None in
-    DENSE mode). Computed once per step, so a forward never syncs with the host per op.
+    DENSE mode). Read from the device once per change of the alphas (see :meth:`ArchParameters.projection`),
+    so a forward never syncs with the host per op.
     """
 
     mode: str
