@@ -2,10 +2,10 @@
 
 1. The CUDA tests: ``NASP_TEST_DEVICE=cuda pytest`` on the core and SIF test files (bounded by ``--test-timeout``).
 2. Step timings of one NASP search step (alpha step + weight step, the step ``Searcher.fit`` runs) on the toy space
-   and the SIF space: fp32 vs bf16 autocast (``SearchConfig.amp``), optionally ``torch.compile`` of the forward;
-   CUDA events, median of repeats. On CUDA it also counts the host syncs inside one step
-   (``torch.cuda.set_sync_debug_mode("warn")``): the NASP step makes a small constant number by design (the
-   discrete selection Ā is read once per view so that only the selected ops run), the rest must be zero.
+   and the SIF space: fp32 vs bf16 autocast (``SearchConfig.amp``), optionally ``SearchConfig.compile`` (the task
+   loss through ``torch.compile``); CUDA events, median of repeats. On CUDA it also counts the host syncs inside one
+   step (``torch.cuda.set_sync_debug_mode("warn")``): a NASP step with an alpha update reads the discrete
+   selection of the updated A once (so that only the selected ops run; see ``nasp.strategies``), the rest is zero.
 3. Fast-path plumbing: channels_last for a model with convolutions (``nasp.distributed.prepare_model``), pinned
    batches (``PinnedLoader``) copied with ``non_blocking=True``.
 
@@ -84,9 +84,7 @@ def _sif_case(device, tiny: bool):
 
 def time_steps(space, task, loaders, device, amp, compile_, steps, repeats, warmup) -> dict:
     """Median ms per NASP step (alpha + weight) over repeats; host syncs counted on CUDA."""
-    cfg = SearchConfig(epochs=1, amp=amp, w_weight_decay=0.0)
-    if compile_:
-        space.forward = torch.compile(space.forward, dynamic=False)
+    cfg = SearchConfig(epochs=1, amp=amp, w_weight_decay=0.0, compile=compile_)    # compiles the task loss
     s = Searcher(space, task, cfg, device=device, show_progress=False)
     tr, va = ResumableStream(loaders[0]), ResumableStream(loaders[1])
     step = STRATEGIES["nasp"]

@@ -11,6 +11,13 @@ Tie-break (documented contract): at construction every matrix gets a seeded rand
 priorities per row and of its row priorities. ``prox_c1`` and derivation break exact ties by these priorities,
 so ties (all alphas start at 0.5 in NASP; clipping creates ties at 0 and 1) never systematically favour op 0,
 and the same seed always gives the same choice.
+
+Host syncs (documented contract): a SPARSE or NASP view needs the op index of every row as plain Python ints, a
+device->host transfer. :meth:`ArchParameters.projection` computes Ā = prox_C1(A) and that selection with ONE
+transfer for all matrices and caches both until the alphas change (detected by the version counter, storage and
+dtype of every alpha, and invalidated explicitly by :meth:`ArchParameters.invalidate`). So a NASP step transfers
+once per alpha update (the selection of the updated A, reused by the next alpha step) and never when the alphas
+did not change; random search draws its architecture on the CPU and transfers nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from torch import Tensor, nn
 
 from .prox import prox_c1, prox_c2, random_c1, row_argmax
 
-__all__ = ["AlphaSpec", "ArchParameters", "ArchView", "SPARSE", "NASP", "DENSE"]
+__all__ = ["AlphaSpec", "ArchParameters", "ArchView", "SPARSE", "NASP", "DENSE", "onehot_index", "selections"]
 
 SPARSE, NASP, DENSE = "sparse", "nasp", "dense"
 
@@ -70,7 +77,8 @@ class ArchView:
 
     mode: SPARSE, NASP or DENSE. weights: name -> (rows, ops) tensor (one-hot Ā for SPARSE/NASP, mixing weights
     for DENSE). selected: name -> tuple of plain ints, the op index of each row or -1 for a dropped row (None in
-    DENSE mode). Computed once per step, so a forward never syncs with the host per op.
+    DENSE mode). Read from the device once per change of the alphas (see :meth:`ArchParameters.projection`),
+    so a forward never syncs with the host per op.
     """
 
     mode: str
@@ -84,10 +92,31 @@ class ArchView:
         return self.weights[name][r], sel
 
 
-def _selection(onehot: Tensor) -> tuple[int, ...]:
-    """Op index per row of a one-hot matrix, -1 for zero rows (one host transfer for the whole matrix)."""
-    idx = torch.where(onehot.amax(dim=1) > 0, onehot.argmax(dim=1), -1)
-    return tuple(int(i) for i in idx.tolist())
+def onehot_index(onehot: Tensor) -> Tensor:
+    """(rows,) int64 op index per row of a one-hot matrix, -1 for zero rows (on the matrix's device)."""
+    return torch.where(onehot.amax(dim=1) > 0, onehot.argmax(dim=1), -1)
+
+
+def selections(onehot: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    """name -> op index per row (plain ints, -1 for dropped rows) of every one-hot matrix, with ONE host
+    transfer for all of them (a single ``tolist``)."""
+    if not onehot:
+        return {}
+    idx = torch.cat([onehot_index(w) for w in onehot.values()]).tolist()      # (sum of rows,) -> host
+    out, start = {}, 0
+    for n, w in onehot.items():
+        out[n] = tuple(idx[start: start + w.shape[0]])
+        start += w.shape[0]
+    return out
+
+
+def _to_device_async(t: Tensor, device: torch.device) -> Tensor:
+    """A small CPU tensor on ``device``; through pinned memory on CUDA so the copy does not block the host."""
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 class ArchParameters(nn.Module):
@@ -116,6 +145,7 @@ class ArchParameters(nn.Module):
             self.register_buffer(f"row_priority_{s.name}", row_prio)
             groups = torch.tensor(s.groups, dtype=torch.long) if s.groups is not None else None
             self.register_buffer(f"groups_{s.name}", groups, persistent=False)
+        self._cache: tuple | None = None      # (alpha key, Ā, its host selection, Ā versions); see projection()
 
     @staticmethod
     def _init_matrix(shape, init: str, noise: float, g: torch.Generator) -> Tensor:
@@ -147,42 +177,87 @@ class ArchParameters(nn.Module):
         """Ā = prox_C1(A) for every matrix (new detached tensors)."""
         return {n: self._prox_one(n, a) for n, a in self.alphas.items()}
 
+    # ---- the cached projection (one host transfer per change of the alphas) ------------------------------
+    def _alpha_key(self) -> tuple:
+        # an in-place write (optimiser step, copy_, load_state_dict) bumps _version; .to()/.data swap the storage
+        return tuple((a.data_ptr(), a._version, a.dtype, a.device) for a in self.alphas.values())
+
+    def _cache_valid(self) -> bool:
+        if self._cache is None or self._cache[0] != self._alpha_key():
+            return False
+        return all(w._version == v for w, v in zip(self._cache[1].values(), self._cache[3], strict=True))
+
+    def projection(self) -> tuple[dict[str, Tensor], dict[str, tuple[int, ...]]]:
+        """(Ā = prox_C1(A), the op index per row of Ā as plain ints, -1 for dropped rows).
+
+        Cached until the alphas change: the first call after a change costs one device->host transfer for all
+        matrices, later calls none. Ā is shared between callers: treat it as read-only (an in-place write to it
+        is detected and recomputes the cache). Writes that bypass the version counter (``a.data`` ops, collective
+        communication into ``a.data``) must call :meth:`invalidate`.
+        """
+        if not self._cache_valid():
+            onehot = self.prox_c1()
+            self._cache = (self._alpha_key(), onehot, selections(onehot),
+                           tuple(w._version for w in onehot.values()))
+        return self._cache[1], self._cache[2]
+
+    def cached_selection(self) -> dict[str, tuple[int, ...]] | None:
+        """The selection of the current alphas when it is already on the host (no transfer), else None."""
+        return self._cache[2] if self._cache_valid() else None
+
+    def invalidate(self) -> None:
+        """Forget the cached projection (call after writing the alphas behind autograd's back, e.g. via .data)."""
+        self._cache = None
+
+    def _apply(self, fn, recurse=True):
+        self._cache = None                  # .to() / .cuda() / .half() move or replace the alphas
+        return super()._apply(fn, recurse)
+
     @torch.no_grad()
     def prox_c2_(self) -> None:
         """A = prox_C2(A) in place."""
         for a in self.alphas.values():
             a.copy_(prox_c2(a))
+        self._cache = None
 
     @torch.no_grad()
     def set_(self, values: dict[str, Tensor]) -> None:
         """Overwrite the matrices (e.g. with the one-hot of a chosen architecture)."""
         for n, v in values.items():
             self.alphas[n].copy_(v)
+        self._cache = None
 
     # ---- views -------------------------------------------------------------------------------------------
+    def _onehot_and_selection(self, onehot: dict[str, Tensor] | None):
+        if onehot is None:
+            return self.projection()                     # cached: no transfer while the alphas are unchanged
+        return onehot, selections(onehot)                # a given architecture: one transfer
+
     def sparse_view(self, onehot: dict[str, Tensor] | None = None) -> ArchView:
-        """SPARSE view of Ā (computed here when not given); weights carry no gradient."""
-        onehot = self.prox_c1() if onehot is None else onehot
-        return ArchView(SPARSE, onehot, {n: _selection(w) for n, w in onehot.items()})
+        """SPARSE view of Ā (the cached :meth:`projection` when not given); weights carry no gradient."""
+        onehot, selected = self._onehot_and_selection(onehot)
+        return ArchView(SPARSE, onehot, selected)
 
     def nasp_view(self, onehot: dict[str, Tensor] | None = None) -> ArchView:
         """NASP view: Ā as leaf tensors with requires_grad, for the alpha step's gradient dL/dĀ."""
-        onehot = self.prox_c1() if onehot is None else onehot
+        onehot, selected = self._onehot_and_selection(onehot)
         leaves = {n: w.clone().requires_grad_(True) for n, w in onehot.items()}
-        return ArchView(NASP, leaves, {n: _selection(w) for n, w in onehot.items()})
+        return ArchView(NASP, leaves, selected)
 
     def softmax_view(self) -> ArchView:
         """DENSE view with DARTS' softmax weights (differentiable w.r.t. the alphas)."""
         return ArchView(DENSE, {n: torch.softmax(a, dim=-1) for n, a in self.alphas.items()})
 
     def random_view(self, generator: torch.Generator) -> ArchView:
-        """SPARSE view of a uniform random point of C1 (random search)."""
+        """SPARSE view of a uniform random point of C1 (random search). Drawn on the CPU (``generator`` is a CPU
+        generator), its selection is read there and the one-hot copied to the device without a host sync."""
         dev = next(iter(self.alphas.values())).device
         onehot = {}
         for n, s in self.specs.items():
-            g = self.groups(n)
-            onehot[n] = random_c1(*s.shape, None if g is None else g.cpu(), s.k, generator, dev)
-        return self.sparse_view(onehot)
+            g = None if s.groups is None else torch.tensor(s.groups, dtype=torch.long)      # from the spec: CPU
+            onehot[n] = random_c1(*s.shape, g, s.k, generator)                              # (rows, ops) CPU
+        selected = selections(onehot)
+        return ArchView(SPARSE, {n: _to_device_async(w, dev) for n, w in onehot.items()}, selected)
 
     def extra_repr(self) -> str:
         parts = [f"{n}: {s.shape[0]}x{s.shape[1]}" + (f" k={s.k}" if s.groups else "")

@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .arch import ArchParameters
 from .checkpoint import load_checkpoint
 from .search import Searcher
 
@@ -185,6 +186,9 @@ def broadcast_module_(module: nn.Module, src: int = 0) -> None:
         return
     for t in list(module.parameters()) + list(module.buffers()):
         dist.broadcast(t.data, src=src)
+    for m in module.modules():          # writes through .data bypass the version counters the arch cache reads
+        if isinstance(m, ArchParameters):
+            m.invalidate()
 
 
 def broadcast_object(obj: Any, src: int = 0, device: torch.device | str | None = None) -> Any:
@@ -379,6 +383,7 @@ class DistributedSearcher(Searcher):
                          callbacks=[self._collective(cb) for cb in callbacks],
                          show_progress=show_progress and main, **kwargs)
         self.grad_sync = allreduce_mean_
+        self.async_finite_check = False     # a rank-local, timing-dependent stop would leave the others waiting
 
     def _collective(self, cb: Callable) -> Callable:
         def wrapped(*args):
@@ -403,6 +408,11 @@ class DistributedSearcher(Searcher):
         losses = torch.stack([acc["train_loss"], acc["alpha_loss"]]).float()          # (2,) local sums of means
         allreduce_mean_([losses])
         acc["train_loss"], acc["alpha_loss"] = losses[0].clone(), losses[1].clone()
+
+    def _check_finite(self, acc: dict, epoch: int) -> None:
+        """Collective: every rank stops when the running loss of any rank is NaN/inf (same step everywhere)."""
+        if allreduce_any(self._non_finite(acc), self._coll_device):
+            self._raise_non_finite(epoch)
 
     def _save(self, train_stream, valid_stream) -> None:
         self._average_losses(self._epoch_acc)       # every rank calls _save; rank 0 alone has a checkpoint_path

@@ -26,7 +26,9 @@ __all__ = ["mix"]
 
 def _weighted_sum(w: Tensor, outs: list[Tensor], ks: list[int]) -> Tensor:
     stacked = torch.stack(outs)                                          # (K, *out_shape)
-    wk = w[ks].to(stacked.dtype).view(-1, *([1] * (stacked.dim() - 1)))  # (K, 1, ...)
+    # w[ks] with a Python list would copy the index to the device with a blocking (host-syncing) copy
+    wk = w if len(ks) == w.shape[0] else torch.stack([w[k] for k in ks])  # (K,)
+    wk = wk.to(stacked.dtype).view(-1, *([1] * (stacked.dim() - 1)))     # (K, 1, ...)
     return (wk * stacked).sum(0)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .arch import onehot_index
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from .config import config_from_dict
 from .genotype import Genotype, draw
@@ -69,9 +70,12 @@ class SearchConfig:
     eta: float = 0.0                    # complexity regulariser weight
     random_candidates: int = 20         # random search: architectures scored on validation per epoch
     max_steps_per_epoch: int | None = None
-    log_every: int = 20                 # progress-bar refresh / non-finite check period on accelerators
+    log_every: int = 20                 # progress-bar refresh / non-finite check period (sync-free on CUDA)
     checkpoint_every: int = 0           # also checkpoint every n steps inside an epoch (0: epoch ends only)
     amp: str | None = None              # None | "bf16"
+    compile: bool = False               # torch.compile the task loss (for CUDA; see Searcher)
+    compile_backend: str = "inductor"   # torch.compile backend ("eager" / "aot_eager" only trace: for tests)
+    compile_mode: str | None = None     # torch.compile mode, e.g. "max-autotune" (None: the default)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -82,6 +86,10 @@ class SearchConfig:
             raise ValueError(f"w_lr_schedule must be cosine or constant, got {self.w_lr_schedule!r}")
         if self.amp not in (None, "bf16"):
             raise ValueError(f"amp must be None or 'bf16', got {self.amp!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
+        if not isinstance(self.compile_backend, str) or not self.compile_backend:
+            raise ValueError(f"compile_backend must be a backend name, got {self.compile_backend!r}")
         for name in ("epochs", "alpha_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -122,7 +130,8 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 class _PhaseTimer:
-    """Seconds spent per phase. On CUDA it records events and reads them once per epoch (no host syncs)."""
+    """Seconds spent per phase. On CUDA it records events and reads them once per epoch (no host syncs in the
+    step: the only synchronisation is at the epoch end, where the epoch's metrics are read anyway)."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -152,6 +161,38 @@ class _PhaseTimer:
         return out
 
 
+class _HostProbe:
+    """Reads a small device vector on the host without blocking the step loop.
+
+    ``post(t)`` starts a copy of ``t``: on CUDA into pinned host memory with ``non_blocking`` plus an event, so
+    :meth:`read` returns the newest copy that has finished (possibly one period old) and never waits for the
+    device; elsewhere the copy is immediate (on the CPU it costs nothing). A newer post replaces an unfinished one.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pending: tuple[Tensor, Any, Any] | None = None          # (host buffer, event, tag)
+        self.ready: tuple[list[float], Any] | None = None            # (values, tag)
+
+    def post(self, t: Tensor, tag: Any = None) -> None:
+        t = t.detach().reshape(-1)
+        if not self.cuda:
+            self.ready = (t.tolist(), tag)
+            return
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending = (host, event, tag)
+
+    def read(self) -> tuple[list[float], Any] | None:
+        """(values, tag) of the newest finished post, or None before the first one finished."""
+        if self.pending is not None and self.pending[1].query():
+            self.ready = (self.pending[0].tolist(), self.pending[2])
+            self.pending = None
+        return self.ready
+
+
 class Searcher:
     """Drives a :class:`~nasp.space.SearchSpace` with a :class:`~nasp.space.Task`.
 
@@ -159,6 +200,18 @@ class Searcher:
     device: where to run ("cpu", "cuda", ...); run_dir: folder for config, log, checkpoint and genotype
     (None: keep nothing on disk, no resume); callbacks: ``fn(epoch, elapsed_seconds, metrics)``, a True return
     stops the search; w_optimizer: optional factory ``params -> torch.optim.Optimizer`` overriding the config.
+
+    Host syncs: the step functions transfer at most the op selection once per alpha update (see
+    :mod:`nasp.strategies`); the loop keeps losses on the device, times phases with CUDA events read at the epoch
+    end, and reads the progress-bar loss, architecture and the NaN/inf check every ``log_every`` steps through a
+    non-blocking pinned copy (:class:`_HostProbe`), so a non-finite loss is caught at most about two periods late,
+    and always before a checkpoint is written (a blocking check at every checkpoint and epoch end).
+
+    ``config.compile``: the task loss (forward + loss of every step) runs through ``torch.compile`` with
+    ``config.compile_backend``/``compile_mode``. Meant for CUDA. Each distinct discrete architecture of a SPARSE
+    step is its own graph (the selection is a Python constant), so NASP recompiles when the choice changes, up to
+    torch._dynamo's recompile limit, after which that call runs eagerly. On a CPU it does not pay: on this
+    project's 2-core machine compiling cost minutes and no step got faster (benchmarks/README.md, host syncs).
     """
 
     def __init__(self, model: SearchSpace, task: Task, config: SearchConfig | None = None, device="cpu",
@@ -171,6 +224,7 @@ class Searcher:
         self.callbacks, self.show_progress = list(callbacks), show_progress
         self.extra_config = extra_config or {}
         self._step_fn = STRATEGIES[self.config.strategy]
+        self.task_loss = self._make_task_loss()
         self.alpha_params = list(model.alphas())
         self.extra_params = list(model.alpha_step_parameters())
         self.weight_params = list(model.weights())
@@ -181,6 +235,8 @@ class Searcher:
         self.scheduler = self._make_scheduler()
         self.arch_generator = torch.Generator().manual_seed(self.config.seed + 7919)
         self.timer = _PhaseTimer(self.device)
+        self.probe = _HostProbe(self.device)
+        self.async_finite_check = True      # the data-parallel searcher checks only collectively (same step)
         self.epoch, self.step, self.history = 0, 0, []
         self._epoch_acc: dict[str, Any] = {}
         self.grad_sync: Callable[[list[Tensor]], None] | None = None   # data-parallel hook (nasp.distributed)
@@ -195,6 +251,13 @@ class Searcher:
         if c.w_lr_schedule == "constant":
             return None
         return torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=c.epochs, eta_min=c.w_lr_min)
+
+    def _make_task_loss(self) -> Callable:
+        """``task.loss``, through ``torch.compile`` when ``config.compile`` (the loss of every step calls this)."""
+        c = self.config
+        if not c.compile:
+            return self.task.loss
+        return torch.compile(self.task.loss, backend=c.compile_backend, mode=c.compile_mode)
 
     def autocast(self):
         if self.config.amp == "bf16":
@@ -293,20 +356,20 @@ class Searcher:
             out = step_fn(self, to_device(batch, self.device), valid_batch, update_alpha)
             self._accumulate(acc, out)
             self.step += 1
-            self._check_finite(acc, epoch, force=self.device.type == "cpu")
             if bar is not None:
                 bar.update(1)
-                if acc["steps"] % c.log_every == 0:
-                    bar.set_postfix_str(self._postfix(acc))
+            if acc["steps"] % c.log_every == 0:
+                self._probe(acc, epoch, bar)
             if c.checkpoint_every and self.step % c.checkpoint_every == 0:
                 acc["seconds"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
+                self._check_finite(acc, epoch)            # never checkpoint a NaN state
                 self._save(train_stream, valid_stream)
             if c.max_steps_per_epoch is not None and acc["steps"] >= c.max_steps_per_epoch:
                 break
         if bar is not None:
             bar.close()
-        self._check_finite(acc, epoch, force=True)
+        self._check_finite(acc, epoch)
         if train_stream.offset:                 # stopped early by max_steps_per_epoch
             train_stream.epoch, train_stream.offset, train_stream._it = train_stream.epoch + 1, 0, None
         return self._end_epoch(acc, t0, train_stream, valid_stream, eval_loader, warm)
@@ -320,15 +383,42 @@ class Searcher:
             acc["n_alpha"] += 1
         acc["steps"] += 1
 
-    def _postfix(self, acc: dict) -> str:
-        loss = (acc["train_loss"] / max(acc["n_train"], 1)).item()
-        return f"loss={loss:.4f} arch={self.model.genotype()}"[:160]
+    def _probe(self, acc: dict, epoch: int, bar) -> None:
+        """Every ``log_every`` steps, without a host sync on CUDA: post the running loss sums (and the current Ā
+        selection when a progress bar shows it), then check and show the newest finished read."""
+        parts = [torch.stack([acc["train_loss"], acc["alpha_loss"]]).float()]                # (2,)
+        if bar is not None:
+            parts += [torch.cat([onehot_index(w) for w in self.model.arch.prox_c1().values()]).float()]   # (rows,)
+        self.probe.post(torch.cat(parts), tag=acc["n_train"])
+        got = self.probe.read()
+        if got is None:
+            return
+        values, n_train = got
+        if self.async_finite_check and not all(math.isfinite(v) for v in values[:2]):
+            self._raise_non_finite(epoch)
+        if bar is not None and len(values) > 2:
+            bar.set_postfix_str(self._postfix(values[0] / max(n_train, 1), values[2:]))
 
-    def _check_finite(self, acc: dict, epoch: int, force: bool) -> None:
-        if not force and acc["steps"] % self.config.log_every != 0:
-            return
-        if bool(torch.isfinite(acc["train_loss"]) & torch.isfinite(acc["alpha_loss"])):
-            return
+    def _postfix(self, loss: float, selected: list[float]) -> str:
+        """``loss=... arch=...``: the running train loss and the rows kept by Ā = prox_C1(A) with their ops."""
+        arch, start = [], 0
+        for n, spec in self.model.arch.specs.items():
+            sel = selected[start: start + len(spec.rows)]
+            start += len(spec.rows)
+            arch.append(f"{n}: " + ", ".join(f"{r}={spec.ops[int(k)]}" for r, k in zip(spec.rows, sel, strict=True)
+                                             if k >= 0))
+        return f"loss={loss:.4f} arch={'; '.join(arch)}"[:160]
+
+    def _check_finite(self, acc: dict, epoch: int) -> None:
+        """Blocking check of the running losses (at checkpoints and epoch ends only)."""
+        if self._non_finite(acc):
+            self._raise_non_finite(epoch)
+
+    @staticmethod
+    def _non_finite(acc: dict) -> bool:
+        return not bool(torch.isfinite(acc["train_loss"]) & torch.isfinite(acc["alpha_loss"]))
+
+    def _raise_non_finite(self, epoch: int) -> None:
         kept = self.checkpoint_path if self.checkpoint_path is not None and self.checkpoint_path.is_file() else None
         if kept is not None:   # put the last good state back into the caller's model
             self.model.load_state_dict(load_checkpoint(kept, self.device)["model"])

@@ -7,7 +7,15 @@
 - ``random``: weight-sharing random search: weights trained on uniform samples of C1; the architecture is
   picked on validation at the end of each epoch (see :class:`nasp.search.Searcher`).
 
-Each step returns detached scalar tensors (no host sync).
+Each step returns detached scalar tensors (no host sync). Device->host transfers per step (the minimum the
+algorithms allow; counted by tests/test_syncs.py):
+
+- ``nasp``: ONE per alpha update: the op choice of the updated A is data dependent and the SPARSE forward needs
+  it as Python ints. Ā and that selection are cached (:meth:`nasp.arch.ArchParameters.projection`), so the weight
+  step after the update and the next alpha step reuse them; a step without an alpha update (``alpha_every > 1``)
+  transfers nothing.
+- ``darts1`` / ``darts2``: none (dense mixtures need no selection; the finite-difference epsilon stays a tensor).
+- ``random`` (and every warm-up step): none (the architecture is drawn on the CPU, see ``random_view``).
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ def weight_step(s: Searcher, batch, view) -> Tensor:
     """One optimiser step on the network weights with the training loss under ``view``."""
     s.w_opt.zero_grad(set_to_none=True)
     with s.autocast():
-        loss = s.task.loss(s.model, batch, view, "train")
+        loss = s.task_loss(s.model, batch, view, "train")
     loss.backward()
     _sync(s, [p.grad for p in s.weight_params if p.grad is not None])
     if s.config.grad_clip:
@@ -60,7 +68,7 @@ def weight_step(s: Searcher, batch, view) -> Tensor:
 
 def _alpha_loss(s: Searcher, batch, view) -> tuple[Tensor, Tensor]:
     with s.autocast():
-        loss = s.task.loss(s.model, batch, view, "valid")
+        loss = s.task_loss(s.model, batch, view, "valid")
     reg = complexity(view.weights, s.op_costs, s.config.eta)
     return loss, loss if reg is None else loss + reg
 
@@ -112,7 +120,7 @@ def unrolled_alpha_grads(s: Searcher, train_batch, valid_batch) -> tuple[Tensor,
     with torch.no_grad():
         fixed = arch.softmax_view()
     with s.autocast():
-        lt = s.task.loss(s.model, train_batch, fixed, "train")
+        lt = s.task_loss(s.model, train_batch, fixed, "train")
     train_grads = _grads(lt, W)
     _sync(s, train_grads)                     # the same virtual step w' on every rank
     direction = _virtual_direction(s, train_grads)
@@ -129,7 +137,7 @@ def unrolled_alpha_grads(s: Searcher, train_batch, valid_batch) -> tuple[Tensor,
         _set_weights(W, [w + sign * eps * g for w, g in zip(w0, d_w, strict=True)])
         view_pm = arch.softmax_view()
         with s.autocast():
-            l_pm = s.task.loss(s.model, train_batch, view_pm, "train")
+            l_pm = s.task_loss(s.model, train_batch, view_pm, "train")
         hessian.append(_grads(l_pm, s.alpha_params))
     _set_weights(W, w0)
     final = [da - xi * (hp - hm) / (2 * eps) for da, hp, hm in zip(d_alpha, *hessian, strict=True)]

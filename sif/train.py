@@ -46,6 +46,8 @@ class TrainConfig:
     grad_clip: float = 5.0
     g_lr_scale: float = 0.05        # lr multiplier for SIF's element-wise transform g (1.0: the paper)
     seed: int = 0
+    compile: bool = False           # torch.compile the task loss of each step (for CUDA; no gain on a CPU)
+    compile_backend: str = "inductor"
 
     def __post_init__(self):
         if self.optimizer not in ("adagrad", "adam", "sgd"):
@@ -78,13 +80,14 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, slow: Iterable[
 
 
 def _train_epoch(model, task: RatingTask, loader: Iterable, opt, params, cfg: TrainConfig, device, view,
-                 sync: bool = False) -> float:
+                 sync: bool = False, loss_fn: Callable | None = None) -> float:
+    loss_fn = task.loss if loss_fn is None else loss_fn
     total, n = torch.zeros((), device=device), 0
     model.train()
     for batch in loader:
         batch = to_device(batch, device)
         opt.zero_grad(set_to_none=True)
-        loss = task.loss(model, batch, view, "train")
+        loss = loss_fn(model, batch, view, "train")
         loss.backward()
         if sync:                                  # data parallel: average the gradients of all ranks
             nd.allreduce_grads_(params)
@@ -123,6 +126,7 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
     g = getattr(model, "g", None)
     opt = make_optimizer(params, cfg, g.parameters() if isinstance(g, nn.Module) else ())
     view = model.sparse_view() if hasattr(model, "sparse_view") else None
+    loss_fn = torch.compile(task.loss, backend=cfg.compile_backend) if cfg.compile else task.loss
     metric, sign = getattr(task, "metric", "rmse"), (1.0 if getattr(task, "maximize", False) else -1.0)
     state = {"epoch": 0, "best_rmse": float("inf"), "best_epoch": -1, "bad_epochs": 0, "history": [],
              "best_state": copy.deepcopy(model.state_dict())}
@@ -142,7 +146,7 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
         epoch, t0 = state["epoch"], time.perf_counter()
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        train_loss = _train_epoch(model, task, train_loader, opt, params, cfg, device, view, sync)
+        train_loss = _train_epoch(model, task, train_loader, opt, params, cfg, device, view, sync, loss_fn)
         if not torch.isfinite(torch.tensor(train_loss)):
             _stop_non_finite(model, ckpt, epoch, device)
         metrics = task.evaluate(model, valid_loader, view)

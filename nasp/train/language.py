@@ -50,6 +50,8 @@ class LMTrainConfig:
     max_steps_per_epoch: int | None = None
     seed: int = 0
     amp: str | None = None         # None | "bf16"
+    compile: bool = False          # torch.compile the model's forward in training steps (for CUDA)
+    compile_backend: str = "inductor"
 
     def __post_init__(self):
         if self.epochs < 1 or self.bptt < 1 or self.nonmono < 1:
@@ -133,6 +135,7 @@ def train_language_model(model: nn.Module, train_loader: Iterable, valid_loader:
     history: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if c.amp == "bf16" else contextlib.nullcontext()
+    fwd = torch.compile(model, backend=c.compile_backend) if c.compile else model      # shares the parameters
     for epoch in range(c.epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
@@ -144,7 +147,7 @@ def train_language_model(model: nn.Module, train_loader: Iterable, valid_loader:
             opt.param_groups[0]["lr"] = c.lr * batch[0].shape[0] / c.bptt
             opt.zero_grad(set_to_none=True)
             with amp:
-                loss = task.loss(model, batch, None, "train")
+                loss = task.loss(fwd, batch, None, "train")
             loss.backward()
             if c.grad_clip:
                 nn.utils.clip_grad_norm_(params, c.grad_clip)
