@@ -38,7 +38,7 @@ from .recommender import SIFRecommender, create_recommender, load_recommender
 __all__ = ["main", "build_recommender", "run_fit", "run_benchmark"]
 
 log = logging.getLogger("sif")
-SIF_KEYS = ("g_hidden", "g_skip", "train_all_heads", "select", "search_on", "keep_g")
+SIF_KEYS = ("g_hidden", "g_skip", "train_all_heads", "select", "search_on", "keep_g", "head_init", "head_radius")
 
 
 class _JsonFormatter(logging.Formatter):
@@ -67,7 +67,7 @@ def build_recommender(cfg: RunConfig, name: str | None = None, **overrides: Any)
     if name.startswith("sif"):
         kw.update({k: getattr(m, k) for k in SIF_KEYS}, search=asdict(cfg.search))
     elif name.startswith("fixed:"):
-        kw.update(g_hidden=m.g_hidden, g_skip=m.g_skip)
+        kw.update(g_hidden=m.g_hidden, g_skip=m.g_skip, head_init=m.head_init, head_radius=m.head_radius)
     kw.update(overrides)
     return create_recommender(name, **kw)
 

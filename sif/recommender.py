@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -343,12 +344,20 @@ class BaselineRecommender(BaseRecommender):
 class FixedInteractionRecommender(BaseRecommender):
     """The SIF model with one fixed interaction function (e.g. op="multiply"), trained stand-alone."""
 
-    def __init__(self, op: str = "multiply", g_hidden: int = 8, g_skip: bool = True, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, op: str = "multiply", g_hidden: int = 8, g_skip: bool = True, head_radius: float | None = 1.0,
+                 head_init: str = "uniform", penalty: str = "l2", **kwargs):
+        super().__init__(penalty=penalty, **kwargs)
         self.op, self.g_hidden, self.g_skip = op, g_hidden, g_skip
+        self.head_radius, self.head_init = head_radius, head_init
 
     def _build_model(self) -> nn.Module:
-        return SIFSpace(ops=(self.op,), g_hidden=self.g_hidden, g_skip=self.g_skip, **self._model_kwargs())
+        return SIFSpace(ops=(self.op,), g_hidden=self.g_hidden, g_skip=self.g_skip, head_init=self.head_init,
+                        head_radius=_head_radius(self.head_radius, self.embedding_dim), **self._model_kwargs())
+
+
+def _head_radius(value: float | None, dim: int) -> float:
+    """None: sqrt(dim), the smallest L2 ball that holds the all-ones head (a plain dot product)."""
+    return math.sqrt(dim) if value is None else float(value)
 
 
 @_register
@@ -369,8 +378,10 @@ class SIFRecommender(BaseRecommender):
 
     def __init__(self, embedding_dim: int = 32, use_bias: bool = True, search: Any = None, select: str = "best",
                  search_on: str = "valid", train_all_heads: bool = True, g_hidden: int = 8, g_skip: bool = True,
-                 ops: Any = None, keep_g: bool = False, **kwargs):
-        super().__init__(embedding_dim=embedding_dim, use_bias=use_bias, **kwargs)
+                 ops: Any = None, keep_g: bool = False, head_radius: float | None = 1.0, head_init: str = "uniform",
+                 penalty: str = "l2", **kwargs):
+        super().__init__(embedding_dim=embedding_dim, use_bias=use_bias, penalty=penalty, **kwargs)
+        self.head_radius, self.head_init = head_radius, head_init
         if select not in ("best", "last"):
             raise ValueError(f"select must be 'best' or 'last', got {select!r}")
         if search_on not in ("valid", "train"):
@@ -389,7 +400,8 @@ class SIFRecommender(BaseRecommender):
 
     def _space(self, ops) -> SIFSpace:
         kw = self._model_kwargs()
-        return SIFSpace(ops=ops, g_hidden=self.g_hidden, g_skip=self.g_skip, **kw)
+        return SIFSpace(ops=ops, g_hidden=self.g_hidden, g_skip=self.g_skip, head_init=self.head_init,
+                        head_radius=_head_radius(self.head_radius, self.embedding_dim), **kw)
 
     def _fit_model(self, train_it, valid_it, eval_it, show_progress, callback, run_dir):
         cfg = self._search_config()

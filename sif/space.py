@@ -7,7 +7,10 @@ projected onto the unit L2 ball after every weight step.
 
 Options beyond the paper (off by default where they change the paper's space): ``use_bias`` adds global, user and
 item (and context) biases, so that a biased MF (``multiply`` with a fixed head) lies inside the space;
-``g_skip`` makes g a residual map ``x + mlp(x)``; ``embedding_dim`` larger than the paper's 2.
+``g_skip`` makes g a residual map ``x + mlp(x)``; ``embedding_dim`` larger than the paper's 2; ``head_radius`` the
+radius of the heads' L2 ball (the paper: 1). With radius 1 and dimension k every weight of a ``multiply`` head is
+about 1/sqrt(k) on average, so the embeddings must grow by k^(1/4) each (and pay for it in the L2 penalty) to
+express a plain dot product; radius sqrt(k) contains the all-ones head, i.e. biased MF.
 """
 
 from __future__ import annotations
@@ -73,8 +76,15 @@ class SIFSpace(SearchSpace):
 
     def __init__(self, num_users: int, num_items: int, num_contexts: int = 0, embedding_dim: int = 2,
                  ops: Iterable[str] | None = None, use_bias: bool = False, g_hidden: int = 8, g_skip: bool = False,
-                 init_std: float = 0.1, alpha_init: str = "nasp", seed: int = 0):
+                 init_std: float = 0.1, alpha_init: str = "nasp", seed: int = 0, head_radius: float = 1.0,
+                 head_init: str = "uniform"):
         super().__init__()
+        if head_init not in ("uniform", "ones"):
+            raise ValueError(f"head_init must be 'uniform' or 'ones', got {head_init!r}")
+        self.head_init = head_init
+        if not head_radius > 0:
+            raise ValueError(f"head_radius must be > 0 (math.inf: no projection), got {head_radius}")
+        self.head_radius = float(head_radius)
         self.sides = SIDES if num_contexts > 0 else SIDES[:2]
         sizes = {"u": num_users, "v": num_items, "c": num_contexts}
         self.embedding_dim, self.use_bias = embedding_dim, use_bias
@@ -100,6 +110,8 @@ class SIFSpace(SearchSpace):
             for head in self.heads:
                 bound = 1.0 / math.sqrt(head.in_features)
                 head.weight.copy_(bound * (2 * torch.rand(head.weight.shape, generator=g) - 1))
+                if self.head_init == "ones":
+                    head.weight.fill_(1.0)
 
     # ---- pieces of the forward pass -------------------------------------------------------------------------
     def encode(self, users: Tensor, items: Tensor, contexts: Tensor | None = None
@@ -135,6 +147,36 @@ class SIFSpace(SearchSpace):
         pred = self.interact(self.transform(emb), view)
         return pred if bias is None else pred + bias
 
+    def effective_penalty(self, z: dict[str, Tensor], view: ArchView) -> Tensor:
+        """Per-rating L2 of the embeddings as the selected op's head sees them (scalar, mean over the batch).
+
+        With a learned head, the head (and g, when the penalty sits on the raw embeddings) can rescale its way past
+        an L2 penalty: ``w^T (u * v)`` is unchanged by ``w -> c^2 w, u -> u / c, v -> v / c`` while ``|u|^2 + |v|^2``
+        falls by c^2. This penalty is invariant to that rescaling, like biased MF's L2: for ``multiply`` it is
+        ``sum_i |w_i| (u_i^2 + v_i^2)`` (the embeddings scaled by sqrt|w_i|, biased MF's L2 at w = 1), for the ops
+        linear in each input (plus, max, min, concat) ``k sum_i w_i^2 (u_i^2 + v_i^2)`` per side (the embeddings
+        scaled by |w_i|; the factor k makes the smallest penalty of an additive user score a = w^T u equal a^2, as
+        for a regularised bias), on the transformed embeddings ``z = g(e)``. Under NASP and DENSE views the penalty
+        of op k is weighted by its weight, like its output. Tensor case (two-stage ops of mixed degree): the plain
+        per-rating L2 of ``z``.
+        """
+        sq = {s: z[s] * z[s] for s in self.sides}                              # (B, k) each
+        if len(self.sides) != 2:
+            return sum(q.sum() for q in sq.values()) / sq["u"].shape[0]
+        k = self.embedding_dim
+
+        def one(j: int) -> Tensor:
+            w = self.heads[j].weight.view(-1)                                  # (width,)
+            name = self.names[j]
+            if name not in ("plus", "multiply", "max", "min", "concat"):
+                raise ValueError(f"penalty='effective' does not know op {name!r}")
+            scale = w.abs() if name == "multiply" else k * (w * w)
+            if name == "concat":
+                return (sq["u"] @ scale[:k] + sq["v"] @ scale[k:]).mean()
+            return ((sq["u"] + sq["v"]) @ scale).mean()
+
+        return mix(view, "interaction", 0, one, len(self.names))
+
     def other_heads_loss(self, z: dict[str, Tensor], target: Tensor, view: ArchView) -> Tensor | None:
         """MSE of every non-selected head on detached features (the heads learn, nothing else does), so that the
         alpha step judges unselected ops with trained heads. ``target`` is the rating minus the (detached) bias."""
@@ -152,9 +194,13 @@ class SIFSpace(SearchSpace):
 
     @torch.no_grad()
     def after_weight_step(self) -> None:
-        """Project every head onto the unit L2 ball."""
+        """Project every head onto the L2 ball of radius ``head_radius`` (the paper: the unit ball)."""
+        if math.isinf(self.head_radius):
+            return
         ws = [h.weight for h in self.heads]
         norms = torch._foreach_norm(ws)
+        if self.head_radius != 1.0:
+            torch._foreach_div_(norms, self.head_radius)
         torch._foreach_div_(ws, torch._foreach_clamp_min(norms, 1.0))
 
     def op_costs(self) -> dict[str, Tensor]:

@@ -31,8 +31,11 @@ class RatingTask:
 
     penalty "l2" (default): the mean over the batch of the squared norms of the looked-up embedding rows (the
     per-rating L2 of classic MF); "norm": ``||U_batch|| + ||V_batch|| [+ ||C_batch||]`` (the SIF reference code).
-    For SIF models the penalty applies to the raw embeddings e, or to the transformed g(e) when ``on_transformed``
-    (measured on ML-100K u1: with reg 0.1 the latter drives g(e) to zero and the model to bias-only accuracy).
+    "effective" (SIF models; "l2" for the baselines): the L2 of the transformed embeddings as the selected op's head
+    sees them, invariant to rescaling by the head or g (:meth:`sif.space.SIFSpace.effective_penalty`); it differs
+    between ops, so it is left out of the alpha step's validation loss (it would steer the choice by head size).
+    For SIF models the "l2"/"norm" penalty applies to the raw embeddings e, or to the transformed g(e) when
+    ``on_transformed``.
 
     mean, std: the train-only scaler (to report raw-scale errors); rating_scale: (min, max) for clipping
     predictions at evaluation (None: no clipping); train_all_heads: add the loss of every non-selected head on
@@ -43,8 +46,8 @@ class RatingTask:
 
     def __init__(self, mean: float = 0.0, std: float = 1.0, rating_scale: tuple[float, float] | None = None,
                  reg: float = 1e-5, train_all_heads: bool = False, penalty: str = "l2", on_transformed: bool = False):
-        if penalty not in ("l2", "norm"):
-            raise ValueError(f"penalty must be 'l2' or 'norm', got {penalty!r}")
+        if penalty not in ("l2", "norm", "effective"):
+            raise ValueError(f"penalty must be 'l2', 'norm' or 'effective', got {penalty!r}")
         self.mean, self.std, self.rating_scale = float(mean), float(std), rating_scale
         self.reg, self.train_all_heads, self.penalty = reg, train_all_heads, penalty
         self.on_transformed = on_transformed
@@ -65,7 +68,10 @@ class RatingTask:
         z = model.transform(emb)
         pred = model.interact(z, view) if b is None else model.interact(z, view) + b
         loss = torch.mean((pred - y) ** 2)
-        if self.reg:
+        if self.reg and self.penalty == "effective":
+            if stream == "train":     # op-dependent: in the alpha step it would bias the choice toward small heads
+                loss = loss + self.reg * model.effective_penalty(z, view)
+        elif self.reg:
             loss = loss + self.reg * self._penalty(list(z.values()) if self.on_transformed else list(emb.values()))
         if self.train_all_heads and stream == "train":
             extra = model.other_heads_loss(z, y if b is None else y - b, view)
