@@ -29,7 +29,7 @@ from ...genotype import Genotype, genotype_from_onehot
 from ...mixed import mix
 from ...regularizers import cost_matrix
 from ...space import SearchSpace, register_space
-from .ops import OP_SETS, FactorizedReduce, ReLUConvBN, search_op
+from .ops import OP_SETS, FactorizedReduce, ReLUConvBN, after_relu, search_op, starts_with_relu
 
 __all__ = ["SearchCell", "CNNSearchSpace", "cell_alpha_spec", "node_names"]
 
@@ -86,6 +86,8 @@ class SearchCell(nn.Module):
                 self.sources.append(j)
                 self.strides.append(stride)
         self.param_free = tuple(not any(True for _ in m.parameters()) for m in self.edges[0])
+        # per row and op: the op begins with a ReLU (applied once per source node in the alpha step)
+        self.relu_first = [tuple(starts_with_relu(m) for m in edge) for edge in self.edges]
         self.alpha_subbatch: int | None = None
 
     def forward(self, s0: Tensor, s1: Tensor, view: ArchView) -> Tensor:
@@ -131,30 +133,52 @@ class SearchCell(nn.Module):
             H, W = x.shape[-2:]
             s = self.strides[r]
             y = x.new_zeros((x.shape[0], x.shape[1], (H + s - 1) // s, (W + s - 1) // s))
+            if x.is_contiguous(memory_format=torch.channels_last):
+                y = y.contiguous(memory_format=torch.channels_last)     # same layout as the node it is added to
         return _DeferredAlphaGrad.apply(w, x, y, (self, r, sel, pending))
 
     def row_alpha_grad(self, r: int, sel: int, x: Tensor, y: Tensor, g: Tensor, pending: _PendingCache) -> Tensor:
-        """(ops,) gradient of the loss w.r.t. row r of Ā given g = dL/d(row output) (B, C, H', W')."""
+        """(ops,) gradient of the loss w.r.t. row r of Ā given g = dL/d(row output) (B, C, H', W').
+
+        Runs under no_grad inside the backward pass. Shared work: parameter-free ops and the leading ReLU of the
+        parametric ops are computed once per (source node, sub-batch) and reused by every edge leaving it."""
         B = x.shape[0]
         b = min(self.alpha_subbatch or B, B)
-        scale = B / b
         acc = torch.promote_types(g.dtype, torch.float32)      # accumulate bf16/fp16 products in float32
-        xs, gs = x[:b], g[:b].to(acc)
-        grad = torch.zeros(len(self.ops), dtype=acc, device=g.device)
-        j = self.sources[r]
+        cl = torch.channels_last
+        if x.is_contiguous(memory_format=cl) and not g.is_contiguous(memory_format=cl):
+            g = g.contiguous(memory_format=cl)     # a slice of the cat's gradient: one copy, then dots
+        xs, gs = x[:b], g[:b]
+        j, edge, relu_first = self.sources[r], self.edges[r], self.relu_first[r]
+        zero = None
+        grads = []
         for k in range(len(self.ops)):
             if k in self.skip:
-                continue
-            if k == sel:
-                grad[k] = (g.to(acc) * y.to(acc)).sum()
-                continue
-            if self.param_free[k]:
-                out = pending.get((j, k, b), lambda k=k: self.edges[r][k](xs))
+                zero = g.new_zeros((), dtype=acc) if zero is None else zero
+                grads.append(zero)
+            elif k == sel:
+                grads.append(_inner(g, y, acc))
             else:
-                out = self.edges[r][k](xs)
-            grad[k] = scale * (gs * out.to(acc)).sum()
+                if self.param_free[k]:
+                    out = pending.get((j, k, b), lambda k=k: edge[k](xs))
+                elif relu_first[k]:
+                    out = after_relu(edge[k], pending.get((j, "relu", b), lambda: torch.relu(xs)))
+                else:
+                    out = edge[k](xs)
+                dot = _inner(gs, out, acc)
+                grads.append(dot if b == B else dot * (B / b))
         pending.done(r)
-        return grad
+        return torch.stack(grads)
+
+
+def _inner(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
+    """<a, b> (a scalar in ``dtype``). One dot kernel on flat views when both tensors have the same dense layout
+    (contiguous or channels_last), else an element-wise product and a sum."""
+    if a.shape == b.shape and a.stride() == b.stride():
+        for fmt, perm in ((torch.contiguous_format, (0, 1, 2, 3)), (torch.channels_last, (0, 2, 3, 1))):
+            if a.dim() == 4 and a.is_contiguous(memory_format=fmt):
+                return torch.dot(a.permute(perm).reshape(-1).to(dtype), b.permute(perm).reshape(-1).to(dtype))
+    return (a.to(dtype) * b.to(dtype)).sum()
 
 
 class _PendingCache:
