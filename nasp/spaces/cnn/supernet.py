@@ -29,6 +29,7 @@ from ...genotype import Genotype, genotype_from_onehot
 from ...mixed import mix
 from ...regularizers import cost_matrix
 from ...space import SearchSpace, register_space
+from .batched import batchable, run_batched
 from .ops import OP_SETS, FactorizedReduce, ReLUConvBN, after_relu, search_op, starts_with_relu
 
 __all__ = ["SearchCell", "CNNSearchSpace", "cell_alpha_spec", "node_names"]
@@ -88,12 +89,15 @@ class SearchCell(nn.Module):
         self.param_free = tuple(not any(True for _ in m.parameters()) for m in self.edges[0])
         # per row and op: the op begins with a ReLU (applied once per source node in the alpha step)
         self.relu_first = [tuple(starts_with_relu(m) for m in edge) for edge in self.edges]
+        # per row and op: a ReLU/conv/BN chain that the alpha step runs batched over the edges of one source
+        self.batchable = [tuple(batchable(m) for m in edge) for edge in self.edges]
+        self.rows_from = {j: [r for r, s in enumerate(self.sources) if s == j] for j in set(self.sources)}
         self.alpha_subbatch: int | None = None
 
     def forward(self, s0: Tensor, s1: Tensor, view: ArchView) -> Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         cache: dict[tuple[int, int], Tensor] = {}
-        pending = _PendingCache(self.sources) if view.mode == NASP else None
+        pending = _PendingCache(self.sources, view.selected[self.matrix]) if view.mode == NASP else None
         r = 0
         for _ in range(self.steps):
             node = None
@@ -140,8 +144,10 @@ class SearchCell(nn.Module):
     def row_alpha_grad(self, r: int, sel: int, x: Tensor, y: Tensor, g: Tensor, pending: _PendingCache) -> Tensor:
         """(ops,) gradient of the loss w.r.t. row r of Ā given g = dL/d(row output) (B, C, H', W').
 
-        Runs under no_grad inside the backward pass. Shared work: parameter-free ops and the leading ReLU of the
-        parametric ops are computed once per (source node, sub-batch) and reused by every edge leaving it."""
+        Runs under no_grad inside the backward pass. Shared work, computed once per (source node, sub-batch) and
+        reused by every edge leaving it: parameter-free ops, the leading ReLU of the parametric ops, and each
+        ReLU/conv/BN op type run batched over all those edges (:mod:`.batched`; edges whose selected op it is
+        are left out, their output is the forward's y)."""
         B = x.shape[0]
         b = min(self.alpha_subbatch or B, B)
         acc = torch.promote_types(g.dtype, torch.float32)      # accumulate bf16/fp16 products in float32
@@ -161,6 +167,8 @@ class SearchCell(nn.Module):
             else:
                 if self.param_free[k]:
                     out = pending.get((j, k, b), lambda k=k: edge[k](xs))
+                elif self.batchable[r][k]:
+                    out = self._batched_out(r, k, xs, pending)
                 elif relu_first[k]:
                     out = after_relu(edge[k], pending.get((j, "relu", b), lambda: torch.relu(xs)))
                 else:
@@ -169,6 +177,19 @@ class SearchCell(nn.Module):
                 grads.append(dot if b == B else dot * (B / b))
         pending.done(r)
         return torch.stack(grads)
+
+
+    def _batched_out(self, r: int, k: int, xs: Tensor, pending: _PendingCache) -> Tensor:
+        """Op k of row r on xs, from one batched run of op k over the edges leaving r's source."""
+        j, b = self.sources[r], xs.shape[0]
+        x_relu = pending.get((j, "relu", b), lambda: torch.relu(xs))
+        group = [q for q in self.rows_from[j] if pending.selected[q] != k]
+        if len(group) == 1:
+            return after_relu(self.edges[r][k], x_relu)
+        full = pending.get((j, k, b), lambda: run_batched([self.edges[q][k] for q in group], x_relu))
+        C = full.shape[1] // len(group)
+        e = group.index(r)
+        return full[:, e * C:(e + 1) * C]                                      # (b, C, H', W')
 
 
 def _inner(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
@@ -185,8 +206,8 @@ class _PendingCache:
     """Outputs of parameter-free ops per (source, op, sub-batch), shared by the edges leaving a source during
     the backward pass, freed once every edge of that source has been reduced."""
 
-    def __init__(self, sources: list[int]):
-        self.sources = sources
+    def __init__(self, sources: list[int], selected: tuple[int, ...]):
+        self.sources, self.selected = sources, selected
         self.left = {j: sources.count(j) for j in set(sources)}
         self.store: dict[tuple[int, int, int], Tensor] = {}
 
