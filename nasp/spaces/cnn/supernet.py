@@ -11,10 +11,14 @@ only the selected op of each kept edge: the NASP weight step; DENSE is the DARTS
 NASP mode (the alpha step) has its own, stronger implementation of the same exact rule: the selected op runs
 with its graph, and every other op runs inside the backward pass (:class:`_DeferredAlphaGrad`), once
 g = dL/d(edge out) is known, and is reduced at once to dL/dĀ_k = <g, op_k(x)>; no output of a non-selected op
-is stored, so the alpha step's peak memory is that of the sparse network. Tests check it against autograd on
-the one-hot matrix. :attr:`CNNSearchSpace.alpha_subbatch` (off by default) is the "cheaper alpha-gradient
-estimate": the non-selected ops run on the first ``alpha_subbatch`` samples only and their term is rescaled by
-B / b (BN statistics then come from the sub-batch, so it is an estimate).
+is stored between forward and backward, so the alpha step's peak memory stays close to that of the sparse
+network. Work shared by the edges leaving one node is done once, during the backward pass: the parameter-free
+ops, the leading ReLU of the parametric ops, and every ReLU/conv/BN op type run as ONE batched call over those
+edges (:mod:`.batched`; held until the last of those edges is reduced). Tests check the result against autograd
+on the one-hot matrix and against the unbatched computation (BN running statistics included).
+:attr:`CNNSearchSpace.alpha_subbatch` (off by default) is the "cheaper alpha-gradient estimate": the
+non-selected ops run on the first ``alpha_subbatch`` samples only and their term is rescaled by B / b (BN
+statistics then come from the sub-batch, so it is an estimate).
 """
 
 from __future__ import annotations
@@ -178,7 +182,6 @@ class SearchCell(nn.Module):
         pending.done(r)
         return torch.stack(grads)
 
-
     def _batched_out(self, r: int, k: int, xs: Tensor, pending: _PendingCache) -> Tensor:
         """Op k of row r on xs, from one batched run of op k over the edges leaving r's source."""
         j, b = self.sources[r], xs.shape[0]
@@ -186,10 +189,20 @@ class SearchCell(nn.Module):
         group = [q for q in self.rows_from[j] if pending.selected[q] != k]
         if len(group) == 1:
             return after_relu(self.edges[r][k], x_relu)
-        full = pending.get((j, k, b), lambda: run_batched([self.edges[q][k] for q in group], x_relu))
-        C = full.shape[1] // len(group)
-        e = group.index(r)
-        return full[:, e * C:(e + 1) * C]                                      # (b, C, H', W')
+        per_edge = pending.get((j, k, b), lambda: _split_edges(
+            run_batched([self.edges[q][k] for q in group], x_relu), len(group)))
+        return per_edge[group.index(r)]                                        # (b, C, H', W')
+
+
+def _split_edges(full: Tensor, E: int) -> list[Tensor]:
+    """(B, E * C, H, W) -> E dense tensors (B, C, H, W) in the same memory format (one copy), so that the alpha
+    gradient's dot products run on flat views instead of strided channel slices."""
+    B, EC, H, W = full.shape
+    C = EC // E
+    if full.is_contiguous(memory_format=torch.channels_last):
+        blocks = full.permute(0, 2, 3, 1).reshape(B, H, W, E, C).permute(3, 0, 1, 2, 4).contiguous()
+        return [blk.permute(0, 3, 1, 2) for blk in blocks]                    # channels_last views
+    return list(full.reshape(B, E, C, H, W).transpose(0, 1).contiguous())
 
 
 def _inner(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
@@ -203,8 +216,9 @@ def _inner(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class _PendingCache:
-    """Outputs of parameter-free ops per (source, op, sub-batch), shared by the edges leaving a source during
-    the backward pass, freed once every edge of that source has been reduced."""
+    """Work shared by the edges leaving a source during the backward pass, per (source, op or "relu", sub-batch):
+    outputs of parameter-free ops, the ReLU of the input, the per-edge outputs of a batched op type; freed once
+    every edge of that source has been reduced. ``selected``: the selected op of every row (-1 dropped)."""
 
     def __init__(self, sources: list[int], selected: tuple[int, ...]):
         self.sources, self.selected = sources, selected
@@ -227,7 +241,7 @@ class _PendingCache:
 class _DeferredAlphaGrad(torch.autograd.Function):
     """out = w[sel] * y (y = the selected op's output, zeros for a dropped row). Backward: dL/dy = w[sel] * g and
     dL/dw computed by ``cell.row_alpha_grad`` (the non-selected ops run there, under no_grad); nothing of them
-    is kept between forward and backward, so the alpha step's memory is that of the sparse network."""
+    is kept between forward and backward, so the alpha step's memory stays close to the sparse network's."""
 
     @staticmethod
     def forward(ctx, w: Tensor, x: Tensor, y: Tensor, info) -> Tensor:
