@@ -11,6 +11,14 @@ Options beyond the paper, measured here as extra rows (off by default in the lib
   nasp/every2    alpha update every 2nd step (SearchConfig.alpha_every=2): mean seconds per step;
   nasp/sub4      alpha gradient of the non-selected ops on a quarter of the batch (CNNSearchSpace.alpha_subbatch).
 
+Memory format: channels_last for every strategy by default (on this CPU it makes convolutions, BN and pools
+2-5x faster than NCHW for all of them alike); ``--no-channels-last`` measures NCHW.
+
+Times: wall-clock seconds per step (median and min of the repeats) and the process CPU seconds per step
+(median; with one thread this is close to the wall time of an unloaded machine, and far less sensitive to other
+jobs on a shared machine than the wall time). The machine line (benchmarks/_machine.py, with the load average)
+is stored at the start and at the end of the run.
+
 Reference configuration of the issue (C=8, 5 cells, 4 nodes, batch 16, 32x32, 1 thread)::
 
     PYTHONPATH=. python benchmarks/bench_cnn_step.py --threads 1 --out benchmarks/results/cnn_step_cpu.json
@@ -33,6 +41,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import machine_line  # noqa: E402
 
 from nasp.search import SearchConfig, Searcher  # noqa: E402
 from nasp.spaces.cnn import CNNSearchSpace, ImageClassificationTask  # noqa: E402
@@ -85,22 +97,25 @@ def time_all(args, op_set: str, device) -> dict:
     model, batches = build(args, op_set, device)
     searchers = {v: make_searcher(model, v, args, device) for v in args.variants}
     times = {v: [] for v in searchers}
+    cpu = {v: [] for v in searchers}
     phases = {v: {"alpha": [], "weight": []} for v in searchers}
     for rep in range(args.warmup + args.repeats):
         for v, s in searchers.items():
             every = VARIANTS[v][1]
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for i in range(every):           # a full cycle of alpha_every steps, reported per step
                 one_step(s, v, batches, rep * every + i)
             sync(device)
             dt = (time.perf_counter() - t0) / every
+            dc = (time.process_time() - c0) / every
             ph = s.timer.collect()
             if rep >= args.warmup:
                 times[v].append(dt)
+                cpu[v].append(dc)
                 for p in ("alpha", "weight"):
                     phases[v][p].append(ph.get(p, 0.0) / every)
-    return {v: {"median_s": statistics.median(times[v]), "min_s": min(times[v]),
+    return {v: {"median_s": statistics.median(times[v]), "min_s": min(times[v]), "cpu_s": statistics.median(cpu[v]),
                 "alpha_s": statistics.median(phases[v]["alpha"]), "weight_s": statistics.median(phases[v]["weight"])}
             for v in searchers}
 
@@ -166,20 +181,25 @@ def _passthrough(args) -> list[str]:
     out = ["--C", str(args.C), "--layers", str(args.layers), "--nodes", str(args.nodes), "--batch", str(args.batch),
            "--size", str(args.size), "--threads", str(args.threads), "--mem-steps", str(args.mem_steps),
            "--device", args.device]
-    out += ["--channels-last"] if args.channels_last else []
+    out += ["--channels-last"] if args.channels_last else ["--no-channels-last"]
     out += ["--amp"] if args.amp else []
     return out
 
 
 def table(results: dict) -> str:
-    lines = ["| op set | strategy | s/step (median) | s/step (min) | alpha step s | weight step s | peak MiB | NASP "
-             "speed-up (median) |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| op set | strategy | s/step (median) | s/step (min) | CPU s/step | alpha step s | weight step s | "
+             "peak MiB | NASP speed-up (wall median / CPU) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for op_set, rows in results["op_sets"].items():
         base = rows["nasp"]["median_s"] if "nasp" in rows else None
+        base_cpu = rows["nasp"].get("cpu_s") if "nasp" in rows else None
         for v, r in rows.items():
             speed = f"{r['median_s'] / base:.2f}x" if base and v.startswith("darts") else ""
+            if speed and base_cpu and r.get("cpu_s"):
+                speed += f" / {r['cpu_s'] / base_cpu:.2f}x"
             mem = f"{r['peak_mib']:.0f}" if r.get("peak_mib") is not None else "-"
-            lines.append(f"| {op_set} | {v} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['alpha_s']:.3f} | "
+            cpu = f"{r['cpu_s']:.3f}" if r.get("cpu_s") is not None else "-"
+            lines.append(f"| {op_set} | {v} | {r['median_s']:.3f} | {r['min_s']:.3f} | {cpu} | {r['alpha_s']:.3f} | "
                          f"{r['weight_s']:.3f} | {mem} | {speed} |")
     return "\n".join(lines)
 
@@ -198,7 +218,8 @@ def parse(argv=None):
     p.add_argument("--op-sets", nargs="+", default=["darts", "nasp"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format for every strategy (default: on)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--child", nargs=2, metavar=("OP_SET", "VARIANT"), help=argparse.SUPPRESS)
@@ -220,7 +241,7 @@ def main(argv=None) -> dict:
     results = {"config": {k: v for k, v in vars(args).items() if k not in ("child", "out")},
                "machine": {"torch": torch.__version__, "cpu_count": os.cpu_count(),
                            "device": torch.cuda.get_device_name() if device.type == "cuda" else _cpu_name()},
-               "op_sets": {}}
+               "machine_line_start": machine_line(), "op_sets": {}}
     for op_set in args.op_sets:
         rows = time_all(args, op_set, device)
         if not args.no_memory:
@@ -228,6 +249,8 @@ def main(argv=None) -> dict:
                 rows[v]["peak_mib"] = mib
         results["op_sets"][op_set] = rows
         print(f"[{op_set}] done", file=sys.stderr, flush=True)
+    results["machine_line_end"] = machine_line()
+    print(results["machine_line_start"], "\n", results["machine_line_end"], sep="")
     print(table(results))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,11 @@ kxk dilation 2, 1x1, BN; ReLUConvBN = ReLU, conv, BN; skip at stride 2 = Factori
 stride-2 convs on the input and on the input shifted by one pixel, concatenated, BN); pools pad to keep shape
 (average pooling excludes padding). While searching, BN has affine=False and a BN follows every pooling op
 (:func:`search_op`).
+
+Speed helpers for the NASP alpha step (results identical): :class:`MaxPool2d` takes a separable path (a max over
+k shifted columns, then over k shifted rows: the same maximum, bit for bit) when no gradient is needed;
+:func:`starts_with_relu` / :func:`after_relu` let the search cell apply the leading ReLU of the parametric ops
+once per input node instead of once per op and edge.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["OPS", "PRIMITIVES", "NASP_NORMAL_PRIMITIVES", "NASP_REDUCE_PRIMITIVES", "OP_SETS", "ReLUConvBN",
-           "DilConv", "SepConv", "FactorizedReduce", "Zero", "Identity", "search_op", "is_pool"]
+           "DilConv", "SepConv", "FactorizedReduce", "Zero", "Identity", "MaxPool2d", "search_op", "is_pool",
+           "starts_with_relu", "after_relu"]
 
 
 class ReLUConvBN(nn.Sequential):
@@ -105,9 +111,63 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(x)
+        return self.forward_after_relu(self.relu(x))
+
+    def forward_after_relu(self, x: Tensor) -> Tensor:
+        """The forward pass on an input that has already been through the ReLU."""
         shifted = nn.functional.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))      # same output size for odd H, W too
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` (square kernel, padding k // 2) with a faster path when no gradient is needed: a max over
+    the k shifted columns of the -inf-padded input, then over k shifted rows. Every output is the maximum of the
+    same k x k window, so the values are identical; the autograd path keeps torch's kernel (its tie-breaking
+    in backward). The separable path is used at stride 1, and at stride 2 for non-channels_last inputs (where
+    it is faster than torch's CPU kernel)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        plain = (isinstance(self.kernel_size, int) and self.stride in (1, 2) and self.padding == self.kernel_size // 2
+                 and self.dilation == 1 and not self.ceil_mode and not self.return_indices)
+        if not plain or (torch.is_grad_enabled() and x.requires_grad) or x.dim() != 4 or x.device.type != "cpu":
+            return super().forward(x)
+        if self.stride != 1 and x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        return _separable_max_pool(x, self.kernel_size, self.stride, self.padding)
+
+
+def _separable_max_pool(x: Tensor, k: int, s: int, p: int) -> Tensor:
+    """(B, C, H, W) -> (B, C, H', W'): max over k x k windows, stride s, padding p (padding never wins)."""
+    H, W = x.shape[-2:]
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    xp = nn.functional.pad(x, (p, p, p, p), value=float("-inf"))
+    cols = xp[..., 0: s * (Wo - 1) + 1: s]                                     # (B, C, H + 2p, Wo)
+    for j in range(1, k):
+        cols = torch.maximum(cols, xp[..., j: j + s * (Wo - 1) + 1: s])
+    out = cols[..., 0: s * (Ho - 1) + 1: s, :]                                 # (B, C, Ho, Wo)
+    for i in range(1, k):
+        out = torch.maximum(out, cols[..., i: i + s * (Ho - 1) + 1: s, :])
+    return out
+
+
+def starts_with_relu(op: nn.Module) -> bool:
+    """Whether ``op`` begins with a (non in-place) ReLU that :func:`after_relu` can skip."""
+    if isinstance(op, FactorizedReduce):
+        return True
+    if isinstance(op, SepConv):
+        return starts_with_relu(op[0])
+    return isinstance(op, nn.Sequential) and len(op) > 1 and type(op[0]) is nn.ReLU and not op[0].inplace
+
+
+def after_relu(op: nn.Module, x_relu: Tensor) -> Tensor:
+    """``op(x)`` given ``x_relu = relu(x)``, for an op with :func:`starts_with_relu`; ``x_relu`` is not modified."""
+    if isinstance(op, FactorizedReduce):
+        return op.forward_after_relu(x_relu)
+    if isinstance(op, SepConv):
+        return op[1](after_relu(op[0], x_relu))
+    for m in list(op)[1:]:
+        x_relu = m(x_relu)
+    return x_relu
 
 
 def _skip(C: int, stride: int, affine: bool) -> nn.Module:
@@ -117,9 +177,9 @@ def _skip(C: int, stride: int, affine: bool) -> nn.Module:
 OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {
     "none": lambda C, stride, affine: Zero(stride),
     "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
-    "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
-    "max_pool_5x5": lambda C, stride, affine: nn.MaxPool2d(5, stride=stride, padding=2),
-    "max_pool_7x7": lambda C, stride, affine: nn.MaxPool2d(7, stride=stride, padding=3),
+    "max_pool_3x3": lambda C, stride, affine: MaxPool2d(3, stride=stride, padding=1),
+    "max_pool_5x5": lambda C, stride, affine: MaxPool2d(5, stride=stride, padding=2),
+    "max_pool_7x7": lambda C, stride, affine: MaxPool2d(7, stride=stride, padding=3),
     "skip_connect": _skip,
     "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine),
     "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine),

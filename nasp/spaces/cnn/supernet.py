@@ -11,10 +11,14 @@ only the selected op of each kept edge: the NASP weight step; DENSE is the DARTS
 NASP mode (the alpha step) has its own, stronger implementation of the same exact rule: the selected op runs
 with its graph, and every other op runs inside the backward pass (:class:`_DeferredAlphaGrad`), once
 g = dL/d(edge out) is known, and is reduced at once to dL/dĀ_k = <g, op_k(x)>; no output of a non-selected op
-is stored, so the alpha step's peak memory is that of the sparse network. Tests check it against autograd on
-the one-hot matrix. :attr:`CNNSearchSpace.alpha_subbatch` (off by default) is the "cheaper alpha-gradient
-estimate": the non-selected ops run on the first ``alpha_subbatch`` samples only and their term is rescaled by
-B / b (BN statistics then come from the sub-batch, so it is an estimate).
+is stored between forward and backward, so the alpha step's peak memory stays close to that of the sparse
+network. Work shared by the edges leaving one node is done once, during the backward pass: the parameter-free
+ops, the leading ReLU of the parametric ops, and every ReLU/conv/BN op type run as ONE batched call over those
+edges (:mod:`.batched`; held until the last of those edges is reduced). Tests check the result against autograd
+on the one-hot matrix and against the unbatched computation (BN running statistics included).
+:attr:`CNNSearchSpace.alpha_subbatch` (off by default) is the "cheaper alpha-gradient estimate": the
+non-selected ops run on the first ``alpha_subbatch`` samples only and their term is rescaled by B / b (BN
+statistics then come from the sub-batch, so it is an estimate).
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from ...genotype import Genotype, genotype_from_onehot
 from ...mixed import mix
 from ...regularizers import cost_matrix
 from ...space import SearchSpace, register_space
-from .ops import OP_SETS, FactorizedReduce, ReLUConvBN, search_op
+from .batched import batchable, run_batched
+from .ops import OP_SETS, FactorizedReduce, ReLUConvBN, after_relu, search_op, starts_with_relu
 
 __all__ = ["SearchCell", "CNNSearchSpace", "cell_alpha_spec", "node_names"]
 
@@ -86,12 +91,17 @@ class SearchCell(nn.Module):
                 self.sources.append(j)
                 self.strides.append(stride)
         self.param_free = tuple(not any(True for _ in m.parameters()) for m in self.edges[0])
+        # per row and op: the op begins with a ReLU (applied once per source node in the alpha step)
+        self.relu_first = [tuple(starts_with_relu(m) for m in edge) for edge in self.edges]
+        # per row and op: a ReLU/conv/BN chain that the alpha step runs batched over the edges of one source
+        self.batchable = [tuple(batchable(m) for m in edge) for edge in self.edges]
+        self.rows_from = {j: [r for r, s in enumerate(self.sources) if s == j] for j in set(self.sources)}
         self.alpha_subbatch: int | None = None
 
     def forward(self, s0: Tensor, s1: Tensor, view: ArchView) -> Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         cache: dict[tuple[int, int], Tensor] = {}
-        pending = _PendingCache(self.sources) if view.mode == NASP else None
+        pending = _PendingCache(self.sources, view.selected[self.matrix]) if view.mode == NASP else None
         r = 0
         for _ in range(self.steps):
             node = None
@@ -131,38 +141,87 @@ class SearchCell(nn.Module):
             H, W = x.shape[-2:]
             s = self.strides[r]
             y = x.new_zeros((x.shape[0], x.shape[1], (H + s - 1) // s, (W + s - 1) // s))
+            if x.is_contiguous(memory_format=torch.channels_last):
+                y = y.contiguous(memory_format=torch.channels_last)     # same layout as the node it is added to
         return _DeferredAlphaGrad.apply(w, x, y, (self, r, sel, pending))
 
     def row_alpha_grad(self, r: int, sel: int, x: Tensor, y: Tensor, g: Tensor, pending: _PendingCache) -> Tensor:
-        """(ops,) gradient of the loss w.r.t. row r of Ā given g = dL/d(row output) (B, C, H', W')."""
+        """(ops,) gradient of the loss w.r.t. row r of Ā given g = dL/d(row output) (B, C, H', W').
+
+        Runs under no_grad inside the backward pass. Shared work, computed once per (source node, sub-batch) and
+        reused by every edge leaving it: parameter-free ops, the leading ReLU of the parametric ops, and each
+        ReLU/conv/BN op type run batched over all those edges (:mod:`.batched`; edges whose selected op it is
+        are left out, their output is the forward's y)."""
         B = x.shape[0]
         b = min(self.alpha_subbatch or B, B)
-        scale = B / b
         acc = torch.promote_types(g.dtype, torch.float32)      # accumulate bf16/fp16 products in float32
-        xs, gs = x[:b], g[:b].to(acc)
-        grad = torch.zeros(len(self.ops), dtype=acc, device=g.device)
-        j = self.sources[r]
+        cl = torch.channels_last
+        if x.is_contiguous(memory_format=cl) and not g.is_contiguous(memory_format=cl):
+            g = g.contiguous(memory_format=cl)     # a slice of the cat's gradient: one copy, then dots
+        xs, gs = x[:b], g[:b]
+        j, edge, relu_first = self.sources[r], self.edges[r], self.relu_first[r]
+        zero = None
+        grads = []
         for k in range(len(self.ops)):
             if k in self.skip:
-                continue
-            if k == sel:
-                grad[k] = (g.to(acc) * y.to(acc)).sum()
-                continue
-            if self.param_free[k]:
-                out = pending.get((j, k, b), lambda k=k: self.edges[r][k](xs))
+                zero = g.new_zeros((), dtype=acc) if zero is None else zero
+                grads.append(zero)
+            elif k == sel:
+                grads.append(_inner(g, y, acc))
             else:
-                out = self.edges[r][k](xs)
-            grad[k] = scale * (gs * out.to(acc)).sum()
+                if self.param_free[k]:
+                    out = pending.get((j, k, b), lambda k=k: edge[k](xs))
+                elif self.batchable[r][k]:
+                    out = self._batched_out(r, k, xs, pending)
+                elif relu_first[k]:
+                    out = after_relu(edge[k], pending.get((j, "relu", b), lambda: torch.relu(xs)))
+                else:
+                    out = edge[k](xs)
+                dot = _inner(gs, out, acc)
+                grads.append(dot if b == B else dot * (B / b))
         pending.done(r)
-        return grad
+        return torch.stack(grads)
+
+    def _batched_out(self, r: int, k: int, xs: Tensor, pending: _PendingCache) -> Tensor:
+        """Op k of row r on xs, from one batched run of op k over the edges leaving r's source."""
+        j, b = self.sources[r], xs.shape[0]
+        x_relu = pending.get((j, "relu", b), lambda: torch.relu(xs))
+        group = [q for q in self.rows_from[j] if pending.selected[q] != k]
+        if len(group) == 1:
+            return after_relu(self.edges[r][k], x_relu)
+        per_edge = pending.get((j, k, b), lambda: _split_edges(
+            run_batched([self.edges[q][k] for q in group], x_relu), len(group)))
+        return per_edge[group.index(r)]                                        # (b, C, H', W')
+
+
+def _split_edges(full: Tensor, E: int) -> list[Tensor]:
+    """(B, E * C, H, W) -> E dense tensors (B, C, H, W) in the same memory format (one copy), so that the alpha
+    gradient's dot products run on flat views instead of strided channel slices."""
+    B, EC, H, W = full.shape
+    C = EC // E
+    if full.is_contiguous(memory_format=torch.channels_last):
+        blocks = full.permute(0, 2, 3, 1).reshape(B, H, W, E, C).permute(3, 0, 1, 2, 4).contiguous()
+        return [blk.permute(0, 3, 1, 2) for blk in blocks]                    # channels_last views
+    return list(full.reshape(B, E, C, H, W).transpose(0, 1).contiguous())
+
+
+def _inner(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
+    """<a, b> (a scalar in ``dtype``). One dot kernel on flat views when both tensors have the same dense layout
+    (contiguous or channels_last), else an element-wise product and a sum."""
+    if a.shape == b.shape and a.stride() == b.stride():
+        for fmt, perm in ((torch.contiguous_format, (0, 1, 2, 3)), (torch.channels_last, (0, 2, 3, 1))):
+            if a.dim() == 4 and a.is_contiguous(memory_format=fmt):
+                return torch.dot(a.permute(perm).reshape(-1).to(dtype), b.permute(perm).reshape(-1).to(dtype))
+    return (a.to(dtype) * b.to(dtype)).sum()
 
 
 class _PendingCache:
-    """Outputs of parameter-free ops per (source, op, sub-batch), shared by the edges leaving a source during
-    the backward pass, freed once every edge of that source has been reduced."""
+    """Work shared by the edges leaving a source during the backward pass, per (source, op or "relu", sub-batch):
+    outputs of parameter-free ops, the ReLU of the input, the per-edge outputs of a batched op type; freed once
+    every edge of that source has been reduced. ``selected``: the selected op of every row (-1 dropped)."""
 
-    def __init__(self, sources: list[int]):
-        self.sources = sources
+    def __init__(self, sources: list[int], selected: tuple[int, ...]):
+        self.sources, self.selected = sources, selected
         self.left = {j: sources.count(j) for j in set(sources)}
         self.store: dict[tuple[int, int, int], Tensor] = {}
 
@@ -182,7 +241,7 @@ class _PendingCache:
 class _DeferredAlphaGrad(torch.autograd.Function):
     """out = w[sel] * y (y = the selected op's output, zeros for a dropped row). Backward: dL/dy = w[sel] * g and
     dL/dw computed by ``cell.row_alpha_grad`` (the non-selected ops run there, under no_grad); nothing of them
-    is kept between forward and backward, so the alpha step's memory is that of the sparse network."""
+    is kept between forward and backward, so the alpha step's memory stays close to the sparse network's."""
 
     @staticmethod
     def forward(ctx, w: Tensor, x: Tensor, y: Tensor, info) -> Tensor:
