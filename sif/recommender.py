@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -343,12 +344,25 @@ class BaselineRecommender(BaseRecommender):
 class FixedInteractionRecommender(BaseRecommender):
     """The SIF model with one fixed interaction function (e.g. op="multiply"), trained stand-alone."""
 
-    def __init__(self, op: str = "multiply", g_hidden: int = 8, g_skip: bool = True, **kwargs):
+    def __init__(self, op: str = "multiply", g_hidden: int = 8, g_skip: bool = True, head_radius: float | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.op, self.g_hidden, self.g_skip = op, g_hidden, g_skip
+        self.op, self.g_hidden, self.g_skip, self.head_radius = op, g_hidden, g_skip, head_radius
 
     def _build_model(self) -> nn.Module:
-        return SIFSpace(ops=(self.op,), g_hidden=self.g_hidden, g_skip=self.g_skip, **self._model_kwargs())
+        return SIFSpace(ops=(self.op,), g_hidden=self.g_hidden, g_skip=self.g_skip,
+                        head_radius=_head_radius(self.head_radius, self.embedding_dim, self.implicit),
+                        **self._model_kwargs())
+
+
+def _head_radius(value: float | None, dim: int, implicit: bool) -> float:
+    """The radius of the heads' L2 ball. None: 1 (the paper) for ratings; sqrt(dim) for the implicit tasks, the
+    smallest ball holding the all-ones head (a plain dot product). Under BPR on ML-100K (dim 32, seed-0 split, fixed
+    multiply, 20 epochs) the unit ball kept the scores so small that validation NDCG@10 stayed at the popularity
+    level for the first 8 epochs (0.093) and reached 0.146; radius sqrt(dim) reached 0.171 (GMF: 0.155)."""
+    if value is not None:
+        return float(value)
+    return math.sqrt(dim) if implicit else 1.0
 
 
 @_register
@@ -365,12 +379,15 @@ class SIFRecommender(BaseRecommender):
     fresh one. g_skip: g is residual and starts as the identity (the paper: a random MLP); with
     ``train.g_lr_scale`` (default 0.05) g then learns slowly, which on ML-100K u1 took fixed multiply from 0.953
     to 0.936 test RMSE, because a fast-learning g rescales every embedding past the L2 penalty.
+    head_radius: radius of the heads' L2 ball; None: 1 (the paper) for ratings, sqrt(embedding_dim) for the
+    implicit tasks (see ``_head_radius``).
     """
 
     def __init__(self, embedding_dim: int = 32, use_bias: bool = True, search: Any = None, select: str = "best",
                  search_on: str = "valid", train_all_heads: bool = True, g_hidden: int = 8, g_skip: bool = True,
-                 ops: Any = None, keep_g: bool = False, **kwargs):
+                 ops: Any = None, keep_g: bool = False, head_radius: float | None = None, **kwargs):
         super().__init__(embedding_dim=embedding_dim, use_bias=use_bias, **kwargs)
+        self.head_radius = head_radius
         if select not in ("best", "last"):
             raise ValueError(f"select must be 'best' or 'last', got {select!r}")
         if search_on not in ("valid", "train"):
@@ -389,7 +406,8 @@ class SIFRecommender(BaseRecommender):
 
     def _space(self, ops) -> SIFSpace:
         kw = self._model_kwargs()
-        return SIFSpace(ops=ops, g_hidden=self.g_hidden, g_skip=self.g_skip, **kw)
+        return SIFSpace(ops=ops, g_hidden=self.g_hidden, g_skip=self.g_skip,
+                        head_radius=_head_radius(self.head_radius, self.embedding_dim, self.implicit), **kw)
 
     def _fit_model(self, train_it, valid_it, eval_it, show_progress, callback, run_dir):
         cfg = self._search_config()

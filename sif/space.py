@@ -7,7 +7,10 @@ projected onto the unit L2 ball after every weight step.
 
 Options beyond the paper (off by default where they change the paper's space): ``use_bias`` adds global, user and
 item (and context) biases, so that a biased MF (``multiply`` with a fixed head) lies inside the space;
-``g_skip`` makes g a residual map ``x + mlp(x)``; ``embedding_dim`` larger than the paper's 2.
+``g_skip`` makes g a residual map ``x + mlp(x)``; ``embedding_dim`` larger than the paper's 2; ``head_radius`` the
+radius of the heads' L2 ball (the paper: 1; ``math.inf``: no projection). With radius 1 a ``multiply`` head of
+dimension k has weights of about 1/sqrt(k), so scores stay small unless the embeddings grow; radius sqrt(k) holds
+the all-ones head, i.e. a plain dot product.
 """
 
 from __future__ import annotations
@@ -73,8 +76,11 @@ class SIFSpace(SearchSpace):
 
     def __init__(self, num_users: int, num_items: int, num_contexts: int = 0, embedding_dim: int = 2,
                  ops: Iterable[str] | None = None, use_bias: bool = False, g_hidden: int = 8, g_skip: bool = False,
-                 init_std: float = 0.1, alpha_init: str = "nasp", seed: int = 0):
+                 init_std: float = 0.1, alpha_init: str = "nasp", seed: int = 0, head_radius: float = 1.0):
         super().__init__()
+        if not head_radius > 0:
+            raise ValueError(f"head_radius must be > 0 (math.inf: no projection), got {head_radius}")
+        self.head_radius = float(head_radius)
         self.sides = SIDES if num_contexts > 0 else SIDES[:2]
         sizes = {"u": num_users, "v": num_items, "c": num_contexts}
         self.embedding_dim, self.use_bias = embedding_dim, use_bias
@@ -152,9 +158,13 @@ class SIFSpace(SearchSpace):
 
     @torch.no_grad()
     def after_weight_step(self) -> None:
-        """Project every head onto the unit L2 ball."""
+        """Project every head onto the L2 ball of radius ``head_radius`` (the paper: the unit ball)."""
+        if math.isinf(self.head_radius):
+            return
         ws = [h.weight for h in self.heads]
         norms = torch._foreach_norm(ws)
+        if self.head_radius != 1.0:
+            torch._foreach_div_(norms, self.head_radius)
         torch._foreach_div_(ws, torch._foreach_clamp_min(norms, 1.0))
 
     def op_costs(self) -> dict[str, Tensor]:
