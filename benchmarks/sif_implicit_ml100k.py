@@ -28,6 +28,7 @@ from data_loaders import load_movielens, to_csr
 from sif.evaluation import mean_std
 from sif.implicit_adapters import fit_implicit
 from sif.implicit_feedback import implicit_splits, model_score_fn
+from sif.interactions import PRIMITIVES
 from sif.ranking import evaluate_ranking
 from sif.recommender import create_recommender
 
@@ -38,7 +39,8 @@ except ImportError:  # run as a script
 
 MODELS = ("sif", "sif_nonsep", "gmf", "ncf", "neumf", "implicit_als", "implicit_bpr", "implicit_lmf",
           "popularity")
-LABELS = {"sif": "SIF (searched, 5 ops)", "sif_nonsep": "SIF (searched, multiply/max/min)", "gmf": "GMF",
+LABELS = {"sif": "SIF (searched, all 5 ops)", "sif_nonsep": "SIF (searched, multiply/max/min: the bpr default)",
+          "gmf": "GMF",
           "ncf": "NCF", "neumf": "NeuMF", "implicit_als": "implicit ALS",
           "implicit_bpr": "implicit BPR", "implicit_lmf": "implicit LMF",
           "popularity": "popularity (reference, not tuned)"}
@@ -63,8 +65,10 @@ def fit(name: str, params: dict, cfg: dict, train, valid, train_m, valid_m, seed
               random_state=seed, use_bias=name.startswith("sif"), **params)
     if name.startswith("sif"):
         kw["search"] = dict(n["sif_search"])
-    if name == "sif_nonsep":     # only the ops whose score is not a sum of a user term and an item term
-        kw["ops"] = list(n["sif_nonseparable_ops"])
+    if name == "sif":            # the paper's five primitives, plus and concat included
+        kw["ops"] = list(PRIMITIVES)
+    if name == "sif_nonsep":     # only the ops whose score is not a sum of a user term and an item term (the
+        kw["ops"] = list(n["sif_nonseparable_ops"])      # library's default search space for bpr and bce)
     rec = create_recommender(name.removesuffix("_nonsep"), **kw)
     t0 = time.perf_counter()
     rec.fit(train, valid, show_progress=False)

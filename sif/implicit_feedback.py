@@ -32,9 +32,15 @@ from .ranking import evaluate_ranking
 
 __all__ = ["LOSSES", "NegativeSampler", "RankingData", "ImplicitTask", "positives", "positive_pairs",
            "score_all_items", "model_score_fn", "positive_iterator", "split_matrices",
-           "implicit_splits"]
+           "implicit_splits", "RANKING_OPS"]
 
 LOSSES = ("bpr", "bce")
+
+# The matrix interaction functions that can rank items differently for different users. ``plus`` and ``concat``
+# give a head output ``a(u) + b(v)`` (a user term plus an item term), so every user gets the same item order: for
+# ranking they add nothing that an item bias does not already express. SIF's default search space for the implicit
+# tasks (see :class:`sif.recommender.SIFRecommender`).
+RANKING_OPS = ("multiply", "max", "min")
 
 
 # ---- data ---------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from nasp.search import SearchConfig
 
 from .baselines import BASELINES, create_baseline
 from .implicit_feedback import (
+    RANKING_OPS,
     ImplicitTask,
     NegativeSampler,
     RankingData,
@@ -380,7 +381,8 @@ class SIFRecommender(BaseRecommender):
     ``train.g_lr_scale`` (default 0.05) g then learns slowly, which on ML-100K u1 took fixed multiply from 0.953
     to 0.936 test RMSE, because a fast-learning g rescales every embedding past the L2 penalty.
     head_radius: radius of the heads' L2 ball; None: 1 (the paper) for ratings, sqrt(embedding_dim) for the
-    implicit tasks (see ``_head_radius``).
+    implicit tasks (see ``_head_radius``). ops: the candidate ops (None: all five for ratings; for the implicit
+    tasks only multiply, max and min, since plus and concat cannot personalise a ranking, see ``search_ops``).
     """
 
     def __init__(self, embedding_dim: int = 32, use_bias: bool = True, search: Any = None, select: str = "best",
@@ -404,6 +406,14 @@ class SIFRecommender(BaseRecommender):
         cfg.seed = self.random_state
         return cfg
 
+    @property
+    def search_ops(self) -> Any:
+        """The candidate ops of the search: ``ops``; when None, every primitive for ratings and
+        :data:`sif.implicit_feedback.RANKING_OPS` (multiply, max, min) for the implicit tasks."""
+        if self.ops is None and self.implicit:
+            return RANKING_OPS
+        return self.ops
+
     def _space(self, ops) -> SIFSpace:
         kw = self._model_kwargs()
         return SIFSpace(ops=ops, g_hidden=self.g_hidden, g_skip=self.g_skip,
@@ -412,7 +422,7 @@ class SIFRecommender(BaseRecommender):
     def _fit_model(self, train_it, valid_it, eval_it, show_progress, callback, run_dir):
         cfg = self._search_config()
         self.search_config_ = cfg
-        space = self._space(self.ops)
+        space = self._space(self.search_ops)
         task = self._task(train_all_heads=self.train_all_heads)
         search_dir = Path(run_dir) / "search" if run_dir is not None else None
         searcher = make_searcher(space, task, cfg, device=self.device, run_dir=search_dir,

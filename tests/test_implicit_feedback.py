@@ -9,6 +9,7 @@ from data_loaders import RatingDataset, to_csr
 from nasp.search import SearchConfig, Searcher
 from sif.baselines import create_baseline
 from sif.implicit_feedback import (
+    RANKING_OPS,
     ImplicitTask,
     NegativeSampler,
     RankingData,
@@ -207,6 +208,8 @@ def test_head_radius_defaults_keep_the_paper_for_ratings_and_hold_a_dot_product_
         rec = create_recommender(name, task=task, embedding_dim=dim, train={"max_epochs": 1}, **kw)
         rec.fit(ds, show_progress=False)
         assert rec.model_.head_radius == pytest.approx(radius), (name, task)
+        if name == "sif" and task == "bpr":
+            assert rec.op_ in RANKING_OPS and rec.search_result_.genotype.choices("interaction")[0].op in RANKING_OPS
     explicit = create_recommender("fixed:multiply", task="bpr", head_radius=2.0, embedding_dim=dim,
                                   train={"max_epochs": 1}).fit(ds, show_progress=False)
     assert explicit.model_.head_radius == 2.0
@@ -255,3 +258,11 @@ def test_fixed_multiply_sif_learns_a_planted_structure_under_bpr_quickly():
     assert popularity < 0.15
     assert default > popularity + 0.3
     assert default > unit + 0.05          # measured: popularity 0.091, default 0.516, unit ball 0.391
+
+
+def test_sif_searches_only_ops_that_can_personalise_a_ranking_by_default():
+    assert SIFRecommender(task="bpr").search_ops == RANKING_OPS == ("multiply", "max", "min")
+    assert SIFRecommender(task="bce").search_ops == RANKING_OPS
+    assert SIFRecommender(task="rating").search_ops is None                  # the paper's five primitives
+    assert SIFRecommender(task="bpr", ops=["plus", "multiply"]).search_ops == ["plus", "multiply"]
+    assert not set(RANKING_OPS) & {"plus", "concat"} and set(RANKING_OPS) < set(PRIMITIVES)
