@@ -13,6 +13,10 @@ Losses (``s`` = model score, a logit):
   loss), averaged over the ``1 + num_negatives`` terms.
 
 Both add ``reg * (sum of the norms of the batch's embedding rows)`` as the rating task does.
+
+SIF defaults for these tasks (:class:`sif.recommender.SIFRecommender` with ``task="bpr"``/``"bce"``): heads in an L2
+ball of radius sqrt(embedding_dim) instead of the paper's unit ball (which kept BPR scores so small that SIF sat at
+the popularity level on ML-100K), and a search over :data:`RANKING_OPS` only (see benchmarks/README.md, implicit).
 """
 
 from __future__ import annotations
