@@ -1,4 +1,4 @@
-"""Implicit feedback on ML-100K: SIF (searched), GMF, NCF, NeuMF and implicit's ALS, BPR and LMF, one evaluation.
+"""Implicit feedback on ML-100K: SIF (searched; and multiply fixed), GMF, NCF, NeuMF, implicit ALS, BPR, LMF.
 
 Protocol (configs/implicit_ml100k_benchmark.yaml): ratings >= 4 are positives; per user, 5 random positives are the
 test set and 5 more the validation set. Every model is tuned with the same budget: each configuration of its grid
@@ -28,6 +28,7 @@ from data_loaders import load_movielens, to_csr
 from sif.evaluation import mean_std
 from sif.implicit_adapters import fit_implicit
 from sif.implicit_feedback import implicit_splits, model_score_fn
+from sif.interactions import PRIMITIVES
 from sif.ranking import evaluate_ranking
 from sif.recommender import create_recommender
 
@@ -36,9 +37,10 @@ try:
 except ImportError:  # run as a script
     from _machine import machine_line
 
-MODELS = ("sif", "sif_nonsep", "gmf", "ncf", "neumf", "implicit_als", "implicit_bpr", "implicit_lmf",
+MODELS = ("sif", "sif_nonsep", "sif_multiply", "gmf", "ncf", "neumf", "implicit_als", "implicit_bpr", "implicit_lmf",
           "popularity")
-LABELS = {"sif": "SIF (searched, 5 ops)", "sif_nonsep": "SIF (searched, multiply/max/min)", "gmf": "GMF",
+LABELS = {"sif": "SIF (searched, all 5 ops)", "sif_nonsep": "SIF (searched, multiply/max/min: the bpr default)",
+          "sif_multiply": "SIF with multiply fixed (not searched)", "gmf": "GMF",
           "ncf": "NCF", "neumf": "NeuMF", "implicit_als": "implicit ALS",
           "implicit_bpr": "implicit BPR", "implicit_lmf": "implicit LMF",
           "popularity": "popularity (reference, not tuned)"}
@@ -61,16 +63,19 @@ def fit(name: str, params: dict, cfg: dict, train, valid, train_m, valid_m, seed
     n = cfg["neural"]
     kw = dict(task=n["task"], num_negatives=n["num_negatives"], train=dict(n["train"]), device=device,
               random_state=seed, use_bias=name.startswith("sif"), **params)
-    if name.startswith("sif"):
+    if name in ("sif", "sif_nonsep"):
         kw["search"] = dict(n["sif_search"])
-    if name == "sif_nonsep":     # only the ops whose score is not a sum of a user term and an item term
-        kw["ops"] = list(n["sif_nonseparable_ops"])
-    rec = create_recommender(name.removesuffix("_nonsep"), **kw)
+    if name == "sif":            # the paper's five primitives, plus and concat included
+        kw["ops"] = list(PRIMITIVES)
+    if name == "sif_nonsep":     # only the ops whose score is not a sum of a user term and an item term (the
+        kw["ops"] = list(n["sif_nonseparable_ops"])      # library's default search space for bpr and bce)
+    model = {"sif_nonsep": "sif", "sif_multiply": "fixed:multiply"}.get(name, name)
+    rec = create_recommender(model, **kw)
     t0 = time.perf_counter()
     rec.fit(train, valid, show_progress=False)
     seconds = time.perf_counter() - t0
     info = {"epochs": len(rec.train_result_.history), "best_epoch": rec.train_result_.best_epoch}
-    if name.startswith("sif"):
+    if name in ("sif", "sif_nonsep"):
         info["op"] = rec.op_
     return model_score_fn(rec.model_), seconds, info
 

@@ -53,7 +53,7 @@ class ModelConfig:
     penalty: str = "l2"             # l2 (per-rating squared norms) | norm (the reference's ||U_b|| + ||V_b||)
     #                                 | effective (SIF: L2 as the head sees the embeddings; l2 for baselines)
     head_init: str = "uniform"      # SIF heads: uniform(+-1/sqrt(width)) (paper) | ones (multiply = a dot product)
-    head_radius: float | None = 1.0     # L2 ball of the heads (paper: 1); None: sqrt(embedding_dim)
+    head_radius: float | None = None    # L2 ball of the heads; None: 1 (paper) for ratings, sqrt(dim) for bpr/bce
     g_hidden: int = 8
     g_skip: bool = True             # g starts as the identity and learns a residual (paper: random MLP)
     train_all_heads: bool = True

@@ -13,6 +13,10 @@ Losses (``s`` = model score, a logit):
   loss), averaged over the ``1 + num_negatives`` terms.
 
 Both add ``reg * (sum of the norms of the batch's embedding rows)`` as the rating task does.
+
+SIF defaults for these tasks (:class:`sif.recommender.SIFRecommender` with ``task="bpr"``/``"bce"``): heads in an L2
+ball of radius sqrt(embedding_dim) instead of the paper's unit ball (which kept BPR scores so small that SIF sat at
+the popularity level on ML-100K), and a search over :data:`RANKING_OPS` only (see benchmarks/README.md, implicit).
 """
 
 from __future__ import annotations
@@ -32,9 +36,15 @@ from .ranking import evaluate_ranking
 
 __all__ = ["LOSSES", "NegativeSampler", "RankingData", "ImplicitTask", "positives", "positive_pairs",
            "score_all_items", "model_score_fn", "positive_iterator", "split_matrices",
-           "implicit_splits"]
+           "implicit_splits", "RANKING_OPS"]
 
 LOSSES = ("bpr", "bce")
+
+# The matrix interaction functions that can rank items differently for different users. ``plus`` and ``concat``
+# give a head output ``a(u) + b(v)`` (a user term plus an item term), so every user gets the same item order: for
+# ranking they add nothing that an item bias does not already express. SIF's default search space for the implicit
+# tasks (see :class:`sif.recommender.SIFRecommender`).
+RANKING_OPS = ("multiply", "max", "min")
 
 
 # ---- data ---------------------------------------------------------------------------------------------------

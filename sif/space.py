@@ -8,9 +8,9 @@ projected onto the unit L2 ball after every weight step.
 Options beyond the paper (off by default where they change the paper's space): ``use_bias`` adds global, user and
 item (and context) biases, so that a biased MF (``multiply`` with a fixed head) lies inside the space;
 ``g_skip`` makes g a residual map ``x + mlp(x)``; ``embedding_dim`` larger than the paper's 2; ``head_radius`` the
-radius of the heads' L2 ball (the paper: 1). With radius 1 and dimension k every weight of a ``multiply`` head is
-about 1/sqrt(k) on average, so the embeddings must grow by k^(1/4) each (and pay for it in the L2 penalty) to
-express a plain dot product; radius sqrt(k) contains the all-ones head, i.e. biased MF.
+radius of the heads' L2 ball (the paper: 1; ``math.inf``: no projection). With radius 1 a ``multiply`` head of
+dimension k has weights of about 1/sqrt(k), so scores stay small unless the embeddings grow; radius sqrt(k) holds
+the all-ones head, i.e. a plain dot product.
 """
 
 from __future__ import annotations

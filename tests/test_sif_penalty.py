@@ -99,7 +99,7 @@ def test_recommenders_pass_the_options_to_the_space():
 
     data = planted_ratings("multiply", num_users=20, num_items=30, n=400, seed=1)
     train, valid, _ = random_split(data, (0.8, 0.2, 0.0), seed=0)
-    kw = dict(embedding_dim=4, head_init="ones", head_radius=None, penalty="effective",
+    kw = dict(embedding_dim=4, head_init="ones", head_radius=2.0, penalty="effective",
               train={"max_epochs": 1, "batch_size": 128})
     fixed = FixedInteractionRecommender("multiply", **kw).fit(train, valid, show_progress=False)
     sif = SIFRecommender(search={"epochs": 1}, **kw).fit(train, valid, show_progress=False)
