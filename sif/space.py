@@ -168,7 +168,7 @@ class SIFSpace(SearchSpace):
         def one(j: int) -> Tensor:
             w = self.heads[j].weight.view(-1)                                  # (width,)
             name = self.names[j]
-            if name not in ("plus", "multiply", "max", "min", "concat"):
+            if name not in PRIMITIVES:
                 raise ValueError(f"penalty='effective' does not know op {name!r}")
             scale = w.abs() if name == "multiply" else k * (w * w)
             if name == "concat":
