@@ -4,7 +4,16 @@ import pytest
 import torch
 
 from nasp.genotype import Choice, Genotype
-from nasp.spaces.cnn.genotypes import DARTS_V1, DARTS_V2, GENOTYPES, CellGenotype, draw, from_core, get_genotype
+from nasp.spaces.cnn.genotypes import (
+    DARTS_V1,
+    DARTS_V2,
+    GENOTYPES,
+    NASP_12OP,
+    CellGenotype,
+    draw,
+    from_core,
+    get_genotype,
+)
 from nasp.spaces.cnn.model import NetworkCIFAR, NetworkImageNet
 from nasp.train.image import count_parameters, multiply_adds
 
@@ -12,6 +21,15 @@ from nasp.train.image import count_parameters, multiply_adds
 def test_darts_v2_has_3_35m_parameters():
     n = count_parameters(NetworkCIFAR(DARTS_V2, C=36, num_classes=10, layers=20, auxiliary=True))
     assert abs(n - 3.35e6) / 3.35e6 < 0.01, n
+
+
+def test_nasp_cell_matches_the_12_op_space_and_its_reported_size():
+    from nasp.spaces.cnn.ops import NASP_NORMAL_PRIMITIVES, NASP_REDUCE_PRIMITIVES
+
+    assert {op for op, _ in NASP_12OP.normal} <= set(NASP_NORMAL_PRIMITIVES)
+    assert {op for op, _ in NASP_12OP.reduce} <= set(NASP_REDUCE_PRIMITIVES)
+    n = count_parameters(NetworkCIFAR(NASP_12OP, C=36, num_classes=10, layers=20, auxiliary=True))
+    assert 7.35e6 <= n < 7.45e6, n          # the 12-op space's cell is reported at 7.4M parameters
 
 
 def test_darts_v2_imagenet_mobile_size():

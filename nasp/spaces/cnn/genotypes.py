@@ -11,9 +11,12 @@ their largest alpha, 'none' included; a kept edge whose op is 'none' stays in th
 (zero contribution). With ``derive_rule="darts"`` (:meth:`CNNSearchSpace.darts_onehot`, DARTS' rule) 'none' is
 excluded from both rankings, so it never appears.
 
-Published cells: ``DARTS_V1`` (first order) and ``DARTS_V2`` (second order) of the DARTS paper. The NASP
-paper's cells are not included: their exact edge lists were not available to us in a verifiable form, and an
-invented cell would be worse than none (add it here as data when it is).
+Published cells: ``DARTS_V1`` (first order) and ``DARTS_V2`` (second order) of the DARTS paper, and ``NASP`` (alias
+``NASP_12OP``), the cell NASP found in its 12-op space. Provenance of ``NASP``: the edge list was transcribed as data
+from a public third-party ``genotypes.py`` that names it ``NASP`` and spells the ops as the NASP reference code does
+("conv 3x3" for ``conv_3x3``); the NASP paper's own figure could not be checked offline. Two facts corroborate it:
+every op lies in NASP's normal/reduction op lists, and at 20 cells / C=36 it has 7.36M parameters (auxiliary head
+excluded), the "7.4M" reported for the 12-op space (``tests/test_cnn_genotypes.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from pathlib import Path
 from ...genotype import Genotype, JsonGenotype
 from .ops import OPS
 
-__all__ = ["CellGenotype", "DARTS_V1", "DARTS_V2", "GENOTYPES", "from_core", "to_dot", "draw", "get_genotype"]
+__all__ = ["CellGenotype", "DARTS_V1", "DARTS_V2", "NASP_12OP", "GENOTYPES", "from_core", "to_dot", "draw",
+           "get_genotype"]
 
 Pair = tuple[str, int]
 
@@ -126,7 +130,19 @@ DARTS_V2 = CellGenotype(
     reduce_concat=(2, 3, 4, 5),
 )
 
-GENOTYPES: dict[str, CellGenotype] = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "DARTS": DARTS_V2}
+#: NASP's cell in its 12-op space (normal ops from NASP_NORMAL_PRIMITIVES, reduction ops from
+#: NASP_REDUCE_PRIMITIVES); see the module docstring for where the edge list comes from.
+NASP_12OP = CellGenotype(
+    normal=(("conv_3x1_1x3", 0), ("conv_3x3", 1), ("dil_conv_3x3", 2), ("conv_3x3", 1),
+            ("dil_conv_3x3", 2), ("conv_3x3", 0), ("skip_connect", 0), ("dil_conv_3x3", 3)),
+    normal_concat=(2, 3, 4, 5),
+    reduce=(("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_5x5", 1),
+            ("skip_connect", 2), ("skip_connect", 3), ("skip_connect", 0), ("skip_connect", 1)),
+    reduce_concat=(2, 3, 4, 5),
+)
+
+GENOTYPES: dict[str, CellGenotype] = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "DARTS": DARTS_V2,
+                                      "NASP": NASP_12OP, "NASP_12OP": NASP_12OP}
 
 
 def get_genotype(name_or_path: str | Path) -> CellGenotype:
