@@ -134,6 +134,19 @@ class RatingDataset:
         return self._replace(users=pick(self.users), items=pick(self.items), ratings=pick(self.ratings),
                              contexts=pick(self.contexts), timestamps=pick(self.timestamps))
 
+    def concat(self, other: RatingDataset) -> RatingDataset:
+        """This dataset's rows followed by ``other``'s; both must share their id maps (splits of one dataset)."""
+        if (other.user_ids is not self.user_ids and not np.array_equal(other.user_ids, self.user_ids)) or (
+                other.item_ids is not self.item_ids and not np.array_equal(other.item_ids, self.item_ids)):
+            raise ValueError(f"concat: {self.name} and {other.name} have different user/item id maps")
+        if (self.contexts is None) != (other.contexts is None) or (self.timestamps is None) != (
+                other.timestamps is None):
+            raise ValueError(f"concat: {self.name} and {other.name} differ in having contexts or timestamps")
+        cat = lambda a, b: None if a is None else torch.cat([a, b])  # noqa: E731
+        return self._replace(users=cat(self.users, other.users), items=cat(self.items, other.items),
+                             ratings=cat(self.ratings, other.ratings), contexts=cat(self.contexts, other.contexts),
+                             timestamps=cat(self.timestamps, other.timestamps))
+
     def with_time_contexts(self, num_bins: int | None = None, edges=None) -> RatingDataset:
         """A copy whose contexts are time bins of the timestamps.
 

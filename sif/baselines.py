@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .neighbourhood import add_neighbourhoods, make_neighbourhoods, set_neighbours
+
 __all__ = ["BASELINES", "register_baseline", "create_baseline", "BiasOnly", "BiasedMF", "GMF", "NCF", "NeuMF",
            "OuterProduct", "CP", "TuckER"]
 
@@ -64,12 +66,16 @@ class RatingModel(nn.Module):
     """Shared pieces: user/item (+context) embeddings, optional biases, the batch penalty."""
 
     tensor_model = False
+    supports_neighbourhood = True       # False where embed() is overridden without the neighbourhood vectors
 
     def __init__(self, num_users: int, num_items: int, num_contexts: int = 0, embedding_dim: int = 8,
-                 use_bias: bool = True, init_std: float = 0.1, seed: int = 0, **unused):
+                 use_bias: bool = True, init_std: float = 0.1, seed: int = 0, neighbourhood: str | None = None,
+                 neighbourhood_reg: float = 0.5, **unused):
         super().__init__()
         if unused:
             raise TypeError(f"{type(self).__name__}: unknown argument(s) {sorted(unused)}")
+        if neighbourhood not in (None, "none") and not self.supports_neighbourhood:
+            raise ValueError(f"{type(self).__name__} has no neighbourhood option (got neighbourhood={neighbourhood!r})")
         if self.tensor_model and num_contexts < 1:
             raise ValueError(f"{type(self).__name__} is a tensor model: it needs contexts (num_contexts >= 1)")
         self.g = torch.Generator().manual_seed(seed)
@@ -81,6 +87,12 @@ class RatingModel(nn.Module):
         if use_bias:
             self.user_bias, self.item_bias = _zero_embedding(num_users), _zero_embedding(num_items)
             self.global_bias = nn.Parameter(torch.zeros(()))
+        self.neighbourhoods = make_neighbourhoods(neighbourhood, num_users, num_items, k)
+        self.neighbourhood_reg = float(neighbourhood_reg)
+
+    def set_neighbours(self, users: Tensor, items: Tensor) -> None:
+        """Build the SVD++-style neighbour lists from training interactions (no-op without ``neighbourhood``)."""
+        set_neighbours(self.neighbourhoods, users, items)
 
     def bias(self, users: Tensor, items: Tensor) -> Tensor | float:
         if not self.use_bias:
@@ -94,6 +106,16 @@ class RatingModel(nn.Module):
             out["c"] = self.context(contexts)
         return out
 
+    def embed_parts(self, users: Tensor, items: Tensor, contexts: Tensor | None = None
+                    ) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """(what the score sees: the rows plus any neighbourhood vectors, the rows the L2 penalty regularises:
+        the looked-up rows and each neighbourhood vector times sqrt(neighbourhood_reg))."""
+        rows = self.embed(users, items, contexts)
+        if not len(self.neighbourhoods):
+            return rows, list(rows.values())
+        emb, parts = add_neighbourhoods(self.neighbourhoods, rows, {"u": users, "v": items})
+        return emb, list(rows.values()) + [p * self.neighbourhood_reg ** 0.5 for p in parts]
+
     def score(self, emb: dict[str, Tensor], users: Tensor, items: Tensor) -> Tensor:
         """The interaction on looked-up embeddings (B,), without biases."""
         raise NotImplementedError(f"{type(self).__name__} must implement score")   # abstract
@@ -103,8 +125,8 @@ class RatingModel(nn.Module):
 
     def forward_with_rows(self, users, items, contexts=None) -> tuple[Tensor, list[Tensor]]:
         """(prediction (B,), the batch's embedding rows that the task's penalty regularises)."""
-        emb = self.embed(users, items, contexts)
-        return self.score(emb, users, items) + self.bias(users, items), list(emb.values())
+        emb, rows = self.embed_parts(users, items, contexts)
+        return self.score(emb, users, items) + self.bias(users, items), rows
 
     def after_weight_step(self) -> None:
         """No projection for classic models."""
@@ -113,6 +135,8 @@ class RatingModel(nn.Module):
 @register_baseline("bias_only")
 class BiasOnly(RatingModel):
     """global + user + item bias: no interaction at all (the floor every interaction must beat)."""
+
+    supports_neighbourhood = False
 
     def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=1, use_bias=True, seed=0, **kw):
         super().__init__(num_users, num_items, 0, 1, use_bias=True, seed=seed, **kw)
@@ -126,7 +150,8 @@ class BiasOnly(RatingModel):
 
 @register_baseline("mf")
 class BiasedMF(RatingModel):
-    """<p_u, q_i> + b_u + b_i + b (the tuned dot product of Rendle et al.)."""
+    """<p_u, q_i> + b_u + b_i + b (the tuned dot product of Rendle et al.); with ``neighbourhood="user"`` this is
+    SVD++ (p_u + |N(u)|^-1/2 sum_j y_j), with "both" also its item-side mirror."""
 
     def score(self, emb, users, items):
         return (emb["u"] * emb["v"]).sum(-1)
@@ -163,6 +188,8 @@ class NCF(RatingModel):
 @register_baseline("neumf")
 class NeuMF(RatingModel):
     """NeuMF: a GMF branch and an MLP branch with separate embeddings, fused by a linear layer."""
+
+    supports_neighbourhood = False
 
     def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=8, use_bias=False, init_std=0.1,
                  seed=0, **kw):

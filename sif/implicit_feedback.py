@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from data_loaders import BatchIterator, RatingDataset, leave_k_out_split, time_split, to_csr
 from nasp.arch import SPARSE, ArchView
 
+from .neighbourhood import add_neighbourhoods
 from .ranking import evaluate_ranking
 
 __all__ = ["LOSSES", "NegativeSampler", "RankingData", "ImplicitTask", "positives", "positive_pairs",
@@ -154,11 +155,11 @@ def _pair_scores(model: nn.Module, users: Tensor, items: Tensor, view: ArchView 
         pred, rows = model.forward_with_rows(users, items, None)
         return pred, sum(r.norm() for r in rows), None
     view = model.sparse_view() if view is None else view
-    emb, b = model.encode(users, items, None)
+    emb, b, rows, neighbours = model.encode_parts(users, items, None)
     z = model.transform(emb)
     pred = model.interact(z, view)
     pred = pred if b is None else pred + b
-    return pred, sum(e.norm() for e in emb.values()), (z, b)
+    return pred, sum(e.norm() for e in rows + neighbours), (z, b)
 
 
 def score_all_items(model: nn.Module, users: Tensor, view: ArchView | None = None,
@@ -199,8 +200,10 @@ def _sif_block(model: nn.Module, users: Tensor, items: Tensor, view: ArchView | 
     k = model.embedding_dim
     b, m = len(users), len(items)
     n = max(b, m)
+    emb, _ = add_neighbourhoods(model.neighbourhoods, {"u": rows_u[:, :k], "v": rows_v[:, :k]},
+                                {"u": users, "v": items})
     stacked = torch.zeros(2, n, k, dtype=rows_u.dtype, device=rows_u.device)
-    stacked[0, :b], stacked[1, :m] = rows_u[:, :k], rows_v[:, :k]
+    stacked[0, :b], stacked[1, :m] = emb["u"], emb["v"]
     z = model.g(stacked)                                                      # (2, n, k), g per side
     zu, zv = z[0, :b].unsqueeze(1).expand(b, m, k), z[1, :m].unsqueeze(0).expand(b, m, k)
     out = model.interact({"u": zu, "v": zv}, view)                            # (b, m)

@@ -78,7 +78,8 @@ class BaseRecommender:
     def __init__(self, embedding_dim: int = 32, use_bias: bool = True, reg: float = 0.1, penalty: str = "l2",
                  penalize_transformed: bool = False, train: Any = None, valid_fraction: float = 0.1,
                  clip_predictions: bool = True, device: str = "cpu", random_state: int = 0, task: str = "rating",
-                 num_negatives: int = 4, positive_threshold: float | None = None):
+                 num_negatives: int = 4, positive_threshold: float | None = None, neighbourhood: str | None = None,
+                 refit: bool = False):
         if task not in ("rating", "bpr", "bce"):
             raise ValueError(f"task must be 'rating', 'bpr' or 'bce', got {task!r}")
         self.task, self.num_negatives, self.positive_threshold = task, num_negatives, positive_threshold
@@ -86,6 +87,7 @@ class BaseRecommender:
         self.penalty, self.penalize_transformed = penalty, penalize_transformed
         self.valid_fraction, self.clip_predictions = valid_fraction, clip_predictions
         self.device, self.random_state = device, random_state
+        self.neighbourhood, self.refit = neighbourhood, refit
 
     # ---- parameters -----------------------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -129,10 +131,39 @@ class BaseRecommender:
                               "valid": NegativeSampler(self.positives_[0] + self.positives_[1], device=self.device)}
         self.task_ = self._task()
         loaders = self._loaders(train, valid)
+        self._interactions = (train.users, train.items)           # the neighbourhoods' lists (train only)
         self.model_, self.train_result_ = self._fit_model(*loaders, show_progress, callback, run_dir)
+        if self.refit:
+            train = train.concat(valid)
+            self.model_, self.refit_result_ = self._refit(train, loaders[2], show_progress, callback, run_dir)
+        del self._interactions
         self.model_.eval()
         self.rated_ = self.positives_[0] if self.implicit else to_csr(train, binary=True)
         return self
+
+    def _refit(self, full: RatingDataset, eval_it, show_progress, callback, run_dir):
+        """Train a fresh model of the fitted kind on train + valid for the number of epochs early stopping chose
+        (the validation set is then training data: its metrics in the log are in-sample)."""
+        if self.implicit:
+            raise ValueError("refit=True is implemented for the rating task only")
+        epochs = self.train_result_.best_epoch + 1
+        if epochs < 1:
+            raise RuntimeError("refit: the first fit recorded no best epoch")
+        self._interactions = (full.users, full.items)
+        model = self._prepared(self._build_model())
+        cfg = config_from_dict(TrainConfig, {**asdict(self.train_config_), "max_epochs": epochs})
+        full_it = shard_if_distributed(self._iterator(full, True, cfg.batch_size, self.random_state + 3))
+        refit_dir = Path(run_dir) / "refit" if run_dir is not None else None
+        log.info("refit on train + valid (%d ratings) for %d epochs", len(full), epochs)
+        result = train_model(model, self.task_, full_it, eval_it, cfg, self.device, run_dir=refit_dir,
+                             show_progress=show_progress, callback=callback, select_best=False)
+        return model, result
+
+    def _prepared(self, model: nn.Module) -> nn.Module:
+        """Give a freshly built model its neighbour lists (models built with a ``neighbourhood``)."""
+        if self.neighbourhood not in (None, "none"):
+            model.set_neighbours(*self._interactions)
+        return model
 
     @property
     def implicit(self) -> bool:
@@ -173,7 +204,7 @@ class BaseRecommender:
                 self._iterator(valid, False, 8192, seed))
 
     def _fit_model(self, train_it, valid_it, eval_it, show_progress, callback, run_dir):
-        model = self._build_model()
+        model = self._prepared(self._build_model())
         result = train_model(model, self.task_, train_it, eval_it, self.train_config_, self.device,
                              run_dir=run_dir, show_progress=show_progress, callback=callback)
         return model, result
@@ -182,8 +213,9 @@ class BaseRecommender:
         raise NotImplementedError(f"{type(self).__name__} must implement _build_model")   # abstract
 
     def _model_kwargs(self) -> dict[str, Any]:
-        return dict(num_users=self.num_users_, num_items=self.num_items_, num_contexts=self.num_contexts_,
-                    embedding_dim=self.embedding_dim, use_bias=self.use_bias, seed=self.random_state)
+        kw = dict(num_users=self.num_users_, num_items=self.num_items_, num_contexts=self.num_contexts_,
+                  embedding_dim=self.embedding_dim, use_bias=self.use_bias, seed=self.random_state)
+        return kw if self.neighbourhood in (None, "none") else {**kw, "neighbourhood": self.neighbourhood}
 
     # ---- using a fitted model -------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -424,7 +456,7 @@ class SIFRecommender(BaseRecommender):
     def _fit_model(self, train_it, valid_it, eval_it, show_progress, callback, run_dir):
         cfg = self._search_config()
         self.search_config_ = cfg
-        space = self._space(self.search_ops)
+        space = self._prepared(self._space(self.search_ops))
         task = self._task(train_all_heads=self.train_all_heads)
         search_dir = Path(run_dir) / "search" if run_dir is not None else None
         searcher = make_searcher(space, task, cfg, device=self.device, run_dir=search_dir,
@@ -439,7 +471,7 @@ class SIFRecommender(BaseRecommender):
         genotype = self.search_result_.best_genotype if self.select == "best" else self.search_result_.genotype
         self.genotype_ = genotype
         self.op_ = genotype.choices("interaction")[0].op
-        model = self._build_model()
+        model = self._prepared(self._build_model())
         if self.keep_g:
             model.g.load_state_dict(space.g.state_dict())
         train_dir = Path(run_dir) / "train" if run_dir is not None else None

@@ -10,13 +10,16 @@ item (and context) biases, so that a biased MF (``multiply`` with a fixed head) 
 ``g_skip`` makes g a residual map ``x + mlp(x)``; ``embedding_dim`` larger than the paper's 2; ``head_radius`` the
 radius of the heads' L2 ball (the paper: 1; ``math.inf``: no projection). With radius 1 a ``multiply`` head of
 dimension k has weights of about 1/sqrt(k), so scores stay small unless the embeddings grow; radius sqrt(k) holds
-the all-ones head, i.e. a plain dot product.
+the all-ones head, i.e. a plain dot product. ``neighbourhood`` ("user", "item" or "both") adds SVD++-style
+implicit-feedback vectors to the embeddings (:mod:`sif.neighbourhood`), penalised with ``neighbourhood_reg``
+times the embeddings' L2 coefficient.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -27,10 +30,22 @@ from nasp.regularizers import cost_matrix
 from nasp.space import SearchSpace, register_space
 
 from .interactions import INTERACTIONS, PRIMITIVES, out_dim, tensor_candidates
+from .neighbourhood import add_neighbourhoods, make_neighbourhoods, set_neighbours
 
-__all__ = ["ElementwiseMLP", "SIFSpace", "SIDES", "build_candidates"]
+__all__ = ["ElementwiseMLP", "Encoded", "SIFSpace", "SIDES", "build_candidates"]
 
 SIDES = ("u", "v", "c")
+
+
+class Encoded(NamedTuple):
+    """The looked-up inputs of one batch: ``emb`` what g sees (rows + neighbourhood vectors) per side (B, k);
+    ``bias`` (B,) or None; ``rows`` the looked-up embedding rows (B, k) and ``neighbours`` the scaled neighbourhood
+    vectors (B, k) that the L2 penalties regularise."""
+
+    emb: dict[str, Tensor]
+    bias: Tensor | None
+    rows: list[Tensor]
+    neighbours: list[Tensor]
 
 
 class ElementwiseMLP(nn.Module):
@@ -77,7 +92,7 @@ class SIFSpace(SearchSpace):
     def __init__(self, num_users: int, num_items: int, num_contexts: int = 0, embedding_dim: int = 2,
                  ops: Iterable[str] | None = None, use_bias: bool = False, g_hidden: int = 8, g_skip: bool = False,
                  init_std: float = 0.1, alpha_init: str = "nasp", seed: int = 0, head_radius: float = 1.0,
-                 head_init: str = "uniform"):
+                 head_init: str = "uniform", neighbourhood: str | None = None, neighbourhood_reg: float = 0.5):
         super().__init__()
         if head_init not in ("uniform", "ones"):
             raise ValueError(f"head_init must be 'uniform' or 'ones', got {head_init!r}")
@@ -96,6 +111,8 @@ class SIFSpace(SearchSpace):
         self.g = ElementwiseMLP(len(self.sides), g_hidden, g_skip)
         self.heads = nn.ModuleList(nn.Linear(w, 1, bias=False) for w in widths)
         self.global_bias = nn.Parameter(torch.zeros(())) if use_bias else None
+        self.neighbourhoods = make_neighbourhoods(neighbourhood, num_users, num_items, embedding_dim)
+        self.neighbourhood_reg = float(neighbourhood_reg)
         self._init_weights(g, init_std)
         spec = AlphaSpec("interaction", self.names, ("*".join(self.sides),))
         self.arch = ArchParameters([spec], init=alpha_init, seed=seed)
@@ -116,14 +133,24 @@ class SIFSpace(SearchSpace):
     # ---- pieces of the forward pass -------------------------------------------------------------------------
     def encode(self, users: Tensor, items: Tensor, contexts: Tensor | None = None
                ) -> tuple[dict[str, Tensor], Tensor | None]:
-        """(raw embeddings per side (B, k), global + side biases (B,) or None), from one lookup per side."""
+        """(embeddings per side (B, k), global + side biases (B,) or None), from one lookup per side."""
+        enc = self.encode_parts(users, items, contexts)
+        return enc.emb, enc.bias
+
+    def encode_parts(self, users: Tensor, items: Tensor, contexts: Tensor | None = None) -> Encoded:
+        """:meth:`encode` plus what the penalties see: the looked-up rows per side (B, k) and each added neighbourhood
+        vector (B, k) times sqrt(neighbourhood_reg), so that an L2 penalty ``reg`` on it is
+        ``reg * neighbourhood_reg * |n|^2``."""
         idx = {"u": users, "v": items, "c": contexts}
         rows = {s: self.embeddings[s].weight.index_select(0, idx[s]) for s in self.sides}   # (B, k [+1])
-        if not self.use_bias:
-            return rows, None
-        k = self.embedding_dim
-        bias = self.global_bias + sum(r[:, k] for r in rows.values())
-        return {s: r[:, :k] for s, r in rows.items()}, bias
+        bias = None
+        if self.use_bias:
+            k = self.embedding_dim
+            bias = self.global_bias + sum(r[:, k] for r in rows.values())
+            rows = {s: r[:, :k] for s, r in rows.items()}
+        emb, parts = add_neighbourhoods(self.neighbourhoods, rows, idx)
+        scale = self.neighbourhood_reg ** 0.5
+        return Encoded(emb, bias, list(rows.values()), [p * scale for p in parts])
 
     def transform(self, emb: dict[str, Tensor]) -> dict[str, Tensor]:
         """g applied element-wise per side (all sides in one pass)."""
@@ -186,6 +213,10 @@ class SIFSpace(SearchSpace):
         zd = {s: t.detach() for s, t in z.items()}
         outs = torch.stack([self.candidate(k, zd) for k in range(len(self.names)) if k != sel])   # (K-1, B)
         return ((outs - target.detach()) ** 2).mean(dim=1).sum()
+
+    def set_neighbours(self, users: Tensor, items: Tensor) -> None:
+        """Build the neighbourhoods' lists from training interactions (no-op without ``neighbourhood``)."""
+        set_neighbours(self.neighbourhoods, users, items)
 
     # ---- hooks of the search core ---------------------------------------------------------------------------
     def alpha_step_parameters(self) -> list[nn.Parameter]:

@@ -64,15 +64,17 @@ class RatingTask:
             loss = torch.mean((pred - y) ** 2)
             return loss + self.reg * self._penalty(rows) if self.reg else loss
         view = model.sparse_view() if view is None else view
-        emb, b = model.encode(users, items, contexts)
+        emb, b, rows, neighbours = model.encode_parts(users, items, contexts)
         z = model.transform(emb)
         pred = model.interact(z, view) if b is None else model.interact(z, view) + b
         loss = torch.mean((pred - y) ** 2)
         if self.reg and self.penalty == "effective":
             if stream == "train":     # op-dependent: in the alpha step it would bias the choice toward small heads
                 loss = loss + self.reg * model.effective_penalty(z, view)
+                if neighbours:
+                    loss = loss + self.reg * self._penalty(neighbours)
         elif self.reg:
-            loss = loss + self.reg * self._penalty(list(z.values()) if self.on_transformed else list(emb.values()))
+            loss = loss + self.reg * self._penalty((list(z.values()) if self.on_transformed else rows) + neighbours)
         if self.train_all_heads and stream == "train":
             extra = model.other_heads_loss(z, y if b is None else y - b, view)
             if extra is not None:

@@ -105,9 +105,10 @@ def _train_epoch(model, task: RatingTask, loader: Iterable, opt, params, cfg: Tr
 def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, config: TrainConfig | None = None,
                 device="cpu", run_dir: str | Path | None = None, show_progress: bool = True,
                 callback: Callable | None = None, resume: bool = True,
-                data_parallel: bool | None = None) -> TrainResult:
+                data_parallel: bool | None = None, select_best: bool = True) -> TrainResult:
     """Train ``model`` until the validation ``task.metric`` (RMSE for the rating task) stops improving for
-    ``patience`` epochs; restore the best state.
+    ``patience`` epochs; restore the best state. ``select_best=False``: train exactly ``max_epochs`` epochs and keep
+    the last state (a refit on train + valid, where the validation metric is in-sample).
 
     ``callback(epoch, elapsed, metrics)`` is called after every epoch; a True return stops training.
     ``data_parallel`` (default: on inside a torch.distributed group of several ranks, see :mod:`nasp.distributed`):
@@ -142,7 +143,7 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
         seed_everything(cfg.seed)
     t_start = time.perf_counter()
     bar = _bar(cfg.max_epochs, state["epoch"], show_progress and main)
-    while state["epoch"] < cfg.max_epochs and state["bad_epochs"] < cfg.patience:
+    while state["epoch"] < cfg.max_epochs and (state["bad_epochs"] < cfg.patience or not select_best):
         epoch, t0 = state["epoch"], time.perf_counter()
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
@@ -172,7 +173,10 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
             break
     if bar is not None:
         bar.close()
-    model.load_state_dict(state["best_state"])
+    if not select_best:
+        state["best_epoch"] = state["epoch"] - 1
+    if select_best:
+        model.load_state_dict(state["best_state"])
     best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
     best_valid = {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")}
     return TrainResult(state["best_epoch"], best_valid, state["history"], time.perf_counter() - t_start)

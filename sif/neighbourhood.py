@@ -1,0 +1,146 @@
+"""Implicit-feedback neighbourhoods (SVD++ and its item-side mirror) for any model with user/item embeddings.
+
+Koren's SVD++ represents a user by ``p_u + |N(u)|^-1/2 sum_{j in N(u)} y_j``: its free vector plus the normalised sum
+of a second vector per item it rated (which items a user chose to rate carries information beyond the ratings).
+The mirror image does the same for items with the users who rated them. :class:`Neighbourhood` computes that sum
+for a batch of ids on one side; :class:`SIFSpace` and :class:`sif.baselines.BiasedMF` add it to the looked-up
+embeddings before anything else (so g, the interaction function and the penalty see ``p_u + n_u``).
+
+N(.) comes from the TRAINING interactions only (``fit`` builds it; ``refit`` rebuilds it from train + valid).
+The neighbour lists are stored as CSR buffers (in the state_dict, so a saved model predicts without the data).
+
+Two exact ways to compute the sums: per batch with ``embedding_bag`` over the batch ids' neighbour lists (work
+proportional to the batch's neighbours, one host read of their count per call: the CPU default), or one sparse
+matrix product over every row (no host read, work proportional to all interactions: the default on accelerators).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Neighbourhood", "neighbour_lists", "make_neighbourhoods", "add_neighbourhoods", "set_neighbours"]
+
+
+def neighbour_lists(rows: Tensor, cols: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
+    """CSR (indptr (num_rows + 1,), indices (nnz,)) of the distinct (row, col) pairs, cols sorted per row."""
+    rows, cols = rows.long().cpu(), cols.long().cpu()
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= num_rows):
+        raise ValueError(f"neighbour_lists: row ids must lie in [0, {num_rows})")
+    num_cols = int(cols.max()) + 1 if cols.numel() else 1
+    key = torch.unique(rows * num_cols + cols)                     # sorted by (row, col), duplicates removed
+    r, c = key // num_cols, key % num_cols
+    indptr = torch.zeros(num_rows + 1, dtype=torch.long)
+    indptr[1:] = torch.cumsum(torch.bincount(r, minlength=num_rows), 0)
+    return indptr, c
+
+
+class Neighbourhood(nn.Module):
+    """``forward(ids) -> (B, k)``: ``|N(x)|^-1/2 sum_{j in N(x)} y_j`` for each id x of one side (0 if N(x) is empty).
+
+    num_rows: ids of this side; num_cols: ids of the other side (the rows of ``weight``, shape (num_cols, k));
+    indptr/indices: CSR neighbour lists from :func:`neighbour_lists` (None: an empty structure of ``nnz`` entries, to
+    be filled by ``load_state_dict``). mode: "bag" (per batch), "matmul" (all rows) or "auto" (bag on CPU).
+    """
+
+    def __init__(self, num_rows: int, num_cols: int, k: int, indptr: Tensor | None = None,
+                 indices: Tensor | None = None, nnz: int = 0, init_std: float = 0.0,
+                 generator: torch.Generator | None = None, mode: str = "auto"):
+        super().__init__()
+        if mode not in ("auto", "bag", "matmul"):
+            raise ValueError(f"mode must be 'auto', 'bag' or 'matmul', got {mode!r}")
+        self.mode, self.num_rows, self.num_cols = mode, num_rows, num_cols
+        if indptr is None:
+            indptr, indices = torch.zeros(num_rows + 1, dtype=torch.long), torch.zeros(nnz, dtype=torch.long)
+        if indptr.shape != (num_rows + 1,):
+            raise ValueError(f"indptr must have {num_rows + 1} entries, got {tuple(indptr.shape)}")
+        self.register_buffer("indptr", indptr.long())
+        self.register_buffer("indices", indices.long())
+        self.weight = nn.Parameter(torch.zeros(num_cols, k))
+        if init_std:
+            with torch.no_grad():
+                self.weight.copy_(init_std * torch.randn(num_cols, k, generator=generator))
+
+    def set_lists(self, indptr: Tensor, indices: Tensor) -> None:
+        """Replace the neighbour lists (CSR from :func:`neighbour_lists`, e.g. rebuilt from train + valid)."""
+        if indptr.shape != (self.num_rows + 1,):
+            raise ValueError(f"indptr must have {self.num_rows + 1} entries, got {tuple(indptr.shape)}")
+        if indices.numel() and int(indices.max()) >= self.num_cols:
+            raise ValueError(f"neighbour ids must lie in [0, {self.num_cols})")
+        self.indptr = indptr.long().to(self.indptr.device)
+        self.indices = indices.long().to(self.indices.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("indptr", "indices"):            # the lists' length is data: take the saved one
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def nnz(self) -> int:
+        return self.indices.numel()
+
+    def _scale(self, ids: Tensor) -> Tensor:                      # (B,) -> (B,) |N(x)|^-1/2 (0 when empty)
+        deg = (self.indptr[ids + 1] - self.indptr[ids]).to(self.weight.dtype)
+        return torch.where(deg > 0, deg.clamp_min(1).rsqrt(), torch.zeros_like(deg))
+
+    def _bag(self, ids: Tensor) -> Tensor:
+        starts, lengths = self.indptr[ids], self.indptr[ids + 1] - self.indptr[ids]      # (B,), (B,)
+        offsets = torch.cumsum(lengths, 0) - lengths                                      # (B,) exclusive
+        total = int(lengths.sum())                                                        # the one host read
+        seg = torch.repeat_interleave(torch.arange(ids.numel(), device=ids.device), lengths, output_size=total)
+        pos = torch.arange(total, device=ids.device) - offsets[seg] + starts[seg]        # (total,)
+        sums = F.embedding_bag(self.indices[pos], self.weight, offsets, mode="sum")       # (B, k)
+        return sums * self._scale(ids).unsqueeze(-1)
+
+    def _matmul(self, ids: Tensor) -> Tensor:
+        deg = self.indptr[1:] - self.indptr[:-1]                                          # (num_rows,)
+        scale = torch.where(deg > 0, deg.clamp_min(1).to(self.weight.dtype).rsqrt(), torch.zeros_like(deg,
+                            dtype=self.weight.dtype))
+        values = torch.repeat_interleave(scale, deg, output_size=self.nnz)               # (nnz,)
+        with warnings.catch_warnings():                  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            adj = torch.sparse_csr_tensor(self.indptr, self.indices, values, (self.num_rows, self.num_cols))
+        return torch.sparse.mm(adj, self.weight).index_select(0, ids)                     # (B, k)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if self.nnz == 0:
+            return self.weight.new_zeros(ids.shape[0], self.weight.shape[1])
+        use_bag = self.mode == "bag" or (self.mode == "auto" and ids.device.type == "cpu")
+        return self._bag(ids) if use_bag else self._matmul(ids)
+
+    def extra_repr(self) -> str:
+        return f"rows={self.num_rows}, cols={self.num_cols}, k={self.weight.shape[1]}, nnz={self.nnz}"
+
+
+NEIGHBOURHOOD_SIDES = {None: (), "none": (), "user": ("u",), "item": ("v",), "both": ("u", "v")}
+
+
+def make_neighbourhoods(which: str | None, num_users: int, num_items: int, k: int) -> nn.ModuleDict:
+    """Empty neighbourhoods for the sides ``which`` names ("user", "item", "both" or None); fill them with
+    :func:`set_neighbours`. Their vectors start at zero, so the model starts as the one without them."""
+    if which not in NEIGHBOURHOOD_SIDES:
+        raise ValueError(f"neighbourhood must be one of {sorted(k for k in NEIGHBOURHOOD_SIDES if k)} or None, "
+                         f"got {which!r}")
+    sizes = {"u": (num_users, num_items), "v": (num_items, num_users)}
+    return nn.ModuleDict({s: Neighbourhood(*sizes[s], k) for s in NEIGHBOURHOOD_SIDES[which]})
+
+
+def set_neighbours(neighbourhoods: nn.ModuleDict, users: Tensor, items: Tensor) -> None:
+    """Neighbour lists from interactions (users, items): a user's items, an item's users."""
+    for side, nb in neighbourhoods.items():
+        rows, cols = (users, items) if side == "u" else (items, users)
+        nb.set_lists(*neighbour_lists(rows, cols, nb.num_rows))
+
+
+def add_neighbourhoods(neighbourhoods: nn.ModuleDict, emb: dict[str, Tensor], idx: dict[str, Tensor]
+                       ) -> tuple[dict[str, Tensor], list[Tensor]]:
+    """(``emb[s] + n_s`` for each side s that has a neighbourhood, the added vectors n_s (B, k) for the penalty)."""
+    if not len(neighbourhoods):
+        return emb, []
+    parts = {s: nb(idx[s]) for s, nb in neighbourhoods.items()}
+    return {s: e + parts[s] if s in parts else e for s, e in emb.items()}, list(parts.values())
