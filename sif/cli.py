@@ -30,6 +30,7 @@ import yaml
 
 from nasp import distributed as nd
 
+from .baselines import BASELINES
 from .config import RunConfig, load_config
 from .data import load_splits
 from .evaluation import mean_std
@@ -62,14 +63,22 @@ def build_recommender(cfg: RunConfig, name: str | None = None, **overrides: Any)
     name = name or cfg.model.name
     m = cfg.model
     kw: dict[str, Any] = dict(embedding_dim=m.embedding_dim, use_bias=m.use_bias, reg=m.reg, penalty=m.penalty,
-                              train=asdict(cfg.train),
+                              train=asdict(cfg.train), refit=m.refit,
                               clip_predictions=m.clip_predictions, device=cfg.device, random_state=cfg.seed)
+    if m.neighbourhood not in (None, "none") and _supports_neighbourhood(name):
+        kw.update(neighbourhood=m.neighbourhood, neighbourhood_reg=m.neighbourhood_reg)
     if name.startswith("sif"):
         kw.update({k: getattr(m, k) for k in SIF_KEYS}, search=asdict(cfg.search))
     elif name.startswith("fixed:"):
         kw.update(g_hidden=m.g_hidden, g_skip=m.g_skip, head_init=m.head_init, head_radius=m.head_radius)
     kw.update(overrides)
     return create_recommender(name, **kw)
+
+
+def _supports_neighbourhood(name: str) -> bool:
+    """SIF models, fixed ops and the MF-type baselines take ``model.neighbourhood``; NeuMF and bias_only ignore it."""
+    base = BASELINES.get(name)
+    return base is None or getattr(base, "supports_neighbourhood", False)
 
 
 def _write_config(cfg: RunConfig, run_dir: Path) -> None:
@@ -86,8 +95,8 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None) -> dict[str,
     t0 = time.perf_counter()
     rec.fit(train, valid, show_progress=cfg.show_progress, run_dir=run_dir)
     seconds = time.perf_counter() - t0
-    results = {"model": name or cfg.model.name, "valid": rec.score(valid), "test": rec.score(test),
-               "seconds_total": seconds, "seconds_train": rec.train_result_.seconds,
+    results = {"model": name or cfg.model.name, "valid": _valid_scores(rec, valid), "test": rec.score(test),
+               "seconds_total": seconds, "seconds_train": _train_seconds(rec),
                "best_epoch": rec.train_result_.best_epoch, "n_train": len(train), "n_test": len(test)}
     if isinstance(rec, SIFRecommender):
         results.update(genotype=rec.genotype_.to_dict(), op=rec.op_, seconds_search=rec.search_result_.seconds,
@@ -108,6 +117,18 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None) -> dict[str,
     return results
 
 
+def _valid_scores(rec, valid) -> dict[str, float]:
+    """Validation scores of a fitted recommender; after a refit (which trained on valid) those of the first fit's
+    best epoch, the ones every choice was made on."""
+    return dict(rec.train_result_.best_valid) if getattr(rec, "refit", False) else rec.score(valid)
+
+
+def _train_seconds(rec) -> float:
+    """Seconds of stand-alone training, the refit included."""
+    extra = rec.refit_result_.seconds if getattr(rec, "refit", False) else 0.0
+    return rec.train_result_.seconds + extra
+
+
 def _fit_tuned(cfg: RunConfig, name: str, grid: dict[str, list], data) -> tuple[Any, dict[str, Any]]:
     """Fit ``name`` for every combination in ``grid`` (model settings), keep the best on validation RMSE."""
     import itertools
@@ -122,7 +143,7 @@ def _fit_tuned(cfg: RunConfig, name: str, grid: dict[str, list], data) -> tuple[
             target = run_cfg.train if hasattr(run_cfg.train, k) else run_cfg.model
             setattr(target, k, v)
         rec = build_recommender(run_cfg, name).fit(train, valid, show_progress=False)
-        r = rec.score(valid)["rmse"]
+        r = _valid_scores(rec, valid)["rmse"]
         if r < best_rmse:
             best, best_rmse, best_setting = rec, r, setting
     return best, best_setting
@@ -142,9 +163,8 @@ def run_benchmark(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         for name in cfg.benchmark.models:
             t0 = time.perf_counter()
             rec, setting = _fit_tuned(run_cfg, name, cfg.benchmark.tune.get(name, {}), data)
-            row = {"model": name, "split": split_id, "test": rec.score(data[2]), "valid": rec.score(data[1]),
-                   "seconds": time.perf_counter() - t0, "seconds_train": rec.train_result_.seconds,
-                   "setting": setting}
+            row = {"model": name, "split": split_id, "test": rec.score(data[2]), "valid": _valid_scores(rec, data[1]),
+                   "seconds": time.perf_counter() - t0, "seconds_train": _train_seconds(rec), "setting": setting}
             if isinstance(rec, SIFRecommender):
                 row.update(op=rec.op_, seconds_search=rec.search_result_.seconds)
             rows.append(row)

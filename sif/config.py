@@ -61,6 +61,9 @@ class ModelConfig:
     search_on: str = "valid"
     keep_g: bool = False
     clip_predictions: bool = True
+    neighbourhood: str | None = None    # SVD++-style implicit feedback: user | item | both (models that support it)
+    neighbourhood_reg: float = 0.5      # its L2 coefficient relative to reg
+    refit: bool = False             # retrain on train + valid for the epochs early stopping chose (rating task)
 
 
 @dataclass

@@ -79,7 +79,7 @@ class BaseRecommender:
                  penalize_transformed: bool = False, train: Any = None, valid_fraction: float = 0.1,
                  clip_predictions: bool = True, device: str = "cpu", random_state: int = 0, task: str = "rating",
                  num_negatives: int = 4, positive_threshold: float | None = None, neighbourhood: str | None = None,
-                 refit: bool = False):
+                 neighbourhood_reg: float = 0.5, refit: bool = False):
         if task not in ("rating", "bpr", "bce"):
             raise ValueError(f"task must be 'rating', 'bpr' or 'bce', got {task!r}")
         self.task, self.num_negatives, self.positive_threshold = task, num_negatives, positive_threshold
@@ -87,7 +87,7 @@ class BaseRecommender:
         self.penalty, self.penalize_transformed = penalty, penalize_transformed
         self.valid_fraction, self.clip_predictions = valid_fraction, clip_predictions
         self.device, self.random_state = device, random_state
-        self.neighbourhood, self.refit = neighbourhood, refit
+        self.neighbourhood, self.neighbourhood_reg, self.refit = neighbourhood, neighbourhood_reg, refit
 
     # ---- parameters -----------------------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -215,7 +215,9 @@ class BaseRecommender:
     def _model_kwargs(self) -> dict[str, Any]:
         kw = dict(num_users=self.num_users_, num_items=self.num_items_, num_contexts=self.num_contexts_,
                   embedding_dim=self.embedding_dim, use_bias=self.use_bias, seed=self.random_state)
-        return kw if self.neighbourhood in (None, "none") else {**kw, "neighbourhood": self.neighbourhood}
+        if self.neighbourhood in (None, "none"):
+            return kw
+        return {**kw, "neighbourhood": self.neighbourhood, "neighbourhood_reg": self.neighbourhood_reg}
 
     # ---- using a fitted model -------------------------------------------------------------------------------
     def _check_fitted(self) -> None:

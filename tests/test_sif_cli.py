@@ -73,6 +73,17 @@ def test_cli_train_and_benchmark(tmp_path, ratings_csv):
     assert "| mf |" in table and "+-" in table
 
 
+def test_cli_benchmark_with_neighbourhood_and_refit(tmp_path, ratings_csv):
+    cfg = _config(tmp_path, ratings_csv)
+    assert main(["benchmark", "--config", str(cfg), "--out", str(tmp_path / "bench"), "--set",
+                 "benchmark.models=[sif, neumf, mf]", "benchmark.seeds=[0]", "model.neighbourhood=both",
+                 "model.refit=true", "benchmark.tune={mf: {reg: [0.05, 0.1]}}"]) == 0
+    rows = {r["model"]: r for r in json.loads((tmp_path / "bench/benchmark.json").read_text())}
+    assert set(rows) == {"sif", "neumf", "mf"}            # NeuMF has no neighbourhood option and runs without it
+    for r in rows.values():                                # valid scores are the first fit's, not in-sample
+        assert r["valid"]["rmse"] > 0 and np.isfinite(r["test"]["rmse"])
+
+
 def test_cli_rejects_bad_config(tmp_path, ratings_csv, capsys):
     cfg = _config(tmp_path, ratings_csv)
     assert main(["search", "--config", str(cfg), "--set", "search.epochz=3"]) == 2
