@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .neighbourhood import add_neighbourhoods, make_neighbourhoods, set_neighbours
 
-__all__ = ["BASELINES", "register_baseline", "create_baseline", "BiasOnly", "BiasedMF", "GMF", "NCF", "NeuMF",
+__all__ = ["BASELINES", "register_baseline", "create_baseline", "BiasOnly", "BiasedMF", "SVDpp", "GMF", "NCF", "NeuMF",
            "OuterProduct", "CP", "TuckER"]
 
 BASELINES: dict[str, Callable[..., nn.Module]] = {}
@@ -155,6 +155,15 @@ class BiasedMF(RatingModel):
 
     def score(self, emb, users, items):
         return (emb["u"] * emb["v"]).sum(-1)
+
+
+@register_baseline("svdpp")
+class SVDpp(BiasedMF):
+    """Biased MF with implicit feedback on both sides (SVD++ and its item-side mirror): ``neighbourhood="both"``
+    unless told otherwise."""
+
+    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=8, neighbourhood="both", **kw):
+        super().__init__(num_users, num_items, num_contexts, embedding_dim, neighbourhood=neighbourhood, **kw)
 
 
 @register_baseline("gmf")

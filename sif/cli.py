@@ -63,10 +63,10 @@ def build_recommender(cfg: RunConfig, name: str | None = None, **overrides: Any)
     name = name or cfg.model.name
     m = cfg.model
     kw: dict[str, Any] = dict(embedding_dim=m.embedding_dim, use_bias=m.use_bias, reg=m.reg, penalty=m.penalty,
-                              train=asdict(cfg.train), refit=m.refit,
+                              train=asdict(cfg.train), refit=m.refit, neighbourhood_reg=m.neighbourhood_reg,
                               clip_predictions=m.clip_predictions, device=cfg.device, random_state=cfg.seed)
-    if m.neighbourhood not in (None, "none") and _supports_neighbourhood(name):
-        kw.update(neighbourhood=m.neighbourhood, neighbourhood_reg=m.neighbourhood_reg)
+    if m.neighbourhood is not None and _supports_neighbourhood(name):
+        kw.update(neighbourhood=m.neighbourhood)
     if name.startswith("sif"):
         kw.update({k: getattr(m, k) for k in SIF_KEYS}, search=asdict(cfg.search))
     elif name.startswith("fixed:"):

@@ -161,7 +161,7 @@ class BaseRecommender:
 
     def _prepared(self, model: nn.Module) -> nn.Module:
         """Give a freshly built model its neighbour lists (models built with a ``neighbourhood``)."""
-        if self.neighbourhood not in (None, "none"):
+        if len(getattr(model, "neighbourhoods", ())):
             model.set_neighbours(*self._interactions)
         return model
 
@@ -214,10 +214,9 @@ class BaseRecommender:
 
     def _model_kwargs(self) -> dict[str, Any]:
         kw = dict(num_users=self.num_users_, num_items=self.num_items_, num_contexts=self.num_contexts_,
-                  embedding_dim=self.embedding_dim, use_bias=self.use_bias, seed=self.random_state)
-        if self.neighbourhood in (None, "none"):
-            return kw
-        return {**kw, "neighbourhood": self.neighbourhood, "neighbourhood_reg": self.neighbourhood_reg}
+                  embedding_dim=self.embedding_dim, use_bias=self.use_bias, seed=self.random_state,
+                  neighbourhood_reg=self.neighbourhood_reg)
+        return kw if self.neighbourhood is None else {**kw, "neighbourhood": self.neighbourhood}
 
     # ---- using a fitted model -------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
