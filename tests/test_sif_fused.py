@@ -70,6 +70,7 @@ def _compare(space_kw=None, task_kw=None, **cfg):
 
 SETTINGS = [
     pytest.param({}, {}, {}, id="reference-like"),
+    pytest.param({"head_init": "ones"}, {"penalty": "norm"}, {}, id="heads-start-outside-the-ball"),
     pytest.param({"use_bias": True, "g_skip": True}, {"train_all_heads": True}, {}, id="bias-skip-allheads"),
     pytest.param({"use_bias": True}, {"penalty": "norm", "train_all_heads": True}, {"grad_clip": 0.05},
                  id="norm-clip"),
@@ -112,7 +113,7 @@ def test_max_min_ties_split_the_gradient_like_torch():
     z = torch.tensor([[[1.0, 2.0, 3.0]], [[1.0, 0.0, 5.0]]], dtype=torch.float64, requires_grad=True)  # (2,1,3)
     do = torch.tensor([[1.0, 2.0, 4.0]], dtype=torch.float64)
     for name in ("max", "min"):
-        (grad,) = torch.autograd.grad((_op_forward(name, z) * do).sum(), z)
+        (grad,) = torch.autograd.grad((_op_forward(name, z[0], z[1]) * do).sum(), z)
         torch.testing.assert_close(_op_backward(name, z.detach(), do), grad)
 
 
