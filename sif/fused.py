@@ -232,7 +232,7 @@ class FusedSIFStep:
         (measured: g's forward + backward 2.7x faster than in the (sides, B*k, H) layout of ElementwiseMLP)."""
         w1t, b1t, w2t = self.g1
         flat = x.reshape(2, 1, -1)
-        h = torch.tanh(torch.addcmul(b1t, w1t, flat))                         # (2, H, BK)
+        h = torch.addcmul(b1t, w1t, flat).tanh_()                             # (2, H, BK)
         y = torch.baddbmm(self.g[3], w2t, h)                                  # (2, 1, BK)
         z = flat + y if self.skip else y
         return z.view(x.shape), flat, h
