@@ -131,6 +131,13 @@ class _Update:
         self.params = [p for g in opt.param_groups for p in g["params"]]
         self.index = {id(p): i for i, p in enumerate(self.params)}
         self._states: tuple | None = None          # (opt.state object, per-param state dicts)
+        self._one: list[Tensor] = []
+
+    def _ones(self, steps: list[Tensor]) -> list[Tensor]:
+        if len(self._one) < len(steps) or self._one[0].device != steps[0].device \
+                or self._one[0].dtype != steps[0].dtype:
+            self._one = [torch.ones((), dtype=steps[0].dtype, device=steps[0].device)] * len(self.params)
+        return self._one[: len(steps)]
 
     def _state_dicts(self) -> list | None:
         st = self.opt.state
@@ -151,7 +158,7 @@ class _Update:
         params, gs = [self.params[i] for i in idx], [grads[i] for i in idx]
         sts = [states[i] for i in idx]
         steps = [st["step"] for st in sts]
-        torch._foreach_add_(steps, 1)
+        torch._foreach_add_(steps, self._ones(steps))          # step += 1 (tensor-list overload: 4x fewer ops)
         if self.kind == "adagrad":
             torch._fused_adagrad_(params, gs, [st["sum"] for st in sts], steps, lr=group["lr"],
                                   lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
