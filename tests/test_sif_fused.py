@@ -188,3 +188,28 @@ def test_fused_step_reads_the_selection_once_per_alpha_update(monkeypatch):
         s.fit(*_loaders())
     assert s.fused_step is not None
     assert per_step == [2, 0, 1, 0, 1, 0, 1, 0, 1, 0]
+
+
+def test_recommender_and_config_expose_the_flag():
+    """``search.fused`` reaches the searcher from a RunConfig override and from SIFRecommender(search=...); the
+    fused search finds the same op and (float32) nearly the same model as the generic one."""
+    from sif.config import apply_override, load_config
+    from sif.recommender import SIFRecommender
+    from sif.synthetic import planted_ratings
+
+    cfg = load_config()
+    apply_override(cfg, "search.fused=true")
+    assert cfg.search.fused is True
+    ds = planted_ratings("multiply", num_users=40, num_items=50, n=1200, seed=0)
+    recs = []
+    for fused in (False, True):
+        rec = SIFRecommender(embedding_dim=2, use_bias=False, reg=1e-5, penalty="norm", random_state=0,
+                             g_skip=False, search={"epochs": 2, "w_optimizer": "adagrad", "w_lr": 0.05,
+                                                   "a_lr": 3e-4, "fused": fused},
+                             train={"batch_size": 128, "max_epochs": 1})
+        recs.append(rec.fit(ds, show_progress=False))
+    assert recs[0].op_ == recs[1].op_
+    h0, h1 = recs[0].search_result_.history, recs[1].search_result_.history
+    for a, b in zip(h0, h1, strict=True):
+        assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-4)
+        assert math.isclose(a["valid_rmse"], b["valid_rmse"], rel_tol=1e-4)
