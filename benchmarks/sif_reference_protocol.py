@@ -102,6 +102,34 @@ def main() -> None:
     report(rows, args)
 
 
+def events_per_step_pair(train, valid, fused: bool, pairs: int = 10) -> float:
+    """Median number of ``torch.profiler`` events (aten ops, nested ones included) one NASP step pair (alpha step
+    + weight step) dispatches under the reference protocol, after 10 warm-up pairs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from nasp import strategies
+
+    orig, counts = strategies.STRATEGIES["nasp"], []
+
+    def counted(s, train_batch, valid_batch, update_alpha):
+        if not 10 <= s.step < 10 + pairs:
+            return orig(s, train_batch, valid_batch, update_alpha)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = orig(s, train_batch, valid_batch, update_alpha)
+        counts.append(len(prof.events()))
+        return out
+
+    strategies.STRATEGIES["nasp"] = counted
+    try:
+        rec = reference(0, 1, fused)
+        rec.search = dict(rec.search, max_steps_per_epoch=10 + pairs)
+        rec.train = dict(rec.train, max_epochs=1)
+        rec.fit(train, valid, show_progress=False)
+    finally:
+        strategies.STRATEGIES["nasp"] = orig
+    return statistics.median(counts)
+
+
 def speed(ratings, args) -> None:
     """Seconds per search epoch, generic vs fused NASP step, interleaved in this process (seed 0)."""
     train, valid, test = random_split(ratings, (0.5, 0.25, 0.25), seed=0)
@@ -119,17 +147,21 @@ def speed(ratings, args) -> None:
                     runs[fused][k].append(h[k])
             rmse[fused].append(rec.search_result_.history[-1]["valid_rmse"])
     load_after = [round(x, 2) for x in os.getloadavg()]
+    events = {fused: events_per_step_pair(train, valid, fused) for fused in (False, True)}
     out = {"machine": machine_line(), "load_before": load_before, "load_after": load_after,
+           "profiler_events_per_step_pair": {"generic": events[False], "fused": events[True]},
            "epochs_per_run": args.speed_epochs, "repeats": args.speed,
            "last_valid_rmse": {"generic": rmse[False], "fused": rmse[True]}}
     lines = [f"Machine: {machine_line()}", f"load average before {load_before}, after {load_after}", "",
-             "| step | s / search epoch (median) | fastest epoch | alpha steps | weight steps | evaluation |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| step | s / search epoch (median) | fastest epoch | alpha steps | weight steps | evaluation | "
+             "profiler events / step pair |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for fused, name in ((False, "generic"), (True, "fused")):
         med = {k: statistics.median(v) for k, v in runs[fused].items()}
         out[name] = {"median": med, "min_epoch": min(runs[fused]["seconds_epoch"]), "epochs": runs[fused]}
         lines.append(f"| {name} | {med['seconds_epoch']:.3f} | {min(runs[fused]['seconds_epoch']):.3f} | "
-                     f"{med['seconds_alpha']:.3f} | {med['seconds_weight']:.3f} | {med['seconds_eval']:.3f} |")
+                     f"{med['seconds_alpha']:.3f} | {med['seconds_weight']:.3f} | {med['seconds_eval']:.3f} | "
+                     f"{events[fused]:.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     out["table"] = text
