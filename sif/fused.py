@@ -22,6 +22,14 @@ What it computes (the generic path's semantics, :mod:`nasp.strategies` and :clas
 Supported: the 5 matrix primitives or any subset, with or without biases, g with or without skip, penalties
 "l2", "norm" and "effective", any reg and eta, gradient clipping, any weight optimiser. Not supported (the
 searcher warns and uses the generic step): the tensor case, other tasks, data parallelism, autocast, compile.
+
+Where it differs from the generic path only in rounding: g's hidden layer is laid out (sides, H, B*k) (its
+broadcasts run along the contiguous axis); the clip's total norm is taken over all entries at once; the heads'
+projection runs on the heads this step changed, and on any head whose version counter moved since its last
+projection (a head inside its ball is divided by exactly 1, so the generic path's projection of the others is a
+no-op up to rounding). The selection of Ā is read to the host once per alpha update, as in the generic path
+(:meth:`nasp.arch.ArchParameters.projection`, whose cache ``prox_c2_`` invalidates, is not used in the step, so
+the epoch-end evaluation reads it once more). Speed: benchmarks/README.md, "The reference code's protocol".
 """
 
 from __future__ import annotations
@@ -108,6 +116,11 @@ def _fused_kind(opt: torch.optim.Optimizer) -> str | None:
     group = opt.param_groups[0]
     if not group.get("fused") or group.get("amsgrad") or group.get("differentiable") or group.get("capturable"):
         return None
+    from torch.optim import optimizer as _opt_module
+
+    if opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks \
+            or _opt_module._global_optimizer_pre_hooks or _opt_module._global_optimizer_post_hooks:
+        return None                      # step hooks run only through optimizer.step()
     if type(opt) is torch.optim.Adagrad:
         return "adagrad"
     if type(opt) in (torch.optim.Adam, torch.optim.AdamW):
@@ -159,6 +172,7 @@ class _Update:
         sts = [states[i] for i in idx]
         steps = [st["step"] for st in sts]
         torch._foreach_add_(steps, self._ones(steps))          # step += 1 (tensor-list overload: 4x fewer ops)
+        self.opt._opt_called = True      # what torch.optim's step wrapper records for an LR scheduler
         if self.kind == "adagrad":
             torch._fused_adagrad_(params, gs, [st["sum"] for st in sts], steps, lr=group["lr"],
                                   lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
