@@ -42,6 +42,7 @@ from torch import Tensor
 from nasp.regularizers import normalise_costs
 
 from .interactions import PRIMITIVES
+from .space import SIFSpace
 from .task import RatingTask, unpack
 
 __all__ = ["FusedSIFStep", "check_supported"]
@@ -75,12 +76,6 @@ def _op_backward(name: str, z: Tensor, do: Tensor) -> Tensor:
     return do.view(b, 2, k).transpose(0, 1)                                 # concat
 
 
-def _space_class():
-    from .space import SIFSpace
-
-    return SIFSpace
-
-
 def check_supported(searcher) -> None:
     """Raise NotImplementedError naming the first setting the fused step does not cover."""
     s, model, task, c = searcher, searcher.model, searcher.task, searcher.config
@@ -90,7 +85,7 @@ def check_supported(searcher) -> None:
         raise NotImplementedError("autocast (amp) or torch.compile")
     if getattr(s, "grad_sync", None) is not None:
         raise NotImplementedError("data-parallel search (grad_sync)")
-    if not isinstance(model, _space_class()) or len(model.sides) != 2:
+    if not isinstance(model, SIFSpace) or len(model.sides) != 2:
         raise NotImplementedError("the tensor (user, item, context) case")
     unknown = [n for n in model.names if n not in PRIMITIVES]
     if unknown:
@@ -102,7 +97,7 @@ def check_supported(searcher) -> None:
         raise NotImplementedError("a replaced task loss")
     if [id(p) for p in s.extra_params] != [id(p) for p in model.g.parameters()] or len(s.alpha_params) != 1:
         raise NotImplementedError("alpha-step parameters other than (interaction alphas, g)")
-    if type(model).after_weight_step is not _space_class().after_weight_step:
+    if type(model).after_weight_step is not SIFSpace.after_weight_step:
         raise NotImplementedError("a replaced after_weight_step")
     if {id(p) for p in s.weight_params} != {id(p) for p in model.weights()}:
         raise NotImplementedError("weight parameters other than the model's")
@@ -136,8 +131,6 @@ class _Update:
     incrementing their ``step`` like ``torch.optim`` does); any other optimiser, or a step whose state does not
     exist yet, gets the gradients assigned to ``.grad`` and ``optimizer.step()`` (which also creates missing state
     exactly as torch does). Tensors are never hashed per step (``Tensor.__hash__`` is a Python call)."""
-
-    _STATE_KEYS = {"adagrad": ("sum",), "adam": ("exp_avg", "exp_avg_sq"), "adamw": ("exp_avg", "exp_avg_sq")}
 
     def __init__(self, opt: torch.optim.Optimizer):
         self.opt, self.kind = opt, _fused_kind(opt)
