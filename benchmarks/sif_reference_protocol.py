@@ -9,6 +9,12 @@ Library defaults: biases, every op's head trained during the search, architectur
 embedding dim chosen on validation from --dims.
 
     NASP_DATA_DIR=../shared/data python benchmarks/sif_reference_protocol.py --seeds 0 1 2
+
+``--speed R``: seconds per search epoch under the reference protocol (seed 0), the generic NASP step against the
+fused one (``search.fused``, :mod:`sif.fused`), interleaved R times in this one process; medians over the epochs
+after the first of every run; the load average is printed before and after.
+
+    NASP_DATA_DIR=../shared/data python benchmarks/sif_reference_protocol.py --speed 3 --speed-epochs 6 --threads 1
 """
 
 from __future__ import annotations
@@ -37,11 +43,12 @@ REFERENCE_TRAIN = {"batch_size": 512, "optimizer": "adagrad", "lr": 0.05, "max_e
                    "g_lr_scale": 1.0}
 
 
-def reference(seed: int, epochs: int) -> SIFRecommender:
-    """The reference code's settings (dim 2, no biases, Adagrad 0.05, norm penalty 1e-5, last prox)."""
+def reference(seed: int, epochs: int, fused: bool = False) -> SIFRecommender:
+    """The reference code's settings (dim 2, no biases, Adagrad 0.05, norm penalty 1e-5, last prox); ``fused``:
+    the hand-fused NASP step (same results, faster)."""
     return SIFRecommender(embedding_dim=2, use_bias=False, train_all_heads=False, select="last", random_state=seed,
                           g_skip=False, keep_g=True,
-                          reg=1e-5, penalty="norm", search={"epochs": epochs, **REFERENCE_SEARCH},
+                          reg=1e-5, penalty="norm", search={"epochs": epochs, "fused": fused, **REFERENCE_SEARCH},
                           train=REFERENCE_TRAIN)
 
 
@@ -69,10 +76,15 @@ def main() -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[8, 32])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/sif_reference_protocol.json")
+    p.add_argument("--speed", type=int, default=0, help="only time generic vs fused search epochs, R repeats")
+    p.add_argument("--speed-epochs", type=int, default=6)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(os.environ.get("NASP_DATA_DIR", "../shared/data")) / "ml-100k"
     ratings = load_movielens("100k", root=root)
+    if args.speed:
+        speed(ratings, args)
+        return
     rows = []
     for seed in args.seeds:
         train, valid, test = random_split(ratings, (0.5, 0.25, 0.25), seed=seed)
@@ -88,6 +100,74 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     report(rows, args)
+
+
+def events_per_step_pair(train, valid, fused: bool, pairs: int = 10) -> float:
+    """Median number of ``torch.profiler`` events (aten ops, nested ones included) one NASP step pair (alpha step
+    + weight step) dispatches under the reference protocol, after 10 warm-up pairs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from nasp import strategies
+
+    orig, counts = strategies.STRATEGIES["nasp"], []
+
+    def counted(s, train_batch, valid_batch, update_alpha):
+        if not 10 <= s.step < 10 + pairs:
+            return orig(s, train_batch, valid_batch, update_alpha)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = orig(s, train_batch, valid_batch, update_alpha)
+        counts.append(len(prof.events()))
+        return out
+
+    strategies.STRATEGIES["nasp"] = counted
+    try:
+        rec = reference(0, 1, fused)
+        rec.search = dict(rec.search, max_steps_per_epoch=10 + pairs)
+        rec.train = dict(rec.train, max_epochs=1)
+        rec.fit(train, valid, show_progress=False)
+    finally:
+        strategies.STRATEGIES["nasp"] = orig
+    return statistics.median(counts)
+
+
+def speed(ratings, args) -> None:
+    """Seconds per search epoch, generic vs fused NASP step, interleaved in this process (seed 0)."""
+    train, valid, test = random_split(ratings, (0.5, 0.25, 0.25), seed=0)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    keys = ("seconds_epoch", "seconds_alpha", "seconds_weight", "seconds_eval")
+    runs = {False: {k: [] for k in keys}, True: {k: [] for k in keys}}
+    rmse = {False: [], True: []}
+    for _ in range(args.speed):
+        for fused in (False, True):
+            rec = reference(0, args.speed_epochs, fused)
+            rec.train = dict(rec.train, max_epochs=1)         # only the search is timed
+            rec.fit(train, valid, show_progress=False)
+            for h in rec.search_result_.history[1:]:          # the first epoch of a run warms up
+                for k in keys:
+                    runs[fused][k].append(h[k])
+            rmse[fused].append(rec.search_result_.history[-1]["valid_rmse"])
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    events = {fused: events_per_step_pair(train, valid, fused) for fused in (False, True)}
+    out = {"machine": machine_line(), "load_before": load_before, "load_after": load_after,
+           "profiler_events_per_step_pair": {"generic": events[False], "fused": events[True]},
+           "epochs_per_run": args.speed_epochs, "repeats": args.speed,
+           "last_valid_rmse": {"generic": rmse[False], "fused": rmse[True]}}
+    lines = [f"Machine: {machine_line()}", f"load average before {load_before}, after {load_after}", "",
+             "| step | s / search epoch (median) | fastest epoch | alpha steps | weight steps | evaluation | "
+             "profiler events / step pair |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for fused, name in ((False, "generic"), (True, "fused")):
+        med = {k: statistics.median(v) for k, v in runs[fused].items()}
+        out[name] = {"median": med, "min_epoch": min(runs[fused]["seconds_epoch"]), "epochs": runs[fused]}
+        lines.append(f"| {name} | {med['seconds_epoch']:.3f} | {min(runs[fused]['seconds_epoch']):.3f} | "
+                     f"{med['seconds_alpha']:.3f} | {med['seconds_weight']:.3f} | {med['seconds_eval']:.3f} | "
+                     f"{events[fused]:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out["table"] = text
+    path = Path(args.out).with_name("sif_reference_speed.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
 
 
 def report(rows: list[dict], args) -> None:

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,6 +77,7 @@ class SearchConfig:
     compile: bool = False               # torch.compile the task loss (for CUDA; see Searcher)
     compile_backend: str = "inductor"   # torch.compile backend ("eager" / "aot_eager" only trace: for tests)
     compile_mode: str | None = None     # torch.compile mode, e.g. "max-autotune" (None: the default)
+    fused: bool = False                 # nasp: the space's hand-fused step when it has one (see Searcher)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -88,6 +90,8 @@ class SearchConfig:
             raise ValueError(f"amp must be None or 'bf16', got {self.amp!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
+        if not isinstance(self.fused, bool):
+            raise ValueError(f"fused must be True or False, got {self.fused!r}")
         if not isinstance(self.compile_backend, str) or not self.compile_backend:
             raise ValueError(f"compile_backend must be a backend name, got {self.compile_backend!r}")
         for name in ("epochs", "alpha_every", "log_every"):
@@ -212,6 +216,12 @@ class Searcher:
     step is its own graph (the selection is a Python constant), so NASP recompiles when the choice changes, up to
     torch._dynamo's recompile limit, after which that call runs eagerly. On a CPU it does not pay: on this
     project's 2-core machine compiling cost minutes and no step got faster (benchmarks/README.md, host syncs).
+
+    ``config.fused`` (NASP only): when the model has a hook ``fused_nasp_step(searcher)`` returning a callable
+    ``step(train_batch, valid_batch, update_alpha) -> dict``, every NASP step runs through it instead of the
+    generic autograd step (e.g. :class:`sif.fused.FusedSIFStep`: the same results, computed by hand). The hook
+    raises NotImplementedError for settings it does not cover; then, or without a hook, the search warns once
+    at the start of ``fit`` and runs the generic step.
     """
 
     def __init__(self, model: SearchSpace, task: Task, config: SearchConfig | None = None, device="cpu",
@@ -240,6 +250,7 @@ class Searcher:
         self.epoch, self.step, self.history = 0, 0, []
         self._epoch_acc: dict[str, Any] = {}
         self.grad_sync: Callable[[list[Tensor]], None] | None = None   # data-parallel hook (nasp.distributed)
+        self.fused_step: Callable | None = None     # set by fit() when config.fused and the model provides one
 
     # ---- construction ------------------------------------------------------------------------------------
     def _make_w_optimizer(self) -> torch.optim.Optimizer:
@@ -327,6 +338,7 @@ class Searcher:
             seed_everything(self.config.seed)
             self.epoch, self.step, self.history = 0, 0, []
         self._write_run_files()
+        self.fused_step = self._resolve_fused_step()
         t_start = time.perf_counter()
         while self.epoch < self.config.epochs:
             metrics = self._run_epoch(train_stream, valid_stream, eval_loader)
@@ -373,6 +385,24 @@ class Searcher:
         if train_stream.offset:                 # stopped early by max_steps_per_epoch
             train_stream.epoch, train_stream.offset, train_stream._it = train_stream.epoch + 1, 0, None
         return self._end_epoch(acc, t0, train_stream, valid_stream, eval_loader, warm)
+
+    def _resolve_fused_step(self) -> Callable | None:
+        """The model's fused NASP step when ``config.fused`` asks for it and it covers these settings, else None
+        (with a warning saying why)."""
+        if not self.config.fused:
+            return None
+        hook = getattr(self.model, "fused_nasp_step", None)
+        if self.config.strategy != "nasp":
+            reason = f"strategy {self.config.strategy!r} has no fused step (only 'nasp')"
+        elif hook is None:
+            reason = f"{type(self.model).__name__} has no fused_nasp_step"
+        else:
+            try:
+                return hook(self)
+            except NotImplementedError as e:
+                reason = f"{type(self.model).__name__}'s fused step does not support {e}"
+        warnings.warn(f"search fused=True ignored: {reason}; using the generic step", stacklevel=3)
+        return None
 
     @staticmethod
     def _accumulate(acc: dict, out: dict[str, Tensor]) -> None:

@@ -153,6 +153,9 @@ def _alpha_update(s: Searcher, alpha_grads: list[Tensor], extra_grads: list[Tens
 
 
 def step_nasp(s: Searcher, train_batch, valid_batch, update_alpha: bool) -> dict[str, Tensor]:
+    fused = getattr(s, "fused_step", None)
+    if fused is not None:             # the space's hand-fused equivalent (config.fused, see Searcher)
+        return fused(train_batch, valid_batch, update_alpha)
     out = {}
     if update_alpha:
         with s.timer("alpha"):

@@ -237,6 +237,13 @@ class SIFSpace(SearchSpace):
     def op_costs(self) -> dict[str, Tensor]:
         return {"interaction": cost_matrix([list(self.heads)])}
 
+    def fused_nasp_step(self, searcher) -> Callable:
+        """The hand-fused NASP step of the matrix case (:class:`sif.fused.FusedSIFStep`, used by a
+        :class:`~nasp.search.Searcher` with ``fused=True``); raises NotImplementedError for unsupported settings."""
+        from .fused import FusedSIFStep
+
+        return FusedSIFStep(searcher)
+
 
 
 def _matrix_fn(name: str) -> Callable[[dict[str, Tensor]], Tensor]:

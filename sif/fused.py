@@ -1,0 +1,451 @@
+"""A fused NASP step for :class:`sif.space.SIFSpace` in the matrix case (user, item): exact, opt-in, fast.
+
+The generic NASP step (:func:`nasp.strategies.step_nasp`) builds an autograd graph through the view/mix layers,
+the task's loss and every candidate head, then calls ``torch.optim``'s step wrappers. For SIF's tiny model (dim 2,
+batch 512) that overhead is nearly all of the time. This step computes the same losses and gradients by hand with
+plain tensor ops (one forward, a hand-written backward, no graph) and updates the SAME optimiser state tensors the
+searcher's optimisers own (through torch's fused Adagrad/Adam/AdamW kernels when the optimiser is fused, otherwise
+through ``optimizer.step()`` with the gradients assigned), so checkpoints and resume stay interchangeable with
+the generic path, and results agree with it to float rounding.
+
+What it computes (the generic path's semantics, :mod:`nasp.strategies` and :class:`sif.task.RatingTask`):
+
+- alpha step on a validation batch at Ā = prox_C1(A): loss = MSE + reg * penalty ("l2"/"norm" on e or g(e);
+  "effective" is left out of validation losses); dL/dĀ_k = <dL/dpred, out_k> for every op k (the other ops'
+  outputs need no weight gradients); gradients of g through the selected op; ``+ eta * R(Ā)``'s gradient; one
+  Adam step on (A, g); A = prox_C2(A).
+- weight step on a training batch with the selected op: gradients of the embeddings (dense, like
+  ``index_select``'s backward), g, the selected head and the global bias; with ``train_all_heads`` every other
+  head's MSE on detached features; gradient clipping as ``clip_grad_norm_``; the weight optimiser's step; the
+  heads' projection onto their ball (``after_weight_step``).
+
+Supported: the 5 matrix primitives or any subset, with or without biases, g with or without skip, penalties
+"l2", "norm" and "effective", any reg and eta, gradient clipping, any weight optimiser. Not supported (the
+searcher warns and uses the generic step): the tensor case, other tasks, data parallelism, autocast, compile.
+
+Where it differs from the generic path only in rounding: g's hidden layer is laid out (sides, H, B*k) (its
+broadcasts run along the contiguous axis); the clip's total norm is taken over all entries at once; the heads'
+projection runs on the heads this step changed, and on any head whose version counter moved since its last
+projection (a head inside its ball is divided by exactly 1, so the generic path's projection of the others is a
+no-op up to rounding). The selection of Ā is read to the host once per alpha update, as in the generic path
+(:meth:`nasp.arch.ArchParameters.projection`, whose cache ``prox_c2_`` invalidates, is not used in the step, so
+the epoch-end evaluation reads it once more). Speed: benchmarks/README.md, "The reference code's protocol".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from nasp.regularizers import normalise_costs
+
+from .interactions import PRIMITIVES
+from .space import SIFSpace
+from .task import RatingTask, unpack
+
+__all__ = ["FusedSIFStep", "check_supported"]
+
+
+# ---- the five matrix ops: forward (zu, zv) (B, k) -> (B, width) and backward (B, width) -> (2, B, k) ------------
+def _op_forward(name: str, zu: Tensor, zv: Tensor) -> Tensor:
+    if name == "plus":
+        return zu + zv
+    if name == "multiply":
+        return zu * zv
+    if name == "max":
+        return torch.maximum(zu, zv)
+    if name == "min":
+        return torch.minimum(zu, zv)
+    return torch.cat([zu, zv], dim=1)                                       # concat: (B, 2k)
+
+
+def _op_backward(name: str, z: Tensor, do: Tensor) -> Tensor:
+    """dL/dz (2, B, k) of op ``name`` given dL/d(op output) ``do``; max/min split ties evenly like torch."""
+    if name == "plus":
+        return do.expand(2, *do.shape)
+    if name == "multiply":
+        return do * z.flip(0)
+    if name in ("max", "min"):
+        sgn = torch.sign(z - z.flip(0))                                      # (2, B, k): +1 where the side wins max
+        if name == "min":
+            sgn = sgn.neg_()
+        return do * sgn.mul_(0.5).add_(0.5)
+    b, k = z.shape[1], z.shape[2]
+    return do.view(b, 2, k).transpose(0, 1)                                 # concat
+
+
+def check_supported(searcher) -> None:
+    """Raise NotImplementedError naming the first setting the fused step does not cover."""
+    s, model, task, c = searcher, searcher.model, searcher.task, searcher.config
+    if c.strategy != "nasp":
+        raise NotImplementedError(f"strategy {c.strategy!r} (the fused step is NASP's)")
+    if c.amp is not None or c.compile:
+        raise NotImplementedError("autocast (amp) or torch.compile")
+    if getattr(s, "grad_sync", None) is not None:
+        raise NotImplementedError("data-parallel search (grad_sync)")
+    if not isinstance(model, SIFSpace) or len(model.sides) != 2:
+        raise NotImplementedError("the tensor (user, item, context) case")
+    unknown = [n for n in model.names if n not in PRIMITIVES]
+    if unknown:
+        raise NotImplementedError(f"ops {unknown} (only the matrix primitives)")
+    if not isinstance(task, RatingTask) or type(task).loss is not RatingTask.loss \
+            or type(task)._penalty is not RatingTask._penalty:
+        raise NotImplementedError(f"task {type(task).__name__} (only sif.task.RatingTask)")
+    if s.task_loss != task.loss:
+        raise NotImplementedError("a replaced task loss")
+    if [id(p) for p in s.extra_params] != [id(p) for p in model.g.parameters()] or len(s.alpha_params) != 1:
+        raise NotImplementedError("alpha-step parameters other than (interaction alphas, g)")
+    if type(model).after_weight_step is not SIFSpace.after_weight_step:
+        raise NotImplementedError("a replaced after_weight_step")
+    if {id(p) for p in s.weight_params} != {id(p) for p in model.weights()}:
+        raise NotImplementedError("weight parameters other than the model's")
+
+
+# ---- optimiser updates on the optimisers' own state ----------------------------------------------------------
+def _fused_kind(opt: torch.optim.Optimizer) -> str | None:
+    """'adagrad' | 'adam' | 'adamw' when ``opt`` is that torch optimiser, fused, with one plain param group."""
+    if len(opt.param_groups) != 1:
+        return None
+    group = opt.param_groups[0]
+    if not group.get("fused") or group.get("amsgrad") or group.get("differentiable") or group.get("capturable"):
+        return None
+    from torch.optim import optimizer as _opt_module
+
+    if opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks \
+            or _opt_module._global_optimizer_pre_hooks or _opt_module._global_optimizer_post_hooks:
+        return None                      # step hooks run only through optimizer.step()
+    if type(opt) is torch.optim.Adagrad:
+        return "adagrad"
+    if type(opt) in (torch.optim.Adam, torch.optim.AdamW):
+        return "adamw" if group.get("decoupled_weight_decay") else "adam"
+    return None
+
+
+class _Update:
+    """Steps an optimiser with gradients given as a list aligned with ``params`` (its parameters, group by group;
+    None: no gradient, so no update, like ``grad=None``).
+
+    A fused Adagrad/Adam/AdamW runs torch's fused kernel directly on the optimiser's own state tensors (after
+    incrementing their ``step`` like ``torch.optim`` does); any other optimiser, or a step whose state does not
+    exist yet, gets the gradients assigned to ``.grad`` and ``optimizer.step()`` (which also creates missing state
+    exactly as torch does). Tensors are never hashed per step (``Tensor.__hash__`` is a Python call)."""
+
+    def __init__(self, opt: torch.optim.Optimizer):
+        self.opt, self.kind = opt, _fused_kind(opt)
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+        self.index = {id(p): i for i, p in enumerate(self.params)}
+        self._states: tuple | None = None          # (opt.state object, per-param state dicts)
+        self._one: list[Tensor] = []
+
+    def _ones(self, steps: list[Tensor]) -> list[Tensor]:
+        if len(self._one) < len(steps) or self._one[0].device != steps[0].device \
+                or self._one[0].dtype != steps[0].dtype:
+            self._one = [torch.ones((), dtype=steps[0].dtype, device=steps[0].device)] * len(self.params)
+        return self._one[: len(steps)]
+
+    def _state_dicts(self) -> list | None:
+        st = self.opt.state
+        if self._states is None or self._states[0] is not st:
+            self._states = (st, [st.get(p) for p in self.params])
+        return self._states[1]
+
+    def __call__(self, grads: list[Tensor | None]) -> None:
+        states = self._state_dicts() if self.kind is not None else None
+        idx = [i for i, g in enumerate(grads) if g is not None]
+        if states is None or any(states[i] is None or "step" not in states[i] for i in idx):
+            for p, g in zip(self.params, grads, strict=True):
+                p.grad = g
+            self.opt.step()
+            self._states = None
+            return
+        group = self.opt.param_groups[0]
+        params, gs = [self.params[i] for i in idx], [grads[i] for i in idx]
+        sts = [states[i] for i in idx]
+        steps = [st["step"] for st in sts]
+        torch._foreach_add_(steps, self._ones(steps))          # step += 1 (tensor-list overload: 4x fewer ops)
+        self.opt._opt_called = True      # what torch.optim's step wrapper records for an LR scheduler
+        if self.kind == "adagrad":
+            torch._fused_adagrad_(params, gs, [st["sum"] for st in sts], steps, lr=group["lr"],
+                                  lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
+                                  maximize=group["maximize"])
+            return
+        fn = torch._fused_adamw_ if self.kind == "adamw" else torch._fused_adam_
+        beta1, beta2 = group["betas"]
+        fn(params, gs, [st["exp_avg"] for st in sts], [st["exp_avg_sq"] for st in sts], [], steps,
+           amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+           eps=group["eps"], maximize=group["maximize"])
+
+
+class _Consts:
+    """0-dim tensors of the Python numbers used every step, cached per (value, dtype, device): a Python number
+    as an operand is wrapped into a tensor by every op (measured: ``x * 0.5`` costs 5 profiler events, ``x * c``
+    with a cached 0-dim ``c`` one)."""
+
+    def __init__(self):
+        self.cache: dict[tuple, Tensor] = {}
+
+    def __call__(self, value: float, like: Tensor) -> Tensor:
+        key = (value, like.dtype, like.device)
+        t = self.cache.get(key)
+        if t is None:
+            t = self.cache[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+        return t
+
+
+def _clip_(grads: list[Tensor], max_norm: float, const: _Consts) -> None:
+    """``clip_grad_norm_(..., foreach=True)`` on plain gradient tensors (the total norm taken over all entries
+    at once: equal up to rounding, fewer ops than the norm of the per-tensor norms)."""
+    total = torch.linalg.vector_norm(torch.cat([g.view(-1) for g in grads]), 2.0)
+    torch._foreach_mul_(grads, torch.clamp(const(max_norm, total) / (total + const(1e-6, total)), max=1.0))
+
+
+class FusedSIFStep:
+    """``step(train_batch, valid_batch, update_alpha) -> {"train_loss", ["alpha_loss"]}`` for a
+    :class:`~nasp.search.Searcher` driving a matrix-case :class:`~sif.space.SIFSpace` with a
+    :class:`~sif.task.RatingTask` (see the module docstring). Raises NotImplementedError for unsupported settings.
+    """
+
+    def __init__(self, searcher):
+        check_supported(searcher)
+        self.s = searcher
+        m, t = searcher.model, searcher.task
+        self.m, self.task = m, t
+        self.k, self.bias = m.embedding_dim, m.use_bias
+        self.names, self.skip = m.names, m.g.skip
+        self.tables = (m.embeddings["u"].weight, m.embeddings["v"].weight)
+        self.g = (m.g.w1, m.g.b1, m.g.w2, m.g.b2)
+        self.heads = [h.weight for h in m.heads]
+        self.alpha = searcher.alpha_params[0]
+        self.w_update, self.a_update = _Update(searcher.w_opt), _Update(searcher.a_opt)
+        wi, ai = self.w_update.index, self.a_update.index
+        self.w_pos = {"tables": [wi[id(p)] for p in self.tables], "g": [wi[id(p)] for p in self.g],
+                      "heads": [wi[id(p)] for p in self.heads],
+                      "bias": wi[id(m.global_bias)] if self.bias else None}
+        self.a_pos = [ai[id(self.alpha)]] + [ai[id(p)] for p in self.g]
+        self.head_versions: list[int | None] = [None] * len(self.heads)      # after our last projection
+        cost = searcher.op_costs.get("interaction")
+        self.eta = searcher.config.eta
+        self.costs = None if self.eta == 0 or cost is None else normalise_costs(cost)          # (1, K)
+        self._views_key: tuple | None = None
+        self._sel_key: tuple | None = None
+        self.c = _Consts()
+        self._sel = -1
+
+    def _views(self) -> None:
+        """Views of the parameters in the shapes the hand-written ops use (rebuilt if a parameter moved)."""
+        key = tuple(p.data_ptr() for p in (*self.g, *self.heads))
+        if key == self._views_key:
+            return
+        w1, b1, w2, _ = self.g
+        hid = w1.shape[2]
+        self.g1 = (w1.view(2, hid, 1), b1.view(2, hid, 1), w2.view(2, 1, hid))          # (2,H,1) (2,H,1) (2,1,H)
+        self.vecs = [w.view(-1) for w in self.heads]                                      # (width,) each
+        self._views_key = key
+
+    # ---- shared forward / backward pieces ------------------------------------------------------------------
+    def _encode(self, batch):
+        """(x (2, B, k) raw embeddings, bias (B,) or None, users, items, y)."""
+        users, items, y, contexts = unpack(batch)
+        if contexts is not None:
+            raise ValueError("the fused SIF step takes (users, items, ratings) batches")
+        ru, rv = self.tables[0].index_select(0, users), self.tables[1].index_select(0, items)   # (B, k [+1])
+        k = self.k
+        if not self.bias:
+            return torch.stack([ru, rv]), None, users, items, y
+        bias = self.m.global_bias + (ru[:, k] + rv[:, k])                                       # (B,)
+        return torch.stack([ru[:, :k], rv[:, :k]]), bias, users, items, y
+
+    def _g(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(z (2, B, k), flat input (2, 1, B*k), hidden tanh (2, H, B*k)).
+
+        The hidden layer is laid out (sides, H, B*k), so that its broadcasts run along the contiguous B*k axis
+        (measured: g's forward + backward 2.7x faster than in the (sides, B*k, H) layout of ElementwiseMLP)."""
+        w1t, b1t, w2t = self.g1
+        flat = x.reshape(2, 1, -1)
+        h = torch.addcmul(b1t, w1t, flat).tanh_()                             # (2, H, BK)
+        y = torch.baddbmm(self.g[3], w2t, h)                                  # (2, 1, BK)
+        z = flat + y if self.skip else y
+        return z.view(x.shape), flat, h
+
+    def _g_backward(self, dz: Tensor, flat: Tensor, h: Tensor, need_dx: bool):
+        """[dw1, db1, dw2, db2], dx (2, 1, B*k) or None, from dL/dz (2, B, k)."""
+        w1, b1, w2, _ = self.g
+        dy = dz.reshape(2, 1, -1)                                             # (2, 1, BK)
+        dw2 = torch.bmm(h, dy.transpose(1, 2))                                # (2, H, 1)
+        db2 = dy.sum(2, keepdim=True)                                         # (2, 1, 1)
+        dpre = torch.ops.aten.tanh_backward(w2 * dy, h)                       # (2, H, BK)
+        dw1 = torch.bmm(dpre, flat.transpose(1, 2)).view(w1.shape)            # (2, 1, H)
+        db1 = dpre.sum(2).view(b1.shape)                                      # (2, 1, H)
+        if not need_dx:
+            return [dw1, db1, dw2, db2], None
+        dx = torch.bmm(w1, dpre)                                              # (2, 1, BK)
+        return [dw1, db1, dw2, db2], (dx + dy if self.skip else dx)
+
+    def _penalty(self, x: Tensor, z: Tensor, want_grad: bool):
+        """reg * ("l2" | "norm") penalty value and its gradient w.r.t. e (on_transformed False) or z."""
+        t = self.task
+        r = z if t.on_transformed else x
+        if t.penalty == "norm":
+            n = torch.linalg.vector_norm(r, dim=(1, 2))                      # (2,)
+            val = n.sum() * self.c(t.reg, n)
+            grad = r * (self.c(t.reg, n) / n.clamp_min(torch.finfo(n.dtype).tiny)).view(2, 1, 1) if want_grad \
+                else None
+            return val, grad
+        val = (r * r).sum() * self.c(t.reg / r.shape[1], r)
+        return val, (r * self.c(2 * t.reg / r.shape[1], r) if want_grad else None)
+
+    def _mse(self, d: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean(d^2), its gradient 2 d / B) of a residual d (B,)."""
+        b = d.shape[0]
+        return torch.dot(d, d) * self.c(1.0 / b, d), d * self.c(2.0 / b, d)
+
+    # ---- the two steps ---------------------------------------------------------------------------------------
+    def alpha_step(self, batch, sel: int) -> Tensor:
+        """Adam step on (A, g) with dL_val/dĀ, then A = prox_C2(A); returns the validation loss (detached)."""
+        t = self.task
+        x, bias, _, _, y = self._encode(batch)
+        z, flat, h = self._g(x)
+        zu, zv = z.unbind(0)
+        outs = torch.stack([torch.mv(_op_forward(n, zu, zv), w) for n, w in zip(self.names, self.vecs, strict=True)])
+        pred = outs[sel] if bias is None else outs[sel] + bias                # (B,)
+        d = pred - y
+        loss, dpred = self._mse(d)
+        dz = _op_backward(self.names[sel], z, torch.outer(dpred, self.vecs[sel]))
+        if t.reg and t.penalty != "effective":
+            val, grad = self._penalty(x, z, t.on_transformed)
+            loss = loss + val
+            if grad is not None:
+                dz = dz + grad
+        d_alpha = torch.mv(outs, dpred).view(self.alpha.shape)              # (1, K)
+        if self.costs is not None:                                          # eta * sum(Ā^2 * cost), Ā one-hot
+            onehot = torch.zeros_like(d_alpha)
+            onehot[0, sel] = 1.0
+            d_alpha = d_alpha + self.eta * (2 * onehot * self.costs.to(onehot))
+        dg, _ = self._g_backward(dz, flat, h, need_dx=False)
+        grads: list[Tensor | None] = [None] * len(self.a_update.params)
+        for i, gr in zip(self.a_pos, [d_alpha.to(self.alpha.dtype), *dg], strict=True):
+            grads[i] = gr
+        self.a_update(grads)
+        self.m.arch.prox_c2_()
+        return loss
+
+    def weight_step(self, batch, sel: int) -> Tensor:
+        """Weight-optimiser step with the selected op (and every head when train_all_heads); returns the loss."""
+        t, name, w = self.task, self.names[sel], self.vecs[sel]
+        x, bias, users, items, y = self._encode(batch)
+        z, flat, h = self._g(x)
+        zu, zv = z.unbind(0)
+        feat = _op_forward(name, zu, zv)                                     # (B, width)
+        out = torch.mv(feat, w)
+        pred = out if bias is None else out + bias
+        loss, dpred = self._mse(pred - y)
+        pos = self.w_pos
+        grads: list[Tensor | None] = [None] * len(self.w_update.params)
+        dw = torch.mv(feat.t(), dpred)                                        # (width,)
+        dz = _op_backward(name, z, torch.outer(dpred, w))
+        dx_extra = None
+        if t.reg and t.penalty == "effective":
+            val, dz_pen, dw_pen = self._effective(z, name, w)
+            loss, dz, dw = loss + val, dz + dz_pen, dw + dw_pen
+        elif t.reg:
+            val, grad = self._penalty(x, z, True)
+            loss = loss + val
+            if t.on_transformed:
+                dz = dz + grad
+            else:
+                dx_extra = grad
+        grads[pos["heads"][sel]] = dw.view(1, -1)
+        changed = [sel]
+        if t.train_all_heads and len(self.names) > 1:
+            loss = loss + self._other_heads(zu, zv, y if bias is None else y - bias, sel, grads)
+            changed = range(len(self.heads))
+        dg, dx = self._g_backward(dz, flat, h, need_dx=True)
+        dx = dx.view(x.shape) if dx_extra is None else dx.view(x.shape) + dx_extra
+        for i, gr in zip(pos["g"], dg, strict=True):
+            grads[i] = gr
+        self._table_grads(grads, dx, dpred if bias is not None else None, users, items)
+        if bias is not None:
+            grads[pos["bias"]] = dpred.sum()
+        if self.s.config.grad_clip:
+            _clip_([gr for gr in grads if gr is not None], self.s.config.grad_clip, self.c)
+        self.w_update(grads)
+        self._project_heads(changed)
+        return loss
+
+    # ---- weight-step pieces -------------------------------------------------------------------------------
+    def _effective(self, z: Tensor, name: str, w: Tensor):
+        """reg * effective penalty of op ``name`` (head ``w`` (width,)), its dL/dz and its dL/dw."""
+        reg, k, b = self.task.reg, self.k, z.shape[1]
+        sq = z * z                                                           # (2, B, k)
+        scale = w.abs() if name == "multiply" else k * (w * w)               # (width,)
+        s2 = scale.view(2, 1, k) if name == "concat" else scale.view(1, 1, k)
+        val = reg * ((sq * s2).sum() / b)
+        dz = z * s2 * (2 * reg / b)
+        col = sq.sum(1) / b                                                  # (2, k)
+        col = col.reshape(-1) if name == "concat" else col.sum(0)            # (width,)
+        dscale = torch.sign(w) if name == "multiply" else (2 * k) * w
+        return val, dz, reg * col * dscale
+
+    def _other_heads(self, zu: Tensor, zv: Tensor, target: Tensor, sel: int, grads: list) -> Tensor:
+        """Sum over non-selected heads of their MSE on z (no gradient to z); their head grads go into ``grads``."""
+        total = None
+        for j, (n, w) in enumerate(zip(self.names, self.vecs, strict=True)):
+            if j == sel:
+                continue
+            f = _op_forward(n, zu, zv)
+            mse, dr = self._mse(torch.mv(f, w) - target)                     # (), (B,)
+            total = mse if total is None else total + mse
+            grads[self.w_pos["heads"][j]] = torch.mv(f.t(), dr).view(1, -1)
+        return total
+
+    def _table_grads(self, grads: list, dx: Tensor, dbias: Tensor | None, users: Tensor, items: Tensor) -> None:
+        """Dense gradients of the two embedding tables (like ``index_select``'s backward) into ``grads``."""
+        for table, i, idx, rows in zip(self.tables, self.w_pos["tables"], (users, items), dx.unbind(0), strict=True):
+            if dbias is not None:
+                rows = torch.cat([rows, dbias.unsqueeze(1)], dim=1)           # (B, k + 1)
+            grads[i] = torch.zeros_like(table).index_add_(0, idx, rows)
+
+    def _project_heads(self, changed) -> None:
+        """The heads' projection onto their ball (SIFSpace.after_weight_step, the same ops per head) for the heads
+        this step changed or that changed elsewhere since (tracked by version counter); the others already lie
+        in the ball, where the projection divides by exactly 1."""
+        r = self.m.head_radius
+        if math.isinf(r):
+            return
+        for j, w in enumerate(self.heads):
+            if j in changed or w._version != self.head_versions[j]:
+                n = torch.linalg.vector_norm(w)
+                if r != 1.0:
+                    n = n / r
+                w.div_(n.clamp_min(1.0))
+                self.head_versions[j] = w._version
+
+    # ---- the architecture ------------------------------------------------------------------------------------
+    def _selection(self) -> int:
+        """The op Ā = prox_C1(A) selects: the argmax of the alphas with ties broken by the op priorities, exactly
+        as :func:`nasp.prox.row_argmax`; read to the host once per change of A (version counter), so once per
+        alpha update, like :meth:`nasp.arch.ArchParameters.projection` (whose cache prox_c2_ invalidates)."""
+        a = self.alpha
+        key = (a.data_ptr(), a._version)
+        if key != self._sel_key:
+            row = a[0]                                                                    # (K,)
+            prio = self.m.arch.op_priority_interaction[0]
+            self._sel = int(torch.where(row == row.max(), prio.to(torch.float32), -1.0).argmax())
+            self._sel_key = key
+        return self._sel
+
+    # ---- the searcher's hook -----------------------------------------------------------------------------------
+    def __call__(self, train_batch, valid_batch, update_alpha: bool) -> dict[str, Tensor]:
+        s = self.s
+        out = {}
+        with torch.no_grad():
+            self._views()
+            if update_alpha:
+                with s.timer("alpha"):
+                    sel = self._selection()
+                    out["alpha_loss"] = self.alpha_step(valid_batch, sel)
+            with s.timer("weight"):
+                out["train_loss"] = self.weight_step(train_batch, self._selection())
+        return out
