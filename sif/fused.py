@@ -87,6 +87,8 @@ def check_supported(searcher) -> None:
         raise NotImplementedError("data-parallel search (grad_sync)")
     if not isinstance(model, SIFSpace) or len(model.sides) != 2:
         raise NotImplementedError("the tensor (user, item, context) case")
+    if len(model.neighbourhoods):
+        raise NotImplementedError("neighbourhoods (SVD++-style implicit feedback)")
     unknown = [n for n in model.names if n not in PRIMITIVES]
     if unknown:
         raise NotImplementedError(f"ops {unknown} (only the matrix primitives)")

@@ -159,6 +159,13 @@ def test_tensor_case_is_unsupported():
         FusedSIFStep(s)
 
 
+def test_neighbourhoods_are_unsupported():
+    space = SIFSpace(4, 5, embedding_dim=2, neighbourhood="both")
+    s = Searcher(space, RatingTask(), SearchConfig(epochs=1, fused=True), show_progress=False)
+    with pytest.raises(NotImplementedError, match="neighbourhoods"):
+        FusedSIFStep(s)
+
+
 def test_other_tasks_are_unsupported():
     class Custom(RatingTask):
         def loss(self, model, batch, view, stream):
