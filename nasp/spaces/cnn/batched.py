@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .fastconv import DepthwiseConv2d, PointwiseConv2d
+
 __all__ = ["batchable", "leaves", "run_batched"]
 
 
@@ -31,7 +33,7 @@ def leaves(op: nn.Module) -> list[nn.Module]:
 def _plain(m: nn.Module) -> bool:
     if type(m) is nn.ReLU:
         return not m.inplace
-    if type(m) is nn.Conv2d:
+    if type(m) in (nn.Conv2d, DepthwiseConv2d, PointwiseConv2d):
         return m.bias is None and m.padding_mode == "zeros" and not isinstance(m.padding, str)
     if type(m) is nn.BatchNorm2d:
         return m.training and m.track_running_stats and m.momentum is not None
@@ -57,7 +59,7 @@ def run_batched(ops: list[nn.Module], x_relu: Tensor) -> Tensor:
         m = layer[0]
         if type(m) is nn.ReLU:
             h = torch.relu(h)
-        elif type(m) is nn.Conv2d:
+        elif isinstance(m, nn.Conv2d):
             w = torch.cat([c.weight for c in layer], dim=0)                        # (E * C_out, C_in / g, k, k)
             h = nn.functional.conv2d(h, w, None, m.stride, m.padding, m.dilation, m.groups * E)
         else:

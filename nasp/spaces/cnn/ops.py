@@ -27,6 +27,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .fastconv import DepthwiseConv2d, PointwiseConv2d
+
 __all__ = ["OPS", "PRIMITIVES", "NASP_NORMAL_PRIMITIVES", "NASP_REDUCE_PRIMITIVES", "OP_SETS", "ReLUConvBN",
            "DilConv", "SepConv", "FactorizedReduce", "Zero", "Identity", "MaxPool2d", "search_op", "is_pool",
            "starts_with_relu", "after_relu"]
@@ -38,7 +40,8 @@ class ReLUConvBN(nn.Sequential):
     def __init__(self, C_in: int, C_out: int, kernel, stride, padding, affine: bool = True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_out, kernel, stride=stride, padding=padding, bias=False),
+            (PointwiseConv2d(C_in, C_out, stride) if kernel == 1 and padding == 0
+             else nn.Conv2d(C_in, C_out, kernel, stride=stride, padding=padding, bias=False)),
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
@@ -50,9 +53,8 @@ class DilConv(nn.Sequential):
                  affine: bool = True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel, stride=stride, padding=padding, dilation=dilation, groups=C_in,
-                      bias=False),
-            nn.Conv2d(C_in, C_out, 1, bias=False),
+            DepthwiseConv2d(C_in, kernel, stride=stride, padding=padding, dilation=dilation),
+            PointwiseConv2d(C_in, C_out),
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
@@ -106,8 +108,8 @@ class FactorizedReduce(nn.Module):
         if C_out % 2:
             raise ValueError(f"FactorizedReduce: C_out must be even, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_1 = PointwiseConv2d(C_in, C_out // 2, stride=2)
+        self.conv_2 = PointwiseConv2d(C_in, C_out // 2, stride=2)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: Tensor) -> Tensor:
