@@ -94,7 +94,7 @@ def test_batched_alpha_step_equals_unbatched(op_set, channels_last, monkeypatch)
     import nasp.spaces.cnn.supernet as supernet
 
     calls = []
-    monkeypatch.setattr(supernet, "run_batched", lambda ops, x: calls.append(len(ops)) or run_batched(ops, x))
+    monkeypatch.setattr(supernet, "run_batched", lambda ops, xs: calls.append(len(ops)) or run_batched(ops, xs))
     torch.manual_seed(0)
     m = CNNSearchSpace(C=4, layers=3, steps=3, multiplier=3, num_classes=5, op_set=op_set).double()
     with torch.no_grad():
