@@ -190,37 +190,36 @@ class SearchCell(nn.Module):
         """<gs, op k of row r on its input>, op k's output coming from one batched run of op k over every row
         of the cell with r's stride (computed when the first of those rows needs it)."""
         b, stride = gs.shape[0], self.strides[r]
-        full, index = pending.get(("batched", k, stride, b), lambda: self._run_group(k, stride, b, pending))
-        dot = _block_inner(gs, full, index.pop(r), acc)
-        if not index:
-            del pending.store[("batched", k, stride, b)]          # every row has taken its term: free it
+        key = ("batched", k, stride, b)
+        outs = pending.get(key, lambda: self._run_group(k, stride, b, pending))
+        dot = _inner(gs, outs.pop(r), acc)        # each row takes its output once: freed right after
+        if not outs:
+            del pending.store[key]
         return dot
 
-    def _run_group(self, k: int, stride: int, b: int, pending: _PendingCache) -> tuple[Tensor, dict[int, int]]:
-        """(full (b, E * C, H', W'), row -> channel block of full): op k on every row with this stride whose
-        selected op is not k (all their inputs have one shape), as ONE :func:`run_batched` call over those rows
-        (the edges of every source node of the cell together)."""
+    def _run_group(self, k: int, stride: int, b: int, pending: _PendingCache) -> dict[int, Tensor]:
+        """row -> op k's output (b, C, H', W') for every row with this stride whose selected op is not k (all
+        their inputs have one shape): ONE :func:`run_batched` call over those rows (the edges of every source
+        node of the cell together), split into dense per-row tensors."""
         group = [q for q in self.rows_by_stride[stride] if pending.selected[q] != k]
         x_relu = [pending.get((self.sources[q], "relu", b),
                               lambda q=q: torch.relu(pending.inputs[self.sources[q]][:b])) for q in group]
         if len(group) == 1:
-            return after_relu(self.edges[group[0]][k], x_relu[0]), {group[0]: 0}
-        full = run_batched([self.edges[q][k] for q in group], x_relu)
-        return full, {q: e for e, q in enumerate(group)}
+            return {group[0]: after_relu(self.edges[group[0]][k], x_relu[0])}
+        full = run_batched([self.edges[q][k] for q in group], x_relu)                 # (b, E * C, H', W')
+        return dict(zip(group, _split_edges(full, len(group)), strict=True))
 
 
-def _block_inner(g: Tensor, full: Tensor, e: int, dtype: torch.dtype) -> Tensor:
-    """<g, channel block e of full> (g: (B, C, H, W), full: (B, E * C, H, W)) without copying the block. For
-    channels_last tensors of the accumulation dtype: trace(G^T M) with G, M the (B*H*W, C) pixel matrices of g
-    and of the block (a strided view of full's): one small matrix product reading the block once."""
-    B, C, H, W = g.shape
-    cl = torch.channels_last
-    if (g.dtype == full.dtype == dtype and g.is_contiguous(memory_format=cl)
-            and full.is_contiguous(memory_format=cl)):
-        G = g.permute(0, 2, 3, 1).reshape(B * H * W, C)
-        M = full.permute(0, 2, 3, 1).reshape(B * H * W, -1)[:, e * C:(e + 1) * C]   # (N, C) view, row stride E*C
-        return torch.mm(G.t(), M).diagonal().sum()
-    return _inner(g, full[:, e * C:(e + 1) * C], dtype)
+def _split_edges(full: Tensor, E: int) -> list[Tensor]:
+    """(B, E * C, H, W) -> E dense tensors (B, C, H, W) in the same memory format (one copy), so that the alpha
+    gradient's dot products run on flat views (a matrix product or a product-and-sum on a strided channel
+    block of full measured 2-8x slower than this copy and a dot, at C = 8-32)."""
+    B, EC, H, W = full.shape
+    C = EC // E
+    if full.is_contiguous(memory_format=torch.channels_last):
+        blocks = full.permute(0, 2, 3, 1).reshape(B, H, W, E, C).permute(3, 0, 1, 2, 4).contiguous()
+        return [blk.permute(0, 3, 1, 2) for blk in blocks]                    # channels_last views
+    return list(full.reshape(B, E, C, H, W).transpose(0, 1).contiguous())
 
 
 def _inner(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
