@@ -14,6 +14,9 @@ stride-2 convs on the input and on the input shifted by one pixel, concatenated,
 (average pooling excludes padding). While searching, BN has affine=False and a BN follows every pooling op
 (:func:`search_op`).
 
+The depthwise and 1x1 convolutions are :class:`~.fastconv.DepthwiseConv2d` / :class:`~.fastconv.PointwiseConv2d`
+(``nn.Conv2d`` subclasses, same parameters and state_dict, faster CPU kernels for the same function).
+
 Speed helpers for the NASP alpha step (results identical): :class:`MaxPool2d` takes a separable path (a max over
 k shifted columns, then over k shifted rows: the same maximum, bit for bit) when no gradient is needed;
 :func:`starts_with_relu` / :func:`after_relu` let the search cell apply the leading ReLU of the parametric ops
