@@ -94,7 +94,7 @@ def test_batched_alpha_step_equals_unbatched(op_set, channels_last, monkeypatch)
     import nasp.spaces.cnn.supernet as supernet
 
     calls = []
-    monkeypatch.setattr(supernet, "run_batched", lambda ops, x: calls.append(len(ops)) or run_batched(ops, x))
+    monkeypatch.setattr(supernet, "run_batched", lambda ops, xs: calls.append(len(ops)) or run_batched(ops, xs))
     torch.manual_seed(0)
     m = CNNSearchSpace(C=4, layers=3, steps=3, multiplier=3, num_classes=5, op_set=op_set).double()
     with torch.no_grad():
@@ -116,3 +116,91 @@ def test_batched_alpha_step_equals_unbatched(op_set, channels_last, monkeypatch)
     assert len(calls) == n_batched                            # ... and the reference never used it
     for (n, a), b in zip(m.named_buffers(), ref.buffers(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=n)
+
+
+# ---- fastconv: the depthwise / pointwise modules equal nn.Conv2d (values and gradients) ----------------------
+
+def _conv_pair(new, **conv_kwargs):
+    ref = torch.nn.Conv2d(**conv_kwargs, bias=False).double()
+    new = new.double()
+    with torch.no_grad():
+        ref.weight.copy_(new.weight)
+    return new, ref
+
+
+def _compare_with_grads(new, ref, x):
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y1, y2 = new(x1), ref(x2)
+    assert y1.shape == y2.shape
+    g = torch.randn(y2.shape, dtype=y2.dtype, generator=torch.Generator().manual_seed(5))
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(new.weight.grad, ref.weight.grad, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), ref(x), rtol=1e-10, atol=1e-10)
+    return y1
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [(9, 9), (8, 11)])
+def test_depthwise_conv_equals_torch(k, dilation, stride, channels_last, size, monkeypatch):
+    import nasp.spaces.cnn.fastconv as fastconv
+    from nasp.spaces.cnn.fastconv import DepthwiseConv2d
+
+    calls = []
+    even_phase_conv = fastconv._even_phase_conv
+    monkeypatch.setattr(fastconv, "_even_phase_conv", lambda *a: calls.append(1) or even_phase_conv(*a))
+    torch.manual_seed(0)
+    p = dilation * (k - 1) // 2
+    new, ref = _conv_pair(DepthwiseConv2d(6, k, stride, p, dilation), in_channels=6, out_channels=6,
+                          kernel_size=k, stride=stride, padding=p, dilation=dilation, groups=6)
+    x = torch.randn(3, 6, *size, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=CL)
+    _compare_with_grads(new, ref, x)
+    assert len(calls) == (1 if stride == 2 and dilation == 2 else 0)     # the fast path, only with a gradient
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [(8, 8), (7, 10)])
+def test_pointwise_conv_equals_torch(stride, channels_last, size):
+    from nasp.spaces.cnn.fastconv import PointwiseConv2d
+
+    torch.manual_seed(0)
+    new, ref = _conv_pair(PointwiseConv2d(5, 7, stride), in_channels=5, out_channels=7, kernel_size=1,
+                          stride=stride)
+    x = torch.randn(3, 5, *size, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=CL)
+    y = _compare_with_grads(new, ref, x)
+    assert ("Convolution" not in type(y.grad_fn).__name__) == channels_last      # mm on the pixel matrix
+    if channels_last:
+        assert y.is_contiguous(memory_format=CL)
+
+
+def test_fast_conv_modules_keep_the_state_dict_of_nn_conv2d():
+    op = OPS["dil_conv_3x3"](4, 2, True)
+    plain = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, 2, 2, 2, groups=4, bias=False),
+                                torch.nn.Conv2d(4, 4, 1, bias=False), torch.nn.BatchNorm2d(4))
+    assert {k: v.shape for k, v in op.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    plain.load_state_dict(op.state_dict())
+    x = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(op(x), plain(x))
+
+
+def test_alpha_step_batches_across_source_nodes(monkeypatch):
+    import nasp.spaces.cnn.supernet as supernet
+
+    calls = []
+    monkeypatch.setattr(supernet, "run_batched", lambda ops, xs: calls.append(len(ops)) or run_batched(ops, xs))
+    m = CNNSearchSpace(C=4, layers=3, steps=3, multiplier=3, num_classes=5, op_set="darts")
+    per_source = max(len(rows) for rows in m.cells[0].rows_from.values())            # 3 edges leave c_{k-2}
+    x, y = torch.randn(2, 3, 8, 8), torch.randint(0, 5, (2,))
+    _alpha_step(m, (x, y))
+    assert max(calls) > per_source                  # one call spans the edges of several source nodes

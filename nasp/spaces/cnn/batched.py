@@ -1,13 +1,13 @@
-"""One op type on several edges that read the same input, run as ONE batched call (the NASP alpha step).
+"""One op type on several edges of a cell, run as ONE batched call (the NASP alpha step).
 
 In the alpha step every non-selected op of every edge runs once, without a graph, only to be reduced to
-<dL/d(edge out), op(x)>. The edges leaving one node share their input, and an op type has the same layers on
-each of them (only the weights differ), so E copies of a (ReLU -> conv -> ... -> BN) chain can run as one chain
-on E * C channels: the input is replicated E times along channels, every conv becomes a grouped conv with the E
-weight tensors concatenated (groups x E), every BN one batch norm over E * C channels with the E running
-statistics concatenated and written back. Channel block e of the result is edge e's output, computed by the
-same per-channel arithmetic; the saving is in per-call overhead (a third of the alpha step at the issue's
-size), not in arithmetic.
+<dL/d(edge out), op(x)>. An op type has the same layers on every edge of a cell (only the weights differ), so
+E copies of a (ReLU -> conv -> ... -> BN) chain on inputs of one shape can run as one chain on E * C channels:
+the E inputs (the same tensor for edges leaving one node) are concatenated along channels, every conv becomes
+a grouped conv with the E weight tensors concatenated (groups x E), every BN one batch norm over E * C channels
+with the E running statistics concatenated and written back. Channel block e of the result is edge e's output,
+computed by the same per-channel arithmetic; the saving is in per-call overhead (a oneDNN convolution call
+costs 0.1-0.2 ms on this CPU before any arithmetic), not in arithmetic.
 
 Only chains of ReLU / Conv2d (no bias, zero padding) / BatchNorm2d (training mode, fixed momentum) qualify
 (:func:`batchable`); everything else (pools, identity, FactorizedReduce) runs edge by edge as before.
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from .fastconv import DepthwiseConv2d, PointwiseConv2d
 
 __all__ = ["batchable", "leaves", "run_batched"]
 
@@ -31,7 +33,7 @@ def leaves(op: nn.Module) -> list[nn.Module]:
 def _plain(m: nn.Module) -> bool:
     if type(m) is nn.ReLU:
         return not m.inplace
-    if type(m) is nn.Conv2d:
+    if type(m) in (nn.Conv2d, DepthwiseConv2d, PointwiseConv2d):
         return m.bias is None and m.padding_mode == "zeros" and not isinstance(m.padding, str)
     if type(m) is nn.BatchNorm2d:
         return m.training and m.track_running_stats and m.momentum is not None
@@ -45,19 +47,21 @@ def batchable(op: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def run_batched(ops: list[nn.Module], x_relu: Tensor) -> Tensor:
-    """ops: E modules of one op type (same layers, own weights), all :func:`batchable`; x_relu: relu of their
-    common input (B, C, H, W). Returns (B, E * C_out, H', W'): channel block e = ``ops[e](x)``. BN running
-    statistics and counters of every op are updated exactly as E separate calls would."""
+def run_batched(ops: list[nn.Module], x_relu: Tensor | list[Tensor]) -> Tensor:
+    """ops: E modules of one op type (same layers, own weights), all :func:`batchable`; x_relu: the relu of
+    their common input (B, C, H, W), or a list of E such inputs (one per op, all of one shape: edges leaving
+    different nodes). Returns (B, E * C_out, H', W'): channel block e = ``ops[e](x_e)``. BN running statistics
+    and counters of every op are updated exactly as E separate calls would."""
     E = len(ops)
+    xs = list(x_relu) if isinstance(x_relu, (list, tuple)) else [x_relu] * E
     chains = [leaves(op)[1:] for op in ops]           # the leading ReLU is already applied
-    fmt = torch.channels_last if x_relu.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    h = torch.cat([x_relu] * E, dim=1).contiguous(memory_format=fmt)              # (B, E * C, H, W)
+    fmt = torch.channels_last if xs[0].is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    h = torch.cat(xs, dim=1).contiguous(memory_format=fmt)                         # (B, E * C, H, W)
     for layer in zip(*chains, strict=True):
         m = layer[0]
         if type(m) is nn.ReLU:
             h = torch.relu(h)
-        elif type(m) is nn.Conv2d:
+        elif isinstance(m, nn.Conv2d):
             w = torch.cat([c.weight for c in layer], dim=0)                        # (E * C_out, C_in / g, k, k)
             h = nn.functional.conv2d(h, w, None, m.stride, m.padding, m.dilation, m.groups * E)
         else:

@@ -14,6 +14,9 @@ stride-2 convs on the input and on the input shifted by one pixel, concatenated,
 (average pooling excludes padding). While searching, BN has affine=False and a BN follows every pooling op
 (:func:`search_op`).
 
+The depthwise and 1x1 convolutions are :class:`~.fastconv.DepthwiseConv2d` / :class:`~.fastconv.PointwiseConv2d`
+(``nn.Conv2d`` subclasses, same parameters and state_dict, faster CPU kernels for the same function).
+
 Speed helpers for the NASP alpha step (results identical): :class:`MaxPool2d` takes a separable path (a max over
 k shifted columns, then over k shifted rows: the same maximum, bit for bit) when no gradient is needed;
 :func:`starts_with_relu` / :func:`after_relu` let the search cell apply the leading ReLU of the parametric ops
@@ -27,6 +30,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .fastconv import DepthwiseConv2d, PointwiseConv2d
+
 __all__ = ["OPS", "PRIMITIVES", "NASP_NORMAL_PRIMITIVES", "NASP_REDUCE_PRIMITIVES", "OP_SETS", "ReLUConvBN",
            "DilConv", "SepConv", "FactorizedReduce", "Zero", "Identity", "MaxPool2d", "search_op", "is_pool",
            "starts_with_relu", "after_relu"]
@@ -38,7 +43,8 @@ class ReLUConvBN(nn.Sequential):
     def __init__(self, C_in: int, C_out: int, kernel, stride, padding, affine: bool = True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_out, kernel, stride=stride, padding=padding, bias=False),
+            (PointwiseConv2d(C_in, C_out, stride) if kernel == 1 and padding == 0
+             else nn.Conv2d(C_in, C_out, kernel, stride=stride, padding=padding, bias=False)),
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
@@ -50,9 +56,8 @@ class DilConv(nn.Sequential):
                  affine: bool = True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel, stride=stride, padding=padding, dilation=dilation, groups=C_in,
-                      bias=False),
-            nn.Conv2d(C_in, C_out, 1, bias=False),
+            DepthwiseConv2d(C_in, kernel, stride=stride, padding=padding, dilation=dilation),
+            PointwiseConv2d(C_in, C_out),
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
@@ -106,8 +111,8 @@ class FactorizedReduce(nn.Module):
         if C_out % 2:
             raise ValueError(f"FactorizedReduce: C_out must be even, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_1 = PointwiseConv2d(C_in, C_out // 2, stride=2)
+        self.conv_2 = PointwiseConv2d(C_in, C_out // 2, stride=2)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -12,9 +12,10 @@ NASP mode (the alpha step) has its own, stronger implementation of the same exac
 with its graph, and every other op runs inside the backward pass (:class:`_DeferredAlphaGrad`), once
 g = dL/d(edge out) is known, and is reduced at once to dL/dĀ_k = <g, op_k(x)>; no output of a non-selected op
 is stored between forward and backward, so the alpha step's peak memory stays close to that of the sparse
-network. Work shared by the edges leaving one node is done once, during the backward pass: the parameter-free
-ops, the leading ReLU of the parametric ops, and every ReLU/conv/BN op type run as ONE batched call over those
-edges (:mod:`.batched`; held until the last of those edges is reduced). Tests check the result against autograd
+network. Work shared by edges is done once, during the backward pass: the parameter-free ops and the leading
+ReLU of the parametric ops once per source node; every ReLU/conv/BN op type as ONE batched call over all the
+cell's edges of one stride (:mod:`.batched`; computed when the first of them is reduced, each edge's output
+held until that edge is reduced). Tests check the result against autograd
 on the one-hot matrix and against the unbatched computation (BN running statistics included).
 :attr:`CNNSearchSpace.alpha_subbatch` (off by default) is the "cheaper alpha-gradient estimate": the
 non-selected ops run on the first ``alpha_subbatch`` samples only and their term is rescaled by B / b (BN
@@ -96,6 +97,7 @@ class SearchCell(nn.Module):
         # per row and op: a ReLU/conv/BN chain that the alpha step runs batched over the edges of one source
         self.batchable = [tuple(batchable(m) for m in edge) for edge in self.edges]
         self.rows_from = {j: [r for r, s in enumerate(self.sources) if s == j] for j in set(self.sources)}
+        self.rows_by_stride = {s: [r for r, t in enumerate(self.strides) if t == s] for s in set(self.strides)}
         self.alpha_subbatch: int | None = None
 
     def forward(self, s0: Tensor, s1: Tensor, view: ArchView) -> Tensor:
@@ -135,6 +137,7 @@ class SearchCell(nn.Module):
         """NASP alpha step on one edge: the selected op runs with its graph; the other ops run later, inside
         the backward pass, without graphs, each reduced at once to dL/dĀ_k = <dL/d(edge out), op_k(x)>."""
         w, sel = view.row(self.matrix, r)
+        pending.inputs.setdefault(self.sources[r], x)          # for the batched runs over the whole cell
         if sel >= 0 and sel not in self.skip:
             y = self.edges[r][sel](x)
         else:     # dropped row or 'none': the row output is 0, its alpha gradients are still needed
@@ -148,10 +151,10 @@ class SearchCell(nn.Module):
     def row_alpha_grad(self, r: int, sel: int, x: Tensor, y: Tensor, g: Tensor, pending: _PendingCache) -> Tensor:
         """(ops,) gradient of the loss w.r.t. row r of Ā given g = dL/d(row output) (B, C, H', W').
 
-        Runs under no_grad inside the backward pass. Shared work, computed once per (source node, sub-batch) and
-        reused by every edge leaving it: parameter-free ops, the leading ReLU of the parametric ops, and each
-        ReLU/conv/BN op type run batched over all those edges (:mod:`.batched`; edges whose selected op it is
-        are left out, their output is the forward's y)."""
+        Runs under no_grad inside the backward pass. Shared work: parameter-free ops and the leading ReLU of the
+        parametric ops once per (source node, sub-batch); each ReLU/conv/BN op type batched over all the cell's
+        rows of r's stride (:mod:`.batched`; rows whose selected op it is are left out, their output is the
+        forward's y)."""
         B = x.shape[0]
         b = min(self.alpha_subbatch or B, B)
         acc = torch.promote_types(g.dtype, torch.float32)      # accumulate bf16/fp16 products in float32
@@ -169,34 +172,48 @@ class SearchCell(nn.Module):
             elif k == sel:
                 grads.append(_inner(g, y, acc))
             else:
-                if self.param_free[k]:
-                    out = pending.get((j, k, b), lambda k=k: edge[k](xs))
-                elif self.batchable[r][k]:
-                    out = self._batched_out(r, k, xs, pending)
-                elif relu_first[k]:
-                    out = after_relu(edge[k], pending.get((j, "relu", b), lambda: torch.relu(xs)))
+                if self.batchable[r][k]:
+                    dot = self._batched_dot(r, k, gs, pending, acc)
                 else:
-                    out = edge[k](xs)
-                dot = _inner(gs, out, acc)
+                    if self.param_free[k]:
+                        out = pending.get((j, k, b), lambda k=k: edge[k](xs))
+                    elif relu_first[k]:
+                        out = after_relu(edge[k], pending.get((j, "relu", b), lambda: torch.relu(xs)))
+                    else:
+                        out = edge[k](xs)
+                    dot = _inner(gs, out, acc)
                 grads.append(dot if b == B else dot * (B / b))
         pending.done(r)
         return torch.stack(grads)
 
-    def _batched_out(self, r: int, k: int, xs: Tensor, pending: _PendingCache) -> Tensor:
-        """Op k of row r on xs, from one batched run of op k over the edges leaving r's source."""
-        j, b = self.sources[r], xs.shape[0]
-        x_relu = pending.get((j, "relu", b), lambda: torch.relu(xs))
-        group = [q for q in self.rows_from[j] if pending.selected[q] != k]
+    def _batched_dot(self, r: int, k: int, gs: Tensor, pending: _PendingCache, acc: torch.dtype) -> Tensor:
+        """<gs, op k of row r on its input>, op k's output coming from one batched run of op k over every row
+        of the cell with r's stride (computed when the first of those rows needs it)."""
+        b, stride = gs.shape[0], self.strides[r]
+        key = ("batched", k, stride, b)
+        outs = pending.get(key, lambda: self._run_group(k, stride, b, pending))
+        dot = _inner(gs, outs.pop(r), acc)        # each row takes its output once: freed right after
+        if not outs:
+            del pending.store[key]
+        return dot
+
+    def _run_group(self, k: int, stride: int, b: int, pending: _PendingCache) -> dict[int, Tensor]:
+        """row -> op k's output (b, C, H', W') for every row with this stride whose selected op is not k (all
+        their inputs have one shape): ONE :func:`run_batched` call over those rows (the edges of every source
+        node of the cell together), split into dense per-row tensors."""
+        group = [q for q in self.rows_by_stride[stride] if pending.selected[q] != k]
+        x_relu = [pending.get((self.sources[q], "relu", b),
+                              lambda q=q: torch.relu(pending.inputs[self.sources[q]][:b])) for q in group]
         if len(group) == 1:
-            return after_relu(self.edges[r][k], x_relu)
-        per_edge = pending.get((j, k, b), lambda: _split_edges(
-            run_batched([self.edges[q][k] for q in group], x_relu), len(group)))
-        return per_edge[group.index(r)]                                        # (b, C, H', W')
+            return {group[0]: after_relu(self.edges[group[0]][k], x_relu[0])}
+        full = run_batched([self.edges[q][k] for q in group], x_relu)                 # (b, E * C, H', W')
+        return dict(zip(group, _split_edges(full, len(group)), strict=True))
 
 
 def _split_edges(full: Tensor, E: int) -> list[Tensor]:
     """(B, E * C, H, W) -> E dense tensors (B, C, H, W) in the same memory format (one copy), so that the alpha
-    gradient's dot products run on flat views instead of strided channel slices."""
+    gradient's dot products run on flat views (a matrix product or a product-and-sum on a strided channel
+    block of full measured 2-8x slower than this copy and a dot, at C = 8-32)."""
     B, EC, H, W = full.shape
     C = EC // E
     if full.is_contiguous(memory_format=torch.channels_last):
@@ -216,14 +233,18 @@ def _inner(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class _PendingCache:
-    """Work shared by the edges leaving a source during the backward pass, per (source, op or "relu", sub-batch):
-    outputs of parameter-free ops, the ReLU of the input, the per-edge outputs of a batched op type; freed once
-    every edge of that source has been reduced. ``selected``: the selected op of every row (-1 dropped)."""
+    """Work shared by the edges of a cell during the backward pass: per (source, op or "relu", sub-batch) the
+    outputs of parameter-free ops and the ReLU of the input, freed once every edge leaving that source has been
+    reduced; per ("batched", op, stride, sub-batch) the per-row outputs of one batched run, each taken once by
+    its row. ``selected``: the selected op of every row (-1 dropped); ``inputs``: source node -> its tensor,
+    registered by the forward pass. Everything is released when the cell's last edge is reduced."""
 
     def __init__(self, sources: list[int], selected: tuple[int, ...]):
         self.sources, self.selected = sources, selected
         self.left = {j: sources.count(j) for j in set(sources)}
-        self.store: dict[tuple[int, int, int], Tensor] = {}
+        self.rows_left = len(sources)
+        self.store: dict[tuple, object] = {}
+        self.inputs: dict[int, Tensor] = {}
 
     def get(self, key, make):
         if key not in self.store:
@@ -233,7 +254,11 @@ class _PendingCache:
     def done(self, r: int) -> None:
         j = self.sources[r]
         self.left[j] -= 1
-        if self.left[j] == 0:
+        self.rows_left -= 1
+        if self.rows_left == 0:
+            self.store.clear()
+            self.inputs.clear()
+        elif self.left[j] == 0:
             for key in [k for k in self.store if k[0] == j]:
                 del self.store[key]
 
