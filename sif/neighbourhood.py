@@ -89,6 +89,7 @@ class Neighbourhood(nn.Module):
             raise ValueError(f"neighbour ids must lie in [0, {self.num_cols})")
         self.indptr = indptr.long().to(self.indptr.device)
         self.indices = indices.long().to(self.indices.device)
+        self._adj_key = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("indptr", "indices"):            # the lists' length is data: take the saved one
@@ -96,6 +97,7 @@ class Neighbourhood(nn.Module):
             if saved is not None and saved.shape != getattr(self, name).shape:
                 setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._adj_key = None
 
     @property
     def nnz(self) -> int:
@@ -116,7 +118,8 @@ class Neighbourhood(nn.Module):
 
     def _adjacency(self) -> tuple[Tensor, Tensor]:
         """(A, A^T) as sparse CSR matrices with A[x, j] = |N(x)|^-1/2 for j in N(x); cached until the lists change."""
-        key = (self.indptr.data_ptr(), self.indices.data_ptr(), self.indices.device, self.weight.dtype)
+        key = (self.indptr.data_ptr(), self.indptr._version, self.indices.data_ptr(), self.indices._version,
+               self.indices.device, self.weight.dtype)           # _version: in-place loads change the lists too
         if getattr(self, "_adj_key", None) != key:
             deg = self.indptr[1:] - self.indptr[:-1]                                      # (num_rows,)
             scale = deg.clamp_min(1).to(self.weight.dtype).rsqrt()

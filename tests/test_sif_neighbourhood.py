@@ -57,6 +57,10 @@ def test_state_dict_carries_the_lists():
     b.load_state_dict(a.state_dict())
     assert b.nnz == 3
     torch.testing.assert_close(b(torch.tensor([0, 1, 2])), a(torch.tensor([0, 1, 2])))
+    c = Neighbourhood(3, 3, 2, *neighbour_lists(torch.tensor([2, 2, 0]), torch.tensor([0, 1, 1]), 3), mode="matmul")
+    c(torch.tensor([0]))                                       # builds and caches c's own sparse matrices
+    c.load_state_dict(b.state_dict())                          # same shapes: copied in place, the cache must go
+    torch.testing.assert_close(c(torch.tensor([0, 1, 2])), a(torch.tensor([0, 1, 2])))
 
 
 def test_models_without_the_option_refuse_it():
