@@ -113,8 +113,9 @@ class RatingModel(nn.Module):
         rows = self.embed(users, items, contexts)
         if not len(self.neighbourhoods):
             return rows, list(rows.values())
-        emb, parts = add_neighbourhoods(self.neighbourhoods, rows, {"u": users, "v": items})
-        return emb, list(rows.values()) + [p * self.neighbourhood_reg ** 0.5 for p in parts]
+        emb, neighbours = add_neighbourhoods(self.neighbourhoods, rows, {"u": users, "v": items},
+                                             self.neighbourhood_reg)
+        return emb, list(rows.values()) + neighbours
 
     def score(self, emb: dict[str, Tensor], users: Tensor, items: Tensor) -> Tensor:
         """The interaction on looked-up embeddings (B,), without biases."""

@@ -3,7 +3,7 @@
 Koren's SVD++ represents a user by ``p_u + |N(u)|^-1/2 sum_{j in N(u)} y_j``: its free vector plus the normalised sum
 of a second vector per item it rated (which items a user chose to rate carries information beyond the ratings).
 The mirror image does the same for items with the users who rated them. :class:`Neighbourhood` computes that sum
-for a batch of ids on one side; :class:`SIFSpace` and :class:`sif.baselines.BiasedMF` add it to the looked-up
+for a batch of ids on one side; :class:`SIFSpace` and the baselines (:class:`sif.baselines.RatingModel`) add it to the looked-up
 embeddings before anything else (so g, the interaction function and the penalty see ``p_u + n_u``).
 
 N(.) comes from the TRAINING interactions only (``fit`` builds it; ``refit`` rebuilds it from train + valid).
@@ -13,8 +13,8 @@ Two exact ways to compute the sums: per batch with ``embedding_bag`` over the ba
 proportional to the batch's neighbours, one host read of their count per call), or one sparse matrix product over
 every row (no host read, work proportional to all interactions). "auto" takes the product on accelerators, and on
 the CPU unless the batch's neighbours are fewer than a quarter of all interactions (on ML-100K at batch 1024 the
-batch's neighbours outnumber the interactions, and the product with its cached transpose takes ~2 ms forward and
-backward per side against ~50-70 ms for the bag, measured under load).
+batch's neighbours outnumber the interactions, and the product with its cached transpose took 4.5 ms forward and
+backward per side against 50-76 ms for the bag, measured under load).
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ class _CSRMatmul(torch.autograd.Function):
         return torch.sparse.mm(ctx.adj_t, grad), None, None
 
 
+def _inv_sqrt_degree(deg: Tensor, dtype: torch.dtype) -> Tensor:
+    """|N(x)|^-1/2 per row; rows without neighbours get 1 (their sum is 0 anyway)."""
+    return deg.clamp_min(1).to(dtype).rsqrt()
+
+
 def neighbour_lists(rows: Tensor, cols: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
     """CSR (indptr (num_rows + 1,), indices (nnz,)) of the distinct (row, col) pairs, cols sorted per row."""
     rows, cols = rows.long().cpu(), cols.long().cpu()
@@ -59,19 +64,20 @@ class Neighbourhood(nn.Module):
     """``forward(ids) -> (B, k)``: ``|N(x)|^-1/2 sum_{j in N(x)} y_j`` for each id x of one side (0 if N(x) is empty).
 
     num_rows: ids of this side; num_cols: ids of the other side (the rows of ``weight``, shape (num_cols, k));
-    indptr/indices: CSR neighbour lists from :func:`neighbour_lists` (None: an empty structure of ``nnz`` entries, to
-    be filled by ``load_state_dict``). mode: "bag" (per batch), "matmul" (all rows) or "auto" (bag on CPU).
+    indptr/indices: CSR neighbour lists from :func:`neighbour_lists` (None: empty lists, filled later by
+    :meth:`set_lists` or ``load_state_dict``). mode: "bag" (per batch), "matmul" (all rows) or "auto" (the rule of
+    the module docstring).
     """
 
     def __init__(self, num_rows: int, num_cols: int, k: int, indptr: Tensor | None = None,
-                 indices: Tensor | None = None, nnz: int = 0, init_std: float = 0.0,
-                 generator: torch.Generator | None = None, mode: str = "auto"):
+                 indices: Tensor | None = None, init_std: float = 0.0, generator: torch.Generator | None = None,
+                 mode: str = "auto"):
         super().__init__()
         if mode not in ("auto", "bag", "matmul"):
             raise ValueError(f"mode must be 'auto', 'bag' or 'matmul', got {mode!r}")
         self.mode, self.num_rows, self.num_cols = mode, num_rows, num_cols
         if indptr is None:
-            indptr, indices = torch.zeros(num_rows + 1, dtype=torch.long), torch.zeros(nnz, dtype=torch.long)
+            indptr, indices = torch.zeros(num_rows + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         if indptr.shape != (num_rows + 1,):
             raise ValueError(f"indptr must have {num_rows + 1} entries, got {tuple(indptr.shape)}")
         self.register_buffer("indptr", indptr.long())
@@ -103,18 +109,14 @@ class Neighbourhood(nn.Module):
     def nnz(self) -> int:
         return self.indices.numel()
 
-    def _scale(self, ids: Tensor) -> Tensor:                      # (B,) -> (B,) |N(x)|^-1/2 (0 when empty)
-        deg = (self.indptr[ids + 1] - self.indptr[ids]).to(self.weight.dtype)
-        return torch.where(deg > 0, deg.clamp_min(1).rsqrt(), torch.zeros_like(deg))
-
-    def _bag(self, ids: Tensor) -> Tensor:
-        starts, lengths = self.indptr[ids], self.indptr[ids + 1] - self.indptr[ids]      # (B,), (B,)
+    def _bag(self, ids: Tensor, lengths: Tensor, total: int) -> Tensor:
+        """The sums from the batch ids' own lists; lengths (B,) their list lengths, total = lengths.sum()."""
+        starts = self.indptr[ids]                                                         # (B,)
         offsets = torch.cumsum(lengths, 0) - lengths                                      # (B,) exclusive
-        total = int(lengths.sum())                                                        # the one host read
         seg = torch.repeat_interleave(torch.arange(ids.numel(), device=ids.device), lengths, output_size=total)
         pos = torch.arange(total, device=ids.device) - offsets[seg] + starts[seg]        # (total,)
         sums = F.embedding_bag(self.indices[pos], self.weight, offsets, mode="sum")       # (B, k)
-        return sums * self._scale(ids).unsqueeze(-1)
+        return sums * _inv_sqrt_degree(lengths, self.weight.dtype).unsqueeze(-1)
 
     def _adjacency(self) -> tuple[Tensor, Tensor]:
         """(A, A^T) as sparse CSR matrices with A[x, j] = |N(x)|^-1/2 for j in N(x); cached until the lists change."""
@@ -122,8 +124,8 @@ class Neighbourhood(nn.Module):
                self.indices.device, self.weight.dtype)           # _version: in-place loads change the lists too
         if getattr(self, "_adj_key", None) != key:
             deg = self.indptr[1:] - self.indptr[:-1]                                      # (num_rows,)
-            scale = deg.clamp_min(1).to(self.weight.dtype).rsqrt()
-            values = torch.repeat_interleave(scale, deg, output_size=self.nnz)           # (nnz,)
+            values = torch.repeat_interleave(_inv_sqrt_degree(deg, self.weight.dtype), deg,
+                                             output_size=self.nnz)                        # (nnz,)
             with warnings.catch_warnings():              # "sparse CSR support is in beta"
                 warnings.simplefilter("ignore", UserWarning)
                 adj = torch.sparse_csr_tensor(self.indptr, self.indices, values, (self.num_rows, self.num_cols))
@@ -138,12 +140,13 @@ class Neighbourhood(nn.Module):
     def forward(self, ids: Tensor) -> Tensor:
         if self.nnz == 0:
             return self.weight.new_zeros(ids.shape[0], self.weight.shape[1])
-        if self.mode == "auto" and ids.device.type == "cpu":      # a host read costs nothing on the CPU
-            lengths = self.indptr[ids + 1] - self.indptr[ids]
-            use_bag = int(lengths.sum()) * 4 < self.nnz             # few neighbours in the batch: gather them
-        else:
-            use_bag = self.mode == "bag"
-        return self._bag(ids) if use_bag else self._matmul(ids)
+        if self.mode == "matmul" or (self.mode == "auto" and ids.device.type != "cpu"):    # no host read
+            return self._matmul(ids)
+        lengths = self.indptr[ids + 1] - self.indptr[ids]                                 # (B,)
+        total = int(lengths.sum())                                 # the one host read (free on the CPU)
+        if self.mode == "auto" and total * 4 >= self.nnz:         # many neighbours in the batch: one product
+            return self._matmul(ids)
+        return self._bag(ids, lengths, total)
 
     def extra_repr(self) -> str:
         return f"rows={self.num_rows}, cols={self.num_cols}, k={self.weight.shape[1]}, nnz={self.nnz}"
@@ -169,10 +172,13 @@ def set_neighbours(neighbourhoods: nn.ModuleDict, users: Tensor, items: Tensor) 
         nb.set_lists(*neighbour_lists(rows, cols, nb.num_rows))
 
 
-def add_neighbourhoods(neighbourhoods: nn.ModuleDict, emb: dict[str, Tensor], idx: dict[str, Tensor]
-                       ) -> tuple[dict[str, Tensor], list[Tensor]]:
-    """(``emb[s] + n_s`` for each side s that has a neighbourhood, the added vectors n_s (B, k) for the penalty)."""
+def add_neighbourhoods(neighbourhoods: nn.ModuleDict, emb: dict[str, Tensor], idx: dict[str, Tensor],
+                       reg: float = 1.0) -> tuple[dict[str, Tensor], list[Tensor]]:
+    """(``emb[s] + n_s`` for each side s that has a neighbourhood, the rows the L2 penalty sees: each n_s (B, k)
+    times sqrt(reg), so that a penalty ``c * |row|^2`` on them is ``c * reg * |n_s|^2``)."""
     if not len(neighbourhoods):
         return emb, []
     parts = {s: nb(idx[s]) for s, nb in neighbourhoods.items()}
-    return {s: e + parts[s] if s in parts else e for s, e in emb.items()}, list(parts.values())
+    scale = reg ** 0.5
+    return ({s: e + parts[s] if s in parts else e for s, e in emb.items()},
+            [p * scale for p in parts.values()])

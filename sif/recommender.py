@@ -18,7 +18,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,13 @@ def _as_config(cls, value):
 
 class BaseRecommender:
     """Shared fit/predict/recommend/save/load. Subclasses implement ``_build_model`` and may override
-    ``_fit_model`` (SIF searches first)."""
+    ``_fit_model`` (SIF searches first).
+
+    neighbourhood: None, "user", "item" or "both": SVD++-style implicit-feedback vectors built from the training
+    interactions (:mod:`sif.neighbourhood`; models without the option raise), with L2 ``neighbourhood_reg * reg``.
+    refit: after the fit, train a fresh model of the fitted kind on train + valid for the epochs early stopping
+    chose (rating task; ``train_result_`` keeps the first fit and its validation scores, ``refit_result_`` the
+    refit)."""
 
     def __init__(self, embedding_dim: int = 32, use_bias: bool = True, reg: float = 0.1, penalty: str = "l2",
                  penalize_transformed: bool = False, train: Any = None, valid_fraction: float = 0.1,
@@ -151,7 +157,7 @@ class BaseRecommender:
             raise RuntimeError("refit: the first fit recorded no best epoch")
         self._interactions = (full.users, full.items)
         model = self._prepared(self._build_model())
-        cfg = config_from_dict(TrainConfig, {**asdict(self.train_config_), "max_epochs": epochs})
+        cfg = replace(self.train_config_, max_epochs=epochs)
         full_it = shard_if_distributed(self._iterator(full, True, cfg.batch_size, self.random_state + 3))
         refit_dir = Path(run_dir) / "refit" if run_dir is not None else None
         log.info("refit on train + valid (%d ratings) for %d epochs", len(full), epochs)

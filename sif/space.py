@@ -148,9 +148,8 @@ class SIFSpace(SearchSpace):
             k = self.embedding_dim
             bias = self.global_bias + sum(r[:, k] for r in rows.values())
             rows = {s: r[:, :k] for s, r in rows.items()}
-        emb, parts = add_neighbourhoods(self.neighbourhoods, rows, idx)
-        scale = self.neighbourhood_reg ** 0.5
-        return Encoded(emb, bias, list(rows.values()), [p * scale for p in parts])
+        emb, neighbours = add_neighbourhoods(self.neighbourhoods, rows, idx, self.neighbourhood_reg)
+        return Encoded(emb, bias, list(rows.values()), neighbours)
 
     def transform(self, emb: dict[str, Tensor]) -> dict[str, Tensor]:
         """g applied element-wise per side (all sides in one pass)."""

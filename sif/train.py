@@ -155,8 +155,9 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
                   "seconds": time.perf_counter() - t0}
         state["history"].append(record)
         if -sign * metrics[metric] < state["best_rmse"] - cfg.min_delta:     # best_rmse: best of -sign * metric
-            state.update(best_rmse=-sign * metrics[metric], best_epoch=epoch, bad_epochs=0,
-                         best_state=copy.deepcopy(model.state_dict()))
+            state.update(best_rmse=-sign * metrics[metric], best_epoch=epoch, bad_epochs=0)
+            if select_best:                       # a refit keeps its last state: no copy needed
+                state["best_state"] = copy.deepcopy(model.state_dict())
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
@@ -173,10 +174,10 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
             break
     if bar is not None:
         bar.close()
-    if not select_best:
-        state["best_epoch"] = state["epoch"] - 1
     if select_best:
         model.load_state_dict(state["best_state"])
+    else:
+        state["best_epoch"] = state["epoch"] - 1
     best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
     best_valid = {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")}
     return TrainResult(state["best_epoch"], best_valid, state["history"], time.perf_counter() - t_start)

@@ -96,7 +96,6 @@ class SearchCell(nn.Module):
         self.relu_first = [tuple(starts_with_relu(m) for m in edge) for edge in self.edges]
         # per row and op: a ReLU/conv/BN chain that the alpha step runs batched over the edges of one source
         self.batchable = [tuple(batchable(m) for m in edge) for edge in self.edges]
-        self.rows_from = {j: [r for r, s in enumerate(self.sources) if s == j] for j in set(self.sources)}
         self.rows_by_stride = {s: [r for r, t in enumerate(self.strides) if t == s] for s in set(self.strides)}
         self.alpha_subbatch: int | None = None
 
