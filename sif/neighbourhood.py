@@ -3,8 +3,8 @@
 Koren's SVD++ represents a user by ``p_u + |N(u)|^-1/2 sum_{j in N(u)} y_j``: its free vector plus the normalised sum
 of a second vector per item it rated (which items a user chose to rate carries information beyond the ratings).
 The mirror image does the same for items with the users who rated them. :class:`Neighbourhood` computes that sum
-for a batch of ids on one side; :class:`SIFSpace` and the baselines (:class:`sif.baselines.RatingModel`) add it to the looked-up
-embeddings before anything else (so g, the interaction function and the penalty see ``p_u + n_u``).
+for a batch of ids on one side; :class:`SIFSpace` and the baselines (:class:`sif.baselines.RatingModel`) add it to
+the looked-up embeddings before anything else (so g, the interaction function and the penalty see ``p_u + n_u``).
 
 N(.) comes from the TRAINING interactions only (``fit`` builds it; ``refit`` rebuilds it from train + valid).
 The neighbour lists are stored as CSR buffers (in the state_dict, so a saved model predicts without the data).
