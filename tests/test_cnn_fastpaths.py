@@ -200,7 +200,8 @@ def test_alpha_step_batches_across_source_nodes(monkeypatch):
     calls = []
     monkeypatch.setattr(supernet, "run_batched", lambda ops, xs: calls.append(len(ops)) or run_batched(ops, xs))
     m = CNNSearchSpace(C=4, layers=3, steps=3, multiplier=3, num_classes=5, op_set="darts")
-    per_source = max(len(rows) for rows in m.cells[0].rows_from.values())            # 3 edges leave c_{k-2}
+    sources = m.cells[0].sources
+    per_source = max(sources.count(j) for j in set(sources))                           # 3 edges leave c_{k-2}
     x, y = torch.randn(2, 3, 8, 8), torch.randint(0, 5, (2,))
     _alpha_step(m, (x, y))
     assert max(calls) > per_source                  # one call spans the edges of several source nodes
