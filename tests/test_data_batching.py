@@ -124,3 +124,22 @@ def test_to_csr_repeated_pairs_across_contexts():
     ds = RatingDataset([0, 0], [1, 1], [2.0, 3.0], user_ids=[1], item_ids=[1, 2], rating_scale=(1, 5),
                        contexts=[0, 1])
     assert to_csr(ds)[0, 1] == 5.0 and to_csr(ds, binary=True)[0, 1] == 1.0
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 20, 1 << 16])
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_chunked_gather_equals_per_batch_gather(chunk_rows, drop_last, shuffle):
+    """Batches gathered in chunks equal batches gathered one by one, from any start batch."""
+    n, bs = 53, 5
+    data = {"a": torch.arange(n), "b": torch.arange(n, dtype=torch.float32) * 0.5}
+    it = BatchIterator(data, batch_size=bs, shuffle=shuffle, seed=3, drop_last=drop_last)
+    it.CHUNK_ROWS = chunk_rows
+    it.set_epoch(2)
+    perm = it.permutation() if shuffle else torch.arange(n)
+    expected = [perm[b * bs: min((b + 1) * bs, n)] for b in range(len(it))]
+    for start in (0, 1, 4, len(it) - 1):
+        got = list(it.iter_from(start))
+        assert len(got) == len(it) - start
+        for (a, b), idx in zip(got, expected[start:], strict=True):
+            assert torch.equal(a, data["a"][idx]) and torch.equal(b, data["b"][idx])
