@@ -77,7 +77,7 @@ class SearchConfig:
     compile: bool = False               # torch.compile the task loss (for CUDA; see Searcher)
     compile_backend: str = "inductor"   # torch.compile backend ("eager" / "aot_eager" only trace: for tests)
     compile_mode: str | None = None     # torch.compile mode, e.g. "max-autotune" (None: the default)
-    fused: bool = False                 # nasp: the space's hand-fused step when it has one (see Searcher)
+    fused: bool | None = None           # nasp: the space's hand-fused step (None: when it has one; see Searcher)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -90,8 +90,8 @@ class SearchConfig:
             raise ValueError(f"amp must be None or 'bf16', got {self.amp!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
-        if not isinstance(self.fused, bool):
-            raise ValueError(f"fused must be True or False, got {self.fused!r}")
+        if self.fused is not None and not isinstance(self.fused, bool):
+            raise ValueError(f"fused must be true, false or null (auto), got {self.fused!r}")
         if not isinstance(self.compile_backend, str) or not self.compile_backend:
             raise ValueError(f"compile_backend must be a backend name, got {self.compile_backend!r}")
         for name in ("epochs", "alpha_every", "log_every"):
@@ -231,9 +231,10 @@ class Searcher:
 
     ``config.fused`` (NASP only): when the model has a hook ``fused_nasp_step(searcher)`` returning a callable
     ``step(train_batch, valid_batch, update_alpha) -> dict``, every NASP step runs through it instead of the
-    generic autograd step (e.g. :class:`sif.fused.FusedSIFStep`: the same results, computed by hand). The hook
-    raises NotImplementedError for settings it does not cover; then, or without a hook, the search warns once
-    at the start of ``fit`` and runs the generic step.
+    generic autograd step (e.g. :class:`sif.fused.FusedSIFStep`: the same results up to float rounding, computed
+    by hand). The hook raises NotImplementedError for settings it does not cover; then, or without a hook, the
+    generic step runs: with ``fused=None`` (the default) silently (logged at INFO), with ``fused=True`` after a
+    warning at the start of ``fit``. ``fused=False`` always runs the generic step.
     """
 
     def __init__(self, model: SearchSpace, task: Task, config: SearchConfig | None = None, device="cpu",
@@ -399,9 +400,9 @@ class Searcher:
         return self._end_epoch(acc, t0, train_stream, valid_stream, eval_loader, warm)
 
     def _resolve_fused_step(self) -> Callable | None:
-        """The model's fused NASP step when ``config.fused`` asks for it and it covers these settings, else None
-        (with a warning saying why)."""
-        if not self.config.fused:
+        """The model's fused NASP step when ``config.fused`` allows it (True, or None: auto) and it covers these
+        settings, else None (with a warning saying why when fused=True was asked for)."""
+        if self.config.fused is False:
             return None
         hook = getattr(self.model, "fused_nasp_step", None)
         if self.config.strategy != "nasp":
@@ -413,7 +414,10 @@ class Searcher:
                 return hook(self)
             except NotImplementedError as e:
                 reason = f"{type(self.model).__name__}'s fused step does not support {e}"
-        warnings.warn(f"search fused=True ignored: {reason}; using the generic step", stacklevel=3)
+        if self.config.fused:
+            warnings.warn(f"search fused=True ignored: {reason}; using the generic step", stacklevel=3)
+        else:
+            log.info("generic NASP step: %s", reason)
         return None
 
     @staticmethod

@@ -194,11 +194,12 @@ def _iters(tr, va, scaler_mean, scaler_std, seed=0):
     return it(tr, True, seed), it(va, True, seed + 1), it(va, False, 0)
 
 
-def test_search_on_sif_space_resumes_bit_identically(tmp_path):
+@pytest.mark.parametrize("fused", [False, None])
+def test_search_on_sif_space_resumes_bit_identically(tmp_path, fused):
     tr, va, _ = _small_data(5)
     mean, std = float(tr.ratings.mean()), float(tr.ratings.std())
     cfg = dict(epochs=4, w_optimizer="adagrad", w_lr=0.05, w_lr_schedule="constant", w_momentum=0.0,
-               w_weight_decay=0.0)
+               w_weight_decay=0.0, fused=fused)
 
     def run(run_dir, kill_at=None):
         space = SIFSpace(tr.num_users, tr.num_items, embedding_dim=3, use_bias=True, seed=1)
@@ -212,6 +213,7 @@ def test_search_on_sif_space_resumes_bit_identically(tmp_path):
         return s, s.fit(*_iters(tr, va, mean, std)[:2])
 
     ref, ref_result = run(None)
+    assert (ref.fused_step is None) == (fused is False)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, kill_at=1)
     resumed, result = run(tmp_path)

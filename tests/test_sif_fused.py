@@ -2,6 +2,7 @@
 and losses after 20 search steps agree to 1e-9 in float64, checkpoints resume across the two paths, and
 unsupported settings fall back to the generic step with a warning."""
 
+import logging
 import math
 import warnings
 
@@ -150,6 +151,22 @@ def test_unsupported_settings_fall_back_with_a_warning():
     s = _searcher(True, epochs=1)
     s.grad_sync = lambda grads: None
     assert "data-parallel" in _fallback_warning(s)
+
+
+def test_auto_uses_the_fused_step_when_supported_and_falls_back_silently(caplog):
+    """fused=None (the default): the fused step where it covers the settings, else the generic step without a
+    warning (an INFO log line says why)."""
+    assert SearchConfig().fused is None
+    s = _searcher(None, epochs=1)
+    s.fit(*_loaders())
+    assert s.fused_step is not None
+    fallback = _searcher(None, amp="bf16", epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # any warning fails the test
+        with caplog.at_level(logging.INFO, logger="nasp.search"):
+            fallback.fit(*_loaders())
+    assert fallback.fused_step is None
+    assert any("generic NASP step" in r.getMessage() and "amp" in r.getMessage() for r in caplog.records)
 
 
 def test_tensor_case_is_unsupported():

@@ -119,7 +119,7 @@ def test_sif_nasp_step_reads_once_per_alpha_update(monkeypatch):
     valid = TensorLoader(u[512:], i[512:], y[512:], batch_size=128, seed=1)
     space = SIFSpace(30, 40, embedding_dim=4, use_bias=True, g_skip=True, seed=0)
     s = Searcher(space, RatingTask(train_all_heads=True), SearchConfig(epochs=1, w_optimizer="adam",
-                 alpha_every=2, log_every=10_000), show_progress=False)
+                 alpha_every=2, log_every=10_000, fused=False), show_progress=False)     # the generic step
     per_step, outside = [], []
     step_fn = s._step_fn
     with host_reads(monkeypatch, s) as calls:
