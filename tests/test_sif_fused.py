@@ -93,6 +93,19 @@ def test_fused_step_equals_generic_step(space_kw, task_kw, cfg):
     _compare(space_kw, task_kw, **cfg)
 
 
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_short_last_batches_get_their_own_buffers(use_bias):
+    """Batches of several sizes (each epoch's last one is short) each get their own reused buffers, and the
+    results stay the generic step's."""
+    runs = []
+    for fused in (False, True):
+        s = _searcher(fused, {"use_bias": use_bias}, {"train_all_heads": True})
+        s.fit(*_loaders(n_train=650, n_valid=390))
+        runs.append(s)
+    assert sorted(runs[1].fused_step._bufs) == [6, 10, 64]
+    _assert_close(_state(runs[0]), _state(runs[1]))
+
+
 @pytest.mark.parametrize("penalty", ["norm", "effective"])
 @pytest.mark.parametrize("op", ["plus", "multiply", "max", "min", "concat"])
 def test_every_op_selected_in_both_paths(op, penalty):
