@@ -254,3 +254,22 @@ def test_recommender_and_config_expose_the_flag():
     for a, b in zip(h0, h1, strict=True):
         assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-4)
         assert math.isclose(a["valid_rmse"], b["valid_rmse"], rel_tol=1e-4)
+
+
+def test_host_selection_matches_row_argmax_with_ties_and_nan():
+    """The fused step compares the K alphas on the host; it picks what nasp.prox.row_argmax picks: the largest,
+    ties broken by the op priorities, 0 for a NaN row."""
+    from nasp.prox import row_argmax
+
+    s = _searcher(True)
+    step = FusedSIFStep(s)
+    arch = s.model.arch
+    rows = [[0.2, 0.9, 0.9, 0.1, 0.9], [1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.3],
+            [float("nan"), 0.5, 0.2, 0.5, 0.1]]
+    for prio in ([4.0, 3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0, 4.0], [2.0, 0.0, 4.0, 1.0, 3.0]):
+        arch.op_priority_interaction.copy_(torch.tensor([prio]))
+        for row in rows:
+            with torch.no_grad():
+                step.alpha.copy_(torch.tensor([row], dtype=step.alpha.dtype))
+            expected = int(row_argmax(step.alpha.detach(), arch.op_priority_interaction)[0])
+            assert step._selection() == expected, (row, prio)
