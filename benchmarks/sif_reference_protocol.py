@@ -21,6 +21,10 @@ fused one (``search.fused``, :mod:`sif.fused`), interleaved R times in this one 
 after the first of every run; the load average is printed before and after.
 
     NASP_DATA_DIR=../shared/data python benchmarks/sif_reference_protocol.py --speed 3 --speed-epochs 6 --threads 1
+
+On a shared 2-vCPU machine the two CPUs need not be equally fast (on this project's machine one of them ran the
+same search 1.5x slower, another tenant's load); pin the run with ``taskset -c N`` to time each CPU separately
+(the results file then says which: ``sif_reference_speed_cpuN.json``).
 """
 
 from __future__ import annotations
@@ -161,11 +165,13 @@ def speed(ratings, args) -> None:
             rmse[fused].append(rec.search_result_.history[-1]["valid_rmse"])
     load_after = [round(x, 2) for x in os.getloadavg()]
     events = {fused: events_per_step_pair(train, valid, fused) for fused in (False, True)}
-    out = {"machine": machine_line(), "load_before": load_before, "load_after": load_after,
+    cpus = sorted(os.sched_getaffinity(0))
+    out = {"machine": machine_line(), "cpus": cpus, "load_before": load_before, "load_after": load_after,
            "profiler_events_per_step_pair": {"generic": events[False], "fused": events[True]},
            "epochs_per_run": args.speed_epochs, "repeats": args.speed,
            "last_valid_rmse": {"generic": rmse[False], "fused": rmse[True]}}
-    lines = [f"Machine: {machine_line()}", f"load average before {load_before}, after {load_after}", "",
+    lines = [f"Machine: {machine_line()}", f"pinned to CPUs {cpus}; load average before {load_before}, after "
+             f"{load_after}", "",
              "| step | s / search epoch (median) | fastest epoch | alpha steps | weight steps | evaluation | "
              "profiler events / step pair |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -178,7 +184,8 @@ def speed(ratings, args) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     out["table"] = text
-    path = Path(args.out).with_name("sif_reference_speed.json")
+    pinned = "" if len(cpus) == os.cpu_count() else "_cpu" + "-".join(map(str, cpus))     # e.g. under taskset
+    path = Path(args.out).with_name(f"sif_reference_speed{pinned}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
 

@@ -78,8 +78,8 @@ class BatchIterator:
         """Batches of the current epoch from batch index ``start_batch`` on (earlier ones are not built).
 
         A shuffled epoch gathers its rows in chunks of about ``CHUNK_ROWS`` rows (one ``index_select`` per tensor
-        and chunk) and yields slices of them, so a step costs no gather of its own; the batches are the same as
-        gathering every batch by itself."""
+        and chunk) and yields views of them (one ``split`` per tensor and chunk), so a step costs no tensor op of its
+        own; the batches are the same as gathering every batch by itself."""
         if start_batch < 0:
             raise ValueError(f"start_batch={start_batch}: expected >= 0")
         perm = self.permutation() if self.shuffle else None
@@ -87,11 +87,11 @@ class BatchIterator:
         per_chunk = max(1, self.CHUNK_ROWS // bs)                     # batches per gathered chunk
         for c in range(start_batch, n, per_chunk):
             lo, hi = c * bs, min((c + per_chunk) * bs, n * bs, self.num_rows)
-            chunk = self.tensors if perm is None else [t.index_select(0, perm[lo:hi]) for t in self.tensors]
-            base = 0 if perm is not None else lo                      # row of the chunk's first batch
-            for b in range(c, min(c + per_chunk, n)):
-                s, e = b * bs - lo + base, min((b + 1) * bs, self.num_rows) - lo + base
-                yield tuple(t[s:e] for t in chunk)
+            if perm is None:
+                chunk = [t[lo:hi] for t in self.tensors]
+            else:
+                chunk = [t.index_select(0, perm[lo:hi]) for t in self.tensors]
+            yield from zip(*(t.split(bs) for t in chunk), strict=True)      # the chunk's batches, as views
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         return self.iter_from(0)
