@@ -129,8 +129,8 @@ def _fused_kind(opt: torch.optim.Optimizer) -> str | None:
 
 
 class _Update:
-    """Steps an optimiser with gradients given as a list aligned with ``params`` (its parameters, group by group;
-    None: no gradient, so no update, like ``grad=None``).
+    """Steps an optimiser with gradients for some of ``params`` (its parameters, group by group), given by their
+    positions; the others have no gradient, so no update, like ``grad=None``.
 
     A fused Adagrad/Adam/AdamW runs torch's fused kernel directly on the optimiser's own state tensors (after
     incrementing their ``step`` like ``torch.optim`` does); any other optimiser, or a step whose state does not
@@ -141,46 +141,51 @@ class _Update:
         self.opt, self.kind = opt, _fused_kind(opt)
         self.params = [p for g in opt.param_groups for p in g["params"]]
         self.index = {id(p): i for i, p in enumerate(self.params)}
-        self._states: tuple | None = None          # (opt.state object, per-param state dicts)
-        self._one: list[Tensor] = []
+        self._plans: dict[tuple[int, ...], tuple] = {}       # per gradient pattern, for one opt.state object
+        self._plans_state: object = None
 
-    def _ones(self, steps: list[Tensor]) -> list[Tensor]:
-        if len(self._one) < len(steps) or self._one[0].device != steps[0].device \
-                or self._one[0].dtype != steps[0].dtype:
-            self._one = [torch.ones((), dtype=steps[0].dtype, device=steps[0].device)] * len(self.params)
-        return self._one[: len(steps)]
-
-    def _state_dicts(self) -> list | None:
+    def _plan(self, idx: tuple[int, ...]) -> tuple | None:
+        """(params, state tensor lists, steps, ones) of the parameters at ``idx``; None when a state is missing
+        (torch creates it in the first ``optimizer.step()``). Cached per pattern while ``opt.state`` (replaced
+        by ``load_state_dict``) stays the same object; torch updates the state tensors in place."""
         st = self.opt.state
-        if self._states is None or self._states[0] is not st:
-            self._states = (st, [st.get(p) for p in self.params])
-        return self._states[1]
+        if self._plans_state is not st:
+            self._plans, self._plans_state = {}, st
+        plan = self._plans.get(idx)
+        if plan is None:
+            sts = [st.get(self.params[i]) for i in idx]
+            if any(x is None or "step" not in x for x in sts):
+                return None
+            names = ("sum",) if self.kind == "adagrad" else ("exp_avg", "exp_avg_sq")
+            steps = [x["step"] for x in sts]
+            ones = [torch.ones((), dtype=steps[0].dtype, device=steps[0].device)] * len(steps)
+            plan = self._plans[idx] = ([self.params[i] for i in idx], [[x[n] for x in sts] for n in names],
+                                       steps, ones)
+        return plan
 
-    def __call__(self, grads: list[Tensor | None]) -> None:
-        states = self._state_dicts() if self.kind is not None else None
-        idx = [i for i, g in enumerate(grads) if g is not None]
-        if states is None or any(states[i] is None or "step" not in states[i] for i in idx):
-            for p, g in zip(self.params, grads, strict=True):
+    def __call__(self, idx: tuple[int, ...], gs: list[Tensor]) -> None:
+        """One step with gradients ``gs`` for the parameters at positions ``idx`` (a tuple; the others get none)."""
+        plan = self._plan(idx) if self.kind is not None else None
+        if plan is None:
+            grads = dict(zip(idx, gs, strict=True))
+            for i, p in enumerate(self.params):
+                g = grads.get(i)
                 p.grad = None if g is None else g.clone()      # never a view of the step's reused buffer
             self.opt.step()
-            self._states = None
+            self._plans_state = None
             return
+        params, states, steps, ones = plan
         group = self.opt.param_groups[0]
-        params, gs = [self.params[i] for i in idx], [grads[i] for i in idx]
-        sts = [states[i] for i in idx]
-        steps = [st["step"] for st in sts]
-        torch._foreach_add_(steps, self._ones(steps))          # step += 1 (tensor-list overload: 4x fewer ops)
+        torch._foreach_add_(steps, ones)                       # step += 1 (tensor-list overload: 4x fewer ops)
         self.opt._opt_called = True      # what torch.optim's step wrapper records for an LR scheduler
         if self.kind == "adagrad":
-            torch._fused_adagrad_(params, gs, [st["sum"] for st in sts], steps, lr=group["lr"],
-                                  lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
-                                  maximize=group["maximize"])
+            torch._fused_adagrad_(params, gs, states[0], steps, lr=group["lr"], lr_decay=group["lr_decay"],
+                                  weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
             return
         fn = torch._fused_adamw_ if self.kind == "adamw" else torch._fused_adam_
         beta1, beta2 = group["betas"]
-        fn(params, gs, [st["exp_avg"] for st in sts], [st["exp_avg_sq"] for st in sts], [], steps,
-           amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-           eps=group["eps"], maximize=group["maximize"])
+        fn(params, gs, states[0], states[1], [], steps, amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+           weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
 
 
 class _Consts:
@@ -240,22 +245,26 @@ class FusedSIFStep:
         self.tables = (m.embeddings["u"].weight, m.embeddings["v"].weight)
         self.g = (m.g.w1, m.g.b1, m.g.w2, m.g.b2)
         self.heads = [h.weight for h in m.heads]
+        self.global_bias = m.global_bias
         self.alpha = searcher.alpha_params[0]
         self.w_update, self.a_update = _Update(searcher.w_opt), _Update(searcher.a_opt)
         wi, ai = self.w_update.index, self.a_update.index
         self.w_pos = {"tables": [wi[id(p)] for p in self.tables], "g": [wi[id(p)] for p in self.g],
                       "heads": [wi[id(p)] for p in self.heads],
                       "bias": wi[id(m.global_bias)] if self.bias else None}
-        self.a_pos = [ai[id(self.alpha)]] + [ai[id(p)] for p in self.g]
+        self.a_pos = (ai[id(self.alpha)], *(ai[id(p)] for p in self.g))
         self.head_versions: list[int | None] = [None] * len(self.heads)      # after our last projection
         cost = searcher.op_costs.get("interaction")
         self.eta = searcher.config.eta
         self.costs = None if self.eta == 0 or cost is None else normalise_costs(cost)          # (1, K)
         self._views_key: tuple | None = None
         self._bufs: dict[int, _Buffers] = {}
+        self._w_plans: dict[int, tuple] = {}
+        self.all_heads = t.train_all_heads and len(self.names) > 1
         self._sel_key: tuple | None = None
         self.c = _Consts()
         self._sel = -1
+        self.arch_buffers = m.arch._buffers                              # plain dict: no Module.__getattr__
         prio = m.arch.op_priority_interaction                          # (1, K); read here, not in the steps
         self._prio: list[float] = prio[0].tolist()
         self._prio_key: tuple | None = (prio.data_ptr(), prio._version)
@@ -281,6 +290,7 @@ class FusedSIFStep:
         buf = torch.zeros(sum(sizes), dtype=params[0].dtype, device=params[0].device)
         self.gbuf = buf
         self.gview = [v.view(p.shape) for v, p in zip(buf.split(sizes), params, strict=True)]
+        self._w_plans = {}
         hid = self.g[0].shape[2]
         dw1, db1, dw2, db2 = (self.gview[i] for i in self.w_pos["g"])
         self.g_out = (dw1.view(2, hid, 1), db1.view(2, hid), dw2, db2)          # bmm / sum output shapes
@@ -306,7 +316,7 @@ class FusedSIFStep:
             return bufs, None, users, items, y
         ru, rv = self.tables[0].index_select(0, users), self.tables[1].index_select(0, items)   # (B, k + 1)
         k = self.k
-        bias = self.m.global_bias + (ru[:, k] + rv[:, k])                                       # (B,)
+        bias = self.global_bias + (ru[:, k] + rv[:, k])                                         # (B,)
         torch.stack([ru[:, :k], rv[:, :k]], out=bufs.x)
         return bufs, bias, users, items, y
 
@@ -385,13 +395,10 @@ class FusedSIFStep:
             onehot[0, sel] = 1.0
             d_alpha = d_alpha + self.eta * (2 * onehot * self.costs.to(onehot))
         dg, _ = self._g_backward(dz, bufs, need_dx=False)
-        grads: list[Tensor | None] = [None] * len(self.a_update.params)
         if d_alpha.dtype != self.alpha.dtype:
             d_alpha = d_alpha.to(self.alpha.dtype)
-        for i, gr in zip(self.a_pos, [d_alpha, *dg], strict=True):
-            grads[i] = gr
-        self.a_update(grads)
-        self.m.arch.prox_c2_()
+        self.a_update(self.a_pos, [d_alpha, *dg])
+        self.alpha.clamp_(0.0, 1.0)         # A = prox_C2(A) (ArchParameters' caches key on the version it bumps)
         return loss
 
     def weight_step(self, batch, sel: int) -> Tensor:
@@ -406,7 +413,6 @@ class FusedSIFStep:
         loss, dpred = self._mse(pred - y)
         pos, gv = self.w_pos, self.gview
         self.gbuf.zero_()
-        grads: list[Tensor | None] = [None] * len(self.w_update.params)
         dw = torch.mv(feat.t(), dpred, out=self.head_out[sel])                # (width,), in the buffer
         dz = _op_backward(name, z, torch.outer(dpred, w))
         dx_extra = None
@@ -421,23 +427,31 @@ class FusedSIFStep:
                 dz = dz + grad
             else:
                 dx_extra = grad
-        grads[pos["heads"][sel]] = gv[pos["heads"][sel]]
         changed = [sel]
-        if t.train_all_heads and len(self.names) > 1:
-            loss = loss + self._other_heads(zu, zv, y if bias is None else y - bias, sel, grads)
+        if self.all_heads:
+            loss = loss + self._other_heads(zu, zv, y if bias is None else y - bias, sel)
             changed = range(len(self.heads))
-        dg, dx = self._g_backward(dz, bufs, need_dx=True, into_buffer=True)
+        _, dx = self._g_backward(dz, bufs, need_dx=True, into_buffer=True)
         dx = dx.view(x.shape) if dx_extra is None else dx.view(x.shape) + dx_extra
-        for i, gr in zip(pos["g"], dg, strict=True):
-            grads[i] = gr
-        self._table_grads(grads, dx, dpred if bias is not None else None, users, items)
+        self._table_grads(dx, dpred if bias is not None else None, users, items)
         if bias is not None:
-            grads[pos["bias"]] = torch.sum(dpred, 0, out=gv[pos["bias"]])
+            torch.sum(dpred, 0, out=gv[pos["bias"]])
         if self.s.config.grad_clip:
             _clip_(self.gbuf, self.s.config.grad_clip, self.c)      # the entries without a gradient are 0
-        self.w_update(grads)
+        self.w_update(*self._w_plan(sel))
         self._project_heads(changed)
         return loss
+
+    def _w_plan(self, sel: int) -> tuple[tuple[int, ...], list[Tensor]]:
+        """(positions, gradient-buffer views) of the weight parameters a weight step with op ``sel`` updates: the
+        tables, g, the selected head (every head with ``train_all_heads``) and the global bias."""
+        plan = self._w_plans.get(sel)
+        if plan is None:
+            pos = self.w_pos
+            heads = pos["heads"] if self.all_heads else [pos["heads"][sel]]
+            idx = tuple(sorted([*pos["tables"], *pos["g"], *heads] + ([pos["bias"]] if self.bias else [])))
+            plan = self._w_plans[sel] = (idx, [self.gview[i] for i in idx])
+        return plan
 
     # ---- weight-step pieces -------------------------------------------------------------------------------
     def _effective(self, z: Tensor, name: str, w: Tensor):
@@ -453,8 +467,9 @@ class FusedSIFStep:
         dscale = torch.sign(w) if name == "multiply" else (2 * k) * w
         return val, dz, reg * col * dscale
 
-    def _other_heads(self, zu: Tensor, zv: Tensor, target: Tensor, sel: int, grads: list) -> Tensor:
-        """Sum over non-selected heads of their MSE on z (no gradient to z); their head grads go into ``grads``."""
+    def _other_heads(self, zu: Tensor, zv: Tensor, target: Tensor, sel: int) -> Tensor:
+        """Sum over non-selected heads of their MSE on z (no gradient to z); their head grads go into the
+        gradient buffer."""
         total = None
         for j, (n, w) in enumerate(zip(self.names, self.vecs, strict=True)):
             if j == sel:
@@ -463,16 +478,15 @@ class FusedSIFStep:
             mse, dr = self._mse(torch.mv(f, w) - target)                     # (), (B,)
             total = mse if total is None else total + mse
             torch.mv(f.t(), dr, out=self.head_out[j])
-            grads[self.w_pos["heads"][j]] = self.gview[self.w_pos["heads"][j]]
         return total
 
-    def _table_grads(self, grads: list, dx: Tensor, dbias: Tensor | None, users: Tensor, items: Tensor) -> None:
+    def _table_grads(self, dx: Tensor, dbias: Tensor | None, users: Tensor, items: Tensor) -> None:
         """Dense gradients of the two embedding tables (like ``index_select``'s backward), accumulated into their
-        (zeroed) views of the gradient buffer, into ``grads``."""
+        (zeroed) views of the gradient buffer."""
         for i, idx, rows in zip(self.w_pos["tables"], (users, items), dx.unbind(0), strict=True):
             if dbias is not None:
                 rows = torch.cat([rows, dbias.unsqueeze(1)], dim=1)           # (B, k + 1)
-            grads[i] = self.gview[i].index_add_(0, idx, rows)
+            self.gview[i].index_add_(0, idx, rows)
 
     def _project_heads(self, changed) -> None:
         """The heads' projection onto their ball (SIFSpace.after_weight_step, the same ops per head) for the heads
@@ -495,7 +509,7 @@ class FusedSIFStep:
         as :func:`nasp.prox.row_argmax` (a NaN row gives 0, like it); read to the host once per change of A
         (version counter), so once per alpha update, like :meth:`nasp.arch.ArchParameters.projection` (whose cache
         prox_c2_ invalidates). The K values are compared on the host: one transfer, no device ops."""
-        a, prio = self.alpha, self.m.arch.op_priority_interaction
+        a, prio = self.alpha, self.arch_buffers["op_priority_interaction"]
         key = (a.data_ptr(), a._version, prio.data_ptr(), prio._version)
         if key != self._sel_key:
             row = a[0].tolist()                                                          # K floats, exact
@@ -513,7 +527,9 @@ class FusedSIFStep:
     def __call__(self, train_batch, valid_batch, update_alpha: bool) -> dict[str, Tensor]:
         s = self.s
         out = {}
-        with torch.no_grad():
+        grad_mode = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)           # torch.no_grad() without its Python context object
+        try:
             self._views()
             if update_alpha:
                 with s.timer("alpha"):
@@ -521,4 +537,6 @@ class FusedSIFStep:
                     out["alpha_loss"] = self.alpha_step(valid_batch, sel)
             with s.timer("weight"):
                 out["train_loss"] = self.weight_step(train_batch, self._selection())
+        finally:
+            torch._C._set_grad_enabled(grad_mode)
         return out
