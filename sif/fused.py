@@ -50,16 +50,17 @@ __all__ = ["FusedSIFStep", "check_supported"]
 
 
 # ---- the five matrix ops: forward (zu, zv) (B, k) -> (B, width) and backward (B, width) -> (2, B, k) ------------
-def _op_forward(name: str, zu: Tensor, zv: Tensor) -> Tensor:
+def _op_forward(name: str, zu: Tensor, zv: Tensor, out: Tensor | None = None) -> Tensor:
+    """The features (B, width) of op ``name`` (into ``out`` when given)."""
     if name == "plus":
-        return zu + zv
+        return torch.add(zu, zv, out=out)
     if name == "multiply":
-        return zu * zv
+        return torch.mul(zu, zv, out=out)
     if name == "max":
-        return torch.maximum(zu, zv)
+        return torch.maximum(zu, zv, out=out)
     if name == "min":
-        return torch.minimum(zu, zv)
-    return torch.cat([zu, zv], dim=1)                                       # concat: (B, 2k)
+        return torch.minimum(zu, zv, out=out)
+    return torch.cat([zu, zv], dim=1, out=out)                              # concat: (B, 2k)
 
 
 def _op_backward(name: str, z: Tensor, do: Tensor) -> Tensor:
@@ -215,10 +216,10 @@ class _Buffers:
     """Activation buffers of one batch size, reused by every step (a fresh 64 KB tensor per op is a cold one:
     measured ~9% of a step), with their views made once: x (2, B, k) the looked-up embeddings (halves xu, xv;
     flat (2, 1, B*k) and flat_t (2, B*k, 1)), h and dpre (2, H, B*k) g's hidden tanh and its gradient, z (2, B, k)
-    g's output (halves zu, zv; zflat (2, 1, B*k)). The alpha step is done with them before the weight step
-    starts, so one set serves both."""
+    g's output (halves zu, zv; zflat (2, 1, B*k)); feats and outs (K, B) every op's features and output (rows
+    out_rows). The alpha step is done with them before the weight step starts, so one set serves both."""
 
-    def __init__(self, b: int, k: int, hidden: int, like: Tensor):
+    def __init__(self, b: int, k: int, hidden: int, widths: list[int], like: Tensor):
         self.x = like.new_empty(2, b, k)
         self.xu, self.xv = self.x.unbind(0)
         self.flat = self.x.view(2, 1, b * k)
@@ -227,6 +228,9 @@ class _Buffers:
         self.zflat = like.new_empty(2, 1, b * k)
         self.z = self.zflat.view(2, b, k)
         self.zu, self.zv = self.z.unbind(0)
+        self.feats = [like.new_empty(b, w) for w in widths]      # each op's features (alpha step)
+        self.outs = like.new_empty(len(widths), b)                # each op's output (alpha step)
+        self.out_rows = list(self.outs.unbind(0))
 
 
 class FusedSIFStep:
@@ -300,7 +304,7 @@ class FusedSIFStep:
         """The reused activation buffers of a batch of ``b`` ratings (one set per batch size)."""
         bufs = self._bufs.get(b)
         if bufs is None or bufs.x.dtype != like.dtype or bufs.x.device != like.device:
-            bufs = self._bufs[b] = _Buffers(b, self.k, self.g[0].shape[2], like)
+            bufs = self._bufs[b] = _Buffers(b, self.k, self.g[0].shape[2], [w.numel() for w in self.heads], like)
         return bufs
 
     # ---- shared forward / backward pieces ------------------------------------------------------------------
@@ -379,8 +383,10 @@ class FusedSIFStep:
         bufs, bias, _, _, y = self._encode(batch)
         self._g(bufs)
         x, z, zu, zv = bufs.x, bufs.z, bufs.zu, bufs.zv
-        outs = torch.stack([torch.mv(_op_forward(n, zu, zv), w) for n, w in zip(self.names, self.vecs, strict=True)])
-        pred = outs[sel] if bias is None else outs[sel] + bias                # (B,)
+        outs = bufs.outs                                                     # (K, B)
+        for n, w, f, o in zip(self.names, self.vecs, bufs.feats, bufs.out_rows, strict=True):
+            torch.mv(_op_forward(n, zu, zv, out=f), w, out=o)               # every op's output, in place
+        pred = bufs.out_rows[sel] if bias is None else bufs.out_rows[sel] + bias     # (B,)
         d = pred - y
         loss, dpred = self._mse(d)
         dz = _op_backward(self.names[sel], z, torch.outer(dpred, self.vecs[sel]))
