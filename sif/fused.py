@@ -1,4 +1,5 @@
-"""A fused NASP step for :class:`sif.space.SIFSpace` in the matrix case (user, item): exact, opt-in, fast.
+"""A fused NASP step for :class:`sif.space.SIFSpace` in the matrix case (user, item): the generic step's results,
+computed faster; the search's default wherever it applies (``SearchConfig.fused``).
 
 The generic NASP step (:func:`nasp.strategies.step_nasp`) builds an autograd graph through the view/mix layers,
 the task's loss and every candidate head, then calls ``torch.optim``'s step wrappers. For SIF's tiny model (dim 2,
@@ -21,7 +22,8 @@ What it computes (the generic path's semantics, :mod:`nasp.strategies` and :clas
 
 Supported: the 5 matrix primitives or any subset, with or without biases, g with or without skip, penalties
 "l2", "norm" and "effective", any reg and eta, gradient clipping, any weight optimiser. Not supported (the
-searcher warns and uses the generic step): the tensor case, other tasks, data parallelism, autocast, compile.
+searcher uses the generic step, with a warning only when ``fused=True`` was asked for): the tensor case,
+neighbourhoods, other tasks, data parallelism, autocast, compile.
 
 Where it differs from the generic path only in rounding: the weight gradients live in one flat buffer reused by
 every step (written with ``out=``), so the clip's total norm is taken over all its entries at once; the heads'

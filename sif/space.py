@@ -240,7 +240,7 @@ class SIFSpace(SearchSpace):
 
     def fused_nasp_step(self, searcher) -> Callable:
         """The hand-fused NASP step of the matrix case (:class:`sif.fused.FusedSIFStep`, used by a
-        :class:`~nasp.search.Searcher` with ``fused=True``); raises NotImplementedError for unsupported settings."""
+        :class:`~nasp.search.Searcher` unless ``fused=False``); raises NotImplementedError for unsupported settings."""
         from .fused import FusedSIFStep
 
         return FusedSIFStep(searcher)
