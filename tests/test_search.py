@@ -305,3 +305,17 @@ def test_space_registry_and_config_validation():
         SearchConfig(strategy="evolution")
     with pytest.raises(ValueError, match="unknown SearchConfig keys"):
         SearchConfig.from_dict({"epochz": 3})
+
+
+def test_to_device_returns_batches_already_on_the_device_untouched():
+    """A batch already on the device is returned as is (no op per tensor and step); others are moved, nested
+    structure kept."""
+    from nasp.search import to_device
+
+    cpu = torch.device("cpu")
+    batch = (torch.arange(3), torch.ones(3))
+    assert to_device(batch, cpu) is batch
+    t = torch.zeros(2)
+    assert to_device(t, cpu) is t
+    moved = to_device({"a": [torch.ones(1, dtype=torch.float64), 3], "b": t}, torch.device("meta"))
+    assert moved["a"][0].device.type == "meta" and moved["a"][1] == 3 and moved["b"].device.type == "meta"
