@@ -179,7 +179,9 @@ class ArchParameters(nn.Module):
 
     # ---- the cached projection (one host transfer per change of the alphas) ------------------------------
     def _alpha_key(self) -> tuple:
-        # an in-place write (optimiser step, copy_, load_state_dict) bumps _version; .to()/.data swap the storage
+        # an in-place write (copy_, clamp_, load_state_dict, a foreach optimiser step) bumps _version; torch's FUSED
+        # optimiser kernels do not, so whoever steps the alphas with one calls
+        # torch.autograd.graph.increment_version on them (nasp.strategies does); .to()/.data swap the storage
         return tuple((a.data_ptr(), a._version, a.dtype, a.device) for a in self.alphas.values())
 
     def _cache_valid(self) -> bool:

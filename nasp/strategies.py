@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import increment_version
 
 from .regularizers import complexity
 
@@ -150,6 +151,8 @@ def _alpha_update(s: Searcher, alpha_grads: list[Tensor], extra_grads: list[Tens
     _assign_grads(s.alpha_params, alpha_grads)
     _assign_grads(s.extra_params, extra_grads)
     s.a_opt.step()
+    # torch's fused optimiser kernels do not bump version counters; ArchParameters' projection cache keys on them
+    increment_version(s.alpha_params)
 
 
 def step_nasp(s: Searcher, train_batch, valid_batch, update_alpha: bool) -> dict[str, Tensor]:

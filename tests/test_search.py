@@ -319,3 +319,25 @@ def test_to_device_returns_batches_already_on_the_device_untouched():
     assert to_device(t, cpu) is t
     moved = to_device({"a": [torch.ones(1, dtype=torch.float64), 3], "b": t}, torch.device("meta"))
     assert moved["a"][0].device.type == "meta" and moved["a"][1] == 3 and moved["b"].device.type == "meta"
+
+
+def test_projection_cache_follows_a_fused_optimiser_step_of_the_alphas(device):
+    """torch's fused Adam does not bump version counters; the search's alpha update does, so the cached
+    projection (sparse_view, the epoch-end evaluation) never serves the argmax of older alphas (DARTS steps the
+    alphas without a prox_C2 that would bump it)."""
+    _, train, valid = _data(3)
+    s = _searcher(3, device, strategy="darts1", epochs=1, max_steps_per_epoch=1, a_lr=10.0)
+    assert s.a_opt.defaults.get("fused") or device != "cpu"
+    arch = s.model.arch
+    with torch.no_grad():
+        for a in arch.alphas.values():
+            a.copy_(torch.randn(a.shape, generator=torch.Generator().manual_seed(1)))
+    before = {n: w.clone() for n, w in arch.projection()[0].items()}      # fills the cache
+    from nasp.strategies import _alpha_update
+
+    grads = [torch.randn(a.shape, generator=torch.Generator().manual_seed(2)).to(a) * 100 for a in s.alpha_params]
+    _alpha_update(s, grads, [torch.zeros_like(p) for p in s.extra_params])
+    fresh = arch.prox_c1()
+    assert any(not torch.equal(before[n], fresh[n]) for n in fresh)          # the argmax moved
+    cached = arch.projection()[0]
+    assert all(torch.equal(cached[n], fresh[n]) for n in fresh)
