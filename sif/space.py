@@ -82,6 +82,13 @@ class ElementwiseMLP(nn.Module):
         y = torch.baddbmm(self.b2, self.w2.transpose(1, 2), h).view_as(x)               # (S, B, k)
         return x + y if self.skip else y
 
+    def forward_side(self, side: int, x: Tensor) -> Tensor:     # (N, k) -> (N, k), side ``side``'s MLP only
+        flat = x.reshape(1, 1, -1)                                                      # (1, 1, N*k)
+        w1, b1, w2, b2 = (t[side: side + 1] for t in (self.w1, self.b1, self.w2, self.b2))
+        h = torch.tanh(torch.baddbmm(b1.transpose(1, 2), w1.transpose(1, 2), flat))    # (1, hidden, N*k)
+        y = torch.baddbmm(b2, w2.transpose(1, 2), h).view_as(x)                        # (N, k)
+        return x + y if self.skip else y
+
 
 @register_space("sif")
 class SIFSpace(SearchSpace):
@@ -171,9 +178,38 @@ class SIFSpace(SearchSpace):
     def forward(self, users: Tensor, items: Tensor, contexts: Tensor | None = None,
                 view: ArchView | None = None) -> Tensor:
         view = self.sparse_view() if view is None else view
-        emb, bias = self.encode(users, items, contexts)
-        pred = self.interact(self.transform(emb), view)
+        idx = {"u": users, "v": items, "c": contexts}
+        if self._table_path(users.shape[0]):
+            z, bias = self._transform_rows(idx)
+        else:
+            emb, bias = self.encode(users, items, contexts)
+            z = self.transform(emb)
+        pred = self.interact(z, view)
         return pred if bias is None else pred + bias
+
+    # ---- evaluation: g applied to each table once, not to every looked-up row ---------------------------------
+    def _table_path(self, batch: int) -> bool:
+        """Evaluate through g(table) when nothing needs gradients, there are no neighbourhoods (which add a vector
+        per rating) and no table has more rows than the batch: then g runs once on each table row instead of on
+        every rating's copy of it (ML-100K validation batches of 8192 at dim 32: 6x fewer g evaluations). Nothing
+        is cached between calls: fused optimiser steps do not bump version counters, so a cache could not tell
+        that the parameters changed."""
+        if self.training or torch.is_grad_enabled() or len(self.neighbourhoods):
+            return False
+        return all(self.embeddings[s].weight.shape[0] <= batch for s in self.sides)
+
+    def _transform_rows(self, idx: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor | None]:
+        """(g(e) per side (B, k), biases (B,) or None) from g(table) (the same values as ``transform`` applied to
+        the looked-up rows, up to float rounding)."""
+        tables = [self.embeddings[s].weight for s in self.sides]
+        k = self.embedding_dim
+        z = {s: self.g.forward_side(i, t[:, :k]).index_select(0, idx[s])                 # (rows, k) -> (B, k)
+             for i, (s, t) in enumerate(zip(self.sides, tables, strict=True))}
+        bias = None
+        if self.use_bias:
+            bias = self.global_bias + sum(t[:, k].index_select(0, idx[s]) for s, t in zip(self.sides, tables,
+                                                                                            strict=True))
+        return z, bias
 
     def effective_penalty(self, z: dict[str, Tensor], view: ArchView) -> Tensor:
         """Per-rating L2 of the embeddings as the selected op's head sees them (scalar, mean over the batch).

@@ -258,3 +258,29 @@ def test_evaluation_helpers():
 
 def test_primitives_registry():
     assert PRIMITIVES == ("plus", "multiply", "max", "min", "concat")
+
+
+@pytest.mark.parametrize("kw", [{}, {"use_bias": True, "g_skip": True},
+                                {"num_contexts": 3, "ops": ("plus(u,v)_multiply(c)",)}])
+def test_evaluation_through_g_of_the_tables_equals_the_per_rating_path(kw):
+    """In evaluation (eval mode, no grad, every table no larger than the batch) g runs once per table row; the
+    predictions equal the per-rating path's up to float rounding, and training keeps the per-rating path."""
+    space = SIFSpace(6, 7, embedding_dim=3, seed=0, **kw)
+    with torch.no_grad():
+        for p in space.g.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    g = torch.Generator().manual_seed(0)
+    u, i = torch.randint(6, (40,), generator=g), torch.randint(7, (40,), generator=g)
+    c = torch.randint(3, (40,), generator=g) if "num_contexts" in kw else None
+    space.eval()
+    with torch.no_grad():
+        assert space._table_path(40) and not space._table_path(5)
+        fast = space(u, i, c)
+        emb, bias = space.encode(u, i, c)
+        slow = space.interact(space.transform(emb), space.sparse_view())
+        slow = slow if bias is None else slow + bias
+    torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-6)
+    space.train()
+    assert not space._table_path(40)
+    space.eval()
+    assert not space._table_path(40)                   # grad enabled: the per-rating path (gradients stay exact)
