@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .prox import prox_c1, random_c1, row_argmax
+from .prox import prox_c1, prox_c2_, random_c1, row_argmax
 
 __all__ = ["AlphaSpec", "ArchParameters", "ArchView", "SPARSE", "NASP", "DENSE", "onehot_index", "selections"]
 
@@ -219,7 +219,7 @@ class ArchParameters(nn.Module):
     def prox_c2_(self) -> None:
         """A = prox_C2(A) in place."""
         for a in self.alphas.values():
-            a.clamp_(0.0, 1.0)                        # prox_c2 in place (one op)
+            prox_c2_(a)
         self._cache = None
 
     @torch.no_grad()

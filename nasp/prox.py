@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["prox_c1", "prox_c2", "row_argmax", "keep_rows", "random_c1"]
+__all__ = ["prox_c1", "prox_c2", "prox_c2_", "row_argmax", "keep_rows", "random_c1"]
 
 
 def _default_priority(n: int, device: torch.device) -> Tensor:
@@ -85,6 +85,11 @@ def prox_c1(
 def prox_c2(a: Tensor) -> Tensor:
     """Project ``a`` onto C2 = [0, 1] entry-wise (a new tensor)."""
     return a.clamp(0.0, 1.0)
+
+
+def prox_c2_(a: Tensor) -> Tensor:
+    """:func:`prox_c2` in place (one op; it bumps ``a``'s version counter); returns ``a``."""
+    return a.clamp_(0.0, 1.0)
 
 
 def random_c1(

@@ -37,13 +37,18 @@ from .space import SearchSpace, Task
 from .strategies import STRATEGIES
 from .streams import ResumableStream
 
-__all__ = ["SearchConfig", "Searcher", "SearchResult", "NonFiniteLossError", "to_device"]
+__all__ = ["SearchConfig", "Searcher", "SearchResult", "NonFiniteLossError", "FusedStepUnsupported", "to_device"]
 
 log = logging.getLogger("nasp.search")
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; the run stopped and the last good checkpoint was kept."""
+
+
+class FusedStepUnsupported(Exception):
+    """Raised by a space's ``fused_nasp_step`` hook for a setting its fused step does not cover (the message names
+    it); the search then runs the generic step (see :class:`Searcher`)."""
 
 
 @dataclass
@@ -232,7 +237,7 @@ class Searcher:
     ``config.fused`` (NASP only): when the model has a hook ``fused_nasp_step(searcher)`` returning a callable
     ``step(train_batch, valid_batch, update_alpha) -> dict``, every NASP step runs through it instead of the
     generic autograd step (e.g. :class:`sif.fused.FusedSIFStep`: the same results up to float rounding, computed
-    by hand). The hook raises NotImplementedError for settings it does not cover; then, or without a hook, the
+    by hand). The hook raises :class:`FusedStepUnsupported` for settings it does not cover; then, or without a hook, the
     generic step runs: with ``fused=None`` (the default) silently (logged at INFO), with ``fused=True`` after a
     warning at the start of ``fit``. ``fused=False`` always runs the generic step.
     """
@@ -412,7 +417,7 @@ class Searcher:
         else:
             try:
                 return hook(self)
-            except NotImplementedError as e:
+            except FusedStepUnsupported as e:
                 reason = f"{type(self.model).__name__}'s fused step does not support {e}"
         if self.config.fused:
             warnings.warn(f"search fused=True ignored: {reason}; using the generic step", stacklevel=3)

@@ -42,7 +42,9 @@ import math
 import torch
 from torch import Tensor
 
+from nasp.prox import prox_c2_
 from nasp.regularizers import normalise_costs
+from nasp.search import FusedStepUnsupported
 
 from .interactions import PRIMITIVES
 from .space import SIFSpace
@@ -81,34 +83,34 @@ def _op_backward(name: str, z: Tensor, do: Tensor) -> Tensor:
 
 
 def check_supported(searcher) -> None:
-    """Raise NotImplementedError naming the first setting the fused step does not cover."""
+    """Raise :class:`~nasp.search.FusedStepUnsupported` naming the first setting the fused step does not cover."""
     s, model, task, c = searcher, searcher.model, searcher.task, searcher.config
     if c.strategy != "nasp":
-        raise NotImplementedError(f"strategy {c.strategy!r} (the fused step is NASP's)")
+        raise FusedStepUnsupported(f"strategy {c.strategy!r} (the fused step is NASP's)")
     if c.amp is not None or c.compile:
-        raise NotImplementedError("autocast (amp) or torch.compile")
+        raise FusedStepUnsupported("autocast (amp) or torch.compile")
     if getattr(s, "grad_sync", None) is not None:
-        raise NotImplementedError("data-parallel search (grad_sync)")
+        raise FusedStepUnsupported("data-parallel search (grad_sync)")
     if not isinstance(model, SIFSpace) or len(model.sides) != 2:
-        raise NotImplementedError("the tensor (user, item, context) case")
+        raise FusedStepUnsupported("the tensor (user, item, context) case")
     if len(model.neighbourhoods):
-        raise NotImplementedError("neighbourhoods (SVD++-style implicit feedback)")
+        raise FusedStepUnsupported("neighbourhoods (SVD++-style implicit feedback)")
     unknown = [n for n in model.names if n not in PRIMITIVES]
     if unknown:
-        raise NotImplementedError(f"ops {unknown} (only the matrix primitives)")
+        raise FusedStepUnsupported(f"ops {unknown} (only the matrix primitives)")
     if not isinstance(task, RatingTask) or type(task).loss is not RatingTask.loss \
             or type(task)._penalty is not RatingTask._penalty:
-        raise NotImplementedError(f"task {type(task).__name__} (only sif.task.RatingTask)")
+        raise FusedStepUnsupported(f"task {type(task).__name__} (only sif.task.RatingTask)")
     if s.task_loss != task.loss:
-        raise NotImplementedError("a replaced task loss")
+        raise FusedStepUnsupported("a replaced task loss")
     if [id(p) for p in s.extra_params] != [id(p) for p in model.g.parameters()] or len(s.alpha_params) != 1:
-        raise NotImplementedError("alpha-step parameters other than (interaction alphas, g)")
+        raise FusedStepUnsupported("alpha-step parameters other than (interaction alphas, g)")
     if type(model).after_weight_step is not SIFSpace.after_weight_step:
-        raise NotImplementedError("a replaced after_weight_step")
+        raise FusedStepUnsupported("a replaced after_weight_step")
     if {id(p) for p in s.weight_params} != {id(p) for p in model.weights()}:
-        raise NotImplementedError("weight parameters other than the model's")
+        raise FusedStepUnsupported("weight parameters other than the model's")
     if len({(p.dtype, p.device) for p in s.weight_params}) != 1:
-        raise NotImplementedError("weight parameters of mixed dtypes or devices")
+        raise FusedStepUnsupported("weight parameters of mixed dtypes or devices")
 
 
 # ---- optimiser updates on the optimisers' own state ----------------------------------------------------------
@@ -238,7 +240,7 @@ class _Buffers:
 class FusedSIFStep:
     """``step(train_batch, valid_batch, update_alpha) -> {"train_loss", ["alpha_loss"]}`` for a
     :class:`~nasp.search.Searcher` driving a matrix-case :class:`~sif.space.SIFSpace` with a
-    :class:`~sif.task.RatingTask` (see the module docstring). Raises NotImplementedError for unsupported settings.
+    :class:`~sif.task.RatingTask` (see the module docstring). Raises FusedStepUnsupported for unsupported settings.
     """
 
     def __init__(self, searcher):
@@ -406,7 +408,7 @@ class FusedSIFStep:
         if d_alpha.dtype != self.alpha.dtype:
             d_alpha = d_alpha.to(self.alpha.dtype)
         self.a_update(self.a_pos, [d_alpha, *dg])
-        self.alpha.clamp_(0.0, 1.0)         # A = prox_C2(A) (ArchParameters' caches key on the version it bumps)
+        prox_c2_(self.alpha)                # A = prox_C2(A) (ArchParameters' caches key on the version it bumps)
         return loss
 
     def weight_step(self, batch, sel: int) -> Tensor:

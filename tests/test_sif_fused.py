@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from nasp.search import SearchConfig, Searcher
+from nasp.search import FusedStepUnsupported, SearchConfig, Searcher
 from nasp.streams import TensorLoader
 from sif.fused import FusedSIFStep
 from sif.space import SIFSpace
@@ -185,14 +185,14 @@ def test_auto_uses_the_fused_step_when_supported_and_falls_back_silently(caplog)
 def test_tensor_case_is_unsupported():
     space = SIFSpace(4, 5, num_contexts=3, embedding_dim=2, ops=("multiply_multiply",))
     s = Searcher(space, RatingTask(), SearchConfig(epochs=1, fused=True), show_progress=False)
-    with pytest.raises(NotImplementedError, match="tensor"):
+    with pytest.raises(FusedStepUnsupported, match="tensor"):
         FusedSIFStep(s)
 
 
 def test_neighbourhoods_are_unsupported():
     space = SIFSpace(4, 5, embedding_dim=2, neighbourhood="both")
     s = Searcher(space, RatingTask(), SearchConfig(epochs=1, fused=True), show_progress=False)
-    with pytest.raises(NotImplementedError, match="neighbourhoods"):
+    with pytest.raises(FusedStepUnsupported, match="neighbourhoods"):
         FusedSIFStep(s)
 
 
@@ -203,7 +203,7 @@ def test_other_tasks_are_unsupported():
 
     space = SIFSpace(4, 5, embedding_dim=2)
     s = Searcher(space, Custom(), SearchConfig(epochs=1, fused=True), show_progress=False)
-    with pytest.raises(NotImplementedError, match="Custom"):
+    with pytest.raises(FusedStepUnsupported, match="Custom"):
         FusedSIFStep(s)
 
 
