@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nasp.cli import SEARCH_DEFAULTS, TRAIN_DEFAULTS, resolve_config, run_search, run_train  # noqa: E402
+from nasp.cli import CNNSearchRun, CNNTrainRun, resolve_config, run_search, run_train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
     p.add_argument("--train-only", action="store_true", help="reuse the search in --out/search; train only")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    search_cfg = resolve_config(SEARCH_DEFAULTS, ROOT / "configs/cnn_search_cifar10_jpeg_cpu.yaml", [
+    search_cfg = resolve_config(CNNSearchRun, ROOT / "configs/cnn_search_cifar10_jpeg_cpu.yaml", [
         f"data.subset={args.subset}", f"search.epochs={args.epochs}", f"search.strategy={args.strategy}",
         f"threads={args.threads}", "channels_last=true", f"run_dir={args.out / 'search'}"])
     if args.train_only:
@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
     else:
         search = run_search(search_cfg, show_progress=False)
     t1 = time.perf_counter()
-    train_cfg = resolve_config(TRAIN_DEFAULTS, None, [
+    train_cfg = resolve_config(CNNTrainRun, None, [
         "data.source=zip", "data.path=cifar10-jpeg-yoongikim/train_first1000perclass.zip",
         "data.test_path=cifar10-jpeg-yoongikim/test_10000.zip", "data.batch_size=64", "data.cutout=0",
         f"model.genotype={args.out / 'search' / 'cell_genotype.json'}", f"model.C={args.train_C}",

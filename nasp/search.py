@@ -102,6 +102,11 @@ class SearchConfig:
         for name in ("epochs", "alpha_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("w_lr", "a_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.w_lr_min < 0 or self.grad_clip < 0 or self.warmup_epochs < 0:
+            raise ValueError("w_lr_min, grad_clip and warmup_epochs must be >= 0")
         self.a_betas = tuple(self.a_betas)
 
     @property

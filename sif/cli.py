@@ -22,24 +22,34 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from nasp import distributed as nd
+from nasp.config import ConfigError, add_config_arguments, to_dict
+from nasp.search import NonFiniteLossError
 
 from .baselines import BASELINES
-from .config import RunConfig, load_config
+from .config import ModelConfig, RunConfig, load_config
 from .data import load_splits
 from .evaluation import mean_std
-from .recommender import SIFRecommender, create_recommender, load_recommender
+from .recommender import (
+    SIF_VARIANTS,
+    SIFRecommender,
+    constructor_params,
+    create_recommender,
+    load_recommender,
+    recommender_class,
+)
 
 __all__ = ["main", "build_recommender", "run_fit", "run_benchmark"]
 
 log = logging.getLogger("sif")
-SIF_KEYS = ("g_hidden", "g_skip", "train_all_heads", "select", "search_on", "keep_g", "head_init", "head_radius")
+_MODEL_DEFAULTS = ModelConfig()
+EXIT_USAGE, EXIT_NONFINITE = 2, 3          # documented in the README (command line)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -58,25 +68,42 @@ def _setup_logging(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def build_recommender(cfg: RunConfig, name: str | None = None, **overrides: Any):
-    """The recommender a config describes (``name`` overrides ``cfg.model.name``)."""
+def build_recommender(cfg: RunConfig, name: str | None = None, strict: bool = True, **overrides: Any):
+    """The recommender a config describes (``name`` overrides ``cfg.model.name``).
+
+    Every constructor argument comes from the config key of the same name (:func:`recommender_kwargs`). With
+    ``strict``, a ``model.*`` setting changed from its default that this model does not take is an error (no
+    accepted key is ignored); ``sif benchmark`` runs many models from one config and passes ``strict=False``,
+    so that each model takes the settings that apply to it."""
     name = name or cfg.model.name
-    m = cfg.model
-    kw: dict[str, Any] = dict(embedding_dim=m.embedding_dim, use_bias=m.use_bias, reg=m.reg, penalty=m.penalty,
-                              train=asdict(cfg.train), refit=m.refit, neighbourhood_reg=m.neighbourhood_reg,
-                              clip_predictions=m.clip_predictions, device=cfg.device, random_state=cfg.seed)
-    if m.neighbourhood is not None and _supports_neighbourhood(name):
-        kw.update(neighbourhood=m.neighbourhood)
-    if name.startswith("sif"):
-        kw.update({k: getattr(m, k) for k in SIF_KEYS}, search=asdict(cfg.search))
-    elif name.startswith("fixed:"):
-        kw.update(g_hidden=m.g_hidden, g_skip=m.g_skip, head_init=m.head_init, head_radius=m.head_radius)
+    kw = recommender_kwargs(cfg, name, strict)
     kw.update(overrides)
     return create_recommender(name, **kw)
 
 
+def recommender_kwargs(cfg: RunConfig, name: str, strict: bool = True) -> dict[str, Any]:
+    """The constructor arguments of recommender ``name`` from ``cfg``: ``model.<arg>``, except ``device``,
+    ``random_state`` (``seed``), ``train``, ``search`` and ``valid_fraction`` (``data.valid_fraction``); ``op``
+    and ``model`` are part of the name."""
+    taken = constructor_params(recommender_class(name))
+    special = {"device": cfg.device, "random_state": cfg.seed, "train": to_dict(cfg.train),
+               "search": {k: v for k, v in to_dict(cfg.search).items() if k != "seed"},
+               "valid_fraction": cfg.data.valid_fraction}
+    kw = {p: special[p] if p in special else getattr(cfg.model, p) for p in taken if p not in ("op", "model")}
+    if kw.get("neighbourhood") is not None and not _supports_neighbourhood(name):
+        if strict:
+            raise ConfigError(f"model.neighbourhood: model {name!r} does not take neighbourhoods")
+        kw.pop("neighbourhood")
+    if strict:
+        unused = [f"model.{f.name}" for f in fields(ModelConfig) if f.name != "name" and f.name not in taken
+                  and getattr(cfg.model, f.name) != getattr(_MODEL_DEFAULTS, f.name)]
+        if unused:
+            raise ConfigError(f"{', '.join(unused)}: not a setting of model {name!r} (only of other models)")
+    return kw
+
+
 def _supports_neighbourhood(name: str) -> bool:
-    """SIF models, fixed ops and the MF-type baselines take ``model.neighbourhood``; NeuMF and bias_only ignore it."""
+    """SIF models, fixed ops and the MF-type baselines take ``model.neighbourhood``; NeuMF and bias_only do not."""
     base = BASELINES.get(name)
     return base is None or getattr(base, "supports_neighbourhood", False)
 
@@ -108,9 +135,11 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None) -> dict[str,
     if isinstance(rec, SIFRecommender):
         rec.genotype_.to_json(run_dir / "genotype.json")
     if hasattr(rec.model_, "names"):
-        from .draw import draw_interaction
+        from .draw import draw_alphas, draw_interaction
 
         draw_interaction(rec.model_, run_dir / "interaction")
+        if isinstance(rec, SIFRecommender):
+            draw_alphas(rec.search_result_.history, list(rec.search_candidates_), rec.op_, run_dir / "alphas")
     rec.save(run_dir / "model")
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     log.info("results: %s", json.dumps(results))
@@ -142,7 +171,7 @@ def _fit_tuned(cfg: RunConfig, name: str, grid: dict[str, list], data) -> tuple[
         for k, v in setting.items():
             target = run_cfg.train if hasattr(run_cfg.train, k) else run_cfg.model
             setattr(target, k, v)
-        rec = build_recommender(run_cfg, name).fit(train, valid, show_progress=False)
+        rec = build_recommender(run_cfg, name, strict=False).fit(train, valid, show_progress=False)
         r = _valid_scores(rec, valid)["rmse"]
         if r < best_rmse:
             best, best_rmse, best_setting = rec, r, setting
@@ -205,31 +234,65 @@ def benchmark_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_MODELS_HELP = (f"model names (model.name): {', '.join(SIF_VARIANTS)} (sif search); fixed:<op> with op one of "
+                f"plus, multiply, max, min, concat; baselines: {', '.join(sorted(BASELINES))}. Every config key is "
+                "a field of the dataclasses in sif/config.py (model, data, train, benchmark; search: "
+                "nasp.search.SearchConfig), documented there; --set section.key=value reaches each one.")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sif", description="Interaction-function search for collaborative filtering")
+    p = argparse.ArgumentParser(prog="sif", description="Interaction-function search for collaborative filtering",
+                                epilog=f"Exit codes: 0 ok, {EXIT_USAGE} bad input (one line naming the key, file or "
+                                       f"line), {EXIT_NONFINITE} a loss became NaN/inf (the last good checkpoint "
+                                       "is kept).")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("search", "search the interaction function, train it stand-alone, evaluate"),
                         ("train", "train one model (model.name) stand-alone and evaluate"),
                         ("benchmark", "many models x folds/seeds in one table")):
-        sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--config", help="YAML file (safe_load); defaults are used without one")
-        sp.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                        help="overrides, e.g. search.epochs=10 (repeatable)")
+        sp = sub.add_parser(name, help=help_, description=help_, epilog=_MODELS_HELP)
+        add_config_arguments(sp)
         sp.add_argument("--out", help="run folder (default: out_dir of the config)")
+        sp.add_argument("--debug", action="store_true", help="show the traceback of an error")
     ev = sub.add_parser("evaluate", help="evaluate a saved run's model on its test split")
     ev.add_argument("--run", required=True, help="a run folder written by sif search / sif train")
+    ev.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error is one line on stderr and exit code 2, a non-finite loss exit code 3."""
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (FileNotFoundError, KeyError, TypeError, ValueError) as e:
-        print(f"sif {args.command}: error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+    except NonFiniteLossError as e:
+        if args.debug:
+            raise
+        print(f"sif {args.command}: stopped: {_one_line(e)}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except (ConfigError, FileNotFoundError, KeyError, TypeError, ValueError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"sif {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         nd.cleanup()
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(msg.split()) or type(e).__name__
+
+
+def _model_name(cfg: RunConfig, command: str) -> str:
+    name = cfg.model.name
+    if command == "search" and name not in SIF_VARIANTS:
+        raise ConfigError(f"model.name={name!r}: sif search searches an interaction function, so model.name must be "
+                          f"one of {', '.join(SIF_VARIANTS)} (use sif train for fixed models and baselines)")
+    if command == "train" and name in SIF_VARIANTS:
+        raise ConfigError(f"model.name={name!r}: sif train trains one fixed model: set model.name to fixed:<op> or "
+                          f"a baseline (use sif search to search)")
+    recommender_class(name)                   # an unknown name fails here, before any run folder is made
+    return name
 
 
 def _dispatch(args) -> int:
@@ -242,6 +305,9 @@ def _dispatch(args) -> int:
         print(json.dumps(out, indent=2))
         return 0
     cfg = load_config(args.config, args.set)
+    name = _model_name(cfg, args.command) if args.command != "benchmark" else None
+    if name is not None:
+        build_recommender(cfg, name)          # every setting checked before a run folder is made
     if cfg.threads:
         import torch
 
@@ -258,15 +324,12 @@ def _dispatch(args) -> int:
         if args.command == "benchmark":
             run_benchmark(cfg, run_dir)
         else:
-            name = cfg.model.name
-            if args.command == "search" and not name.startswith("sif"):
-                name = "sif"
-            if args.command == "train" and name.startswith("sif"):
-                raise ValueError(f"sif train trains one fixed model: set model.name to fixed:<op> or a baseline "
-                                 f"(got {name!r}; use sif search to search)")
             results = run_fit(cfg, run_dir, name)
             if nd.is_main_process():
                 _print_results(results, run_dir)
+    except Exception as e:
+        log.error("%s: %s", type(e).__name__, _one_line(e))
+        raise
     finally:
         if handler is not None:
             logging.getLogger().removeHandler(handler)
@@ -276,8 +339,13 @@ def _dispatch(args) -> int:
 
 def _print_results(r: dict[str, Any], run_dir: Path) -> None:
     head = f"model={r['model']}" + (f" found={r['op']}" if "op" in r else "")
-    print(f"{head}\n  valid RMSE {r['valid']['rmse']:.4f}   test RMSE {r['test']['rmse']:.4f}   "
-          f"test MAE {r['test']['mae']:.4f}   (z-scale test RMSE {r['test']['rmse_z']:.4f})\n"
+    if "rmse" in r["test"]:
+        scores = (f"valid RMSE {r['valid']['rmse']:.4f}   test RMSE {r['test']['rmse']:.4f}   "
+                  f"test MAE {r['test']['mae']:.4f}   (z-scale test RMSE {r['test']['rmse_z']:.4f})")
+    else:
+        scores = "   ".join(f"test {k} {v:.4f}" if k != "users" else f"({v:.0f} test users)"
+                           for k, v in r["test"].items() if isinstance(v, (int, float)))
+    print(f"{head}\n  {scores}\n"
           f"  search {r.get('seconds_search', 0.0):.1f}s, stand-alone training {r['seconds_train']:.1f}s\n"
           f"  run folder: {run_dir}")
 

@@ -1,25 +1,22 @@
-"""Run configuration: dataclass defaults, then a YAML file, then ``--set key=value`` overrides (nanoGPT style).
-
-Unknown keys and values of the wrong type are rejected with a message naming the key (and the file). YAML is read
-with ``yaml.safe_load``. The resolved configuration is written into every run folder.
+"""The sif run configuration: dataclasses read by :mod:`nasp.config`'s one loader (defaults, then a YAML file,
+then ``--set key=value ...``). Unknown keys and values of the wrong type are rejected in one line naming the key
+and the nearest valid ones. The resolved configuration is written into every run folder.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import yaml
-
+from nasp.config import load, merge, parse_assignments, to_dict
 from nasp.search import SearchConfig
 
 from .train import TrainConfig
 
-__all__ = ["DataConfig", "ModelConfig", "BenchmarkConfig", "RunConfig", "load_config", "apply_override"]
+__all__ = ["DataConfig", "ModelConfig", "SIFSearchConfig", "BenchmarkConfig", "RunConfig", "load_config",
+           "apply_override", "check_device"]
 
 
 @dataclass
@@ -44,26 +41,84 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Which recommender and its settings (see :func:`sif.recommender.create_recommender`)."""
+    """Which recommender and its settings: the one home of every recommender setting's default (the
+    recommenders in :mod:`sif.recommender` read their constructor defaults from here).
+
+    ``name``: "sif" (and its variants, see :func:`sif.recommender.create_recommender`), "fixed:<op>" or a baseline.
+    Every other field is the constructor argument of the same name; ``device`` and ``seed`` (the recommender's
+    ``random_state``) are the top-level keys, ``train`` and ``search`` their sections, and the recommender's
+    ``valid_fraction`` is ``data.valid_fraction``."""
 
     name: str = "sif"
+    task: str = "rating"            # rating | bpr | bce (implicit feedback: top-N metrics)
     embedding_dim: int = 32
     use_bias: bool = True
     reg: float = 0.1
     penalty: str = "l2"             # l2 (per-rating squared norms) | norm (the reference's ||U_b|| + ||V_b||)
     #                                 | effective (SIF: L2 as the head sees the embeddings; l2 for baselines)
+    penalize_transformed: bool = False  # baselines: put the L2 penalty on the transformed embeddings
+    ops: list[str] | None = None    # SIF search: candidate ops (None: all five; multiply/max/min for bpr/bce)
     head_init: str = "uniform"      # SIF heads: uniform(+-1/sqrt(width)) (paper) | ones (multiply = a dot product)
     head_radius: float | None = None    # L2 ball of the heads; None: 1 (paper) for ratings, sqrt(dim) for bpr/bce
     g_hidden: int = 8
     g_skip: bool = True             # g starts as the identity and learns a residual (paper: random MLP)
     train_all_heads: bool = True
-    select: str = "best"
-    search_on: str = "valid"
+    select: str = "best"            # best (epoch best on validation) | last (the last prox)
+    search_on: str = "valid"        # valid | train (the no-validation-split ablation)
     keep_g: bool = False
     clip_predictions: bool = True
     neighbourhood: str | None = None    # SVD++-style implicit feedback: user | item | both (models that support it)
     neighbourhood_reg: float = 0.5      # its L2 coefficient relative to reg
     refit: bool = False             # retrain on train + valid for the epochs early stopping chose (rating task)
+    num_negatives: int = 4          # bpr/bce: sampled negatives per positive
+    positive_threshold: float | None = None  # bpr/bce: ratings >= this are positives (None: every rating)
+
+    def __post_init__(self):
+        _positive(self, "embedding_dim", "g_hidden", "num_negatives")
+        _non_negative(self, "reg", "neighbourhood_reg")
+        _one_of(self, "task", ("rating", "bpr", "bce"))
+        _one_of(self, "penalty", ("l2", "norm", "effective"))
+        _one_of(self, "head_init", ("uniform", "ones"))
+        _one_of(self, "select", ("best", "last"))
+        _one_of(self, "search_on", ("valid", "train"))
+        _one_of(self, "neighbourhood", (None, "user", "item", "both"))
+        if self.head_radius is not None and not self.head_radius > 0:
+            raise ValueError(f"head_radius must be > 0 (or null), got {self.head_radius}")
+
+
+@dataclass
+class SIFSearchConfig(SearchConfig):
+    """The search loop's settings with SIF's defaults (NASP, 10 epochs, Adam lr 0.002 on the weights, constant,
+    Adam lr 1e-3 on alpha and g; the reference used Adagrad 0.05 and alpha lr 3e-4 over 100 epochs). Its
+    ``seed`` is the run's (the recommender's ``random_state``)."""
+
+    epochs: int = 10
+    w_optimizer: str = "adam"
+    w_lr: float = 0.002
+    w_lr_schedule: str = "constant"
+    w_momentum: float = 0.0
+    w_weight_decay: float = 0.0
+    a_lr: float = 1e-3
+
+
+def _positive(cfg, *names: str) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        if not v > 0:
+            raise ValueError(f"{n} must be > 0, got {v}")
+
+
+def _non_negative(cfg, *names: str) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        if not v >= 0:
+            raise ValueError(f"{n} must be >= 0, got {v}")
+
+
+def _one_of(cfg, name: str, allowed: tuple) -> None:
+    if getattr(cfg, name) not in allowed:
+        shown = ", ".join("null" if a is None else str(a) for a in allowed)
+        raise ValueError(f"{name} must be one of {shown}, got {getattr(cfg, name)!r}")
 
 
 @dataclass
@@ -89,101 +144,33 @@ class RunConfig:
     show_progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    search: SearchConfig = field(default_factory=lambda: SearchConfig(
-        epochs=10, w_optimizer="adam", w_lr=0.002, w_lr_schedule="constant", w_momentum=0.0,
-        w_weight_decay=0.0, a_lr=1e-3))
+    search: SIFSearchConfig = field(default_factory=SIFSearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
+    # nested keys set from a top-level one (nasp.config refuses them as input): one seed drives everything
+    __derived__: ClassVar[dict[str, str]] = {"search.seed": "seed", "train.seed": "seed"}
+
+    def __post_init__(self):
+        check_device(self.device)
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (or null), got {self.threads}")
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_dict(self)
 
 
-def _check_type(value: Any, annotation: Any, key: str) -> Any:
-    """Return ``value`` converted to ``annotation`` where that is lossless, else raise naming ``key``."""
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            try:
-                return _check_type(value, arg, key)
-            except (TypeError, ValueError):
-                continue
-        raise TypeError(f"{key}: expected {annotation}, got {value!r} ({type(value).__name__})")
-    if annotation is type(None):
-        if value is None:
-            return None
-        raise TypeError(f"{key}: expected None, got {value!r}")
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
-        args = typing.get_args(annotation)
-        item = args[0] if args else Any
-        return type(value)(_check_type(v, item, key) for v in value) if origin is list else tuple(value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise TypeError(f"{key}: expected a mapping, got {value!r}")
-        return value
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation in (int, float, str, bool):
-        if type(value) is not annotation:
-            raise TypeError(f"{key}: expected {annotation.__name__}, got {value!r} ({type(value).__name__})")
-        return value
-    return value
-
-
-def _merge(obj: Any, values: dict[str, Any], prefix: str) -> None:
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        full = f"{prefix}{key}"
-        if key not in names:
-            raise KeyError(f"unknown config key {full!r}; known under {prefix or 'the top level'}: {sorted(names)}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise TypeError(f"{full}: expected a mapping of {type(current).__name__} settings, got {value!r}")
-            _merge(current, value, f"{full}.")
-        else:
-            setattr(obj, key, _check_type(value, hints[key], full))
-    if hasattr(obj, "__post_init__"):
-        obj.__post_init__()
+def check_device(device: str) -> None:
+    """``device`` must be cpu, cuda, cuda:N or mps (one line naming the value otherwise)."""
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", str(device)):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
 
 
 def apply_override(cfg: RunConfig, assignment: str) -> None:
     """Apply one ``dotted.key=value`` (the value is parsed as YAML: numbers, booleans, lists, null)."""
-    if "=" not in assignment:
-        raise ValueError(f"--set expects key=value, got {assignment!r}")
-    key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    node: dict[str, Any] = {}
-    cursor = node
-    parts = key.strip().split(".")
-    for p in parts[:-1]:
-        cursor = cursor.setdefault(p, {})
-    cursor[parts[-1]] = value
-    _merge(cfg, node, "")
+    merge(cfg, parse_assignments([assignment]))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Defaults, then the YAML file (if any), then the overrides."""
-    cfg = RunConfig()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({e})") from e
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: the top level must be a mapping of settings")
-        try:
-            _merge(cfg, values, "")
-        except (KeyError, TypeError, ValueError) as e:
-            raise type(e)(f"{path}: {e.args[0]}") from e
-    for o in overrides:
-        apply_override(cfg, o)
-    return cfg
+    """Defaults, then the YAML file (if any), then the ``key=value`` overrides (:func:`nasp.config.load`)."""
+    return load(RunConfig, path, overrides)

@@ -35,6 +35,7 @@ from nasp.genotype import Genotype
 from nasp.search import SearchConfig
 
 from .baselines import BASELINES, create_baseline
+from .config import DataConfig, ModelConfig, SIFSearchConfig
 from .implicit_feedback import (
     RANKING_OPS,
     ImplicitTask,
@@ -50,9 +51,11 @@ from .task import RatingTask
 from .train import TrainConfig, train_model
 
 __all__ = ["BaseRecommender", "SIFRecommender", "FixedInteractionRecommender", "BaselineRecommender",
-           "RECOMMENDERS", "create_recommender", "load_recommender"]
+           "RECOMMENDERS", "SIF_VARIANTS", "create_recommender", "recommender_class", "constructor_params",
+           "load_recommender"]
 
 log = logging.getLogger("sif.recommender")
+_M, _D = ModelConfig(), DataConfig()    # the one home of the settings' defaults
 RECOMMENDERS: dict[str, type[BaseRecommender]] = {}
 
 
@@ -81,11 +84,13 @@ class BaseRecommender:
     chose (rating task; ``train_result_`` keeps the first fit and its validation scores, ``refit_result_`` the
     refit)."""
 
-    def __init__(self, embedding_dim: int = 32, use_bias: bool = True, reg: float = 0.1, penalty: str = "l2",
-                 penalize_transformed: bool = False, train: Any = None, valid_fraction: float = 0.1,
-                 clip_predictions: bool = True, device: str = "cpu", random_state: int = 0, task: str = "rating",
-                 num_negatives: int = 4, positive_threshold: float | None = None, neighbourhood: str | None = None,
-                 neighbourhood_reg: float = 0.5, refit: bool = False):
+    def __init__(self, embedding_dim: int = _M.embedding_dim, use_bias: bool = _M.use_bias, reg: float = _M.reg,
+                 penalty: str = _M.penalty, penalize_transformed: bool = _M.penalize_transformed, train: Any = None,
+                 valid_fraction: float = _D.valid_fraction, clip_predictions: bool = _M.clip_predictions,
+                 device: str = "cpu", random_state: int = 0, task: str = _M.task,
+                 num_negatives: int = _M.num_negatives, positive_threshold: float | None = _M.positive_threshold,
+                 neighbourhood: str | None = _M.neighbourhood, neighbourhood_reg: float = _M.neighbourhood_reg,
+                 refit: bool = _M.refit):
         if task not in ("rating", "bpr", "bce"):
             raise ValueError(f"task must be 'rating', 'bpr' or 'bce', got {task!r}")
         self.task, self.num_negatives, self.positive_threshold = task, num_negatives, positive_threshold
@@ -98,13 +103,8 @@ class BaseRecommender:
     # ---- parameters -----------------------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
         """The constructor arguments (JSON-friendly)."""
-        import inspect
-
-        names = [name for c in type(self).__mro__ if c is not object
-                 for name, p in inspect.signature(c.__init__).parameters.items()
-                 if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
         out = {}
-        for n in dict.fromkeys(names):
+        for n in constructor_params(type(self)):
             v = getattr(self, n)
             out[n] = asdict(v) if hasattr(v, "__dataclass_fields__") else v
         return out
@@ -384,8 +384,9 @@ class BaselineRecommender(BaseRecommender):
 class FixedInteractionRecommender(BaseRecommender):
     """The SIF model with one fixed interaction function (e.g. op="multiply"), trained stand-alone."""
 
-    def __init__(self, op: str = "multiply", g_hidden: int = 8, g_skip: bool = True, head_radius: float | None = None,
-                 head_init: str = "uniform", penalty: str = "l2", **kwargs):
+    def __init__(self, op: str = "multiply", g_hidden: int = _M.g_hidden, g_skip: bool = _M.g_skip,
+                 head_radius: float | None = _M.head_radius, head_init: str = _M.head_init, penalty: str = _M.penalty,
+                 **kwargs):
         super().__init__(penalty=penalty, **kwargs)
         self.op, self.g_hidden, self.g_skip = op, g_hidden, g_skip
         self.head_radius, self.head_init = head_radius, head_init
@@ -425,11 +426,11 @@ class SIFRecommender(BaseRecommender):
     tasks only multiply, max and min, since plus and concat cannot personalise a ranking, see ``search_ops``).
     """
 
-    def __init__(self, embedding_dim: int = 32, use_bias: bool = True, search: Any = None, select: str = "best",
-                 search_on: str = "valid", train_all_heads: bool = True, g_hidden: int = 8, g_skip: bool = True,
-                 ops: Any = None, keep_g: bool = False, head_radius: float | None = None, head_init: str = "uniform",
-                 penalty: str = "l2", **kwargs):
-        super().__init__(embedding_dim=embedding_dim, use_bias=use_bias, penalty=penalty, **kwargs)
+    def __init__(self, search: Any = None, select: str = _M.select, search_on: str = _M.search_on,
+                 train_all_heads: bool = _M.train_all_heads, g_hidden: int = _M.g_hidden, g_skip: bool = _M.g_skip,
+                 ops: Any = _M.ops, keep_g: bool = _M.keep_g, head_radius: float | None = _M.head_radius,
+                 head_init: str = _M.head_init, **kwargs):
+        super().__init__(**kwargs)
         self.head_radius, self.head_init = head_radius, head_init
         if select not in ("best", "last"):
             raise ValueError(f"select must be 'best' or 'last', got {select!r}")
@@ -440,10 +441,12 @@ class SIFRecommender(BaseRecommender):
         self.ops, self.keep_g = ops, keep_g
 
     def _search_config(self) -> SearchConfig:
-        defaults = dict(strategy="nasp", epochs=10, w_optimizer="adam", w_lr=0.002, w_lr_schedule="constant",
-                        w_momentum=0.0, w_weight_decay=0.0, grad_clip=5.0, a_lr=1e-3, warmup_epochs=0)
+        """``search`` over SIF's defaults (:class:`sif.config.SIFSearchConfig`), seeded by ``random_state``."""
         given = self.search if isinstance(self.search, dict) else (asdict(self.search) if self.search else {})
-        cfg = SearchConfig.from_dict({**defaults, **given})
+        if isinstance(self.search, dict) and given.get("seed", self.random_state) != self.random_state:
+            raise ValueError(f"search['seed']={given['seed']}: the search is seeded by random_state "
+                             f"({self.random_state})")
+        cfg = config_from_dict(SIFSearchConfig, {k: v for k, v in given.items() if k != "seed"})
         cfg.seed = self.random_state
         return cfg
 
@@ -464,6 +467,7 @@ class SIFRecommender(BaseRecommender):
         cfg = self._search_config()
         self.search_config_ = cfg
         space = self._prepared(self._space(self.search_ops))
+        self.search_candidates_ = tuple(space.names)
         task = self._task(train_all_heads=self.train_all_heads)
         search_dir = Path(run_dir) / "search" if run_dir is not None else None
         searcher = make_searcher(space, task, cfg, device=self.device, run_dir=search_dir,
@@ -498,24 +502,47 @@ class SIFRecommender(BaseRecommender):
         self.op_ = state["op"]
 
 
+SIF_VARIANTS: dict[str, dict[str, Any]] = {
+    "sif": {},
+    "sif_random": {"search": {"strategy": "random"}},   # weight-sharing random search over the same space
+    "sif_noval": {"search_on": "train"},                # ablation: no validation split for the alpha steps
+    "sif_noheads": {"train_all_heads": False},          # ablation: unselected ops judged with untrained heads
+    "sif_last": {"select": "last"},                     # ablation: the last prox instead of the epoch best
+}
+
+
+def recommender_class(name: str) -> type[BaseRecommender]:
+    """The class behind a short name (see :func:`create_recommender`)."""
+    if name in SIF_VARIANTS:
+        return SIFRecommender
+    if name.startswith("fixed:"):
+        return FixedInteractionRecommender
+    if name in BASELINES:
+        return BaselineRecommender
+    raise KeyError(f"unknown recommender {name!r}: use {', '.join(SIF_VARIANTS)}, fixed:<op> or one of "
+                   f"{', '.join(sorted(BASELINES))}")
+
+
+def constructor_params(cls: type) -> list[str]:
+    """Every named constructor argument of ``cls`` and its bases (the estimator's parameters)."""
+    import inspect
+
+    names = [name for c in cls.__mro__ if c is not object
+             for name, p in inspect.signature(c.__init__).parameters.items()
+             if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    return list(dict.fromkeys(names))
+
+
 def create_recommender(name: str, **kwargs) -> BaseRecommender:
     """Build a recommender from a short name: "sif", "sif_random" (random search over the same space),
     "sif_noval" (the no-validation-split ablation), "sif_noheads" (only the selected head trains during the
     search), "sif_last" (last prox instead of the best epoch), "fixed:<op>", or a baseline name ("mf", "gmf", ...)."""
-    if name == "sif":
-        return SIFRecommender(**kwargs)
-    if name == "sif_random":
-        search = dict(kwargs.pop("search", None) or {})
-        return SIFRecommender(search={**search, "strategy": "random"}, **kwargs)
-    if name == "sif_noval":
-        return SIFRecommender(**{**kwargs, "search_on": "train"})
-    if name == "sif_noheads":            # ablation: unselected ops judged with heads that never trained
-        return SIFRecommender(**{**kwargs, "train_all_heads": False})
-    if name == "sif_last":               # ablation: the last prox instead of the epoch best on validation
-        return SIFRecommender(**{**kwargs, "select": "last"})
-    if name.startswith("fixed:"):
+    cls = recommender_class(name)
+    if cls is SIFRecommender:
+        variant = SIF_VARIANTS[name]
+        if "search" in variant:
+            kwargs["search"] = {**dict(kwargs.get("search") or {}), **variant["search"]}
+        return SIFRecommender(**{**kwargs, **{k: v for k, v in variant.items() if k != "search"}})
+    if cls is FixedInteractionRecommender:
         return FixedInteractionRecommender(op=name.split(":", 1)[1], **kwargs)
-    if name in BASELINES:
-        return BaselineRecommender(model=name, **kwargs)
-    raise KeyError(f"unknown recommender {name!r}: use sif, sif_random, sif_noval, sif_noheads, sif_last, "
-                   f"fixed:<op> or one of {sorted(BASELINES)}")
+    return BaselineRecommender(model=name, **kwargs)

@@ -54,6 +54,11 @@ class TrainConfig:
             raise ValueError(f"optimizer must be adagrad, adam or sgd, got {self.optimizer!r}")
         if self.max_epochs < 1 or self.patience < 1:
             raise ValueError(f"max_epochs and patience must be >= 1, got {self.max_epochs}, {self.patience}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("lr", "g_lr_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclass

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from nasp.cli import SEARCH_DEFAULTS, TRAIN_DEFAULTS, main, resolve_config
+from nasp.cli import CNNSearchRun, CNNTrainRun, main, resolve_config
 from nasp.search import SearchConfig, Searcher
 from nasp.spaces.cnn import CNNSearchSpace, ImageClassificationTask
 from nasp.spaces.cnn.genotypes import from_core
@@ -61,15 +61,18 @@ def test_trainer_resumes(tmp_path):
 def test_config_layers_and_rejections(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text(yaml.safe_dump({"space": {"C": 8}, "search": {"epochs": 3}}))
-    cfg = resolve_config(SEARCH_DEFAULTS, f, ["search.a_lr=1e-3", "data.batch_size=8", "search.w_lr=1"])
-    assert cfg["space"]["C"] == 8 and cfg["search"]["epochs"] == 3 and cfg["search"]["a_lr"] == 1e-3
-    assert cfg["search"]["w_lr"] == 1.0 and isinstance(cfg["search"]["w_lr"], float)
-    with pytest.raises(ValueError, match="unknown config key 'search.epoch'"):
-        resolve_config(SEARCH_DEFAULTS, None, ["search.epoch=3"])
+    cfg = resolve_config(CNNSearchRun, f, ["search.a_lr=1e-3", "data.batch_size=8", "search.w_lr=1"])
+    assert cfg.space.C == 8 and cfg.search.epochs == 3 and cfg.search.a_lr == 1e-3
+    assert cfg.search.w_lr == 1.0 and isinstance(cfg.search.w_lr, float)
+    with pytest.raises(ValueError, match="unknown config key 'search.epoch'; did you mean search.epochs"):
+        resolve_config(CNNSearchRun, None, ["search.epoch=3"])
     with pytest.raises(ValueError, match="space.C: expected int"):
-        resolve_config(SEARCH_DEFAULTS, None, ["space.C=big"])
-    with pytest.raises(ValueError, match="expected true/false"):
-        resolve_config(TRAIN_DEFAULTS, None, ["model.auxiliary=3"])
+        resolve_config(CNNSearchRun, None, ["space.C=big"])
+    with pytest.raises(ValueError, match="model.auxiliary: expected bool"):
+        resolve_config(CNNTrainRun, None, ["model.auxiliary=3"])
+    with pytest.raises(ValueError, match="'search.seed' is not a setting of its own: it is set from 'seed'"):
+        resolve_config(CNNSearchRun, None, ["search.seed=3"])
+    assert resolve_config(CNNSearchRun, None, ["seed=3"]).search.seed == 3
     assert main(["cnn", "train", "--set", "nope=1"]) == 2
 
 

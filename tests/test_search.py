@@ -303,7 +303,7 @@ def test_space_registry_and_config_validation():
         create_space("nope")
     with pytest.raises(ValueError, match="strategy"):
         SearchConfig(strategy="evolution")
-    with pytest.raises(ValueError, match="unknown SearchConfig keys"):
+    with pytest.raises(ValueError, match="SearchConfig: unknown config key .epochz."):
         SearchConfig.from_dict({"epochz": 3})
 
 

@@ -175,7 +175,7 @@ def test_bad_input_errors_name_the_argument():
         SIFRecommender(select="median")
     with pytest.raises(KeyError, match="unknown recommender"):
         create_recommender("svd++")
-    with pytest.raises(ValueError, match="unknown TrainConfig keys"):
+    with pytest.raises(ValueError, match="TrainConfig: unknown config key .epochz.; did you mean max_epochs"):
         BaselineRecommender(train={"epochz": 1}).fit(tr, va, show_progress=False)
     rec = BaselineRecommender(model="bias_only", train={"max_epochs": 1}).fit(tr, va, show_progress=False)
     with pytest.raises(ValueError, match=r"users: indices must lie in \[0, 30\)"):

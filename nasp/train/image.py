@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from ..config import config_from_dict
 
 __all__ = ["TrainConfig", "TrainResult", "train_classifier", "evaluate_classifier", "count_parameters",
            "multiply_adds"]
@@ -55,13 +56,12 @@ class TrainConfig:
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 @dataclass

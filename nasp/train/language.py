@@ -56,6 +56,8 @@ class LMTrainConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.bptt < 1 or self.nonmono < 1:
             raise ValueError("epochs, bptt and nonmono must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.amp not in (None, "bf16"):
             raise ValueError(f"amp must be None or 'bf16', got {self.amp!r}")
 
