@@ -67,3 +67,36 @@ def _flow(ax, op: str, sides) -> None:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.axis("off")
+
+
+def draw_alphas(history: list[dict], names: list[str], chosen: str, path: str | Path, top: int = 8) -> Path:
+    """``<path>.png``: each candidate's alpha per search epoch (the ``alphas`` of the search log), the chosen op
+    drawn bold and marked; with many candidates (tensors) only the ``top`` largest at the end are drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    rows = [h["alphas"]["interaction"][0] for h in history if "alphas" in h]
+    epochs = [h["epoch"] for h in history if "alphas" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    if rows:
+        last = rows[-1]
+        shown = sorted(range(len(names)), key=lambda j: -last[j])[:top]
+        if chosen in names and names.index(chosen) not in shown:
+            shown.append(names.index(chosen))
+        for j in shown:
+            bold = names[j] == chosen
+            ax.plot(epochs, [r[j] for r in rows], lw=2.6 if bold else 1.2, marker="o" if bold else None, ms=3,
+                    label=f"{names[j]} (chosen)" if bold else names[j], zorder=3 if bold else 2)
+        ax.legend(fontsize=8, loc="best")
+    ax.set_xlabel("search epoch")
+    ax.set_ylabel("alpha")
+    ax.set_title(f"architecture weights per epoch; chosen: {chosen}", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = path.with_suffix(".png")
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import yaml
 
+from nasp.config import ConfigError
 from sif.cli import main
 from sif.config import RunConfig, apply_override, load_config
 from sif.synthetic import planted_ratings
@@ -35,8 +36,8 @@ def test_cli_search_then_evaluate_end_to_end(tmp_path, ratings_csv, capsys):
     cfg = _config(tmp_path, ratings_csv)
     assert main(["search", "--config", str(cfg), "--set", "search.epochs=3"]) == 0
     run = tmp_path / "run"
-    for name in ("config.yaml", "results.json", "genotype.json", "interaction.dot", "interaction.png", "run.log",
-                 "model/recommender.json", "model/model.pt", "search/log.jsonl", "search/checkpoint.pt",
+    for name in ("config.yaml", "results.json", "genotype.json", "interaction.dot", "interaction.png", "alphas.png",
+                 "run.log", "model/recommender.json", "model/model.pt", "search/log.jsonl", "search/checkpoint.pt",
                  "train/train_checkpoint.pt"):
         assert (run / name).is_file(), name
     resolved = yaml.safe_load((run / "config.yaml").read_text())
@@ -104,7 +105,7 @@ def test_config_layers_and_types():
     assert cfg.seed == 3 and isinstance(cfg, RunConfig)
     with pytest.raises(ValueError, match="strategy"):
         apply_override(cfg, "search.strategy=evolution")
-    with pytest.raises(TypeError, match="model.use_bias: expected bool"):
+    with pytest.raises(ConfigError, match="model.use_bias: expected bool"):
         apply_override(cfg, "model.use_bias=3")
     assert np.isclose(cfg.search.a_lr, 1e-3)
 
