@@ -6,7 +6,7 @@
    loss through ``torch.compile``); CUDA events, median of repeats. On CUDA it also counts the host syncs inside one
    step (``torch.cuda.set_sync_debug_mode("warn")``): a NASP step with an alpha update reads the discrete
    selection of the updated A once (so that only the selected ops run; see ``nasp.strategies``), the rest is zero.
-3. Fast-path plumbing: channels_last for a model with convolutions (``nasp.distributed.prepare_model``), pinned
+3. Fast-path plumbing: channels_last for a model with convolutions (``nasp.device.prepare_model``), pinned
    batches (``PinnedLoader``) copied with ``non_blocking=True``.
 
     python benchmarks/gpu_check.py                      # on a GPU machine (writes benchmarks/results/gpu_check.json)
@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nasp import distributed as nd  # noqa: E402
+from nasp.device import prepare_model  # noqa: E402
 from nasp.search import SearchConfig, Searcher, to_device  # noqa: E402
 from nasp.spaces.toy import ToySpace, ToyTask, make_toy_data, random_planted  # noqa: E402
 from nasp.strategies import STRATEGIES  # noqa: E402
@@ -127,7 +128,7 @@ def time_steps(space, task, loaders, device, amp, compile_, steps, repeats, warm
 
 def plumbing(device) -> dict:
     """channels_last on conv models (CUDA default), pinned batches on CUDA."""
-    conv = nd.prepare_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), device,
+    conv = prepare_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), device,
                             channels_last=True if device.type == "cpu" else None)
     w = conv[0].weight
     res = {"channels_last": bool(w.is_contiguous(memory_format=torch.channels_last))}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 import yaml
 
 from .config import ConfigError, add_config_arguments, load, to_dict
+from .device import check_device
 from .search import NonFiniteLossError, SearchConfig, Searcher
 from .train.image import TrainConfig, train_classifier
 
@@ -103,7 +103,7 @@ class CNNSearchRun:
     __derived__: ClassVar[dict[str, str]] = {"search.seed": "seed"}
 
     def __post_init__(self):
-        _check_device(self.device)
+        check_device(self.device)
         self.search.seed = self.seed
 
 
@@ -122,13 +122,9 @@ class CNNTrainRun:
     __derived__: ClassVar[dict[str, str]] = {"train.seed": "seed"}
 
     def __post_init__(self):
-        _check_device(self.device)
+        check_device(self.device)
         self.train.seed = self.seed
 
-
-def _check_device(device: str) -> None:
-    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", str(device)):
-        raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ __all__ = ["AlphaMismatchError", "init_distributed", "cleanup", "is_distributed"
            "is_main_process", "barrier", "allreduce_mean_", "allreduce_grads_", "allreduce_mean_scalar",
            "allreduce_any", "broadcast_module_", "broadcast_object", "load_checkpoint_on_main", "alpha_checksum",
            "check_alphas_identical", "ShardedLoader", "shard_if_distributed", "DistributedSearcher",
-           "make_searcher", "prepare_model", "PinnedLoader"]
+           "make_searcher", "PinnedLoader"]
 
 log = logging.getLogger("nasp.distributed")
 
@@ -428,16 +428,3 @@ def make_searcher(model, task, config=None, device="cpu", run_dir=None, **kwargs
     """A :class:`DistributedSearcher` inside a multi-rank process group, else a plain :class:`Searcher`."""
     cls = DistributedSearcher if is_distributed() else Searcher
     return cls(model, task, config, device=device, run_dir=run_dir, **kwargs)
-
-
-# ---- the accelerator fast path ----------------------------------------------------------------------------------
-def prepare_model(model: nn.Module, device: torch.device | str, channels_last: bool | None = None) -> nn.Module:
-    """Move ``model`` to ``device``; on CUDA, models with 2-D convolutions go to ``channels_last`` memory format
-    (``channels_last=None``: decide by the model; feed NCHW inputs with ``x.to(memory_format=torch.channels_last)``).
-    """
-    device = torch.device(device)
-    model = model.to(device)
-    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    if (has_conv and device.type == "cuda") if channels_last is None else channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model

@@ -5,18 +5,18 @@ and the nearest valid ones. The resolved configuration is written into every run
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from nasp.config import load, merge, parse_assignments, to_dict
+from nasp.device import check_device
 from nasp.search import SearchConfig
 
 from .train import TrainConfig
 
 __all__ = ["DataConfig", "ModelConfig", "SIFSearchConfig", "BenchmarkConfig", "RunConfig", "load_config",
-           "apply_override", "check_device"]
+           "apply_override"]
 
 
 @dataclass
@@ -159,11 +159,6 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
-
-def check_device(device: str) -> None:
-    """``device`` must be cpu, cuda, cuda:N or mps (one line naming the value otherwise)."""
-    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", str(device)):
-        raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
 
 
 def apply_override(cfg: RunConfig, assignment: str) -> None:

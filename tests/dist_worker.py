@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from nasp import distributed as nd
-from nasp.distributed_toy import toy_search
+from nasp.spaces.toy_distributed import toy_search
 
 TOY = dict(epochs=3, n_train=512, n_valid=256, batch_size=64, checkpoint_every=4)
 

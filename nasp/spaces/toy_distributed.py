@@ -1,7 +1,7 @@
 """A runnable data-parallel NASP search on the toy space (the smallest example of :mod:`nasp.distributed`).
 
-    python -m nasp.distributed_toy --out runs/toy                                   # one process
-    torchrun --standalone --nproc_per_node=2 -m nasp.distributed_toy --out runs/toy  # two ranks, gloo on CPU
+    python -m nasp.spaces.toy_distributed --out runs/toy                                   # one process
+    torchrun --standalone --nproc_per_node=2 -m nasp.spaces.toy_distributed --out runs/toy  # two ranks, gloo on CPU
 
 Both print the same genotype: the global batch (``--batch-size``) is split over the ranks, gradients are averaged.
 """
@@ -13,10 +13,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from . import distributed as nd
-from .search import SearchConfig, Searcher, SearchResult
-from .spaces.toy import ToySpace, ToyTask, make_toy_data, random_planted
-from .streams import TensorLoader
+from .. import distributed as nd
+from ..search import SearchConfig, Searcher, SearchResult
+from ..streams import TensorLoader
+from .toy import ToySpace, ToyTask, make_toy_data, random_planted
 
 __all__ = ["toy_search", "main"]
 
@@ -45,7 +45,7 @@ def toy_search(run_dir: str | Path | None, epochs: int = 3, n_train: int = 512, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nasp.distributed_toy", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m nasp.spaces.toy_distributed", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="run folder (checkpoints, log, genotype); rank 0 writes it")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64, help="global batch size")
