@@ -16,7 +16,8 @@ from nasp.search import SearchConfig
 from sif.baselines import BASELINES
 from sif.cli import build_recommender, main
 from sif.config import ModelConfig, RunConfig, load_config
-from sif.recommender import SIF_VARIANTS, _as_config, constructor_params, recommender_class
+from sif.estimator import _as_config
+from sif.recommender import SIF_VARIANTS, constructor_params, recommender_class
 from sif.train import TrainConfig
 
 # A valid value other than the default, per setting whose type alone does not give one.

@@ -1,0 +1,327 @@
+"""The thin base class of every recommender (scikit-learn / ``implicit`` style): ``fit`` / ``predict`` /
+``recommend`` / ``score`` / ``save`` / ``load``. Subclasses (:mod:`sif.recommender`) build the model.
+
+``__init__`` only stores settings; ``fit(train, valid)`` validates, fits the train-only rating scaler, trains,
+sets learned attributes ending in ``_`` and returns ``self``. ``random_state`` seeds everything inside ``fit``.
+What differs between ratings and implicit feedback lives in one strategy per task (:mod:`sif.feedback`).
+``save`` writes JSON + a state_dict (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from data_loaders import RatingDataset, RatingScaler, random_split
+from nasp.checkpoint import load_checkpoint, save_checkpoint
+from nasp.config import config_from_dict
+from nasp.distributed import shard_if_distributed
+
+from .config import DataConfig, ModelConfig
+from .feedback import ImplicitFeedback, RatingFeedback, feedback_strategy
+from .implicit_feedback import ImplicitTask, score_all_items
+from .ranking import topk_by_score_then_index
+from .task import RatingTask
+from .train import TrainConfig, train_model
+
+__all__ = ["BaseRecommender", "RECOMMENDERS", "register", "constructor_params"]
+
+log = logging.getLogger("sif.recommender")
+_M, _D = ModelConfig(), DataConfig()    # the one home of the settings' defaults
+RECOMMENDERS: dict[str, type[BaseRecommender]] = {}
+
+
+def register(cls):
+    """Class decorator: make ``cls`` loadable by :meth:`BaseRecommender.load` (by its name)."""
+    RECOMMENDERS[cls.__name__] = cls
+    return cls
+
+
+def _as_config(cls, value):
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return config_from_dict(cls, value)
+    raise TypeError(f"expected a {cls.__name__} or dict, got {type(value).__name__}")
+
+
+class BaseRecommender:
+    """Shared fit/predict/recommend/save/load. Subclasses implement ``_build_model`` and may override
+    ``_fit_model`` (SIF searches first).
+
+    neighbourhood: None, "user", "item" or "both": SVD++-style implicit-feedback vectors built from the training
+    interactions (:mod:`sif.neighbourhood`; models without the option raise), with L2 ``neighbourhood_reg * reg``.
+    refit: after the fit, train a fresh model of the fitted kind on train + valid for the epochs early stopping
+    chose (rating task; ``train_result_`` keeps the first fit and its validation scores, ``refit_result_`` the
+    refit)."""
+
+    def __init__(self, embedding_dim: int = _M.embedding_dim, use_bias: bool = _M.use_bias, reg: float = _M.reg,
+                 penalty: str = _M.penalty, penalize_transformed: bool = _M.penalize_transformed, train: Any = None,
+                 valid_fraction: float = _D.valid_fraction, clip_predictions: bool = _M.clip_predictions,
+                 device: str = "cpu", random_state: int = 0, task: str = _M.task,
+                 num_negatives: int = _M.num_negatives, positive_threshold: float | None = _M.positive_threshold,
+                 neighbourhood: str | None = _M.neighbourhood, neighbourhood_reg: float = _M.neighbourhood_reg,
+                 refit: bool = _M.refit):
+        feedback_strategy(task)                     # validates the name
+        self.task, self.num_negatives, self.positive_threshold = task, num_negatives, positive_threshold
+        self.embedding_dim, self.use_bias, self.reg, self.train = embedding_dim, use_bias, reg, train
+        self.penalty, self.penalize_transformed = penalty, penalize_transformed
+        self.valid_fraction, self.clip_predictions = valid_fraction, clip_predictions
+        self.device, self.random_state = device, random_state
+        self.neighbourhood, self.neighbourhood_reg, self.refit = neighbourhood, neighbourhood_reg, refit
+
+    # ---- parameters -----------------------------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments (JSON-friendly)."""
+        out = {}
+        for n in constructor_params(type(self)):
+            v = getattr(self, n)
+            out[n] = asdict(v) if hasattr(v, "__dataclass_fields__") else v
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
+
+    # ---- fitting --------------------------------------------------------------------------------------------
+    def fit(self, train: RatingDataset, valid: RatingDataset | None = None, show_progress: bool = True,
+            callback: Callable | None = None, run_dir: str | Path | None = None) -> BaseRecommender:
+        """Fit on ``train``; ``valid`` drives early stopping and every choice made on data (a ``valid_fraction``
+        of ``train`` is held out when it is None). Returns self."""
+        _check_dataset(train, "train")
+        if valid is None:
+            train, valid, _ = random_split(train, (1 - self.valid_fraction, self.valid_fraction, 0.0),
+                                           seed=self.random_state)
+        _check_dataset(valid, "valid")
+        if (valid.num_users, valid.num_items) != (train.num_users, train.num_items):
+            raise ValueError("train and valid must share their id maps (split one RatingDataset, or use subset())")
+        self.train_config_ = _as_config(TrainConfig, self.train)
+        self.train_config_.seed = self.random_state
+        torch.manual_seed(self.random_state)
+        self.scaler_ = RatingScaler().fit(train)
+        self.rating_scale_ = train.rating_scale
+        self.num_users_, self.num_items_, self.num_contexts_ = train.num_users, train.num_items, train.num_contexts
+        self.user_ids_, self.item_ids_ = train.user_ids, train.item_ids
+        self.feedback.prepare(self, train, valid)
+        self.task_ = self._task()
+        loaders = self.feedback.loaders(self, train, valid)
+        self._interactions = (train.users, train.items)           # the neighbourhoods' lists (train only)
+        self.model_, self.train_result_ = self._fit_model(*loaders, show_progress, callback, run_dir)
+        if self.refit:
+            train = train.concat(valid)
+            self.model_, self.refit_result_ = self._refit(train, loaders[2], show_progress, callback, run_dir)
+        del self._interactions
+        self.model_.eval()
+        self.rated_ = self.feedback.rated(self, train)
+        return self
+
+    def _refit(self, full: RatingDataset, eval_it, show_progress, callback, run_dir):
+        """Train a fresh model of the fitted kind on train + valid for the number of epochs early stopping chose
+        (the validation set is then training data: its metrics in the log are in-sample)."""
+        if not self.feedback.supports_refit:
+            raise ValueError(f"refit=True is implemented for the rating task only (task={self.task!r})")
+        epochs = self.train_result_.best_epoch + 1
+        if epochs < 1:
+            raise RuntimeError("refit: the first fit recorded no best epoch")
+        self._interactions = (full.users, full.items)
+        model = self._prepared(self._build_model())
+        cfg = replace(self.train_config_, max_epochs=epochs)
+        full_it = shard_if_distributed(self.feedback.iterator(self, full, True, cfg.batch_size,
+                                                              self.random_state + 3))
+        refit_dir = Path(run_dir) / "refit" if run_dir is not None else None
+        log.info("refit on train + valid (%d ratings) for %d epochs", len(full), epochs)
+        result = train_model(model, self.task_, full_it, eval_it, cfg, self.device, run_dir=refit_dir,
+                             show_progress=show_progress, callback=callback, select_best=False)
+        return model, result
+
+    def _prepared(self, model: nn.Module) -> nn.Module:
+        """Give a freshly built model its neighbour lists (models built with a ``neighbourhood``)."""
+        if len(getattr(model, "neighbourhoods", ())):
+            model.set_neighbours(*self._interactions)
+        return model
+
+    @property
+    def feedback(self) -> RatingFeedback | ImplicitFeedback:
+        """The task's strategy (:mod:`sif.feedback`): ratings, or implicit feedback for "bpr"/"bce"."""
+        return feedback_strategy(self.task)
+
+    def _task(self, **kw) -> RatingTask | ImplicitTask:
+        return self.feedback.task(self, **kw)
+
+    def _fields(self) -> tuple[str, ...]:
+        return self.feedback.fields(self)
+
+    def _fit_model(self, train_it, valid_it, eval_it, show_progress, callback, run_dir):
+        model = self._prepared(self._build_model())
+        result = train_model(model, self.task_, train_it, eval_it, self.train_config_, self.device,
+                             run_dir=run_dir, show_progress=show_progress, callback=callback)
+        return model, result
+
+    def _build_model(self) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} must implement _build_model")   # abstract
+
+    def _head_radius(self) -> float:
+        """The SIF heads' L2-ball radius: ``head_radius``, else the task's default (1 for ratings, as in the
+        paper; sqrt(embedding_dim) for the implicit tasks, see :meth:`sif.feedback.ImplicitFeedback.head_radius`)."""
+        value = getattr(self, "head_radius", None)
+        return float(value) if value is not None else self.feedback.head_radius(self.embedding_dim)
+
+    def _model_kwargs(self) -> dict[str, Any]:
+        kw = dict(num_users=self.num_users_, num_items=self.num_items_, num_contexts=self.num_contexts_,
+                  embedding_dim=self.embedding_dim, use_bias=self.use_bias, seed=self.random_state,
+                  neighbourhood_reg=self.neighbourhood_reg)
+        return kw if self.neighbourhood is None else {**kw, "neighbourhood": self.neighbourhood}
+
+    # ---- using a fitted model -------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(train, valid) first")
+
+    @torch.no_grad()
+    def predict(self, users, items, contexts=None, batch_size: int = 65536) -> np.ndarray:
+        """Predicted ratings on the raw scale (clipped to the rating scale unless clip_predictions=False)."""
+        self._check_fitted()
+        u, i = _index_tensor(users, "users", self.num_users_), _index_tensor(items, "items", self.num_items_)
+        if u.shape != i.shape:
+            raise ValueError(f"users and items must have the same shape, got {tuple(u.shape)} and {tuple(i.shape)}")
+        c = None
+        if self.num_contexts_:
+            if contexts is None:
+                raise ValueError("this model was fitted with contexts: pass contexts=")
+            c = _index_tensor(contexts, "contexts", self.num_contexts_)
+        out = []
+        for s in range(0, len(u), batch_size):
+            sl = slice(s, s + batch_size)
+            args = [t[sl].to(self.device) for t in (u, i)] + ([c[sl].to(self.device)] if c is not None else [None])
+            out.append(self.task_.to_raw(self.model_(*args)).cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+    def score(self, dataset: RatingDataset) -> dict[str, float]:
+        """rmse, mae (raw scale) and rmse_z on a dataset with the same id maps; for implicit tasks the ranking
+        metrics (K=10, AUC) of its positives with the training positives filtered."""
+        self._check_fitted()
+        _check_dataset(dataset, "dataset")
+        return self.feedback.score(self, dataset)
+
+    @torch.no_grad()
+    def recommend(self, user_or_users, N: int = 10, filter_already_rated: bool = True, context: int | None = None,
+                  batch_size: int = 256, original_ids: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top-N items per user: (item indices, predicted ratings), shapes (N,) for one user or (n, N).
+
+        Items the user rated in the training data (its positives for implicit tasks) are excluded when
+        ``filter_already_rated``. Scores are ratings for the rating task, logits for implicit tasks. Equal
+        scores are ordered by the lower item index. ``original_ids``: return the items' original ids
+        (``item_ids_``) instead of indices.
+        """
+        self._check_fitted()
+        single = np.ndim(user_or_users) == 0
+        users = _index_tensor(np.atleast_1d(user_or_users), "users", self.num_users_)
+        n_items = self.num_items_
+        N = min(N, n_items)
+        all_items = torch.arange(n_items, device=self.device)
+        ids, scores = [], []
+        for s in range(0, len(users), batch_size):
+            ub = users[s: s + batch_size].to(self.device)                         # (b,)
+            if self.num_contexts_:
+                uu = ub.repeat_interleave(n_items)                                 # (b * m,)
+                ii = all_items.repeat(len(ub))
+                cc = torch.full_like(uu, 0 if context is None else context)
+                pred = self.model_(uu, ii, cc).view(len(ub), n_items).float()      # (b, m)
+            else:
+                pred = score_all_items(self.model_, ub).float()                    # (b, m)
+            if filter_already_rated:
+                rated = torch.from_numpy(self.rated_[ub.cpu().numpy()].toarray() > 0).to(self.device)
+                pred = pred.masked_fill(rated, float("-inf"))
+            top = topk_by_score_then_index(pred, N)                                # (b, N)
+            ids.append(top.cpu())
+            scores.append(self.task_.to_raw(pred.gather(1, top)).cpu())
+        ids_np, scores_np = torch.cat(ids).numpy(), torch.cat(scores).numpy()
+        if original_ids:
+            ids_np = np.asarray(self.item_ids_)[ids_np]
+        return (ids_np[0], scores_np[0]) if single else (ids_np, scores_np)
+
+    # ---- persistence ----------------------------------------------------------------------------------------
+    def _fitted_state(self) -> dict[str, Any]:
+        return {"scaler": self.scaler_.state_dict(), "rating_scale": list(self.rating_scale_),
+                "num_users": self.num_users_, "num_items": self.num_items_, "num_contexts": self.num_contexts_}
+
+    def _restore_fitted(self, state: dict[str, Any]) -> None:
+        self.scaler_ = RatingScaler.from_state_dict(state["scaler"])
+        self.rating_scale_ = tuple(state["rating_scale"])
+        self.num_users_, self.num_items_ = state["num_users"], state["num_items"]
+        self.num_contexts_ = state["num_contexts"]
+        self.train_config_ = _as_config(TrainConfig, self.train)
+        self.task_ = self._task()
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted recommender to folder ``path``: recommender.json, model.pt (state_dict), rated.npz,
+        ids.npz."""
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"class": type(self).__name__, "params": self.get_params(), "fitted": self._fitted_state()}
+        (path / "recommender.json").write_text(json.dumps(meta, indent=2) + "\n")
+        save_checkpoint(self.model_.state_dict(), path / "model.pt")
+        sp.save_npz(path / "rated.npz", self.rated_)
+        np.savez(path / "ids.npz", user_ids=np.asarray(self.user_ids_), item_ids=np.asarray(self.item_ids_))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> BaseRecommender:
+        """Read a recommender written by :meth:`save` (no pickle: JSON, npz and a weights-only state_dict)."""
+        path = Path(path)
+        meta_file = path / "recommender.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{meta_file} does not exist (not a folder written by save())")
+        meta = json.loads(meta_file.read_text())
+        klass = RECOMMENDERS.get(meta["class"])
+        if klass is None:
+            raise ValueError(f"{meta_file}: unknown recommender class {meta['class']!r}")
+        params = dict(meta["params"])
+        if device is not None:
+            params["device"] = device
+        rec = klass(**params)
+        rec._restore_fitted(meta["fitted"])
+        rec.model_ = rec._build_model().to(rec.device)
+        rec.model_.load_state_dict(load_checkpoint(path / "model.pt", rec.device))
+        rec.model_.eval()
+        rec.rated_ = sp.load_npz(path / "rated.npz").tocsr()
+        ids = np.load(path / "ids.npz", allow_pickle=False)
+        rec.user_ids_, rec.item_ids_ = ids["user_ids"], ids["item_ids"]
+        return rec
+
+
+def _check_dataset(ds, name: str) -> None:
+    if not isinstance(ds, RatingDataset):
+        raise TypeError(f"{name} must be a data_loaders.RatingDataset, got {type(ds).__name__}")
+    if len(ds) == 0:
+        raise ValueError(f"{name} is empty")
+
+
+def _index_tensor(x, name: str, bound: int) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).long().reshape(-1)
+    if len(t) and (int(t.min()) < 0 or int(t.max()) >= bound):
+        raise ValueError(f"{name}: indices must lie in [0, {bound}), got range [{int(t.min())}, {int(t.max())}]")
+    return t
+
+
+def constructor_params(cls: type) -> list[str]:
+    """Every named constructor argument of ``cls`` and its bases (the estimator's parameters)."""
+    import inspect
+
+    names = [name for c in cls.__mro__ if c is not object
+             for name, p in inspect.signature(c.__init__).parameters.items()
+             if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    return list(dict.fromkeys(names))
+
+
