@@ -1,13 +1,18 @@
-"""Atomic checkpoints and exact resume.
+"""Atomic, checked checkpoints and exact resume.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, written to a temporary file in the
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts. The file is one header line,
+``NASPCKPT1 <sha256 of the payload>``, then the payload (``torch.save``). It is written to a temporary file in the
 same folder, flushed to disk and renamed over the target (``os.replace`` is atomic), so a crash never leaves a
-half-written checkpoint. It is read back with ``torch.load(..., weights_only=True)``: no pickle of arbitrary
-objects. RNG states (python, numpy, torch CPU, every CUDA device) are stored as tensors and lists.
+half-written checkpoint; temporary files of writers that were killed are removed by the next save. At load the
+digest is checked before anything is unpacked (a mismatch is a one-line :class:`CheckpointError` naming the
+file), then the payload is read with ``torch.load(..., weights_only=True)``: no pickle of arbitrary objects. RNG
+states (python, numpy, torch CPU, every CUDA device) are stored as tensors and lists.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
 import tempfile
@@ -17,17 +22,30 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "seed_everything"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "rng_state", "set_rng_state",
+           "seed_everything"]
+
+MAGIC = b"NASPCKPT1 "
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is corrupt, truncated, foreign or not weights-only data; the message names the file."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file + fsync + rename)."""
+    """Write ``state`` to ``path`` atomically (temp file + fsync + rename), with the payload's sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getbuffer()
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):     # left by a writer that was killed mid-save
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            f.write(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -39,14 +57,26 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (weights_only: tensors and plain data only)."""
+    """Read a checkpoint written by :func:`save_checkpoint`: the sha256 is checked first, then the payload is read
+    weights-only (tensors and plain data only)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    data = path.read_bytes()
+    if not data.startswith(MAGIC):
+        raise CheckpointError(f"checkpoint {path} is not a nasp checkpoint (no checksum header); it was not "
+                              "written by this library's save_checkpoint: delete it or start the run afresh")
+    end = data.find(b"\n", len(MAGIC))
+    digest, payload = data[len(MAGIC):end].decode("ascii", "replace"), memoryview(data)[end + 1:]
+    if end < 0 or hashlib.sha256(payload).hexdigest() != digest:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its sha256 does not match the stored one (the file "
+                              "was changed or truncated after it was written); delete it or start the run afresh")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # corrupt or foreign file: say which file
-        raise ValueError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from e
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as e:  # foreign objects inside a checksummed file: say which file, not torch's advice
+        reason = str(e).split("\n")[0].split(". ")[0][:200]
+        raise CheckpointError(f"checkpoint {path} could not be read as weights-only data ({type(e).__name__}: "
+                              f"{reason})") from None
 
 
 def rng_state() -> dict[str, Any]:

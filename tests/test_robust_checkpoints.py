@@ -1,0 +1,78 @@
+"""Checkpoints can never silently load wrong numbers: checksummed, weights-only, no temp files left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import pytest
+import torch
+
+from nasp.checkpoint import MAGIC, CheckpointError, load_checkpoint, save_checkpoint
+
+
+def _state():
+    g = torch.Generator().manual_seed(0)
+    return {"w": torch.randn(64, 64, generator=g), "epoch": 3, "history": [{"loss": 0.5}], "name": "run"}
+
+
+def test_roundtrip_is_exact(tmp_path):
+    p = save_checkpoint(_state(), tmp_path / "c.pt")
+    got = load_checkpoint(p)
+    assert torch.equal(got["w"], _state()["w"]) and got["epoch"] == 3 and got["history"] == [{"loss": 0.5}]
+    assert p.read_bytes().startswith(MAGIC)
+
+
+def test_flipped_bytes_inside_a_tensor_are_refused_naming_the_file(tmp_path):
+    p = save_checkpoint(_state(), tmp_path / "c.pt")
+    data = bytearray(p.read_bytes())
+    mid = len(data) // 2
+    data[mid: mid + 64] = bytes(b ^ 0xFF for b in data[mid: mid + 64])
+    p.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"c\.pt is corrupt: its sha256 does not match"):
+        load_checkpoint(p)
+
+
+def test_a_truncated_file_is_refused(tmp_path):
+    p = save_checkpoint(_state(), tmp_path / "c.pt")
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(p)
+
+
+def test_a_file_without_the_header_is_refused(tmp_path):
+    p = tmp_path / "legacy.pt"
+    torch.save(_state(), p)
+    with pytest.raises(CheckpointError, match=r"legacy\.pt is not a nasp checkpoint"):
+        load_checkpoint(p)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch should_not_exist",))
+
+
+def test_a_checksummed_pickle_with_code_is_refused_without_torch_advice(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    buf = io.BytesIO()
+    torch.save({"x": _Evil()}, buf)
+    payload = buf.getvalue()
+    p = tmp_path / "evil.pt"
+    p.write_bytes(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    with pytest.raises(CheckpointError, match=r"evil\.pt could not be read as weights-only data") as e:
+        load_checkpoint(p)
+    assert "weights_only=False" not in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "should_not_exist").exists()
+
+
+def test_temp_files_of_a_killed_writer_are_removed_by_the_next_save(tmp_path):
+    stale = tmp_path / ".c.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    save_checkpoint(_state(), tmp_path / "c.pt")
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["c.pt"]
+
+
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
