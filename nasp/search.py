@@ -271,6 +271,8 @@ class Searcher:
         self.probe = _HostProbe(self.device)
         self.async_finite_check = True      # the data-parallel searcher checks only collectively (same step)
         self.epoch, self.step, self.history = 0, 0, []
+        self.elapsed_before = 0.0           # seconds of earlier processes of a resumed search
+        self._t_start = time.perf_counter()
         self._epoch_acc: dict[str, Any] = {}
         self.grad_sync: Callable[[list[Tensor]], None] | None = None   # data-parallel hook (nasp.distributed)
         self.fused_step: Callable | None = None     # set by fit() when config.fused and the model provides one
@@ -309,6 +311,7 @@ class Searcher:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "rng": rng_state(), "arch_generator": self.arch_generator.get_state(),
             "epoch": self.epoch, "step": self.step, "history": self.history,
+            "elapsed": self.elapsed_before + time.perf_counter() - self._t_start,
             "train_stream": train_stream.state_dict(), "valid_stream": valid_stream.state_dict(),
             "epoch_acc": {k: (v.detach().cpu() if isinstance(v, Tensor) else v)
                           for k, v in self._epoch_acc.items()},
@@ -324,6 +327,7 @@ class Searcher:
         set_rng_state(state["rng"])
         self.arch_generator.set_state(state["arch_generator"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+        self.elapsed_before = float(state["elapsed"])
         train_stream.load_state_dict(state["train_stream"])
         valid_stream.load_state_dict(state["valid_stream"])
         self._epoch_acc = {k: (v.to(self.device) if isinstance(v, Tensor) else v)
@@ -359,16 +363,21 @@ class Searcher:
             log.info("resumed from %s at epoch %d step %d", self.checkpoint_path, self.epoch, self.step)
         else:
             seed_everything(self.config.seed)
-            self.epoch, self.step, self.history = 0, 0, []
+            self.epoch, self.step, self.history, self.elapsed_before = 0, 0, [], 0.0
         self._write_run_files()
         self.fused_step = self._resolve_fused_step()
-        t_start = time.perf_counter()
+        self._t_start = time.perf_counter()
         while self.epoch < self.config.epochs:
             metrics = self._run_epoch(train_stream, valid_stream, eval_loader)
-            if any(bool(cb(self.epoch - 1, time.perf_counter() - t_start, metrics)) for cb in self.callbacks):
+            if any(bool(cb(self.epoch - 1, self.elapsed, metrics)) for cb in self.callbacks):
                 log.info("a callback stopped the search after epoch %d", self.epoch - 1)
                 break
-        return self._finish(time.perf_counter() - t_start)
+        return self._finish(self.elapsed)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds this search has run, added up over every process of a resumed run."""
+        return self.elapsed_before + time.perf_counter() - self._t_start
 
     def _run_epoch(self, train_stream: ResumableStream, valid_stream: ResumableStream, eval_loader) -> dict:
         c, epoch = self.config, self.epoch

@@ -135,7 +135,7 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
     loss_fn = torch.compile(task.loss, backend=cfg.compile_backend) if cfg.compile else task.loss
     metric, sign = getattr(task, "metric", "rmse"), (1.0 if getattr(task, "maximize", False) else -1.0)
     state = {"epoch": 0, "best_rmse": float("inf"), "best_epoch": -1, "bad_epochs": 0, "history": [],
-             "best_state": copy.deepcopy(model.state_dict())}
+             "best_state": copy.deepcopy(model.state_dict()), "elapsed": 0.0}
     ckpt = Path(run_dir) / "train_checkpoint.pt" if run_dir is not None else None
     saved = nd.load_checkpoint_on_main(ckpt, device) if resume else None
     if saved is not None:
@@ -146,7 +146,7 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
         log.info("resumed stand-alone training from %s at epoch %d", ckpt, state["epoch"])
     else:
         seed_everything(cfg.seed)
-    t_start = time.perf_counter()
+    t_start, elapsed_before = time.perf_counter(), state["elapsed"]    # seconds add up across resumes
     bar = _bar(cfg.max_epochs, state["epoch"], show_progress and main)
     while state["epoch"] < cfg.max_epochs and (state["bad_epochs"] < cfg.patience or not select_best):
         epoch, t0 = state["epoch"], time.perf_counter()
@@ -166,6 +166,7 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
+        state["elapsed"] = elapsed_before + time.perf_counter() - t_start
         if ckpt is not None and main:
             save_checkpoint({**state, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
                              "config": asdict(cfg)}, ckpt)
@@ -175,7 +176,7 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", **{f"valid_{metric}": f"{metrics[metric]:.4f}"},
                             best=f"{-sign * state['best_rmse']:.4f}")
-        if callback is not None and _stop(callback(epoch, time.perf_counter() - t_start, record), sync, device):
+        if callback is not None and _stop(callback(epoch, state["elapsed"], record), sync, device):
             break
     if bar is not None:
         bar.close()
@@ -185,7 +186,8 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
         state["best_epoch"] = state["epoch"] - 1
     best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
     best_valid = {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")}
-    return TrainResult(state["best_epoch"], best_valid, state["history"], time.perf_counter() - t_start)
+    return TrainResult(state["best_epoch"], best_valid, state["history"],
+                       elapsed_before + time.perf_counter() - t_start)
 
 
 def _stop(flag, sync: bool, device) -> bool:

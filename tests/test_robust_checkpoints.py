@@ -76,3 +76,41 @@ def test_temp_files_of_a_killed_writer_are_removed_by_the_next_save(tmp_path):
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+class _SlowToyTask:
+    """The toy task with a fixed delay per loss, so that every epoch takes measurable time."""
+
+    def __init__(self, delay: float):
+        from nasp.spaces.toy import ToyTask
+
+        self.inner, self.delay = ToyTask(), delay
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def loss(self, *args, **kwargs):
+        import time
+
+        time.sleep(self.delay)
+        return self.inner.loss(*args, **kwargs)
+
+
+def test_search_seconds_add_up_across_a_resume(tmp_path):
+    from nasp.search import SearchConfig, Searcher
+    from nasp.spaces.toy import ToySpace, make_toy_data, random_planted
+    from nasp.streams import TensorLoader
+
+    x, y = make_toy_data(512, random_planted(3, 2, 0), seed=0, teacher_seed=0)
+    loaders = TensorLoader(x, y, batch_size=128, seed=0), TensorLoader(x, y, batch_size=128, seed=1)
+
+    def searcher(callbacks=()):
+        return Searcher(ToySpace(seed=0), _SlowToyTask(0.02), SearchConfig(epochs=3, seed=0), callbacks=callbacks,
+                        run_dir=tmp_path / "s", show_progress=False)
+
+    first = searcher([lambda epoch, elapsed, metrics: True]).fit(*loaders)    # stopped after epoch 0 (a "kill")
+    assert len(first.history) == 1 and first.seconds >= 0.15    # 4 steps x 2 losses x 20 ms
+    second = searcher().fit(*loaders)             # resumes at epoch 1 and runs epochs 1 and 2
+    assert len(second.history) == 3
+    assert second.seconds >= first.seconds + 0.3
+    assert load_checkpoint(tmp_path / "s" / "checkpoint.pt")["elapsed"] >= second.seconds - 0.1
