@@ -1,6 +1,9 @@
-"""Image data: CIFAR-10 / CIFAR-100 (python-pickle form, folder or tar.gz), folders or zips of image files with
-class labels, ImageNet-style class-folder trees; the 50/50 search split; a resumable batch loader that applies
-tensor augmentation (see :mod:`data_loaders.augment`).
+"""Image data: CIFAR-10 / CIFAR-100 (python-pickle form, folder or tar.gz, read by a restricted unpickler),
+folders or zips of image files labelled by class subfolders or by an ``id,label`` CSV (the Kaggle CIFAR-10
+layout ``train/<id>.png`` + ``trainLabels.csv``), ImageNet-style class-folder trees; the 50/50 search split; a
+resumable batch loader that applies tensor augmentation (see :mod:`data_loaders.augment`). A layout that would
+give silently wrong labels (images with no label CSV, a single class folder, no images) is an error naming the
+folder, file or CSV line.
 
 Readers return an :class:`ImageSet`: ``images`` uint8 (N, 3, H, W), ``labels`` int64 (N,), ``classes`` names.
 Large class-folder trees (ImageNet) are read lazily by :class:`ImageFolderDataset`. Decoding JPEG/PNG files needs
@@ -15,9 +18,11 @@ Typical use (NASP_DATA_DIR points at the shared data folder)::
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import pickle
+import posixpath
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -29,7 +34,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ImageSet", "data_path", "load_cifar", "load_image_zip", "load_image_folder", "ImageFolderDataset",
-           "search_split", "ImageLoader", "IMAGE_SUFFIXES"]
+           "search_split", "ImageLoader", "IMAGE_SUFFIXES", "LABEL_CSV_NAMES", "CIFAR_PICKLE_GLOBALS", "RefusedPickle"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp")
 
@@ -69,13 +74,86 @@ _CIFAR = {
 }
 
 
-def _unpickle(f) -> dict:
-    return pickle.load(f, encoding="bytes")
+_NUMPY_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+                  for n in ("_reconstruct", "scalar")}
+_NUMPY_GLOBALS |= {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"), ("numpy", "ndarray"),
+                   ("numpy", "dtype")}
+# bytes in protocol <= 2 pickles written by Python 3: _codecs.encode(str, "latin1"), and bytes() for b""
+_BUILTIN_GLOBALS = {("_codecs", "encode"), ("builtins", "bytes"), ("__builtin__", "bytes"), ("builtins", "bytearray"),
+                    ("__builtin__", "bytearray")}
+CIFAR_PICKLE_GLOBALS = frozenset(_NUMPY_GLOBALS | _BUILTIN_GLOBALS)
+
+
+class RefusedPickle(pickle.UnpicklingError):
+    """A CIFAR pickle referenced a global outside :data:`CIFAR_PICKLE_GLOBALS`; nothing of it was run."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches (``encoding="bytes"``, as the Python-2 files need) and nothing else: the only
+    callables a stream may name are numpy's array / dtype / scalar reconstructors and the bytes builders."""
+
+    def __init__(self, f, source: str):
+        super().__init__(f, encoding="bytes")
+        self.source = source
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise RefusedPickle(f"{self.source}: refused to unpickle the global {module}.{name} (a CIFAR batch holds "
+                                "only numpy arrays, lists, dicts, bytes and numbers)")
+        core = "numpy._core." if hasattr(np, "_core") else "numpy.core."     # numpy >= 2 keeps numpy.core as a shim
+        if module.startswith(("numpy.core.", "numpy._core.")):
+            module = core + module.split(".", 2)[2]
+        return super().find_class(module, name)
+
+
+def _unpickle(f, source: str) -> dict:
+    """One CIFAR batch / meta dict, read with the restricted unpickler; one-line errors name ``source``."""
+    try:
+        blob = _CifarUnpickler(f, source).load()
+    except RefusedPickle:
+        raise
+    except Exception as e:
+        detail = (str(e).splitlines() or [""])[0]
+        raise ValueError(f"{source}: not a readable CIFAR pickle ({type(e).__name__}: {detail})") from e
+    if not isinstance(blob, dict):
+        raise ValueError(f"{source}: a CIFAR pickle holds a dict, this one a {type(blob).__name__}")
+    return blob
+
+
+def _field(blob: dict, key: bytes, source: str):
+    if key not in blob and key.decode() not in blob:
+        raise ValueError(f"{source}: no {key.decode()!r} entry (keys: {sorted(map(str, blob))[:6]})")
+    return blob[key] if key in blob else blob[key.decode()]
+
+
+def _cifar_blobs(path: Path, members: list[str], first: str, name: str) -> dict[str, tuple[dict, str]]:
+    """member -> (unpickled dict, source name) from the archive or folder at ``path``."""
+    if path.is_file():
+        with tarfile.open(path, "r:*") as tar:
+            by_base = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            missing = [m for m in members if m not in by_base]
+            if missing:
+                raise ValueError(f"{path}: archive lacks {missing}")
+            return {m: (_unpickle(tar.extractfile(by_base[m]), f"{path}:{by_base[m].name}"),
+                        f"{path}:{by_base[m].name}") for m in members}
+    folder = next((d for d in (path, *path.iterdir()) if d.is_dir() and (d / first).is_file()), None)
+    if folder is None:
+        raise ValueError(f"{path}: no {first} found (expected the python-pickle version of {name})")
+    blobs = {}
+    for m in members:
+        if not (folder / m).is_file():
+            raise FileNotFoundError(f"{folder / m} does not exist (a {name} folder holds {members})")
+        with open(folder / m, "rb") as f:
+            blobs[m] = (_unpickle(f, str(folder / m)), str(folder / m))
+    return blobs
 
 
 def load_cifar(path: str | Path, name: str = "cifar10", split: str = "train") -> ImageSet:
     """Read CIFAR-10 / CIFAR-100 in the python-pickle form from its folder (``cifar-10-batches-py`` /
-    ``cifar-100-python``, or any folder holding the batch files) or from the ``.tar.gz`` archive."""
+    ``cifar-100-python``, or any folder holding the batch files) or from the ``.tar.gz`` archive.
+
+    The pickles are read by a restricted unpickler that refuses every global but numpy's array reconstructors
+    (:data:`CIFAR_PICKLE_GLOBALS`), so a crafted batch file cannot run code. images: uint8 (N, 3, 32, 32)."""
     if name not in _CIFAR:
         raise ValueError(f"name must be one of {sorted(_CIFAR)}, got {name!r}")
     if split not in ("train", "test"):
@@ -83,32 +161,37 @@ def load_cifar(path: str | Path, name: str = "cifar10", split: str = "train") ->
     spec, path = _CIFAR[name], Path(path)
     if not path.exists():
         raise FileNotFoundError(f"CIFAR path {path} does not exist")
-    members = spec[split] + [spec["meta"]]
-    if path.is_file():
-        with tarfile.open(path, "r:*") as tar:
-            by_base = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-            missing = [m for m in members if m not in by_base]
-            if missing:
-                raise ValueError(f"{path}: archive lacks {missing}")
-            blobs = {m: _unpickle(tar.extractfile(by_base[m])) for m in members}
-    else:
-        folder = next((d for d in (path, *path.iterdir()) if d.is_dir() and (d / spec[split][0]).is_file()), None)
-        if folder is None:
-            raise ValueError(f"{path}: no {spec[split][0]} found (expected the python-pickle version of {name})")
-        blobs = {}
-        for m in members:
-            with open(folder / m, "rb") as f:
-                blobs[m] = _unpickle(f)
-    data = np.concatenate([np.asarray(blobs[m][b"data"], dtype=np.uint8) for m in spec[split]])
-    labels = np.concatenate([np.asarray(blobs[m][spec["label_key"]], dtype=np.int64) for m in spec[split]])
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: data has shape {data.shape}, expected (N, 3072)")
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in blobs[spec["meta"]][spec["names_key"]]]
-    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
-    return ImageSet(images, torch.from_numpy(labels), classes)
+    blobs = _cifar_blobs(path, spec[split] + [spec["meta"]], spec[split][0], name)
+    meta, meta_src = blobs[spec["meta"]]
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _field(meta, spec["names_key"], meta_src)]
+    data, labels = [], []
+    for m in spec[split]:
+        blob, src = blobs[m]
+        d = np.asarray(_field(blob, b"data", src))
+        y = np.asarray(_field(blob, spec["label_key"], src))
+        if d.ndim != 2 or d.shape[1] != 3 * 32 * 32 or d.dtype != np.uint8:
+            raise ValueError(f"{src}: data is {d.dtype} {d.shape}, expected uint8 (N, 3072)")
+        if y.shape != (len(d),) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{src}: {len(d)} images but labels of shape {y.shape} ({y.dtype})")
+        bad = y[(y < 0) | (y >= len(classes))]
+        if len(bad):
+            raise ValueError(f"{src}: label {int(bad[0])} is outside the {len(classes)} classes of {meta_src}")
+        data.append(d)
+        labels.append(y.astype(np.int64))
+    images = torch.from_numpy(np.concatenate(data).reshape(-1, 3, 32, 32).copy())
+    return ImageSet(images, torch.from_numpy(np.concatenate(labels)), classes)
 
 
 # ---- image files ----------------------------------------------------------------------------------------------
+# a label CSV (header ``id,label``, ids = image file stems) for the images directly in folder D: D/labels.csv, or
+# next to D: <D>Labels.csv (the Kaggle CIFAR-10 layout, train/ + trainLabels.csv) or <D>_labels.csv
+LABEL_CSV_NAMES = ("{name}/labels.csv", "{name}Labels.csv", "{name}_labels.csv")
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
 def _decode(blob: bytes, size: int | None = None) -> np.ndarray:
     try:
         from PIL import Image
@@ -117,54 +200,191 @@ def _decode(blob: bytes, size: int | None = None) -> np.ndarray:
     img = Image.open(io.BytesIO(blob)).convert("RGB")
     if size is not None and img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)      # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
-def _label_of(member: str, split: str | None) -> tuple[str, str] | None:
-    """(split, class) of a member path ``[<split>/]<class>/<file>``; None for non-images."""
-    parts = Path(member).parts
-    if not member.lower().endswith(IMAGE_SUFFIXES) or len(parts) < 2:
-        return None
-    if len(parts) >= 3:
-        return parts[-3], parts[-2]
-    return "", parts[-2]
+def _class_order(names) -> list[str]:
+    """Sorted class names; all-integer names ("0", "2", "10") sort as numbers, so label i is class "i"."""
+    names = sorted(set(names))
+    return sorted(names, key=int) if all(n.lstrip("-").isdigit() for n in names) else names
 
 
-def _stack(blobs: list[tuple[str, bytes]], labels_of: list[str], size: int | None) -> ImageSet:
-    if not blobs:
-        raise ValueError("no image files found (expected <class>/<file>.jpg or <split>/<class>/<file>.jpg)")
-    classes = sorted(set(labels_of))
+def _read_label_csv(blob: bytes, source: str) -> dict[str, tuple[str, int]]:
+    """id -> (label, line) of an ``id,label`` CSV; one-line errors name the CSV line."""
+    try:
+        reader = csv.reader(io.StringIO(blob.decode("utf-8-sig")))
+        rows = [(reader.line_num, row) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{source}: not a readable CSV ({e})") from e
+    if not rows or [c.strip().lower() for c in rows[0][1]] != ["id", "label"]:
+        got = ",".join(rows[0][1]) if rows else ""
+        raise ValueError(f"{source}:1: a label CSV starts with the header 'id,label', got {got!r}")
+    table: dict[str, tuple[str, int]] = {}
+    for line, row in rows[1:]:
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise ValueError(f"{source}:{line}: expected 'id,label', got {','.join(row)!r}")
+        key = row[0].strip()
+        if key in table:
+            raise ValueError(f"{source}:{line}: id {key!r} repeats line {table[key][1]}")
+        table[key] = (row[1].strip(), line)
+    if not table:
+        raise ValueError(f"{source}: no id,label rows")
+    return table
+
+
+def _match_labels(table: dict[str, tuple[str, int]], files: list[tuple[str, str]], source: str
+                  ) -> list[tuple[str, str]]:
+    """(file, label) for files [(name, stem)] in CSV row order: every image needs a row and every row an image."""
+    by_stem: dict[str, str] = {}
+    for name, stem in files:
+        if stem in by_stem:
+            raise ValueError(f"{name}: same id {stem!r} as {by_stem[stem]}")
+        if stem not in table:
+            raise ValueError(f"{name}: no label for id {stem!r} in {source}")
+        by_stem[stem] = name
+    for key, (_, line) in table.items():
+        if key not in by_stem:
+            raise ValueError(f"{source}:{line}: id {key!r} has no image file")
+    return [(by_stem[k], lab) for k, (lab, _) in sorted(table.items(), key=lambda kv: kv[1][1])]
+
+
+def _stack(items: list[tuple[str, bytes, str]], size: int | None, source: str) -> ImageSet:
+    """ImageSet of (name, encoded bytes, class) items; errors name ``source`` or the file."""
+    if not items:
+        raise ValueError(f"{source}: no image files found (expected [<split>/]<class>/<file>.jpg, or images with an "
+                         "id,label CSV)")
+    classes = _class_order(c for _, _, c in items)
     index = {c: i for i, c in enumerate(classes)}
-    arrays = [_decode(b, size) for _, b in blobs]
+    arrays = []
+    for name, blob, _ in items:
+        try:
+            arrays.append(_decode(blob, size))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{name}: not a readable image ({e})") from e
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
-        raise ValueError(f"images have different sizes {sorted(shapes)[:3]}...; pass size= to resize them")
+        raise ValueError(f"{source}: images have different sizes {sorted(shapes)[:3]}...; pass size= to resize them")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return ImageSet(images, torch.tensor([index[c] for c in labels_of], dtype=torch.int64), classes)
+    return ImageSet(images, torch.tensor([index[c] for _, _, c in items], dtype=torch.int64), classes)
 
 
-def load_image_zip(path: str | Path, split: str | None = None, size: int | None = None) -> ImageSet:
-    """All images of a zip whose members are ``[<split>/]<class>/<file>``; ``split`` filters on the first
-    folder. Labels follow the sorted class names. ``size`` resizes every image to size x size."""
+def _one_folder_error(source: str, folder: str) -> ValueError:
+    return ValueError(f"{source}: every image sits in the one folder {folder!r} with no label CSV, which would make "
+                      f"a single class; use <class>/<file> subfolders or an id,label CSV "
+                      f"({', '.join(n.format(name=folder) for n in LABEL_CSV_NAMES)})")
+
+
+def _zip_label_source(z: zipfile.ZipFile, path: Path, d: str, members: set[str]) -> tuple[str, bytes] | None:
+    """(name, bytes) of the label CSV for the images directly in zip folder ``d`` ("" = top), if there is one:
+    inside the zip per :data:`LABEL_CSV_NAMES`, or beside the zip file (for the top: <zip stem>Labels.csv)."""
+    parent, base = posixpath.split(d)
+    inner = [posixpath.join(parent, n.format(name=base)) for n in LABEL_CSV_NAMES] if d else ["labels.csv"]
+    for m in inner:
+        if m in members:
+            return f"{path}:{m}", z.read(m)
+    for n in LABEL_CSV_NAMES[1:]:
+        p = path.parent / n.format(name=base or path.stem)
+        if p.is_file():
+            return str(p), p.read_bytes()
+    return None
+
+
+def load_image_zip(path: str | Path, split: str | None = None, size: int | None = None,
+                   labels: str | Path | None = None) -> ImageSet:
+    """All images of a zip, labelled by class folders ``[<split>/]<class>/<file>`` or, for a folder of images
+    with a label CSV (``id,label``, ids = file stems; see :data:`LABEL_CSV_NAMES`, or pass ``labels=`` a CSV
+    path), by the CSV: ``<split>/<id>.png`` + ``<split>Labels.csv``. ``split`` filters on the folder above the
+    class folder (CSV-labelled images: their own folder). Classes are the sorted label names; CSV-labelled images
+    come in CSV row order. ``size`` resizes every image to size x size. images: uint8 (N, 3, H, W)."""
     path = Path(path)
-    blobs, labels = [], []
+    if not path.is_file():
+        raise FileNotFoundError(f"image zip {path} does not exist")
+    explicit = None
+    if labels is not None:
+        if not Path(labels).is_file():
+            raise FileNotFoundError(f"label CSV {labels} does not exist")
+        explicit = (str(labels), _read_label_csv(Path(labels).read_bytes(), str(labels)))
     with zipfile.ZipFile(path) as z:
-        for name in sorted(z.namelist()):
-            lab = _label_of(name, split)
-            if lab is None or (split is not None and lab[0] != split):
-                continue
-            blobs.append((name, z.read(name)))
-            labels.append(lab[1])
-    return _stack(blobs, labels, size)
+        labelled, by_csv = _zip_labels(z, path, split, explicit)
+        items = [(f"{path}:{f}", z.read(f), c) for f, c in labelled]
+    if not by_csv and len({c for _, _, c in items}) == 1:
+        raise _one_folder_error(str(path), items[0][2])
+    return _stack(items, size, str(path))
 
 
-def load_image_folder(path: str | Path, size: int | None = None) -> ImageSet:
-    """All images under ``path/<class>/<file>`` (a folder, or a zip file: see :func:`load_image_zip`)."""
+def _zip_labels(z: zipfile.ZipFile, path: Path, split: str | None, explicit: tuple[str, dict] | None
+                ) -> tuple[list[tuple[str, str]], bool]:
+    """(member, class) of the zip's images in ``split`` (see :func:`load_image_zip`), and whether a CSV labelled
+    any of them."""
+    names = sorted(n for n in z.namelist() if not n.endswith("/"))
+    by_dir: dict[str, list[str]] = {}
+    for n in names:
+        if _is_image(n):
+            by_dir.setdefault(posixpath.dirname(n), []).append(n)
+    if not by_dir:
+        raise ValueError(f"{path}: no image files in the zip")
+    labelled, csv_groups = [], {}
+    for d, files in by_dir.items():
+        src = explicit
+        if src is None:
+            found = _zip_label_source(z, path, d, set(names))
+            src = None if found is None else (found[0], _read_label_csv(found[1], found[0]))
+        if src is None:
+            if not d:
+                raise ValueError(f"{path}: images sit at the top of the zip ({files[0]}) with no label CSV "
+                                 "(expected [<split>/]<class>/<file>, or labels.csv)")
+            if split is None or posixpath.basename(posixpath.dirname(d)) == split:
+                labelled += [(f, posixpath.basename(d)) for f in files]
+        elif split is None or posixpath.basename(d) == split:
+            csv_groups.setdefault(src[0], (src[1], []))[1].extend(files)
+    for key, (table, files) in csv_groups.items():
+        labelled += _match_labels(table, [(f, posixpath.splitext(posixpath.basename(f))[0]) for f in files], key)
+    if not labelled:
+        raise ValueError(f"{path}: no images in split {split!r} (image folders: {sorted(by_dir)[:6]})")
+    return labelled, bool(csv_groups)
+
+
+def _folder_label_csv(folder: Path, labels: str | Path | None) -> Path | None:
+    if labels is not None:
+        if not Path(labels).is_file():
+            raise FileNotFoundError(f"label CSV {labels} does not exist")
+        return Path(labels)
+    return next((p for p in (folder.parent / n.format(name=folder.name) for n in LABEL_CSV_NAMES) if p.is_file()),
+                None)
+
+
+def load_image_folder(path: str | Path, size: int | None = None, labels: str | Path | None = None) -> ImageSet:
+    """All images under ``path/<class>/<file>``, or directly in ``path`` with a label CSV (``id,label``, ids =
+    file stems): ``labels=`` or, found by name, ``path/labels.csv``, ``<path>Labels.csv`` (Kaggle CIFAR-10:
+    ``train/`` + ``trainLabels.csv``) or ``<path>_labels.csv``. A zip file goes to :func:`load_image_zip`.
+    Images directly in a folder without a CSV, a folder of one class folder, or no images at all are errors
+    naming the folder. images: uint8 (N, 3, H, W)."""
     path = Path(path)
     if path.is_file():
-        return load_image_zip(path, size=size)
-    files = sorted(p for p in path.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    return _stack([(str(p), p.read_bytes()) for p in files], [p.parent.name for p in files], size)
+        return load_image_zip(path, size=size, labels=labels)
+    if not path.is_dir():
+        raise FileNotFoundError(f"image folder {path} does not exist")
+    flat = sorted(p for p in path.iterdir() if _is_image(p.name) and p.is_file())
+    nested = sorted(p for p in path.glob("*/*") if _is_image(p.name) and p.is_file())
+    if flat and nested:
+        raise ValueError(f"{path}: holds images both directly ({flat[0].name}) and in subfolders "
+                         f"({nested[0].relative_to(path)}); use one layout")
+    if flat:
+        csv_path = _folder_label_csv(path, labels)
+        if csv_path is None:
+            raise ValueError(f"{path}: images sit directly in the folder ({flat[0].name}) with no label CSV; use "
+                             f"<class>/<file> subfolders or an id,label CSV ({path / 'labels.csv'} or "
+                             f"{path.parent / (path.name + 'Labels.csv')})")
+        table = _read_label_csv(csv_path.read_bytes(), str(csv_path))
+        pairs = _match_labels(table, [(str(p), p.stem) for p in flat], str(csv_path))
+        return _stack([(f, Path(f).read_bytes(), c) for f, c in pairs], size, str(path))
+    if labels is not None and nested:
+        raise ValueError(f"{path}: labels= was given but the images sit in class subfolders, not in the folder")
+    if len({p.parent.name for p in nested}) == 1:
+        raise _one_folder_error(str(path), nested[0].parent.name)
+    return _stack([(str(p), p.read_bytes(), p.parent.name) for p in nested], size, str(path))
 
 
 class ImageFolderDataset:
@@ -175,12 +395,18 @@ class ImageFolderDataset:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
-        self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+        flat = sorted(p.name for p in self.root.iterdir() if p.is_file() and _is_image(p.name))
+        if flat:
+            raise ValueError(f"{self.root}: images sit directly in the folder ({flat[0]}); ImageFolderDataset needs "
+                             "<class>/<file> subfolders (for a label CSV use load_image_folder)")
+        self.classes = _class_order(d.name for d in self.root.iterdir() if d.is_dir())
         index = {c: i for i, c in enumerate(self.classes)}
         self.samples = [(p, index[p.parent.name]) for c in self.classes for p in sorted((self.root / c).iterdir())
                         if p.suffix.lower() in IMAGE_SUFFIXES]
         if not self.samples:
             raise ValueError(f"{self.root}: no images in class folders")
+        if len({y for _, y in self.samples}) == 1:
+            raise _one_folder_error(str(self.root), self.classes[self.samples[0][1]])
         self.size = size
 
     def __len__(self) -> int:

@@ -1,10 +1,12 @@
 """Text corpora for language modelling: word- or character-level, from ``train/valid/test`` files.
 
 Layout: a folder with three text files, e.g. ``ptb.train.txt``, ``ptb.valid.txt``, ``ptb.test.txt`` (Penn
-Treebank, Mikolov's preprocessing), ``wiki.train.tokens`` ... (WikiText-2), or any corpus in that layout.
-Every line is split on whitespace (word level) or into characters (character level, spaces kept as ``_``) and
-ends with ``<eos>``. The vocabulary is built from the training split only; tokens of valid/test that it lacks
-map to ``<unk>``.
+Treebank, Mikolov's preprocessing), ``wiki.train.tokens`` ... (WikiText-2 / WikiText-103: :func:`load_wikitext`),
+or any three files (:func:`read_files`, :func:`load_corpus`). Every line, blank ones included, is split on
+whitespace (word level) or into characters (character level, spaces kept as ``_``) and ends with ``<eos>``, so a
+split has words + lines tokens (the standard counts: PTB valid / test 73,760 / 82,430, WikiText-2 valid / test
+217,646 / 245,569). The vocabulary is built from the training split only; tokens of valid/test that it lacks map
+to ``<unk>``.
 
 ``batchify`` cuts a token stream into ``batch_size`` contiguous columns, (N, B). :class:`BPTTLoader` walks such
 a matrix in windows of (variable) BPTT length and yields ``(x (T, B), y (T, B), first)`` where ``first`` is True
@@ -19,23 +21,26 @@ from __future__ import annotations
 
 import math
 import os
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Vocabulary", "Corpus", "read_corpus", "load_ptb", "batchify", "BPTTLoader", "unigram_perplexity",
-           "SPLIT_PATTERNS"]
+__all__ = ["Vocabulary", "Corpus", "read_corpus", "read_files", "load_ptb", "load_wikitext", "load_corpus",
+           "count_tokens", "batchify", "BPTTLoader", "unigram_perplexity", "SPLIT_PATTERNS", "WIKITEXT_FILES"]
 
 EOS, UNK = "<eos>", "<unk>"
 
+WIKITEXT_FILES = {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"}
 # file-name patterns of known corpora: split -> file name, tried in order
 SPLIT_PATTERNS = (
     {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"},
-    {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"},
+    WIKITEXT_FILES,
     {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"},
 )
 
@@ -71,22 +76,43 @@ class Vocabulary:
 
 
 def _tokenize_line(line: str, level: str) -> list[str]:
+    """One line -> its tokens and a closing ``<eos>`` (a blank line gives just ``<eos>``)."""
     if level == "word":
         return line.split() + [EOS]
     return [("_" if c == " " else c) for c in line.strip()] + [EOS]
 
 
-def _read_tokens(path: Path, level: str) -> list[str]:
+def _lines(path: Path):
+    """The lines of a corpus file (universal newlines, UTF-8); one-line error naming a missing file."""
     if not path.is_file():
         raise FileNotFoundError(f"corpus file {path} does not exist")
-    tokens: list[str] = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                tokens.extend(_tokenize_line(line, level))
-    if not tokens:
-        raise ValueError(f"corpus file {path} has no tokens")
-    return tokens
+        yield from f
+
+
+def _count_tokens(path: Path, level: str) -> Counter:
+    """Token counts of one file (first-appearance order kept, so ids built from them are deterministic)."""
+    counts: Counter = Counter()
+    for line in _lines(path):
+        counts.update(_tokenize_line(line, level))
+    if not counts:
+        raise ValueError(f"corpus file {path} has no lines")
+    return counts
+
+
+def _encode_file(path: Path, vocab: Vocabulary, level: str) -> Tensor:
+    """(N,) int64 ids of a file's tokens, N = words + lines; streamed, so WikiText-103 fits in memory."""
+    ids = array("q")
+    for line in _lines(path):
+        ids.extend(vocab.encode(_tokenize_line(line, level)))
+    if not ids:
+        raise ValueError(f"corpus file {path} has no lines")
+    return torch.from_numpy(np.frombuffer(ids, dtype=np.int64))
+
+
+def count_tokens(path: str | os.PathLike, level: str = "word") -> int:
+    """Number of tokens :func:`read_corpus` makes of one file: words (or characters) plus one ``<eos>`` per line."""
+    return sum(_count_tokens(Path(path), level).values())
 
 
 @dataclass
@@ -115,35 +141,93 @@ def _find_files(folder: Path) -> dict[str, Path]:
                             f"found: {names}); pass files= explicitly")
 
 
+def _limit(counts: Counter, max_vocab: int | None) -> Counter:
+    """The counts of the ``max_vocab - 2`` most frequent ordinary tokens plus ``<eos>`` / ``<unk>``."""
+    if max_vocab is None:
+        return counts
+    if max_vocab < 2:
+        raise ValueError(f"max_vocab must be >= 2, got {max_vocab}")
+    ordinary = [t for t, _ in counts.most_common() if t not in (EOS, UNK)]
+    keep = set(ordinary[: max_vocab - 2]) | {EOS, UNK}
+    return Counter({t: c for t, c in counts.items() if t in keep})
+
+
+def read_files(files: dict[str, str | os.PathLike], level: str = "word", max_vocab: int | None = None) -> Corpus:
+    """The generic corpus: ``files`` maps train / valid / test to file paths.
+
+    Every line becomes its whitespace-separated words (or characters) and one ``<eos>``, blank lines included,
+    so a split has words + lines tokens. The vocabulary comes from the training file; other tokens map to
+    ``<unk>``. max_vocab: keep the ``max_vocab - 2`` most frequent training tokens plus ``<eos>`` and ``<unk>``.
+    """
+    if level not in ("word", "char"):
+        raise ValueError(f"level must be 'word' or 'char', got {level!r}")
+    missing = [s for s in ("train", "valid", "test") if s not in files]
+    if missing:
+        raise ValueError(f"files lacks the split(s) {missing} (needs train, valid and test paths)")
+    paths = {s: Path(files[s]) for s in ("train", "valid", "test")}
+    for p in paths.values():
+        if not p.is_file():
+            raise FileNotFoundError(f"corpus file {p} does not exist")
+    vocab = Vocabulary.build(_limit(_count_tokens(paths["train"], level), max_vocab))
+    ids = {s: _encode_file(p, vocab, level) for s, p in paths.items()}
+    return Corpus(vocab, ids["train"], ids["valid"], ids["test"], level)
+
+
 def read_corpus(folder: str | os.PathLike, level: str = "word", files: dict[str, str] | None = None,
                 max_vocab: int | None = None) -> Corpus:
-    """Read a corpus folder with train/valid/test files.
+    """Read a corpus folder with train/valid/test files (see :func:`read_files` for tokens and vocabulary).
 
     level: "word" or "char"; files: split -> file name inside ``folder`` (default: the first of
-    :data:`SPLIT_PATTERNS` that exists); max_vocab: keep the most frequent tokens only (the rest become
-    ``<unk>``; None keeps all).
+    :data:`SPLIT_PATTERNS` that exists); max_vocab: as in :func:`read_files`.
     """
     if level not in ("word", "char"):
         raise ValueError(f"level must be 'word' or 'char', got {level!r}")
     folder = Path(folder)
     paths = {s: folder / f for s, f in files.items()} if files else _find_files(folder)
-    toks = {s: _read_tokens(paths[s], level) for s in ("train", "valid", "test")}
-    counts = Counter(toks["train"])
-    if max_vocab is not None:
-        if max_vocab < 2:
-            raise ValueError(f"max_vocab must be >= 2, got {max_vocab}")
-        counts = Counter(dict(counts.most_common(max_vocab - 2)))
-    vocab = Vocabulary.build(counts)
-    ids = {s: torch.tensor(vocab.encode(t), dtype=torch.long) for s, t in toks.items()}
-    return Corpus(vocab, ids["train"], ids["valid"], ids["test"], level)
+    return read_files(paths, level=level, max_vocab=max_vocab)
+
+
+def _data_root(data_dir: str | os.PathLike | None, who: str, sub: str) -> Path:
+    data_dir = data_dir or os.environ.get("NASP_DATA_DIR")
+    if not data_dir:
+        raise FileNotFoundError(f"{who}: pass data_dir or set NASP_DATA_DIR to the folder holding {sub}/")
+    return Path(data_dir)
 
 
 def load_ptb(data_dir: str | os.PathLike | None = None, level: str = "word") -> Corpus:
     """Penn Treebank from ``<data_dir>/ptb`` (default: the NASP_DATA_DIR environment variable)."""
-    data_dir = data_dir or os.environ.get("NASP_DATA_DIR")
-    if not data_dir:
-        raise FileNotFoundError("load_ptb: pass data_dir or set NASP_DATA_DIR to the folder holding ptb/")
-    return read_corpus(Path(data_dir) / "ptb", level=level)
+    return read_corpus(_data_root(data_dir, "load_ptb", "ptb") / "ptb", level=level)
+
+
+def load_wikitext(data_dir: str | os.PathLike | None = None, name: str = "wikitext-2", level: str = "word",
+                  max_vocab: int | None = None) -> Corpus:
+    """WikiText-2 / WikiText-103 (tokenised ``wiki.{train,valid,test}.tokens``) from ``<data_dir>/<name>``, the
+    folder the official zip unpacks to (also ``<data_dir>/<name>/<name>``, or ``data_dir`` itself holding the
+    files); default data_dir: NASP_DATA_DIR."""
+    if name not in ("wikitext-2", "wikitext-103"):
+        raise ValueError(f"name must be 'wikitext-2' or 'wikitext-103', got {name!r}")
+    root = _data_root(data_dir, "load_wikitext", name)
+    for folder in (root / name, root / name / name, root):
+        if (folder / WIKITEXT_FILES["train"]).is_file():
+            return read_corpus(folder, level=level, files=WIKITEXT_FILES, max_vocab=max_vocab)
+    raise FileNotFoundError(f"{root / name / WIKITEXT_FILES['train']} does not exist (looked in {root / name}, "
+                            f"{root / name / name} and {root})")
+
+
+def load_corpus(name: str, path: str | os.PathLike | None = None, level: str = "word",
+                files: dict[str, str | os.PathLike] | None = None, max_vocab: int | None = None) -> Corpus:
+    """A corpus by name: "ptb" (``<path>/ptb``), "wikitext-2" / "wikitext-103" (:func:`load_wikitext`), or
+    "files" (``files`` maps train / valid / test to paths, relative ones under ``path`` when it is given)."""
+    if name == "ptb":
+        return read_corpus(_data_root(path, "load_corpus", "ptb") / "ptb", level=level, max_vocab=max_vocab)
+    if name in ("wikitext-2", "wikitext-103"):
+        return load_wikitext(path, name, level=level, max_vocab=max_vocab)
+    if name == "files":
+        if not files:
+            raise ValueError("load_corpus('files') needs files={'train': ..., 'valid': ..., 'test': ...}")
+        base = Path(path) if path is not None else Path()
+        return read_files({s: base / p for s, p in files.items()}, level=level, max_vocab=max_vocab)
+    raise ValueError(f"corpus name must be ptb, wikitext-2, wikitext-103 or files, got {name!r}")
 
 
 def batchify(ids: Tensor, batch_size: int) -> Tensor:
