@@ -153,9 +153,10 @@ def _to_int(text: str) -> int:
 
 
 def _text_lines(source: Source, fmt: TableFormat) -> Iterator[str]:
-    """Lines of the file as text, a multi-character separator replaced by a single internal one."""
+    """Lines of the file as text (a leading UTF-8 BOM dropped), a multi-character separator replaced by one."""
+    utf8 = codecs.lookup(fmt.encoding).name == "utf-8"
     with source.open_binary() as fh:
-        text = io.TextIOWrapper(fh, encoding=fmt.encoding, newline="")
+        text = io.TextIOWrapper(fh, encoding="utf-8-sig" if utf8 else fmt.encoding, newline="")
         for line in text:
             yield line.replace(fmt.sep, _INTERNAL_SEP) if len(fmt.sep) > 1 else line
 
