@@ -3,10 +3,13 @@
 This package depends on nothing in ``nasp`` or ``sif``.
 """
 
+from ._parse import ROLE_ALIASES, RatingScale
 from .batching import BatchIterator, to_csr
 from .download import (
     DEFAULT_BASE_URL,
     KNOWN_CHECKSUMS,
+    ChecksumError,
+    DownloadError,
     default_cache_dir,
     download_movielens,
     verify_checksum,
@@ -24,8 +27,12 @@ from .splits import (
 __all__ = [
     "DEFAULT_BASE_URL",
     "KNOWN_CHECKSUMS",
+    "ROLE_ALIASES",
     "BatchIterator",
+    "ChecksumError",
+    "DownloadError",
     "RatingDataset",
+    "RatingScale",
     "RatingScaler",
     "default_cache_dir",
     "download_movielens",

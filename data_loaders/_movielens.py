@@ -6,20 +6,20 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._parse import TableFormat
+from ._parse import RatingScale, TableFormat
 from ._source import Source
 
 
 @dataclass(frozen=True)
 class MovieLensSpec:
-    """One MovieLens release: its zip, the folder inside it, its ratings file, layout and scale."""
+    """One MovieLens release: its zip, the folder inside it, its ratings file, layout and declared scale."""
 
     name: str  # canonical variant key, e.g. "100k"
     zip_name: str  # official archive name, e.g. "ml-100k.zip"
     folder: str  # folder inside the zip and after extraction, e.g. "ml-100k"
     ratings_file: str  # ratings file inside the folder
     fmt: TableFormat
-    scale: tuple[float, float]
+    scale: RatingScale  # every rating must lie on it (file and line named otherwise)
 
 
 _COLS = {"user": 0, "item": 1, "rating": 2, "timestamp": 3}
@@ -29,20 +29,24 @@ _CSV_COLS = {"user": "userId", "item": "movieId", "rating": "rating", "timestamp
 _CSV = TableFormat(sep=",", header=True, num_fields=4, columns=_CSV_COLS)
 
 
-def _spec(name: str, folder: str, ratings_file: str, fmt: TableFormat, scale: tuple[float, float]):
+def _spec(name: str, folder: str, ratings_file: str, fmt: TableFormat, scale: RatingScale):
     zip_name = ("ml-10m" if name == "10m" else folder) + ".zip"
     return MovieLensSpec(name, zip_name, folder, ratings_file, fmt, scale)
 
 
+# Rating scales as the releases' READMEs state them: whole stars 1-5 (100K, 1M), half stars 0.5-5 (10M on).
+_STARS = RatingScale(1.0, 5.0, 1.0)
+_HALF_STARS = RatingScale(0.5, 5.0, 0.5)
+
 SPECS: dict[str, MovieLensSpec] = {s.name: s for s in (
-    _spec("100k", "ml-100k", "u.data", _TSV, (1.0, 5.0)),
-    _spec("1m", "ml-1m", "ratings.dat", _DAT, (1.0, 5.0)),
-    _spec("10m", "ml-10M100K", "ratings.dat", _DAT, (0.5, 5.0)),
-    _spec("20m", "ml-20m", "ratings.csv", _CSV, (0.5, 5.0)),
-    _spec("25m", "ml-25m", "ratings.csv", _CSV, (0.5, 5.0)),
-    _spec("32m", "ml-32m", "ratings.csv", _CSV, (0.5, 5.0)),
-    _spec("latest", "ml-latest", "ratings.csv", _CSV, (0.5, 5.0)),
-    _spec("latest-small", "ml-latest-small", "ratings.csv", _CSV, (0.5, 5.0)),
+    _spec("100k", "ml-100k", "u.data", _TSV, _STARS),
+    _spec("1m", "ml-1m", "ratings.dat", _DAT, _STARS),
+    _spec("10m", "ml-10M100K", "ratings.dat", _DAT, _HALF_STARS),
+    _spec("20m", "ml-20m", "ratings.csv", _CSV, _HALF_STARS),
+    _spec("25m", "ml-25m", "ratings.csv", _CSV, _HALF_STARS),
+    _spec("32m", "ml-32m", "ratings.csv", _CSV, _HALF_STARS),
+    _spec("latest", "ml-latest", "ratings.csv", _CSV, _HALF_STARS),
+    _spec("latest-small", "ml-latest-small", "ratings.csv", _CSV, _HALF_STARS),
 )}
 
 

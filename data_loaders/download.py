@@ -1,11 +1,14 @@
 """Optional download of the official MovieLens zips into a cache folder, with checksum verification.
 
-Nothing here runs unless asked: every reader works on a local path without network.
+Nothing here runs unless asked: every reader works on a local path without network. A download is checked
+against a digest before it is moved into place (so before any member is read); a release without a known
+digest is not fetched unless the caller passes one or opts out with ``allow_unverified=True``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -13,15 +16,38 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ._movielens import SPECS, get_spec
+from ._movielens import get_spec
 
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens/"
 
-# Known checksums ("sha256:<hex>" or "md5:<hex>") per official zip. Left empty where they could not be
-# verified here; a checksum passed by the caller is always checked.
-KNOWN_CHECKSUMS: dict[str, str | None] = {spec.zip_name: None for spec in SPECS.values()}
+# MD5 digests of the official zips, as GroupLens publishes them next to each zip (<zip>.md5). They were not
+# downloaded here (no network); each was found quoted in public loaders:
+#   ml-100k, ml-1m, ml-10m, ml-20m, ml-25m: eli-osherovich/papers_with_code, datasets/movielens/dl_config.py;
+#   ml-1m, ml-20m, ml-25m also in numericalalgorithmsgroup/MLFirstSteps_Azure, ncf/verify_dataset.sh (quoting
+#   the .md5 files); ml-10m also in several loaders quoting ml-10m.zip.md5; ml-100k also matches the copy
+#   checked by a public test; ml-32m: public download scripts and pooch registries quoting ml-32m.zip.md5.
+# ml-latest and ml-latest-small are rebuilt by GroupLens from time to time, so no fixed digest exists: they
+# are fetched only with a caller's checksum or allow_unverified=True.
+KNOWN_CHECKSUMS: dict[str, str | None] = {
+    "ml-100k.zip": "md5:0e33842e24a9c977be4e0107933c0723",
+    "ml-1m.zip": "md5:c4d9eecfca2ab87c1945afe126590906",
+    "ml-10m.zip": "md5:ce571fd55effeba0271552578f2648bd",
+    "ml-20m.zip": "md5:cd245b17a1ae2cc31bb14903e1204af3",
+    "ml-25m.zip": "md5:6b51fb2759a8657d3bfcbfc42b592ada",
+    "ml-32m.zip": "md5:d472be332d4daa821edc399621853b57",
+    "ml-latest.zip": None,
+    "ml-latest-small.zip": None,
+}
 
 _CHUNK = 1 << 20
+
+
+class DownloadError(FileNotFoundError):
+    """A data set is not on disk and fetching it failed (offline, timeout, HTTP error); one-line message."""
+
+
+class ChecksumError(ValueError):
+    """A file's digest differs from the expected one (the message names file, expected and actual digest)."""
 
 
 def default_cache_dir() -> Path:
@@ -49,17 +75,29 @@ def file_digest(path, algo: str = "sha256") -> str:
     return h.hexdigest()
 
 
-def verify_checksum(path, checksum: str) -> None:
-    """Raise ValueError when the file's digest differs from ``checksum``."""
+def verify_checksum(path, checksum: str, label: str | None = None) -> None:
+    """Raise :class:`ChecksumError` (a ValueError) naming ``label`` (default: the path) when the digest differs."""
     algo, expected = _parse_checksum(checksum)
     actual = file_digest(path, algo)
     if actual != expected:
-        raise ValueError(f"{path}: {algo} checksum mismatch: expected {expected}, got {actual}")
+        raise ChecksumError(f"{label or path}: {algo} checksum mismatch: expected {expected}, actual {actual}")
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    if isinstance(err, urllib.error.URLError):
+        return str(err.reason)
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
 def download_file(url: str, dest, checksum: str | None = None, progress: bool = True,
                   timeout: float = 60.0) -> Path:
-    """Fetch ``url`` to ``dest`` through a temporary ``.part`` file; verify, then move into place."""
+    """Fetch ``url`` to ``dest`` through a temporary ``.part`` file; verify, then move into place.
+
+    A network failure raises :class:`DownloadError`, a digest mismatch :class:`ChecksumError`; either way
+    nothing is left at ``dest``.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -71,10 +109,10 @@ def download_file(url: str, dest, checksum: str | None = None, progress: bool = 
                     out.write(chunk)
                     bar.update(len(chunk))
         if checksum:
-            verify_checksum(part, checksum)
-    except urllib.error.URLError as err:
+            verify_checksum(part, checksum, label=f"{dest.name} downloaded from {url} (deleted)")
+    except (OSError, http.client.HTTPException) as err:
         part.unlink(missing_ok=True)
-        raise OSError(f"download of {url} to {dest} failed: {err}") from err
+        raise DownloadError(f"download of {url} to {dest} failed ({_reason(err)})") from err
     except BaseException:
         part.unlink(missing_ok=True)
         raise
@@ -83,21 +121,27 @@ def download_file(url: str, dest, checksum: str | None = None, progress: bool = 
 
 
 def download_movielens(variant: str, dest=None, cache_dir=None, base_url: str = DEFAULT_BASE_URL,
-                       checksum: str | None = None, progress: bool = True, timeout: float = 60.0) -> Path:
+                       checksum: str | None = None, progress: bool = True, timeout: float = 60.0,
+                       allow_unverified: bool = False) -> Path:
     """Path of the official zip of ``variant``, downloaded unless already present and valid.
 
     ``dest`` is the zip's path (default: ``cache_dir`` or :func:`default_cache_dir`, plus the official name).
-    ``checksum`` defaults to the known one for that zip (if any); a cached file failing it is fetched again.
+    ``checksum`` defaults to the known one for that zip; a cached file failing it is fetched again. A zip
+    without a known digest is fetched only with ``checksum`` or ``allow_unverified=True`` (ValueError else).
     """
     spec = get_spec(variant)
     dest = Path(dest) if dest is not None else Path(cache_dir or default_cache_dir()) / spec.zip_name
     checksum = checksum or KNOWN_CHECKSUMS.get(spec.zip_name)
+    url = base_url.rstrip("/") + "/" + spec.zip_name
     if dest.is_file():
         try:
             if checksum:
                 verify_checksum(dest, checksum)
             return dest
-        except ValueError:
+        except ChecksumError:
             dest.unlink()
-    url = base_url.rstrip("/") + "/" + spec.zip_name
+    if not checksum and not allow_unverified:
+        raise ValueError(f"{spec.zip_name}: no known digest (GroupLens rebuilds it from time to time), so a "
+                         f"download could not be checked; pass checksum='md5:<hex>' (published at {url}.md5) "
+                         f"or allow_unverified=True")
     return download_file(url, dest, checksum=checksum, progress=progress, timeout=timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Mapping
@@ -12,9 +13,11 @@ import pandas as pd
 import torch
 
 from ._movielens import find_file, get_spec
-from ._parse import Table, TableFormat, read_delimited, read_parquet_table
+from ._parse import RatingScale, Table, TableFormat, check_encoding, read_delimited, read_parquet_table
 from ._source import Source
-from .download import DEFAULT_BASE_URL, default_cache_dir, download_movielens
+from .download import DEFAULT_BASE_URL, DownloadError, default_cache_dir, download_movielens
+
+_log = logging.getLogger(__name__)
 
 _SUFFIX_SEPS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t", ".data": "\t", ".dat": "::"}
 _PARQUET = (".parquet", ".pq")
@@ -53,11 +56,16 @@ class RatingDataset:
 
     ``user_ids[k]`` / ``item_ids[k]`` give the original id of index ``k``; subsets share these maps, so
     ``num_users`` / ``num_items`` are the same for a dataset and all its splits.
+
+    ``rating_scale`` is (low, high); ``rating_step`` the declared step (1.0 for whole stars) or None;
+    ``rating_scale_source`` is "declared" (a built-in data set's scale or one passed by the caller, which
+    every rating was checked against) or "inferred" (the observed min and max, nothing was checked).
     """
 
     def __init__(self, users, items, ratings, *, user_ids, item_ids, rating_scale, name: str = "ratings",
                  contexts=None, timestamps=None, num_contexts: int | None = None, context_ids=None,
-                 time_bin_edges=None, dropped: Mapping[str, int] | None = None):
+                 time_bin_edges=None, dropped: Mapping[str, int] | None = None,
+                 rating_scale_source: str = "declared", rating_step: float | None = None):
         self.users = _as_long(users)  # (n,) int64
         self.items = _as_long(items)  # (n,) int64
         self.ratings = _as_tensor(ratings, np.float32)  # (n,) float32
@@ -67,6 +75,12 @@ class RatingDataset:
         self.context_ids = None if context_ids is None else np.asarray(context_ids)
         self.time_bin_edges = None if time_bin_edges is None else np.asarray(time_bin_edges, dtype=np.float64)
         self.rating_scale = (float(rating_scale[0]), float(rating_scale[1]))
+        if rating_step is None and isinstance(rating_scale, RatingScale):
+            rating_step = rating_scale.step
+        self.rating_step = None if rating_step is None else float(rating_step)
+        if rating_scale_source not in ("declared", "inferred"):
+            raise ValueError(f"rating_scale_source={rating_scale_source!r}: expected 'declared' or 'inferred'")
+        self.rating_scale_source = rating_scale_source
         self.name = name
         self.dropped = dict(dropped or {})
         self.num_contexts = self._count_contexts(num_contexts)
@@ -101,7 +115,8 @@ class RatingDataset:
 
     def __repr__(self) -> str:
         return (f"RatingDataset({self.name!r}, n={len(self)}, users={self.num_users}, "
-                f"items={self.num_items}, contexts={self.num_contexts}, scale={self.rating_scale})")
+                f"items={self.num_items}, contexts={self.num_contexts}, scale={self.rating_scale} "
+                f"({self.rating_scale_source}))")
 
     @classmethod
     def from_arrays(cls, users, items, ratings, *, timestamps=None, contexts=None, rating_scale=None,
@@ -111,16 +126,19 @@ class RatingDataset:
         u, user_ids = _encode(np.asarray(users), None if user_ids is None else np.asarray(user_ids), "user")
         i, item_ids = _encode(np.asarray(items), None if item_ids is None else np.asarray(item_ids), "item")
         c, context_ids = (None, None) if contexts is None else _encode(np.asarray(contexts), None, "context")
+        source = "declared" if rating_scale is not None else "inferred"
         if rating_scale is None:
             rating_scale = (float(ratings.min()), float(ratings.max())) if len(ratings) else (0.0, 0.0)
         return cls(u, i, ratings, user_ids=user_ids, item_ids=item_ids, rating_scale=rating_scale, name=name,
-                   contexts=c, timestamps=timestamps, context_ids=context_ids, dropped=dropped)
+                   contexts=c, timestamps=timestamps, context_ids=context_ids, dropped=dropped,
+                   rating_scale_source=source)
 
     def _replace(self, **changes) -> RatingDataset:
         state = dict(users=self.users, items=self.items, ratings=self.ratings, contexts=self.contexts,
                      timestamps=self.timestamps, user_ids=self.user_ids, item_ids=self.item_ids,
                      rating_scale=self.rating_scale, name=self.name, num_contexts=self.num_contexts,
-                     context_ids=self.context_ids, time_bin_edges=self.time_bin_edges, dropped=self.dropped)
+                     context_ids=self.context_ids, time_bin_edges=self.time_bin_edges, dropped=self.dropped,
+                     rating_scale_source=self.rating_scale_source, rating_step=self.rating_step)
         state.update(changes)
         return RatingDataset(state.pop("users"), state.pop("items"), state.pop("ratings"), **state)
 
@@ -168,31 +186,39 @@ class RatingDataset:
 
 
 # ------------------------------------------------------------------------------------------------ readers
-def _dataset_from_table(table: Table, label: str, name: str, scale) -> RatingDataset:
+def _dataset_from_table(table: Table, label: str, name: str, scale: RatingScale | None) -> RatingDataset:
     if table.dropped:
         total = sum(table.dropped.values())
         detail = ", ".join(f"{n} {reason}" for reason, n in table.dropped.items())
         warnings.warn(f"{label}: dropped {total} invalid row(s) ({detail})", stacklevel=3)
     c = table.columns
-    return RatingDataset.from_arrays(c["user"], c["item"], c["rating"], timestamps=c.get("timestamp"),
-                                     contexts=c.get("context"), rating_scale=scale, name=name,
-                                     dropped=table.dropped)
+    ds = RatingDataset.from_arrays(c["user"], c["item"], c["rating"], timestamps=c.get("timestamp"),
+                                   contexts=c.get("context"), rating_scale=scale, name=name,
+                                   dropped=table.dropped)
+    if scale is None:
+        _log.info("%s: no rating scale declared; inferred [%g, %g] from the data", label, *ds.rating_scale)
+    return ds
 
 
 def read_ratings_file(path, sep: str | None = None, columns: Mapping[str, str | int | None] | None = None,
-                      header: bool = True, rating_scale: tuple[float, float] | None = None,
-                      drop_invalid: bool = False, name: str | None = None,
-                      encoding: str = "utf-8") -> RatingDataset:
+                      header: bool | None = None, rating_scale=None, drop_invalid: bool = False,
+                      name: str | None = None, encoding: str = "utf-8") -> RatingDataset:
     """Read a generic rating file: CSV/TSV (by suffix, or ``sep``) or Parquet (``.parquet``/``.pq``).
 
     ``columns`` maps user/item/rating (required) and timestamp/context (optional) to header names or
-    0-based positions (default: user, item, rating in the first three fields). Ids, timestamps and
-    contexts must be integers. With ``rating_scale`` every rating must lie inside it; without, the scale is
-    the observed (min, max). Bad rows raise ValueError naming file and line, unless ``drop_invalid``.
+    0-based positions. Without it, a header's columns are found by name, any case (user: user, userId,
+    user_id, uid; item: item, itemId, movieId, iid; rating: rating, ratings, score; timestamp: timestamp,
+    time, ts; context), and a file without a header is read as user, item, rating in its first three fields.
+    ``header`` None (default) detects a header: a first row whose id/rating fields are all non-numeric;
+    True/False force it. ``rating_scale`` is (low, high) or (low, high, step): every rating must lie on it;
+    without it nothing is checked but finiteness and the scale is the observed (min, max), marked
+    ``rating_scale_source == "inferred"`` on the result. Bad rows raise ValueError naming file and line,
+    unless ``drop_invalid``. ``encoding`` names the text encoding (e.g. "latin-1").
     """
     source = Source(Path(path))
-    columns = dict(columns or {"user": 0, "item": 1, "rating": 2})
-    scale = None if rating_scale is None else (float(rating_scale[0]), float(rating_scale[1]))
+    columns = None if columns is None else dict(columns)
+    scale = RatingScale.parse(rating_scale)
+    encoding = check_encoding(encoding)
     name = name or source.path.stem
     if source.suffix in _PARQUET:
         table = read_parquet_table(source, columns, scale, drop_invalid)
@@ -208,26 +234,42 @@ def _default_root() -> Path:
     return Path(env) if env else default_cache_dir()
 
 
+def where_to_put(spec, root: Path) -> str:
+    """The one-line advice of where a release's files belong, naming NASP_DATA_DIR and data.root."""
+    holder = root.parent if root.suffix == ".zip" else root
+    return (f"put {spec.zip_name} or its extracted folder {holder / spec.folder}/ into {holder}, or point "
+            f"NASP_DATA_DIR or the config key data.root at the folder holding them")
+
+
 def load_movielens(variant: str = "100k", root=None, download: bool = False,
                    base_url: str = DEFAULT_BASE_URL, checksum: str | None = None,
-                   drop_invalid: bool = False, progress: bool = True) -> RatingDataset:
+                   drop_invalid: bool = False, progress: bool = True, rating_scale=None,
+                   allow_unverified: bool = False, timeout: float = 60.0) -> RatingDataset:
     """Load a MovieLens release: 100k, 1m, 10m, 20m, 25m, 32m, latest, latest-small.
 
     ``root`` is the extracted folder, a folder holding it, the official zip, or a folder holding the zip
     (default: $NASP_DATA_DIR, else the cache folder). With ``download=True`` and nothing found, the official
-    zip is fetched from ``base_url`` into ``root`` (verified against ``checksum`` or a known one) and read.
+    zip is fetched from ``base_url`` into ``root``, its digest (``checksum`` or the known one) checked before
+    any member is read; releases without a known digest (latest, latest-small) need ``checksum`` or
+    ``allow_unverified=True``. A failed download raises :class:`DownloadError` (a FileNotFoundError) saying
+    where to put the files. Every rating is checked against the release's declared scale (``rating_scale``
+    replaces it).
     """
     spec = get_spec(variant)
+    scale = RatingScale.parse(rating_scale) or spec.scale
     root = Path(root) if root is not None else _default_root()
     source = find_file(root, spec, spec.ratings_file)
     if source is None:
         if not download:
             tried = [root / spec.ratings_file, root / spec.folder / spec.ratings_file, root / spec.zip_name]
-            raise FileNotFoundError(f"MovieLens {spec.name}: none of {', '.join(map(str, tried))} exists "
-                                    f"(pass download=True to fetch {spec.zip_name})")
+            raise FileNotFoundError(f"MovieLens {spec.name}: none of {', '.join(map(str, tried))} exists; "
+                                    f"{where_to_put(spec, root)} (or pass download=True / data.download=true)")
         dest = root if root.suffix == ".zip" else root / spec.zip_name
-        zip_path = download_movielens(spec.name, dest=dest, base_url=base_url, checksum=checksum,
-                                      progress=progress)
+        try:
+            zip_path = download_movielens(spec.name, dest=dest, base_url=base_url, checksum=checksum,
+                                          progress=progress, allow_unverified=allow_unverified, timeout=timeout)
+        except DownloadError as err:
+            raise DownloadError(f"MovieLens {spec.name}: {err.args[0]}; {where_to_put(spec, root)}") from err
         source = find_file(zip_path, spec, spec.ratings_file)
-    table = read_delimited(source, spec.fmt, spec.scale, drop_invalid)
-    return _dataset_from_table(table, source.label, f"ml-{spec.name}", spec.scale)
+    table = read_delimited(source, spec.fmt, scale, drop_invalid)
+    return _dataset_from_table(table, source.label, f"ml-{spec.name}", scale)

@@ -29,8 +29,9 @@ class DataConfig:
     path: str | None = None         # dataset "file": a CSV/TSV/Parquet file
     sep: str | None = None
     columns: dict[str, Any] | None = None
-    header: bool = True
-    rating_scale: list[float] | None = None
+    header: bool | None = None     # None: detected (a first row with non-numeric id/rating fields is a header)
+    rating_scale: list[float] | None = None     # [low, high] or [low, high, step]; None: declared or inferred
+    encoding: str = "utf-8"         # dataset "file": text encoding, e.g. latin-1
     split: str = "random"           # random | fold | time | leave_k_out
     ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     fold: Any = 1                   # canonical MovieLens fold: 1-5, "a" or "b"

@@ -24,14 +24,15 @@ MOVIELENS = {"ml-100k": "100k", "ml-1m": "1m", "ml-10m": "10m", "ml-20m": "20m",
 
 
 def _read(cfg: DataConfig) -> RatingDataset:
+    scale = tuple(cfg.rating_scale) if cfg.rating_scale else None
     if cfg.dataset == "file":
         if not cfg.path:
             raise ValueError("data.dataset=file needs data.path (a CSV, TSV or Parquet file)")
-        scale = tuple(cfg.rating_scale) if cfg.rating_scale else None
-        return read_ratings_file(cfg.path, sep=cfg.sep, columns=cfg.columns, header=cfg.header, rating_scale=scale)
+        return read_ratings_file(cfg.path, sep=cfg.sep, columns=cfg.columns, header=cfg.header, rating_scale=scale,
+                                 encoding=cfg.encoding)
     if cfg.dataset not in MOVIELENS:
         raise ValueError(f"data.dataset={cfg.dataset!r}: expected 'file' or one of {sorted(MOVIELENS)}")
-    return load_movielens(MOVIELENS[cfg.dataset], root=cfg.root, download=cfg.download)
+    return load_movielens(MOVIELENS[cfg.dataset], root=cfg.root, download=cfg.download, rating_scale=scale)
 
 
 def _fold_root(cfg: DataConfig) -> Path:
