@@ -2,13 +2,14 @@
 
     sif search --config configs/sif_ml100k.yaml --set search.epochs=10
     sif train --config configs/sif_ml100k.yaml --set model.name=mf
-    sif evaluate --run runs/sif-ml100k
+    sif evaluate --run runs/sif-ml100k/search
     sif benchmark --config configs/sif_ml100k_folds.yaml
     torchrun --nproc_per_node=2 -m sif.cli search --config configs/sif_ml100k.yaml   # data parallel
 
 Under torchrun (WORLD_SIZE > 1) every command joins a process group (gloo on CPU, nccl on CUDA with one GPU per local
 rank, see :mod:`nasp.distributed`), each rank trains on its slice of every global batch, and rank 0 alone writes
-the run folder. Every run folder holds the resolved config (config.yaml), structured logs (run.log as JSON lines,
+the run folder. Each command writes into its own folder under out_dir (search/, train-<model>/, benchmark/), which
+holds fingerprint.json (see :mod:`sif.runs`), the resolved config (config.yaml), structured logs (run.log as JSON lines,
 the search's log.jsonl, train_log.jsonl), checkpoints (a rerun of the same command resumes), the saved model, the
 genotype as JSON, a picture of the found interaction function and results.json.
 """
@@ -44,6 +45,7 @@ from .recommender import (
     load_recommender,
     recommender_class,
 )
+from .runs import RunFolderError, command_folder, data_fingerprint, fingerprint, prepare_run_folder
 
 __all__ = ["main", "build_recommender", "run_fit", "run_benchmark"]
 
@@ -112,10 +114,10 @@ def _write_config(cfg: RunConfig, run_dir: Path) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None) -> dict[str, Any]:
-    """Fit one model on the configured split (resuming checkpoints in ``run_dir``), evaluate valid and test once,
-    save everything; returns the results dict."""
-    train, valid, test = load_splits(cfg.data, cfg.seed)
+def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None) -> dict[str, Any]:
+    """Fit one model on the configured split (``splits``: the (train, valid, test) already read; resuming
+    checkpoints in ``run_dir``), evaluate valid and test once, save everything; returns the results dict."""
+    train, valid, test = splits if splits is not None else load_splits(cfg.data, cfg.seed)
     log.info("data: train=%d valid=%d test=%d users=%d items=%d contexts=%d", len(train), len(valid), len(test),
              train.num_users, train.num_items, train.num_contexts)
     rec = build_recommender(cfg, name)
@@ -124,7 +126,9 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None) -> dict[str,
     seconds = time.perf_counter() - t0
     results = {"model": name or cfg.model.name, "valid": _valid_scores(rec, valid), "test": rec.score(test),
                "seconds_total": seconds, "seconds_train": _train_seconds(rec),
-               "best_epoch": rec.train_result_.best_epoch, "n_train": len(train), "n_test": len(test)}
+               "best_epoch": rec.train_result_.best_epoch, "n_train": len(train), "n_test": len(test),
+               "rating_scale": list(train.rating_scale),
+               "rating_scale_source": getattr(train, "rating_scale_source", "inferred")}
     if isinstance(rec, SIFRecommender):
         results.update(genotype=rec.genotype_.to_dict(), op=rec.op_, seconds_search=rec.search_result_.seconds,
                        search_epochs=len(rec.search_result_.history))
@@ -251,7 +255,12 @@ def _parser() -> argparse.ArgumentParser:
                         ("benchmark", "many models x folds/seeds in one table")):
         sp = sub.add_parser(name, help=help_, description=help_, epilog=_MODELS_HELP)
         add_config_arguments(sp)
-        sp.add_argument("--out", help="run folder (default: out_dir of the config)")
+        sp.add_argument("--out", help="parent of the run folder (default: out_dir of the config); the command "
+                                      "writes into <out>/search, <out>/train-<model> or <out>/benchmark")
+        sp.add_argument("--fresh", action="store_true",
+                        help="a run folder made with other settings or data is moved aside (<folder>.old-N) and "
+                             "the run starts over; without it such a folder is refused, and one made with the "
+                             "same settings and data is resumed")
         sp.add_argument("--debug", action="store_true", help="show the traceback of an error")
     ev = sub.add_parser("evaluate", help="evaluate a saved run's model on its test split")
     ev.add_argument("--run", required=True, help="a run folder written by sif search / sif train")
@@ -297,23 +306,28 @@ def _model_name(cfg: RunConfig, command: str) -> str:
 
 def _dispatch(args) -> int:
     if args.command == "evaluate":
-        run_dir = Path(args.run)
-        cfg = load_config(run_dir / "config.yaml")
-        _, valid, test = load_splits(cfg.data, cfg.seed)
-        rec = load_recommender(run_dir / "model", device=cfg.device)
-        out = {"valid": rec.score(valid), "test": rec.score(test)}
-        print(json.dumps(out, indent=2))
-        return 0
+        return _evaluate(Path(args.run))
     cfg = load_config(args.config, args.set)
     name = _model_name(cfg, args.command) if args.command != "benchmark" else None
+    splits = None
     if name is not None:
         build_recommender(cfg, name)          # every setting checked before a run folder is made
+        splits = load_splits(cfg.data, cfg.seed)          # a missing or bad data file fails here too
+        log.info("data: train=%d valid=%d test=%d users=%d items=%d contexts=%d; rating scale %s (%s)",
+                 *(len(s) for s in splits), splits[0].num_users, splits[0].num_items, splits[0].num_contexts,
+                 list(splits[0].rating_scale), getattr(splits[0], "rating_scale_source", "inferred"))
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    run_dir = Path(args.out or cfg.out_dir)
+    run_dir = command_folder(args.out or cfg.out_dir, args.command, name)
     main = nd.is_main_process() if nd.is_distributed() else int(os.environ.get("RANK", "0")) == 0
+    if main:
+        data = dict(zip(("train", "valid", "test"), splits, strict=True)) if splits is not None else {}
+        run_dir, resumed = prepare_run_folder(run_dir, fingerprint(cfg.to_dict(), data, args.command), args.fresh)
+        if resumed:
+            print(f"sif {args.command}: resuming the run in {run_dir} (same settings and data; --fresh starts "
+                  "over)", file=sys.stderr)
     handler = _setup_logging(run_dir) if main else None
     if main:
         _write_config(cfg, run_dir)
@@ -324,7 +338,7 @@ def _dispatch(args) -> int:
         if args.command == "benchmark":
             run_benchmark(cfg, run_dir)
         else:
-            results = run_fit(cfg, run_dir, name)
+            results = run_fit(cfg, run_dir, name, splits)
             if nd.is_main_process():
                 _print_results(results, run_dir)
     except Exception as e:
@@ -334,6 +348,24 @@ def _dispatch(args) -> int:
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
+    return 0
+
+
+def _evaluate(run_dir: Path) -> int:
+    """Re-evaluate a saved run on its split; refuses when the data no longer is what the run was made from."""
+    if not (run_dir / "fingerprint.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder of sif search or sif train (no fingerprint.json); "
+                                "pass the command's folder, e.g. runs/sif-ml100k/search")
+    cfg = load_config(run_dir / "config.yaml")
+    splits = load_splits(cfg.data, cfg.seed)
+    stored = json.loads((run_dir / "fingerprint.json").read_text())
+    now = data_fingerprint(dict(zip(("train", "valid", "test"), splits, strict=True)))
+    if stored.get("data") != now:
+        raise RunFolderError(f"{run_dir}: the data differ from the data this run was made from (file content, "
+                             "ratings, rows or split changed); evaluating it would give other numbers")
+    rec = load_recommender(run_dir / "model", device=cfg.device)
+    out = {"valid": rec.score(splits[1]), "test": rec.score(splits[2])}
+    print(json.dumps(out, indent=2))
     return 0
 
 

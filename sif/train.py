@@ -202,9 +202,10 @@ def _stop_non_finite(model: nn.Module, ckpt: Path | None, epoch: int, device) ->
     kept = ckpt if ckpt is not None and ckpt.is_file() else None
     if kept is not None:
         model.load_state_dict(load_checkpoint(kept, device)["model"])
-    raise NonFiniteLossError(f"non-finite training loss (NaN or inf) in stand-alone epoch {epoch}; stopping: "
-                             + (f"the last good checkpoint {kept} was kept and reloaded" if kept else
-                                "no checkpoint was written") + ". Lower the learning rate or check the data.")
+    where = f"the last good checkpoint {kept} was kept and reloaded" if kept else "no checkpoint was written"
+    raise NonFiniteLossError(f"non-finite training loss (NaN or inf) in stand-alone epoch {epoch}; stopping: {where}. "
+                             "Lower the learning rate or check the data (sif command line: rerun with the new "
+                             "setting and --fresh; the stopped run is moved aside).")
 
 
 def _bar(total: int, initial: int, enabled: bool):

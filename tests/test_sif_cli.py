@@ -35,10 +35,10 @@ def _config(tmp_path, csv, **extra):
 def test_cli_search_then_evaluate_end_to_end(tmp_path, ratings_csv, capsys):
     cfg = _config(tmp_path, ratings_csv)
     assert main(["search", "--config", str(cfg), "--set", "search.epochs=3"]) == 0
-    run = tmp_path / "run"
-    for name in ("config.yaml", "results.json", "genotype.json", "interaction.dot", "interaction.png", "alphas.png",
-                 "run.log", "model/recommender.json", "model/model.pt", "search/log.jsonl", "search/checkpoint.pt",
-                 "train/train_checkpoint.pt"):
+    run = tmp_path / "run" / "search"
+    for name in ("fingerprint.json", "config.yaml", "results.json", "genotype.json", "interaction.dot",
+                 "interaction.png", "alphas.png", "run.log", "model/recommender.json", "model/model.pt",
+                 "search/log.jsonl", "search/checkpoint.pt", "train/train_checkpoint.pt"):
         assert (run / name).is_file(), name
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["search"]["epochs"] == 3 and resolved["model"]["embedding_dim"] == 3
@@ -55,22 +55,22 @@ def test_cli_search_then_evaluate_end_to_end(tmp_path, ratings_csv, capsys):
 def test_cli_rerun_resumes_from_checkpoints(tmp_path, ratings_csv):
     cfg = _config(tmp_path, ratings_csv)
     assert main(["search", "--config", str(cfg)]) == 0
-    first = json.loads((tmp_path / "run/results.json").read_text())
+    first = json.loads((tmp_path / "run/search/results.json").read_text())
     assert main(["search", "--config", str(cfg)]) == 0       # everything is already done: resumes at the end
-    again = json.loads((tmp_path / "run/results.json").read_text())
+    again = json.loads((tmp_path / "run/search/results.json").read_text())
     assert again["test"] == first["test"] and again["op"] == first["op"]
 
 
 def test_cli_train_and_benchmark(tmp_path, ratings_csv):
     cfg = _config(tmp_path, ratings_csv)
     assert main(["train", "--config", str(cfg), "--set", "model.name=mf", "--out", str(tmp_path / "mf")]) == 0
-    assert json.loads((tmp_path / "mf/results.json").read_text())["model"] == "mf"
+    assert json.loads((tmp_path / "mf/train-mf/results.json").read_text())["model"] == "mf"
     assert main(["benchmark", "--config", str(cfg), "--out", str(tmp_path / "bench"), "--set",
                  "benchmark.models=[bias_only, mf, fixed:plus]", "benchmark.seeds=[0, 1]",
                  "benchmark.tune={mf: {embedding_dim: [2, 4]}}"]) == 0
-    rows = json.loads((tmp_path / "bench/benchmark.json").read_text())
+    rows = json.loads((tmp_path / "bench/benchmark/benchmark.json").read_text())
     assert len(rows) == 6 and {r["model"] for r in rows} == {"bias_only", "mf", "fixed:plus"}
-    table = (tmp_path / "bench/benchmark.md").read_text()
+    table = (tmp_path / "bench/benchmark/benchmark.md").read_text()
     assert "| mf |" in table and "+-" in table
 
 
@@ -79,7 +79,7 @@ def test_cli_benchmark_with_neighbourhood_and_refit(tmp_path, ratings_csv):
     assert main(["benchmark", "--config", str(cfg), "--out", str(tmp_path / "bench"), "--set",
                  "benchmark.models=[sif, neumf, mf]", "benchmark.seeds=[0]", "model.neighbourhood=both",
                  "model.refit=true", "benchmark.tune={mf: {reg: [0.05, 0.1]}}"]) == 0
-    rows = {r["model"]: r for r in json.loads((tmp_path / "bench/benchmark.json").read_text())}
+    rows = {r["model"]: r for r in json.loads((tmp_path / "bench/benchmark/benchmark.json").read_text())}
     assert set(rows) == {"sif", "neumf", "mf"}            # NeuMF has no neighbourhood option and runs without it
     for r in rows.values():                                # valid scores are the first fit's, not in-sample
         assert r["valid"]["rmse"] > 0 and np.isfinite(r["test"]["rmse"])

@@ -1,0 +1,129 @@
+"""Run folders that know what made them.
+
+Every command writes into its own subfolder of ``out_dir`` (``search/``, ``train-<model>/``, ``benchmark/``), with
+``fingerprint.json``: the resolved configuration (less the keys that cannot change a result: progress bars,
+thread counts, the folder itself) and the data, as the sha256 of the ratings actually read and of every split.
+A rerun into a folder compares fingerprints. The same fingerprint resumes (checkpoints continue exactly); any
+difference is refused in one line naming the differing keys, unless ``fresh``: the old folder is then moved aside
+(``<folder>.old-<n>``, never deleted) and the run starts over. A folder with content but no fingerprint was not
+made by this library version's command lines and is refused too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_loaders import RatingDataset
+from nasp.config import ConfigError
+
+__all__ = ["RunFolderError", "command_folder", "fingerprint", "differences", "prepare_run_folder"]
+
+# keys that change no number of a run (where it is written, how it is shown, how many threads compute it)
+NON_SEMANTIC = ("out_dir", "show_progress", "threads", "search.log_every")
+
+
+class RunFolderError(ConfigError):
+    """A run folder holds a run made from other settings or data; the message names the differences."""
+
+
+def command_folder(out_dir: str | Path, command: str, model: str | None = None) -> Path:
+    """``out_dir/search``, ``out_dir/train-<model>`` (``:`` spelled ``-``) or ``out_dir/benchmark``."""
+    if command == "train":
+        return Path(out_dir) / f"train-{str(model).replace(':', '-')}"
+    return Path(out_dir) / command
+
+
+def _digest(*arrays: Any) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(a.numpy() if hasattr(a, "numpy") else a)
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def data_fingerprint(splits: dict[str, RatingDataset]) -> dict[str, Any]:
+    """sha256 and size of each split's (users, items, ratings, contexts), plus the id maps."""
+    out: dict[str, Any] = {}
+    for name, ds in splits.items():
+        out[name] = {"n": len(ds), "sha256": _digest(ds.users, ds.items, ds.ratings, ds.contexts)}
+    if not splits:
+        return out
+    first = next(iter(splits.values()))
+    out["ids_sha256"] = _digest(np.asarray(first.user_ids).astype(str), np.asarray(first.item_ids).astype(str))
+    return out
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and not k.endswith("columns"):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def fingerprint(config: dict[str, Any], splits: dict[str, RatingDataset], command: str) -> dict[str, Any]:
+    """What made a run: the command, its semantic settings (flattened dotted keys) and its data."""
+    settings = {k: v for k, v in _flatten(config).items() if k not in NON_SEMANTIC}
+    return {"command": command, "config": settings, "data": data_fingerprint(splits)}
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two fingerprints (empty: the same run)."""
+    out = []
+    if old.get("command") != new.get("command"):
+        out.append(f"command ({old.get('command')} -> {new.get('command')})")
+    a, b = old.get("config", {}), new.get("config", {})
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            out.append(f"{k} ({a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r})")
+    da, db = old.get("data", {}), new.get("data", {})
+    for k in sorted(set(da) | set(db)):
+        if da.get(k) != db.get(k):
+            what = "the id maps" if k == "ids_sha256" else f"the {k} ratings"
+            out.append(f"data: {what} differ (file content, ratings, rows or split changed)")
+    return out
+
+
+def prepare_run_folder(folder: str | Path, fp: dict[str, Any], fresh: bool = False) -> tuple[Path, bool]:
+    """Check ``folder`` against fingerprint ``fp`` and make it ready; returns (folder, resumed).
+
+    A new or empty folder is created; a folder with the same fingerprint is resumed; otherwise
+    :class:`RunFolderError`, unless ``fresh``, which moves the old folder aside first."""
+    folder = Path(folder)
+    stored = folder / "fingerprint.json"
+    if folder.is_dir() and any(folder.iterdir()):
+        problem = None
+        if not stored.is_file():
+            problem = "it holds files but no fingerprint.json (not made by this command)"
+        else:
+            diff = differences(json.loads(stored.read_text()), fp)
+            if not diff:
+                return folder, True
+            shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+            problem = f"it holds a run made differently: {shown}"
+        if not fresh:
+            raise RunFolderError(f"run folder {folder}: {problem}. Rerun with --fresh to move it aside and start "
+                                 "over, or choose another out_dir")
+        aside = _aside_name(folder)
+        folder.rename(aside)
+    folder.mkdir(parents=True, exist_ok=True)
+    stored.write_text(json.dumps(fp, indent=1, sort_keys=True, default=str) + "\n")
+    return folder, False
+
+
+def _aside_name(folder: Path) -> Path:
+    n = 1
+    while folder.with_name(f"{folder.name}.old-{n}").exists():
+        n += 1
+    return folder.with_name(f"{folder.name}.old-{n}")
