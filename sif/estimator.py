@@ -28,6 +28,7 @@ from nasp.distributed import shard_if_distributed
 
 from .config import DataConfig, ModelConfig
 from .feedback import ImplicitFeedback, RatingFeedback, feedback_strategy
+from .ids import to_index
 from .implicit_feedback import ImplicitTask, score_all_items
 from .ranking import topk_by_score_then_index
 from .task import RatingTask
@@ -123,6 +124,7 @@ class BaseRecommender:
         del self._interactions
         self.model_.eval()
         self.rated_ = self.feedback.rated(self, train)
+        self.rated_valid_ = self.feedback.rated(self, valid, "valid")
         return self
 
     def _refit(self, full: RatingDataset, eval_it, show_progress, callback, run_dir):
@@ -188,17 +190,22 @@ class BaseRecommender:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(train, valid) first")
 
     @torch.no_grad()
-    def predict(self, users, items, contexts=None, batch_size: int = 65536) -> np.ndarray:
-        """Predicted ratings on the raw scale (clipped to the rating scale unless clip_predictions=False)."""
+    def predict(self, users, items, contexts=None, ids: str = "raw", batch_size: int = 65536) -> np.ndarray:
+        """Predicted ratings on the raw scale (clipped to the rating scale unless clip_predictions=False).
+
+        ``ids="raw"`` (default): ``users`` and ``items`` are the training data's ids (``user_ids_``,
+        ``item_ids_``); ``ids="index"``: 0-based indices. Unknown, out-of-range or non-integer ids are refused.
+        Contexts are always indices."""
         self._check_fitted()
-        u, i = _index_tensor(users, "users", self.num_users_), _index_tensor(items, "items", self.num_items_)
+        u = to_index(users, self.user_ids_, "users", ids, self.num_users_)
+        i = to_index(items, self.item_ids_, "items", ids, self.num_items_)
         if u.shape != i.shape:
             raise ValueError(f"users and items must have the same shape, got {tuple(u.shape)} and {tuple(i.shape)}")
         c = None
         if self.num_contexts_:
             if contexts is None:
                 raise ValueError("this model was fitted with contexts: pass contexts=")
-            c = _index_tensor(contexts, "contexts", self.num_contexts_)
+            c = to_index(contexts, None, "contexts", "index", self.num_contexts_)
         out = []
         for s in range(0, len(u), batch_size):
             sl = slice(s, s + batch_size)
@@ -207,29 +214,35 @@ class BaseRecommender:
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
     def score(self, dataset: RatingDataset) -> dict[str, float]:
-        """rmse, mae (raw scale) and rmse_z on a dataset with the same id maps; for implicit tasks the ranking
-        metrics (K=10, AUC) of its positives with the training positives filtered."""
+        """rmse, mae (raw scale) and rmse_z on a dataset split from the training data (the same id maps); for
+        implicit tasks the ranking metrics (K=10, AUC) of its positives with the training positives filtered."""
         self._check_fitted()
         _check_dataset(dataset, "dataset")
+        if not (np.array_equal(dataset.user_ids, self.user_ids_) and np.array_equal(dataset.item_ids, self.item_ids_)):
+            raise ValueError(f"dataset {dataset.name!r} has other user/item id maps than the training data; split "
+                             "one RatingDataset (or use subset()), or predict(users, items) with raw ids")
         return self.feedback.score(self, dataset)
 
     @torch.no_grad()
-    def recommend(self, user_or_users, N: int = 10, filter_already_rated: bool = True, context: int | None = None,
-                  batch_size: int = 256, original_ids: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Top-N items per user: (item indices, predicted ratings), shapes (N,) for one user or (n, N).
+    def recommend(self, user_or_users, N: int = 10, filter_already_rated: bool | str = True,
+                  context: int | None = None, ids: str = "raw", batch_size: int = 256
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-N items per user: (items, scores), shapes (N,) for one user or (n, N).
 
-        Items the user rated in the training data (its positives for implicit tasks) are excluded when
-        ``filter_already_rated``. Scores are ratings for the rating task, logits for implicit tasks. Equal
-        scores are ordered by the lower item index. ``original_ids``: return the items' original ids
-        (``item_ids_``) instead of indices.
+        ``ids="raw"`` (default): users are given and items returned as the training data's ids; ``"index"``:
+        0-based indices. ``filter_already_rated``: True or "train" excludes what the user has in the training
+        data (its positives for implicit tasks), "train+valid" also the validation ratings given to ``fit``,
+        False nothing. The scores are the ones ranked by: ratings on the raw scale, not clipped to the rating
+        scale (``predict`` clips), or logits for implicit tasks. Equal scores are ordered by the lower item index.
         """
         self._check_fitted()
         single = np.ndim(user_or_users) == 0
-        users = _index_tensor(np.atleast_1d(user_or_users), "users", self.num_users_)
+        users = to_index(np.atleast_1d(user_or_users), self.user_ids_, "users", ids, self.num_users_)
+        mask = self._filter_matrix(filter_already_rated)
         n_items = self.num_items_
         N = min(N, n_items)
         all_items = torch.arange(n_items, device=self.device)
-        ids, scores = [], []
+        out_ids, scores = [], []
         for s in range(0, len(users), batch_size):
             ub = users[s: s + batch_size].to(self.device)                         # (b,)
             if self.num_contexts_:
@@ -239,16 +252,27 @@ class BaseRecommender:
                 pred = self.model_(uu, ii, cc).view(len(ub), n_items).float()      # (b, m)
             else:
                 pred = score_all_items(self.model_, ub).float()                    # (b, m)
-            if filter_already_rated:
-                rated = torch.from_numpy(self.rated_[ub.cpu().numpy()].toarray() > 0).to(self.device)
+            pred = self.task_.to_raw(pred, clip=False)                             # what is ranked is returned
+            if mask is not None:
+                rated = torch.from_numpy(mask[ub.cpu().numpy()].toarray() > 0).to(self.device)
                 pred = pred.masked_fill(rated, float("-inf"))
             top = topk_by_score_then_index(pred, N)                                # (b, N)
-            ids.append(top.cpu())
-            scores.append(self.task_.to_raw(pred.gather(1, top)).cpu())
-        ids_np, scores_np = torch.cat(ids).numpy(), torch.cat(scores).numpy()
-        if original_ids:
+            out_ids.append(top.cpu())
+            scores.append(pred.gather(1, top).cpu())
+        ids_np, scores_np = torch.cat(out_ids).numpy(), torch.cat(scores).numpy()
+        if ids == "raw":
             ids_np = np.asarray(self.item_ids_)[ids_np]
         return (ids_np[0], scores_np[0]) if single else (ids_np, scores_np)
+
+    def _filter_matrix(self, which: bool | str):
+        """The (users x items) CSR of items ``recommend`` leaves out (None: none)."""
+        if which is False:
+            return None
+        if which is True or which == "train":
+            return self.rated_
+        if which == "train+valid":
+            return self.rated_ + self.rated_valid_
+        raise ValueError(f"filter_already_rated must be True, False, 'train' or 'train+valid', got {which!r}")
 
     # ---- persistence ----------------------------------------------------------------------------------------
     def _fitted_state(self) -> dict[str, Any]:
@@ -273,6 +297,7 @@ class BaseRecommender:
         (path / "recommender.json").write_text(json.dumps(meta, indent=2) + "\n")
         save_checkpoint(self.model_.state_dict(), path / "model.pt")
         sp.save_npz(path / "rated.npz", self.rated_)
+        sp.save_npz(path / "rated_valid.npz", self.rated_valid_)
         np.savez(path / "ids.npz", user_ids=np.asarray(self.user_ids_), item_ids=np.asarray(self.item_ids_))
         return path
 
@@ -296,6 +321,7 @@ class BaseRecommender:
         rec.model_.load_state_dict(load_checkpoint(path / "model.pt", rec.device))
         rec.model_.eval()
         rec.rated_ = sp.load_npz(path / "rated.npz").tocsr()
+        rec.rated_valid_ = sp.load_npz(path / "rated_valid.npz").tocsr()
         ids = np.load(path / "ids.npz", allow_pickle=False)
         rec.user_ids_, rec.item_ids_ = ids["user_ids"], ids["item_ids"]
         return rec
@@ -307,12 +333,6 @@ def _check_dataset(ds, name: str) -> None:
     if len(ds) == 0:
         raise ValueError(f"{name} is empty")
 
-
-def _index_tensor(x, name: str, bound: int) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).long().reshape(-1)
-    if len(t) and (int(t.min()) < 0 or int(t.max()) >= bound):
-        raise ValueError(f"{name}: indices must lie in [0, {bound}), got range [{int(t.min())}, {int(t.max())}]")
-    return t
 
 
 def constructor_params(cls: type) -> list[str]:

@@ -63,9 +63,10 @@ class RatingFeedback:
                 shard_if_distributed(self.iterator(rec, valid, True, bs, seed + 1)),
                 self.iterator(rec, valid, False, 8192, seed))
 
-    def rated(self, rec, train: RatingDataset):
-        """The (users x items) CSR of what each user already has in training (filtered by ``recommend``)."""
-        return to_csr(train, binary=True)
+    def rated(self, rec, ds: RatingDataset, split: str = "train"):
+        """The (users x items) CSR of what each user has in ``ds``, the training or validation split (what
+        ``recommend`` filters)."""
+        return to_csr(ds, binary=True)
 
     def score(self, rec, dataset: RatingDataset) -> dict[str, float]:
         return rec.task_.evaluate(rec.model_, self.iterator(rec, dataset, False, 8192, 0))
@@ -102,8 +103,8 @@ class ImplicitFeedback:
         return (positive_iterator(tr, bs, True, seed, rec.device),
                 positive_iterator(va, bs, True, seed + 1, rec.device), RankingData(tr, va))
 
-    def rated(self, rec, train: RatingDataset):
-        return rec.positives_[0]
+    def rated(self, rec, ds: RatingDataset, split: str = "train"):
+        return rec.positives_[0 if split == "train" else 1]
 
     def score(self, rec, dataset: RatingDataset) -> dict[str, float]:
         target = to_csr(dataset, threshold=rec.positive_threshold, binary=True)

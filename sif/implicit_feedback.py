@@ -290,8 +290,8 @@ class ImplicitTask:
             total = term if total is None else total + term
         return total
 
-    def to_raw(self, pred: Tensor) -> Tensor:
-        """Scores are reported as they are (no rating scale)."""
+    def to_raw(self, pred: Tensor, clip: bool = True) -> Tensor:
+        """Scores are reported as they are (no rating scale; ``clip`` has nothing to clip)."""
         return pred.float()
 
     @torch.no_grad()

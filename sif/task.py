@@ -81,10 +81,10 @@ class RatingTask:
                 loss = loss + extra
         return loss
 
-    def to_raw(self, pred: Tensor) -> Tensor:
-        """Standardised predictions -> raw rating scale (clipped to ``rating_scale``)."""
+    def to_raw(self, pred: Tensor, clip: bool = True) -> Tensor:
+        """Standardised predictions -> raw rating scale (clipped to ``rating_scale`` when ``clip``)."""
         raw = pred.float() * self.std + self.mean
-        return raw.clamp(*self.rating_scale) if self.rating_scale is not None else raw
+        return raw.clamp(*self.rating_scale) if clip and self.rating_scale is not None else raw
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Iterable, view: ArchView | None = None) -> dict[str, float]:

@@ -160,17 +160,17 @@ def test_implicit_recommenders_fit_recommend_original_ids_and_round_trip(name, t
     rec = create_recommender(name, task="bce", num_negatives=2, embedding_dim=4, train={"max_epochs": 3},
                              **kw).fit(tr, va, show_progress=False)
     assert "ndcg@10" in rec.train_result_.best_valid
-    ids, scores = rec.recommend(np.arange(tr.num_users), N=5, batch_size=7)
+    ids, scores = rec.recommend(np.arange(tr.num_users), N=5, batch_size=7, ids="index")
     seen = {(int(u), int(i)) for u, i in zip(tr.users, tr.items, strict=True)}
     assert not any((u, int(i)) in seen for u in range(tr.num_users) for i in ids[u])
-    orig, orig_scores = rec.recommend(np.arange(tr.num_users), N=5, original_ids=True)
+    orig, orig_scores = rec.recommend(tr.user_ids, N=5)
     np.testing.assert_array_equal(orig, tr.item_ids[ids])
     np.testing.assert_array_equal(orig_scores, scores)
     metrics = rec.score(te)
     assert 0.0 <= metrics["ndcg@10"] <= 1.0 and 0.0 <= metrics["auc"] <= 1.0
     rec.save(tmp_path / "m")
     back = load_recommender(tmp_path / "m")
-    np.testing.assert_array_equal(back.recommend(np.arange(5), N=5)[0], ids[:5])
+    np.testing.assert_array_equal(back.recommend(np.arange(5), N=5, ids="index")[0], ids[:5])
 
 
 def test_implicit_splits_keep_only_positives():

@@ -107,9 +107,10 @@ def test_save_load_round_trip_gives_identical_predictions(name, tmp_path):
     rec.save(tmp_path / "m")
     back = load_recommender(tmp_path / "m")
     assert type(back) is type(rec)
-    np.testing.assert_array_equal(rec.predict(te.users, te.items), back.predict(te.users, te.items))
-    ids, scores = rec.recommend(np.arange(5), N=7)
-    ids2, scores2 = back.recommend(np.arange(5), N=7)
+    np.testing.assert_array_equal(rec.predict(te.users, te.items, ids="index"),
+                                  back.predict(te.users, te.items, ids="index"))
+    ids, scores = rec.recommend(np.arange(5), N=7, ids="index")
+    ids2, scores2 = back.recommend(np.arange(5), N=7, ids="index")
     np.testing.assert_array_equal(ids, ids2)
     np.testing.assert_array_equal(scores, scores2)
 
@@ -119,21 +120,21 @@ def test_recommend_filters_rated_items_and_is_batched():
     rec = FixedInteractionRecommender(op="multiply", embedding_dim=4, train={"max_epochs": 2}).fit(
         tr, va, show_progress=False)
     users = np.arange(tr.num_users)
-    ids, scores = rec.recommend(users, N=10, batch_size=7)
+    ids, scores = rec.recommend(users, N=10, batch_size=7, ids="index")
     assert ids.shape == (tr.num_users, 10) and scores.shape == (tr.num_users, 10)
     rated = {(int(u), int(i)) for u, i in zip(tr.users, tr.items, strict=True)}
     assert not any((int(u), int(i)) in rated for u in users for i in ids[u])
     assert (np.diff(scores, axis=1) <= 1e-6).all()                        # sorted by score
-    one_ids, _ = rec.recommend(3, N=5)
+    one_ids, _ = rec.recommend(3, N=5, ids="index")
     np.testing.assert_array_equal(one_ids, ids[3, :5])
-    unfiltered, _ = rec.recommend(users, N=tr.num_items, filter_already_rated=False)
+    unfiltered, _ = rec.recommend(users, N=tr.num_items, filter_already_rated=False, ids="index")
     assert sorted(unfiltered[0].tolist()) == list(range(tr.num_items))
 
 
 def test_predictions_are_on_the_raw_scale_and_clipped():
     tr, va, te = _small_data(2)
     rec = BaselineRecommender(model="mf", embedding_dim=4, train={"max_epochs": 3}).fit(tr, va, show_progress=False)
-    pred = rec.predict(te.users, te.items)
+    pred = rec.predict(te.users, te.items, ids="index")
     lo, hi = tr.rating_scale
     assert pred.min() >= lo and pred.max() <= hi
     metrics = rec.score(te)
@@ -152,7 +153,7 @@ def test_tensor_data_and_tensor_baselines():
     for name in ("cp", "tucker", "sif"):
         kw = {"search": {"epochs": 1}} if name == "sif" else {}
         rec = create_recommender(name, embedding_dim=3, train={"max_epochs": 1}, **kw).fit(tr, va, show_progress=False)
-        assert rec.predict(te.users, te.items, te.contexts).shape == (len(te),)
+        assert rec.predict(te.users, te.items, te.contexts, ids="index").shape == (len(te),)
     with pytest.raises(ValueError, match="tensor model"):
         create_baseline("cp", num_users=3, num_items=3, num_contexts=0)
 
@@ -179,9 +180,9 @@ def test_bad_input_errors_name_the_argument():
         BaselineRecommender(train={"epochz": 1}).fit(tr, va, show_progress=False)
     rec = BaselineRecommender(model="bias_only", train={"max_epochs": 1}).fit(tr, va, show_progress=False)
     with pytest.raises(ValueError, match=r"users: indices must lie in \[0, 30\)"):
-        rec.predict([0, 99], [0, 1])
+        rec.predict([0, 99], [0, 1], ids="index")
     with pytest.raises(RuntimeError, match="not fitted"):
-        SIFRecommender().predict([0], [0])
+        SIFRecommender().predict([0], [0], ids="index")
     with pytest.raises(ValueError, match="unknown interaction"):
         SIFSpace(3, 3, ops=("xor",))
 

@@ -126,12 +126,12 @@ def test_sif_with_neighbourhood_saves_loads_and_recommends(tmp_path):
                          train={"max_epochs": 3}).fit(train, valid, show_progress=False)
     assert rec.model_.neighbourhoods["u"].nnz == len(train)
     users, items = torch.arange(5), torch.arange(5)
-    before = rec.predict(users, items)
+    before = rec.predict(users, items, ids="index")
     loaded = load_recommender(rec.save(tmp_path / "rec"))
-    np.testing.assert_array_equal(loaded.predict(users, items), before)
-    ids, scores = loaded.recommend(0, N=5, filter_already_rated=False)
+    np.testing.assert_array_equal(loaded.predict(users, items, ids="index"), before)
+    ids, scores = loaded.recommend(0, N=5, filter_already_rated=False, ids="index")
     all_items = torch.arange(ds.num_items)
-    raw = loaded.predict(torch.zeros_like(all_items), all_items)
+    raw = loaded.predict(torch.zeros_like(all_items), all_items, ids="index")
     assert set(ids.tolist()) == set(np.argsort(-raw, kind="stable")[:5].tolist())
 
 
@@ -145,8 +145,8 @@ def test_refit_trains_the_chosen_epochs_on_train_and_valid():
     assert len(rec.refit_result_.history) == rec.train_result_.best_epoch + 1
     assert rec.model_.neighbourhoods["u"].nnz == len(train) + len(valid)
     assert rec.rated_.nnz == len(train) + len(valid)           # the refit model has seen the valid ratings
-    assert not np.array_equal(rec.predict(torch.arange(5), torch.arange(5)),
-                              plain.predict(torch.arange(5), torch.arange(5)))
+    assert not np.array_equal(rec.predict(torch.arange(5), torch.arange(5), ids="index"),
+                              plain.predict(torch.arange(5), torch.arange(5), ids="index"))
     with pytest.raises(ValueError, match="rating task only"):
         BaselineRecommender("mf", refit=True, task="bpr", embedding_dim=4,
                             train={"max_epochs": 1}).fit(train, valid, show_progress=False)
