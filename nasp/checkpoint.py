@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "rng_state", "set_rng_state",
-           "seed_everything"]
+           "seed_everything", "unhealthy_parameter", "WEIGHT_BOUND"]
+
+WEIGHT_BOUND = 1e15     # a weight this large has diverged: no checkpoint keeps it as a "last good" state
 
 MAGIC = b"NASPCKPT1 "
 
@@ -110,3 +112,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def unhealthy_parameter(module: torch.nn.Module, bound: float = WEIGHT_BOUND) -> str | None:
+    """The name of the first parameter of ``module`` that is NaN, infinite or larger than ``bound`` in absolute
+    value (a diverged state no checkpoint should keep), else None. One host read for all parameters."""
+    params = [(n, p) for n, p in module.named_parameters() if p.numel()]
+    if not params:
+        return None
+    peaks = torch.stack([p.detach().abs().amax().float().cpu() for _, p in params])
+    bad = ~(peaks <= bound)                 # NaN compares False: counted as bad
+    if not bool(bad.any()):
+        return None
+    return params[int(bad.nonzero()[0])][0]

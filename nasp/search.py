@@ -29,7 +29,15 @@ import torch
 from torch import Tensor
 
 from .arch import onehot_index
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .checkpoint import (
+    WEIGHT_BOUND,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    unhealthy_parameter,
+)
 from .config import config_from_dict
 from .genotype import Genotype, draw
 from .optim import make_optimizer
@@ -475,21 +483,25 @@ class Searcher:
         return f"loss={loss:.4f} arch={'; '.join(arch)}"[:160]
 
     def _check_finite(self, acc: dict, epoch: int) -> None:
-        """Blocking check of the running losses (at checkpoints and epoch ends only)."""
+        """Blocking check of the running losses and of the weights (at checkpoints and epoch ends only), so that
+        no checkpoint keeps a diverged state."""
         if self._non_finite(acc):
             self._raise_non_finite(epoch)
+        bad = unhealthy_parameter(self.model)
+        if bad is not None:
+            self._raise_non_finite(epoch, f"weight {bad} is NaN, infinite or beyond {WEIGHT_BOUND:g}")
 
     @staticmethod
     def _non_finite(acc: dict) -> bool:
         return not bool(torch.isfinite(acc["train_loss"]) & torch.isfinite(acc["alpha_loss"]))
 
-    def _raise_non_finite(self, epoch: int) -> None:
+    def _raise_non_finite(self, epoch: int, what: str = "loss is NaN or infinite") -> None:
         kept = self.checkpoint_path if self.checkpoint_path is not None and self.checkpoint_path.is_file() else None
         if kept is not None:   # put the last good state back into the caller's model
             self.model.load_state_dict(load_checkpoint(kept, self.device)["model"])
         where = f"epoch {epoch} (global step {self.step}, strategy {self.config.strategy})"
         keep_msg = f"the last good checkpoint {kept} was kept and reloaded" if kept else "no checkpoint was written"
-        raise NonFiniteLossError(f"non-finite loss (NaN or inf) at {where}; stopping: {keep_msg}. Lower the "
+        raise NonFiniteLossError(f"the search diverged at {where} ({what}); stopping: {keep_msg}. Lower the "
                                  "learning rates, enable grad_clip, or check the data for NaN/inf values.")
 
     def _end_epoch(self, acc, t0, train_stream, valid_stream, eval_loader, warm) -> dict[str, Any]:

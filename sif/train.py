@@ -20,7 +20,15 @@ import torch
 from torch import nn
 
 from nasp import distributed as nd
-from nasp.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from nasp.checkpoint import (
+    WEIGHT_BOUND,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    unhealthy_parameter,
+)
 from nasp.optim import make_optimizer as build_optimizer
 from nasp.search import NonFiniteLossError, to_device
 
@@ -167,6 +175,9 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         state["elapsed"] = elapsed_before + time.perf_counter() - t_start
+        bad = unhealthy_parameter(model)
+        if bad is not None:                       # diverged weights never become a "last good" checkpoint
+            _stop_non_finite(model, ckpt, epoch, device, f"weight {bad} is NaN, infinite or beyond {WEIGHT_BOUND:g}")
         if ckpt is not None and main:
             save_checkpoint({**state, "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
                              "config": asdict(cfg)}, ckpt)
@@ -198,12 +209,13 @@ def _stop(flag, sync: bool, device) -> bool:
     return nd.allreduce_any(bool(flag), dev)
 
 
-def _stop_non_finite(model: nn.Module, ckpt: Path | None, epoch: int, device) -> None:
+def _stop_non_finite(model: nn.Module, ckpt: Path | None, epoch: int, device,
+                     what: str = "the training loss is NaN or infinite") -> None:
     kept = ckpt if ckpt is not None and ckpt.is_file() else None
     if kept is not None:
         model.load_state_dict(load_checkpoint(kept, device)["model"])
     where = f"the last good checkpoint {kept} was kept and reloaded" if kept else "no checkpoint was written"
-    raise NonFiniteLossError(f"non-finite training loss (NaN or inf) in stand-alone epoch {epoch}; stopping: {where}. "
+    raise NonFiniteLossError(f"stand-alone training diverged in epoch {epoch} ({what}); stopping: {where}. "
                              "Lower the learning rate or check the data (sif command line: rerun with the new "
                              "setting and --fresh; the stopped run is moved aside).")
 

@@ -114,3 +114,44 @@ def test_search_seconds_add_up_across_a_resume(tmp_path):
     assert len(second.history) == 3
     assert second.seconds >= first.seconds + 0.3
     assert load_checkpoint(tmp_path / "s" / "checkpoint.pt")["elapsed"] >= second.seconds - 0.1
+
+
+def test_unhealthy_parameter_names_nan_inf_and_huge_weights():
+    from torch import nn
+
+    from nasp.checkpoint import unhealthy_parameter
+
+    m = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    assert unhealthy_parameter(m) is None
+    for value, name in ((float("nan"), "1.bias"), (float("inf"), "1.bias"), (1e30, "1.bias")):
+        with torch.no_grad():
+            m[1].bias.fill_(value)
+        assert unhealthy_parameter(m) == name
+        with torch.no_grad():
+            m[1].bias.zero_()
+
+
+def test_diverged_weights_never_become_the_last_good_checkpoint(tmp_path):
+    from data_loaders import BatchIterator
+    from nasp.search import NonFiniteLossError
+    from sif.baselines import create_baseline
+    from sif.synthetic import planted_ratings
+    from sif.task import RatingTask
+    from sif.train import TrainConfig, train_model
+
+    ds = planted_ratings("multiply", num_users=20, num_items=20, n=400, seed=0)
+    data = {"users": ds.users, "items": ds.items, "ratings": (ds.ratings - ds.ratings.mean()).float()}
+    it = BatchIterator(data, batch_size=100, fields=("users", "items", "ratings"))
+    model = create_baseline("mf", num_users=20, num_items=20, embedding_dim=3)
+
+    def blow_up(epoch, elapsed, record):
+        if epoch == 0:
+            with torch.no_grad():
+                next(model.parameters()).mul_(0).add_(1e30)
+
+    with pytest.raises(NonFiniteLossError, match="diverged in epoch 1"):
+        train_model(model, RatingTask(), it, it, TrainConfig(max_epochs=4, patience=4), run_dir=tmp_path,
+                    show_progress=False, callback=blow_up)
+    saved = load_checkpoint(tmp_path / "train_checkpoint.pt")
+    assert saved["epoch"] == 1
+    assert max(float(v.abs().max()) for v in saved["model"].values() if v.is_floating_point()) < 1e15

@@ -132,7 +132,7 @@ def test_a_non_finite_loss_stops_with_one_line_exit_3_and_a_log_record(setup, ca
     bad = ["model.name=mf", "train.lr=1e30", "train.optimizer=sgd", "train.grad_clip=0"]
     assert main(["train", "--config", str(cfg), "--set", *bad]) == 3
     err = _err(capsys)
-    assert "non-finite training loss" in err and "--fresh" in err and len(err.splitlines()) == 1
+    assert "stand-alone training diverged" in err and "--fresh" in err and len(err.splitlines()) == 1
     records = [json.loads(line) for line in (tmp / "run/train-mf/run.log").read_text().splitlines()]
     assert records[-1]["level"] == "ERROR" and "NonFiniteLossError" in records[-1]["message"]
     assert main(["train", "--config", str(cfg), "--set", *bad[:-1], "train.lr=0.01", "--fresh"]) == 0
