@@ -56,6 +56,8 @@ class TrainConfig:
     seed: int = 0
     compile: bool = False           # torch.compile the task loss of each step (for CUDA; no gain on a CPU)
     compile_backend: str = "inductor"
+    init_from: str | None = None    # a train_checkpoint.pt (or a saved model.pt): start from its weights, e.g.
+    #                                 the last good state of a run that diverged, with new settings
 
     def __post_init__(self):
         if self.optimizer not in ("adagrad", "adam", "sgd"):
@@ -154,6 +156,8 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
         log.info("resumed stand-alone training from %s at epoch %d", ckpt, state["epoch"])
     else:
         seed_everything(cfg.seed)
+        if cfg.init_from:
+            _init_weights(model, cfg.init_from, device)
     t_start, elapsed_before = time.perf_counter(), state["elapsed"]    # seconds add up across resumes
     bar = _bar(cfg.max_epochs, state["epoch"], show_progress and main)
     while state["epoch"] < cfg.max_epochs and (state["bad_epochs"] < cfg.patience or not select_best):
@@ -201,6 +205,19 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
                        elapsed_before + time.perf_counter() - t_start)
 
 
+def _init_weights(model: nn.Module, path: str, device) -> None:
+    """Load the model weights of a checkpoint (``train_checkpoint.pt`` or a ``model.pt`` state_dict) into
+    ``model``; the optimiser starts afresh, so new learning rates apply."""
+    saved = load_checkpoint(path, device)
+    weights = saved.get("model", saved) if isinstance(saved, dict) else saved
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError) as e:
+        raise ValueError(f"train.init_from={path}: its weights do not fit this model "
+                         f"({str(e).splitlines()[0][:160]})") from None
+    log.info("stand-alone training starts from the weights of %s", path)
+
+
 def _stop(flag, sync: bool, device) -> bool:
     """A callback's stop request; in data-parallel training every rank stops when one asks."""
     if not sync:
@@ -216,8 +233,9 @@ def _stop_non_finite(model: nn.Module, ckpt: Path | None, epoch: int, device,
         model.load_state_dict(load_checkpoint(kept, device)["model"])
     where = f"the last good checkpoint {kept} was kept and reloaded" if kept else "no checkpoint was written"
     raise NonFiniteLossError(f"stand-alone training diverged in epoch {epoch} ({what}); stopping: {where}. "
-                             "Lower the learning rate or check the data (sif command line: rerun with the new "
-                             "setting and --fresh; the stopped run is moved aside).")
+                             "Lower the learning rate or check the data; to continue from the last good state "
+                             "with new settings, rerun with them, train.init_from=<the kept checkpoint> and "
+                             "--fresh (sif command line; the stopped run is moved aside, <folder>.old-N).")
 
 
 def _bar(total: int, initial: int, enabled: bool):

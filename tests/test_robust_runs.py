@@ -136,3 +136,18 @@ def test_a_non_finite_loss_stops_with_one_line_exit_3_and_a_log_record(setup, ca
     records = [json.loads(line) for line in (tmp / "run/train-mf/run.log").read_text().splitlines()]
     assert records[-1]["level"] == "ERROR" and "NonFiniteLossError" in records[-1]["message"]
     assert main(["train", "--config", str(cfg), "--set", *bad[:-1], "train.lr=0.01", "--fresh"]) == 0
+
+
+def test_a_diverged_run_continues_from_its_last_good_state_with_new_settings(setup, capsys):
+    tmp, cfg, _ = setup
+    sets = ["model.name=mf", "train.max_epochs=3", "train.optimizer=sgd", "train.grad_clip=0"]
+    assert main(["train", "--config", str(cfg), "--set", *sets, "train.lr=0.05"]) == 0
+    good = tmp / "run/train-mf/train_checkpoint.pt"
+    assert good.is_file()
+    kept = tmp / "kept.pt"
+    kept.write_bytes(good.read_bytes())
+    assert main(["train", "--config", str(cfg), "--set", *sets, "train.lr=0.01", f"train.init_from={kept}",
+                 "--fresh"]) == 0
+    assert "starts from the weights" in (tmp / "run/train-mf/run.log").read_text()
+    assert main(["train", "--config", str(cfg), "--set", "model.name=fixed:plus", f"train.init_from={kept}"]) == 2
+    assert "do not fit this model" in _err(capsys)
