@@ -176,7 +176,7 @@ def test_alpha_mismatch_is_a_clear_error_on_every_rank(two_rank_run):
 
 def test_torchrun_sif_cli_search_writes_one_run_folder(two_rank_run):
     out, _, _ = two_rank_run
-    run = out / "cli"
+    run = out / "cli" / "search"
     assert (out / "cli_rc_0.txt").read_text() == "0" and (out / "cli_rc_1.txt").read_text() == "0"
     results = json.loads((run / "results.json").read_text())
     assert results["world_size"] == 2 and results["op"] in ("plus", "multiply", "max", "min", "concat")
