@@ -377,7 +377,8 @@ def _print_results(r: dict[str, Any], run_dir: Path) -> None:
     else:
         scores = "   ".join(f"test {k} {v:.4f}" if k != "users" else f"({v:.0f} test users)"
                            for k, v in r["test"].items() if isinstance(v, (int, float)))
-    print(f"{head}\n  {scores}\n"
+    scale = f"  rating scale {r['rating_scale']} ({r['rating_scale_source']})\n" if "rating_scale" in r else ""
+    print(f"{head}\n  {scores}\n{scale}"
           f"  search {r.get('seconds_search', 0.0):.1f}s, stand-alone training {r['seconds_train']:.1f}s\n"
           f"  run folder: {run_dir}")
 
