@@ -1,0 +1,1 @@
+"""The command lines of the nasp spaces: one module per space (``nasp cnn ...``, ``nasp rnn ...``)."""

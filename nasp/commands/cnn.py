@@ -1,0 +1,241 @@
+"""``nasp cnn search`` and ``nasp cnn train``: the DARTS/NASP image-cell space, configured by the dataclasses
+below through :mod:`nasp.config` (defaults, a YAML file, ``--set key=value ...``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import yaml
+
+from ..config import load, to_dict
+from ..device import check_device
+from ..search import SearchConfig, Searcher
+from ..train.image import TrainConfig, train_classifier
+
+__all__ = ["ImageDataConfig", "CNNSpaceConfig", "CNNModelConfig", "CNNSearchRun", "CNNTrainRun",
+           "resolve_config", "run_search", "run_train", "load_data"]
+
+
+@dataclass
+class ImageDataConfig:
+    """Image data of ``nasp cnn``: a CIFAR pickle folder, an image folder or a zip."""
+
+    source: str = "cifar10"         # cifar10 | cifar100 | zip | folder
+    path: str = ""                  # relative paths are also looked up under $NASP_DATA_DIR
+    test_path: str = ""             # zip/folder: the test images (default: path)
+    num_classes: int = 10
+    subset: int = 0                 # > 0: a seeded random subset of the training images
+    batch_size: int = 64
+    cutout: int = 0
+    train_fraction: float = 0.5     # search: share of the training images for the weight steps (rest: alpha)
+    image_size: int = 32
+
+    def __post_init__(self):
+        if self.source not in ("cifar10", "cifar100", "zip", "folder"):
+            raise ValueError(f"source must be cifar10, cifar100, zip or folder, got {self.source!r}")
+        if self.batch_size < 1 or self.num_classes < 2 or self.image_size < 1:
+            raise ValueError("batch_size and image_size must be >= 1 and num_classes >= 2")
+        if not 0 < self.train_fraction < 1:
+            raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
+
+
+@dataclass
+class CNNSpaceConfig:
+    """The search network (DARTS: 8 cells, C=16, 4 nodes)."""
+
+    C: int = 16
+    layers: int = 8
+    steps: int = 4
+    multiplier: int = 4
+    op_set: str = "darts"           # darts | nasp12
+    derive_rule: str = "prox"
+    alpha_subbatch: int = 0         # > 0: the alpha step's unselected ops on this many rows of the batch
+
+    def __post_init__(self):
+        if min(self.C, self.layers, self.steps, self.multiplier) < 1:
+            raise ValueError("C, layers, steps and multiplier must be >= 1")
+
+
+@dataclass
+class CNNModelConfig:
+    """The evaluation network of ``nasp cnn train``."""
+
+    network: str = "cifar"          # cifar | imagenet
+    genotype: str = "DARTS_V2"      # a published genotype's name or a genotype JSON file
+    C: int = 36
+    layers: int = 20
+    auxiliary: bool = True
+
+    def __post_init__(self):
+        if self.network not in ("cifar", "imagenet"):
+            raise ValueError(f"network must be 'cifar' or 'imagenet', got {self.network!r}")
+
+
+@dataclass
+class CNNSearchRun:
+    """``nasp cnn search``; ``seed`` drives everything (data split, subset, loaders, alphas, weights)."""
+
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0                # 0: torch's default
+    channels_last: bool = False
+    run_dir: str = "runs/cnn_search"
+    eval_batches: int = 0           # > 0: validation on this many batches per epoch
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+    space: CNNSpaceConfig = field(default_factory=CNNSpaceConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    __derived__: ClassVar[dict[str, str]] = {"search.seed": "seed"}
+
+    def __post_init__(self):
+        check_device(self.device)
+        self.search.seed = self.seed
+
+
+@dataclass
+class CNNTrainRun:
+    """``nasp cnn train``: a genotype trained stand-alone (defaults: DARTS' CIFAR-10 evaluation)."""
+
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+    run_dir: str = "runs/cnn_train"
+    data: ImageDataConfig = field(default_factory=lambda: ImageDataConfig(batch_size=96, cutout=16))
+    model: CNNModelConfig = field(default_factory=CNNModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    __derived__: ClassVar[dict[str, str]] = {"train.seed": "seed"}
+
+    def __post_init__(self):
+        check_device(self.device)
+        self.train.seed = self.seed
+
+
+
+# ---- configuration ---------------------------------------------------------------------------------------------
+def resolve_config(cls: type, config_file: str | Path | None = None, overrides: list[str] = ()):
+    """``cls`` (CNNSearchRun or CNNTrainRun) <- YAML file <- ``key.sub=value`` overrides (:func:`nasp.config.load`)."""
+    return load(cls, config_file, overrides)
+
+
+def _write_resolved(cfg, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resolved_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ---- data -----------------------------------------------------------------------------------------------------
+def _resolve_path(p: str) -> Path:
+    path = Path(p)
+    if not path.exists() and os.environ.get("NASP_DATA_DIR"):
+        path = Path(os.environ["NASP_DATA_DIR"], p)
+    if not path.exists():
+        raise FileNotFoundError(f"data path {p!r} not found (also looked under NASP_DATA_DIR)")
+    return path
+
+
+def load_data(d: ImageDataConfig, split: str, seed: int = 0):
+    """An ImageSet for ``split`` ("train" or "test") of the configured source (``seed`` draws the subset)."""
+    from data_loaders.images import load_cifar, load_image_folder, load_image_zip
+
+    if d.source in ("cifar10", "cifar100"):
+        data = load_cifar(_resolve_path(d.path), d.source, split)
+    else:
+        path = _resolve_path(d.path if split == "train" else (d.test_path or d.path))
+        if path.is_file() and path.suffix == ".zip":
+            data = load_image_zip(path, size=d.image_size)
+        else:
+            data = load_image_folder(path / split if (path / split).is_dir() else path, size=d.image_size)
+    if d.subset and split == "train" and d.subset < len(data):
+        g = torch.Generator().manual_seed(seed)
+        data = data.subset(torch.randperm(len(data), generator=g)[: d.subset])
+    return data
+
+
+def _stats(source: str):
+    from data_loaders import augment as A
+
+    return (A.CIFAR100_MEAN, A.CIFAR100_STD) if source == "cifar100" else (A.CIFAR10_MEAN, A.CIFAR10_STD)
+
+
+# ---- commands -----------------------------------------------------------------------------------------------------
+def run_search(cfg: CNNSearchRun, show_progress: bool = True) -> dict:
+    """Search a cell with the configured strategy; writes genotype JSON + pictures into run_dir."""
+    from data_loaders.augment import Augment
+    from data_loaders.images import ImageLoader, search_split
+
+    from ..spaces.cnn import CNNSearchSpace, ImageClassificationTask
+    from ..spaces.cnn.genotypes import draw, from_core
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    d, sp, run_dir = cfg.data, cfg.space, Path(cfg.run_dir)
+    _write_resolved(cfg, run_dir)
+    data = load_data(d, "train", cfg.seed)
+    tr, va = search_split(len(data), cfg.seed, d.train_fraction)
+    mean, std = _stats(d.source)
+    train = ImageLoader(data.images[tr], data.labels[tr], d.batch_size,
+                        augment=Augment(mean, std, cutout=d.cutout), seed=cfg.seed, drop_last=True)
+    valid = ImageLoader(data.images[va], data.labels[va], d.batch_size, augment=Augment(mean, std, train=False),
+                        seed=cfg.seed + 1, drop_last=True)
+    scfg = cfg.search
+    space = CNNSearchSpace(C=sp.C, num_classes=d.num_classes, layers=sp.layers, steps=sp.steps,
+                           multiplier=sp.multiplier, op_set=sp.op_set, alpha_init=scfg.resolved_alpha_init,
+                           seed=cfg.seed, derive_rule=sp.derive_rule, alpha_subbatch=sp.alpha_subbatch or None)
+    if cfg.channels_last:
+        space = space.to(memory_format=torch.channels_last)
+    task = ImageClassificationTask(channels_last=cfg.channels_last, max_eval_batches=cfg.eval_batches or None)
+    searcher = Searcher(space, task, scfg, device=cfg.device, run_dir=run_dir, show_progress=show_progress,
+                        extra_config={"cli": to_dict(cfg)})
+    result = searcher.fit(train, valid)
+    cell = from_core(result.genotype, sp.steps)
+    cell.to_json(run_dir / "cell_genotype.json")
+    best = from_core(result.best_genotype, sp.steps)
+    best.to_json(run_dir / "best_cell_genotype.json")
+    pictures = draw(cell, run_dir / "cell")
+    summary = {"genotype": cell.to_dict(), "best_genotype": best.to_dict(), "best_epoch": result.best_epoch,
+               "valid_accuracy": [h.get("valid_accuracy") for h in result.history],
+               "seconds": result.seconds, "pictures": [str(p) for p in pictures]}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def run_train(cfg: CNNTrainRun, show_progress: bool = True) -> dict:
+    """Train a genotype stand-alone, evaluate on the test split, report parameters and multiply-adds."""
+    from data_loaders.augment import IMAGENET_MEAN, IMAGENET_STD, Augment
+    from data_loaders.images import ImageLoader
+
+    from ..spaces.cnn.genotypes import draw, get_genotype
+    from ..spaces.cnn.model import NetworkCIFAR, NetworkImageNet
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    d, m, run_dir = cfg.data, cfg.model, Path(cfg.run_dir)
+    _write_resolved(cfg, run_dir)
+    genotype = get_genotype(m.genotype)
+    if m.network == "cifar":
+        net = NetworkCIFAR(genotype, m.C, d.num_classes, m.layers, m.auxiliary)
+        mean, std = _stats(d.source)
+    else:
+        net = NetworkImageNet(genotype, m.C, d.num_classes, m.layers, m.auxiliary)
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    train_set, test_set = load_data(d, "train", cfg.seed), load_data(d, "test")
+    train = ImageLoader(train_set.images, train_set.labels, d.batch_size,
+                        augment=Augment(mean, std, cutout=d.cutout), seed=cfg.seed, drop_last=True)
+    test = ImageLoader(test_set.images, test_set.labels, d.batch_size, shuffle=False,
+                       augment=Augment(mean, std, train=False))
+    tcfg = cfg.train
+    size = tuple(train_set.images.shape[1:])
+    result = train_classifier(net, train, test, tcfg, device=cfg.device, run_dir=run_dir, input_size=size)
+    pictures = draw(genotype, run_dir / "cell")
+    summary = {"test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
+               "parameters": result.parameters, "multiply_adds": result.multiply_adds,
+               "seconds": result.seconds, "history": result.history, "pictures": [str(p) for p in pictures]}
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+

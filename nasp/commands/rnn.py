@@ -1,0 +1,218 @@
+"""``nasp rnn search`` and ``nasp rnn train``: the DARTS recurrent-cell space on a word-level corpus (PTB,
+WikiText-2/103 or any three text files), configured by the dataclasses below through :mod:`nasp.config`.
+
+    nasp rnn search --config configs/rnn_ptb_small.yaml
+    nasp rnn train  --config configs/rnn_ptb_small.yaml --set model.genotype=runs/rnn_search/rnn_genotype.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import yaml
+
+from ..config import to_dict
+from ..device import check_device
+from ..search import SearchConfig, Searcher
+from ..train.language import LMTrainConfig, evaluate_language_model, train_language_model
+
+__all__ = ["TextDataConfig", "RNNSpaceConfig", "RNNModelConfig", "RNNSearchConfig", "RNNSearchRun", "RNNTrainRun",
+           "run_rnn_search", "run_rnn_train"]
+
+CORPORA = ("ptb", "wikitext-2", "wikitext-103", "files")
+
+
+@dataclass
+class TextDataConfig:
+    """The corpus and its batching (every line end is an ``<eos>`` token; the vocabulary is the training
+    split's)."""
+
+    corpus: str = "ptb"                     # ptb | wikitext-2 | wikitext-103 | files
+    path: str | None = None                 # folder holding ptb/ or wikitext-2/ (default: $NASP_DATA_DIR)
+    files: dict[str, str] | None = None     # corpus "files": {train: ..., valid: ..., test: ...} (under path)
+    max_vocab: int | None = None
+    batch_size: int = 256                   # DARTS search: 256 (stand-alone training: 64)
+    eval_batch_size: int = 10
+    bptt: int = 35
+    variable_bptt: bool = True
+    eval_batches: int = 0                   # > 0: validation during the search on the first n windows only
+
+    def __post_init__(self):
+        if self.corpus not in CORPORA:
+            raise ValueError(f"corpus must be one of {', '.join(CORPORA)}, got {self.corpus!r}")
+        if self.corpus == "files" and not self.files:
+            raise ValueError("files must map train, valid and test to text files when corpus is 'files'")
+        if min(self.batch_size, self.eval_batch_size, self.bptt) < 1:
+            raise ValueError("batch_size, eval_batch_size and bptt must be >= 1")
+
+
+@dataclass
+class RNNSpaceConfig:
+    """The search model (DARTS: 300 units, 8 nodes, search dropouts)."""
+
+    ninp: int = 300
+    nhid: int = 300
+    num_nodes: int = 8
+    ops: list[str] = field(default_factory=lambda: ["tanh", "relu", "sigmoid", "identity"])
+    dropout: float = 0.75
+    dropout_h: float = 0.25
+    dropout_x: float = 0.75
+    dropout_i: float = 0.2
+    dropout_e: float = 0.0
+
+
+@dataclass
+class RNNModelConfig:
+    """The evaluation model of ``nasp rnn train`` (DARTS: 850 units)."""
+
+    genotype: str = "DARTS_V2"              # a published cell's name or a genotype JSON file
+    ninp: int = 850
+    nhid: int = 850
+    dropout: float = 0.75
+    dropout_h: float = 0.25
+    dropout_x: float = 0.75
+    dropout_i: float = 0.2
+    dropout_e: float = 0.1
+
+
+@dataclass
+class RNNSearchConfig(SearchConfig):
+    """The search loop with the DARTS recurrent recipe (SGD lr 20, clip 0.25, weight decay 5e-7; Adam lr 3e-3 on
+    alpha, betas (0.9, 0.999), weight decay 1e-3)."""
+
+    w_lr: float = 20.0
+    w_lr_schedule: str = "constant"
+    w_momentum: float = 0.0
+    w_weight_decay: float = 5e-7
+    grad_clip: float = 0.25
+    a_lr: float = 3e-3
+    a_betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class RNNSearchRun:
+    """``nasp rnn search``; ``seed`` drives everything."""
+
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+    run_dir: str = "runs/rnn_search"
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    space: RNNSpaceConfig = field(default_factory=RNNSpaceConfig)
+    search: RNNSearchConfig = field(default_factory=RNNSearchConfig)
+
+    __derived__: ClassVar[dict[str, str]] = {"search.seed": "seed"}
+
+    def __post_init__(self):
+        check_device(self.device)
+        self.search.seed = self.seed
+
+
+@dataclass
+class RNNTrainRun:
+    """``nasp rnn train``: a recurrent cell trained stand-alone as a language model."""
+
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+    run_dir: str = "runs/rnn_train"
+    data: TextDataConfig = field(default_factory=lambda: TextDataConfig(batch_size=64))
+    model: RNNModelConfig = field(default_factory=RNNModelConfig)
+    train: LMTrainConfig = field(default_factory=LMTrainConfig)
+
+    __derived__: ClassVar[dict[str, str]] = {"train.seed": "seed"}
+
+    def __post_init__(self):
+        check_device(self.device)
+        self.train.seed = self.seed
+
+
+def _prepare(cfg, run_dir: Path):
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resolved_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from data_loaders.text import load_corpus
+
+    d = cfg.data
+    return load_corpus(d.corpus, d.path, files=d.files, max_vocab=d.max_vocab)
+
+
+def _loaders(corpus, d: TextDataConfig, seed: int):
+    from data_loaders.text import BPTTLoader, batchify
+
+    train = BPTTLoader(batchify(corpus.train, d.batch_size), d.bptt, d.variable_bptt, seed=seed)
+    valid = BPTTLoader(batchify(corpus.valid, d.batch_size), d.bptt, d.variable_bptt, seed=seed + 1)
+    eval_valid = BPTTLoader(batchify(corpus.valid, d.eval_batch_size), d.bptt)
+    eval_test = BPTTLoader(batchify(corpus.test, d.eval_batch_size), d.bptt)
+    return train, valid, eval_valid, eval_test
+
+
+def run_rnn_search(cfg: RNNSearchRun, show_progress: bool = True) -> dict:
+    """Search a recurrent cell; writes the genotype (JSON), its picture and summary.json into run_dir."""
+    from ..spaces.rnn import LanguageModelTask, RNNSearchSpace
+    from ..spaces.rnn.draw import draw_rnn
+
+    run_dir = Path(cfg.run_dir)
+    corpus = _prepare(cfg, run_dir)
+    train, valid, eval_valid, _ = _loaders(corpus, cfg.data, cfg.seed)
+    sp = cfg.space
+    space = RNNSearchSpace(len(corpus.vocab), ninp=sp.ninp, nhid=sp.nhid, num_nodes=sp.num_nodes, ops=tuple(sp.ops),
+                           dropout=sp.dropout, dropout_h=sp.dropout_h, dropout_x=sp.dropout_x,
+                           dropout_i=sp.dropout_i, dropout_e=sp.dropout_e,
+                           alpha_init=cfg.search.resolved_alpha_init, seed=cfg.seed)
+    task = LanguageModelTask(max_eval_batches=cfg.data.eval_batches or None)
+    t0 = time.perf_counter()
+    result = Searcher(space, task, cfg.search, device=cfg.device, run_dir=run_dir, show_progress=show_progress,
+                      extra_config={"cli": to_dict(cfg)}).fit(train, valid, eval_valid)
+    geno = space.rnn_genotype()
+    geno.to_json(run_dir / "rnn_genotype.json")
+    pictures = draw_rnn(geno, run_dir / "rnn_cell")
+    summary = {"genotype": geno.to_dict(), "best_epoch": result.best_epoch, "vocab": len(corpus.vocab),
+               "valid_ppl": [h.get("valid_ppl") for h in result.history], "seconds": time.perf_counter() - t0,
+               "pictures": [str(p) for p in pictures]}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _genotype(value: str):
+    from ..spaces.rnn import GENOTYPES
+    from ..spaces.rnn.genotypes import RNNGenotype
+
+    if value in GENOTYPES:
+        return GENOTYPES[value]
+    path = Path(value)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.genotype={value!r}: neither a published cell ({', '.join(GENOTYPES)}) "
+                                "nor a genotype JSON file")
+    return RNNGenotype.from_dict(json.loads(path.read_text()))
+
+
+def run_rnn_train(cfg: RNNTrainRun, show_progress: bool = True) -> dict:
+    """Train a recurrent cell stand-alone; test perplexity, parameters and the cell picture into run_dir."""
+    from ..spaces.rnn import RNNModel
+    from ..spaces.rnn.draw import draw_rnn
+
+    run_dir = Path(cfg.run_dir)
+    geno = _genotype(cfg.model.genotype)
+    corpus = _prepare(cfg, run_dir)
+    train, _, eval_valid, eval_test = _loaders(corpus, cfg.data, cfg.seed)
+    m = cfg.model
+    model = RNNModel(len(corpus.vocab), geno, ninp=m.ninp, nhid=m.nhid, dropout=m.dropout, dropout_h=m.dropout_h,
+                     dropout_x=m.dropout_x, dropout_i=m.dropout_i, dropout_e=m.dropout_e, seed=cfg.seed)
+    t0 = time.perf_counter()
+    history = train_language_model(model, train, eval_valid, cfg.train, device=cfg.device)
+    valid, test = evaluate_language_model(model, eval_valid), evaluate_language_model(model, eval_test)
+    pictures = draw_rnn(geno, run_dir / "rnn_cell")
+    summary = {"genotype": geno.to_dict(), "valid_ppl": valid["ppl"], "test_ppl": test["ppl"],
+               "parameters": sum(p.numel() for p in model.parameters()), "vocab": len(corpus.vocab),
+               "seconds": time.perf_counter() - t0, "history": history, "pictures": [str(p) for p in pictures]}
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with open(run_dir / "train_log.jsonl", "w") as f:
+        f.writelines(json.dumps(h) + "\n" for h in history)
+    return summary
