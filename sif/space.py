@@ -230,11 +230,11 @@ class SIFSpace(SearchSpace):
 
         def one(j: int) -> Tensor:
             w = self.heads[j].weight.view(-1)                                  # (width,)
-            name = self.names[j]
-            if name not in PRIMITIVES:
-                raise ValueError(f"penalty='effective' does not know op {name!r}")
-            scale = w.abs() if name == "multiply" else k * (w * w)
-            if name == "concat":
+            op = INTERACTIONS.get(self.names[j])
+            if op is None:
+                raise ValueError(f"penalty='effective' does not know op {self.names[j]!r}")
+            scale = op.penalty_scale(w, k)                                     # (width,)
+            if op.width == 2:                                                  # one half of the head per side
                 return (sq["u"] @ scale[:k] + sq["v"] @ scale[k:]).mean()
             return ((sq["u"] + sq["v"]) @ scale).mean()
 
@@ -283,8 +283,8 @@ class SIFSpace(SearchSpace):
 
 
 def _matrix_fn(name: str) -> Callable[[dict[str, Tensor]], Tensor]:
-    fn = INTERACTIONS[name]
-    return lambda z: fn(z["u"], z["v"])
+    op = INTERACTIONS[name]
+    return lambda z: op(z["u"], z["v"])
 
 
 def build_candidates(ops: Iterable[str] | str | None, k: int, tensor: bool):
