@@ -1,26 +1,17 @@
 """A fused NASP step for :class:`sif.space.SIFSpace` in the matrix case (user, item): the generic step's results
-(:func:`nasp.strategies.step_nasp` with :class:`sif.task.RatingTask`) up to float rounding, computed by hand with
-plain tensor ops (one forward, a closed-form backward from the op records of :mod:`sif.interactions`, no autograd
-graph); the search's default wherever it applies (``SearchConfig.fused``). Measured on ML-100K (benchmarks/README.md,
-"The reference code's protocol"): 5x faster than the generic step; a closed-form alpha step with autograd's weight
-step only 1.8x, so both steps stay hand-written.
-
-- alpha step (validation batch, Ā = prox_C1(A)): MSE + reg * "l2"/"norm" penalty ("effective" is left out of
-  validation losses); dL/dĀ_k = <dL/dpred, out_k> for every op k; g's gradients through the selected op;
-  ``eta * R(Ā)``'s gradient; the alpha optimiser's step on (A, g); A = prox_C2(A).
-- weight step (training batch, the selected op): gradients of the tables (dense, like ``index_select``'s backward),
-  g, the selected head (every head with ``train_all_heads``) and the global bias; the clip of ``clip_grad_norm_``;
-  the weight optimiser's step; the heads' projection onto their ball.
-
-Optimiser updates go through :class:`nasp.optim.FlatUpdate` on the searcher's own optimisers (checkpoints resume
-across the two paths). :data:`SUPPORTED` lists every setting it covers; anything else raises FusedStepUnsupported
-and the generic step runs. Rounding-only differences: the clip takes one norm over the flat gradient buffer; the
-heads' projection runs on the heads this step changed and on any whose version counter moved.
+(:func:`nasp.strategies.step_nasp`, :class:`sif.task.RatingTask`) up to float rounding, computed with plain tensor
+ops and the closed-form gradients of the op records (:mod:`sif.interactions`), no autograd graph; the search's
+default wherever it applies (``SearchConfig.fused``). On ML-100K (benchmarks/README.md, "The reference code's
+protocol") it is 5x faster than the generic step; a closed-form alpha step with autograd's weight step was only
+1.8x faster, so both steps are hand-written. Alpha step: MSE (+ "l2"/"norm" penalty) on a validation batch at
+Ā = prox_C1(A), dL/dĀ_k = <dL/dpred, out_k>, g's gradients, eta * R(Ā), the alpha optimiser's step, prox_C2. Weight
+step: the selected op's (every op's with ``train_all_heads``) gradients of tables, g, heads and bias, the clip of
+``clip_grad_norm_`` (one norm over the flat buffer: rounding only), the weight optimiser's step, the heads'
+projection. Optimiser updates: :class:`nasp.optim.FlatUpdate` on the searcher's own optimisers (checkpoints resume
+across the two paths). :data:`SUPPORTED` lists what it covers; anything else raises FusedStepUnsupported.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
@@ -88,9 +79,8 @@ def check_supported(searcher) -> None:
 
 
 class _Buffers:
-    """Activations of one batch size, reused by every step: x (2, B, k) the looked-up embeddings (halves xu, xv;
-    flat (2, 1, B*k)), h and dpre (2, H, B*k) g's hidden tanh and its gradient, z (2, B, k) g's output (halves
-    zu, zv; zflat (2, 1, B*k)), dz (2, B, k), feats and outs (K, B) every op's features and output."""
+    """Activations of one batch size, reused by every step: x, z = g(x), dz (2, B, k) (flat views (2, 1, B*k));
+    h, dpre (2, H, B*k) g's hidden tanh and its gradient; feats (B, width) and outs (K, B) every op's output."""
 
     def __init__(self, b: int, k: int, hidden: int, widths: list[int], like: Tensor):
         self.x, self.dz = like.new_empty(2, b, k), like.new_empty(2, b, k)
@@ -129,25 +119,16 @@ class FusedSIFStep:
         self.g_out = {up: tuple(up.views[i].view(sh) for i, sh in zip(pos, shapes, strict=True))
                       for up, pos in ((self.w_up, self.w_pos["g"]), (self.a_up, a_pos[1:]))}
         self.head_grads = [self.w_up.views[i].view(-1) for i in self.w_pos["heads"]]     # (width,) each
-        self.head_versions: list[int | None] = [None] * len(self.heads)   # after our last projection
         cost, self.eta = s.op_costs.get("interaction"), s.config.eta
         self.costs = None if self.eta == 0 or cost is None else normalise_costs(cost)       # (1, K)
         self.all_heads = self.task.train_all_heads and len(self.ops) > 1
         self._bufs: dict[int, _Buffers] = {}
         self._w_plans: dict[int, tuple[int, ...]] = {}
-        self._consts: dict[tuple, Tensor] = {}
         self._views_key = self._sel_key = None
         self._sel = -1
         self.arch_buffers = m.arch._buffers                   # the plain dict (no Module.__getattr__ per step)
         prio = self.arch_buffers["op_priority_interaction"]
         self._prio, self._prio_key = prio[0].tolist(), (prio.data_ptr(), prio._version)
-
-    def c(self, value: float, like: Tensor) -> Tensor:
-        """``value`` as a cached 0-dim tensor (a Python number operand costs a tensor wrap per op)."""
-        key = (value, like.dtype, like.device)
-        if key not in self._consts:
-            self._consts[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
-        return self._consts[key]
 
     def _views(self) -> None:
         """Views of the parameters in the shapes the hand-written ops use (remade when a parameter moved)."""
@@ -157,7 +138,7 @@ class FusedSIFStep:
             hid = w1.shape[2]
             self.g1 = (w1.view(2, hid, 1), b1.view(2, hid, 1), w2.view(2, 1, hid))       # (2,H,1) (2,H,1) (2,1,H)
             self.vecs = [w.view(-1) for w in self.heads]                                   # (width,) each
-            self._views_key = key
+            self._views_key, self._bufs = key, {}
 
     def _encode(self, batch) -> tuple[_Buffers, Tensor | None, Tensor, Tensor, Tensor]:
         """(buffers with x (2, B, k) the looked-up embeddings and z = g(x), bias (B,) or None, users, items, y)."""
@@ -165,8 +146,8 @@ class FusedSIFStep:
         if contexts is not None:
             raise ValueError("the fused SIF step takes (users, items, ratings) batches")
         b, like = users.shape[0], self.tables[0]
-        bufs = self._bufs.get(b)
-        if bufs is None or bufs.x.dtype != like.dtype or bufs.x.device != like.device:
+        bufs = self._bufs.get(b)           # (emptied by _views when a parameter moved)
+        if bufs is None:
             bufs = self._bufs[b] = _Buffers(b, self.k, self.g[0].shape[2], [w.numel() for w in self.heads], like)
         bias = None
         if not self.bias:                   # both lookups straight into the buffer
@@ -209,15 +190,13 @@ class FusedSIFStep:
         r = z if t.on_transformed else x
         if t.penalty == "norm":
             n = torch.linalg.vector_norm(r, dim=(1, 2))                                     # (2,)
-            grad = r * (self.c(t.reg, n) / n.clamp_min(torch.finfo(n.dtype).tiny)).view(2, 1, 1) if want_grad \
-                else None
-            return n.sum() * self.c(t.reg, n), grad
-        val = (r * r).sum() * self.c(t.reg / r.shape[1], r)
-        return val, (r * self.c(2 * t.reg / r.shape[1], r) if want_grad else None)
+            grad = r * (t.reg / n.clamp_min(torch.finfo(n.dtype).tiny)).view(2, 1, 1) if want_grad else None
+            return n.sum() * t.reg, grad
+        return (r * r).sum() * (t.reg / r.shape[1]), (r * (2 * t.reg / r.shape[1]) if want_grad else None)
 
     def _mse(self, d: Tensor) -> tuple[Tensor, Tensor]:
         """(mean(d^2), its gradient 2 d / B) of a residual d (B,)."""
-        return torch.dot(d, d) * self.c(1.0 / d.shape[0], d), d * self.c(2.0 / d.shape[0], d)
+        return torch.dot(d, d) * (1.0 / d.shape[0]), d * (2.0 / d.shape[0])
 
     def alpha_step(self, batch, sel: int) -> Tensor:
         """The alpha optimiser's step on (A, g) with dL_val/dĀ, then A = prox_C2(A); returns the validation loss."""
@@ -277,7 +256,7 @@ class FusedSIFStep:
             heads = pos["heads"] if self.all_heads else [pos["heads"][sel]]
             plan = self._w_plans[sel] = tuple(sorted([*pos["tables"], *pos["g"], *heads, *pos["bias"]]))
         self.w_up.step(plan)
-        self._project_heads(range(len(self.heads)) if self.all_heads else (sel,))
+        self.m.after_weight_step()                              # the heads' projection onto their ball
         return loss
 
     def _effective(self, bufs: _Buffers, sel: int, w: Tensor, dw: Tensor) -> Tensor:
@@ -302,18 +281,6 @@ class FusedSIFStep:
                 total = mse if total is None else total + mse
                 torch.mv(f.t(), dr, out=self.head_grads[j])
         return total
-
-    def _project_heads(self, changed) -> None:
-        """SIFSpace.after_weight_step's projection for the heads this step changed or whose version moved since
-        (the others lie in the ball, where it divides by exactly 1)."""
-        r = self.m.head_radius
-        if math.isinf(r):
-            return
-        for j, w in enumerate(self.heads):
-            if j in changed or w._version != self.head_versions[j]:
-                n = torch.linalg.vector_norm(w)
-                w.div_((n if r == 1.0 else n / r).clamp_min(1.0))
-                self.head_versions[j] = w._version
 
     def _selection(self) -> int:
         """The op of Ā = prox_C1(A) as :func:`nasp.prox.row_argmax` picks it (the first of the tied maxima with

@@ -136,3 +136,16 @@ def test_allow_list_names_every_setting_it_checks():
     from sif.fused import _settings
 
     assert set(_settings(_searcher(None))) == set(SUPPORTED)
+
+
+@pytest.mark.parametrize("radius", [1.0, 2.0])
+def test_head_projection_without_torch_foreach_ops_is_the_same(monkeypatch, radius):
+    """The heads' projection (both steps use it) has a public-API fallback for a torch without _foreach ops."""
+    import sif.space
+
+    spaces = [SIFSpace(NU, NI, embedding_dim=3, head_init="ones", head_radius=radius).double() for _ in range(2)]
+    spaces[0].after_weight_step()
+    monkeypatch.setattr(sif.space, "_HAS_FOREACH", False)
+    spaces[1].after_weight_step()
+    for a, b in zip(spaces[0].heads, spaces[1].heads, strict=True):
+        assert torch.equal(a.weight, b.weight) and float(a.weight.norm()) <= radius + 1e-12
