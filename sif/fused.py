@@ -74,8 +74,9 @@ def check_supported(searcher) -> None:
         raise FusedStepUnsupported("weight parameters other than the model's")
     if len({(p.dtype, p.device) for p in (*s.weight_params, *s.alpha_params, *s.extra_params)}) != 1:
         raise FusedStepUnsupported("parameters of several dtypes or devices")
-    if _TANH_BACKWARD is None or not hasattr(s.alpha_params[0], "_version"):
-        raise FusedStepUnsupported("this torch (no aten.tanh_backward or Tensor._version)")
+    if _TANH_BACKWARD is None or not hasattr(s.alpha_params[0], "_version") \
+            or "op_priority_interaction" not in getattr(m.arch, "_buffers", {}):
+        raise FusedStepUnsupported("this torch (no aten.tanh_backward, Tensor._version or Module._buffers)")
 
 
 class _Buffers:
