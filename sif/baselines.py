@@ -2,7 +2,9 @@
 
 Every model is an ``nn.Module`` with ``forward(users, items, contexts=None) -> (B,)`` (standardised ratings) and
 ``forward_with_rows`` which also returns the batch's embedding rows (looked up once) for the task's penalty.
-Fixed SIF interaction functions are :class:`sif.space.SIFSpace` with a single op.
+Fixed SIF interaction functions are :class:`sif.space.SIFSpace` with a single op; where a classic model combines
+embeddings with one of SIF's ops (MF and GMF: multiply, NCF: concat, CP: multiply_multiply) it calls that op's
+record in :data:`sif.interactions.INTERACTIONS`.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .interactions import INTERACTIONS
 from .neighbourhood import add_neighbourhoods, make_neighbourhoods, set_neighbours
 
 __all__ = ["BASELINES", "register_baseline", "create_baseline", "BiasOnly", "BiasedMF", "SVDpp", "GMF", "NCF", "NeuMF",
            "OuterProduct", "CP", "TuckER"]
 
 BASELINES: dict[str, Callable[..., nn.Module]] = {}
+_MULTIPLY, _CONCAT = INTERACTIONS["multiply"], INTERACTIONS["concat"]     # the SIF op records (one home)
 
 
 def register_baseline(name: str):
@@ -155,7 +159,7 @@ class BiasedMF(RatingModel):
     SVD++ (p_u + |N(u)|^-1/2 sum_j y_j), with "both" also its item-side mirror."""
 
     def score(self, emb, users, items):
-        return (emb["u"] * emb["v"]).sum(-1)
+        return _MULTIPLY(emb["u"], emb["v"]).sum(-1)
 
 
 @register_baseline("svdpp")
@@ -178,7 +182,7 @@ class GMF(RatingModel):
             self.head.weight.fill_(1.0)
 
     def score(self, emb, users, items):
-        return self.head(emb["u"] * emb["v"]).squeeze(-1)
+        return self.head(_MULTIPLY(emb["u"], emb["v"])).squeeze(-1)
 
 
 @register_baseline("ncf")
@@ -192,7 +196,7 @@ class NCF(RatingModel):
         self.out = nn.Linear(max(k // 2, 1), 1)
 
     def score(self, emb, users, items):
-        return self.out(self.mlp(torch.cat([emb["u"], emb["v"]], dim=-1))).squeeze(-1)
+        return self.out(self.mlp(_CONCAT(emb["u"], emb["v"]))).squeeze(-1)
 
 
 @register_baseline("neumf")
@@ -215,8 +219,8 @@ class NeuMF(RatingModel):
         return {"u": self.user(users), "v": self.item(items), "um": self.user_mlp(users), "vm": self.item_mlp(items)}
 
     def score(self, emb, users, items):
-        mlp = self.mlp(torch.cat([emb["um"], emb["vm"]], dim=-1))
-        return self.out(torch.cat([emb["u"] * emb["v"], mlp], dim=-1)).squeeze(-1)
+        mlp = self.mlp(_CONCAT(emb["um"], emb["vm"]))
+        return self.out(torch.cat([_MULTIPLY(emb["u"], emb["v"]), mlp], dim=-1)).squeeze(-1)
 
 
 @register_baseline("outer")
@@ -239,7 +243,7 @@ class CP(RatingModel):
     tensor_model = True
 
     def score(self, emb, users, items):
-        return (emb["u"] * emb["v"] * emb["c"]).sum(-1)
+        return _MULTIPLY(_MULTIPLY(emb["u"], emb["v"]), emb["c"]).sum(-1)     # multiply_multiply
 
 
 @register_baseline("tucker")

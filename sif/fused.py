@@ -1,552 +1,310 @@
-"""A fused NASP step for :class:`sif.space.SIFSpace` in the matrix case (user, item): the generic step's results,
-computed faster; the search's default wherever it applies (``SearchConfig.fused``).
-
-The generic NASP step (:func:`nasp.strategies.step_nasp`) builds an autograd graph through the view/mix layers,
-the task's loss and every candidate head, then calls ``torch.optim``'s step wrappers. For SIF's tiny model (dim 2,
-batch 512) that overhead is nearly all of the time. This step computes the same losses and gradients by hand with
-plain tensor ops (one forward, a hand-written backward, no graph) and updates the SAME optimiser state tensors the
-searcher's optimisers own (through torch's fused Adagrad/Adam/AdamW kernels when the optimiser is fused, otherwise
-through ``optimizer.step()`` with the gradients assigned), so checkpoints and resume stay interchangeable with
-the generic path, and results agree with it to float rounding.
-
-What it computes (the generic path's semantics, :mod:`nasp.strategies` and :class:`sif.task.RatingTask`):
-
-- alpha step on a validation batch at Ā = prox_C1(A): loss = MSE + reg * penalty ("l2"/"norm" on e or g(e);
-  "effective" is left out of validation losses); dL/dĀ_k = <dL/dpred, out_k> for every op k (the other ops'
-  outputs need no weight gradients); gradients of g through the selected op; ``+ eta * R(Ā)``'s gradient; one
-  Adam step on (A, g); A = prox_C2(A).
-- weight step on a training batch with the selected op: gradients of the embeddings (dense, like
-  ``index_select``'s backward), g, the selected head and the global bias; with ``train_all_heads`` every other
-  head's MSE on detached features; gradient clipping as ``clip_grad_norm_``; the weight optimiser's step; the
-  heads' projection onto their ball (``after_weight_step``).
-
-Supported: the 5 matrix primitives or any subset, with or without biases, g with or without skip, penalties
-"l2", "norm" and "effective", any reg and eta, gradient clipping, any weight optimiser. Not supported (the
-searcher uses the generic step, with a warning only when ``fused=True`` was asked for): the tensor case,
-neighbourhoods, other tasks, data parallelism, autocast, compile.
-
-Where it differs from the generic path only in rounding: the weight gradients live in one flat buffer reused by
-every step (written with ``out=``), so the clip's total norm is taken over all its entries at once; the heads'
-projection runs on the heads this step changed, and on any head whose version counter moved since its last
-projection (a head inside its ball is divided by exactly 1, so the generic path's projection of the others is a
-no-op up to rounding). The selection of Ā is read to the host once per alpha update, as in the generic path
-(:meth:`nasp.arch.ArchParameters.projection`, whose cache ``prox_c2_`` invalidates, is not used in the step, so
-the epoch-end evaluation reads it once more), and compared there in Python (K numbers). Speed:
-benchmarks/README.md, "The reference code's protocol".
+"""A fused NASP step for :class:`sif.space.SIFSpace` in the matrix case (user, item): the generic step's results
+(:func:`nasp.strategies.step_nasp`, :class:`sif.task.RatingTask`) up to float rounding, computed with plain tensor
+ops and the closed-form gradients of the op records (:mod:`sif.interactions`), no autograd graph; the search's
+default wherever it applies (``SearchConfig.fused``). On ML-100K (benchmarks/README.md, "The reference code's
+protocol") it is 5x faster than the generic step; a closed-form alpha step with autograd's weight step was only
+1.8x faster, so both steps are hand-written. Alpha step: MSE (+ "l2"/"norm" penalty) on a validation batch at
+Ā = prox_C1(A), dL/dĀ_k = <dL/dpred, out_k>, g's gradients, eta * R(Ā), the alpha optimiser's step, prox_C2. Weight
+step: the selected op's (every op's with ``train_all_heads``) gradients of tables, g, heads and bias, the clip of
+``clip_grad_norm_`` (one norm over the flat buffer: rounding only), the weight optimiser's step, the heads'
+projection. Optimiser updates: :class:`nasp.optim.FlatUpdate` on the searcher's own optimisers (checkpoints resume
+across the two paths). :data:`SUPPORTED` lists what it covers; anything else raises FusedStepUnsupported.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
+from nasp.optim import FlatUpdate
 from nasp.prox import prox_c2_
 from nasp.regularizers import normalise_costs
 from nasp.search import FusedStepUnsupported
 
-from .interactions import PRIMITIVES
+from .interactions import INTERACTIONS, PRIMITIVES
 from .space import SIFSpace
 from .task import RatingTask, unpack
 
-__all__ = ["FusedSIFStep", "check_supported"]
+__all__ = ["FusedSIFStep", "SUPPORTED", "check_supported"]
+
+#: every setting the fused step covers, with its supported values (anything else: the generic step)
+SUPPORTED = {
+    "strategy": ("nasp",), "amp": (None,), "compile": (False,), "grad_sync": (None,),
+    "model": (SIFSpace,), "sides": (2,), "neighbourhoods": (0,), "ops": PRIMITIVES, "task": (RatingTask,),
+    "penalty": ("l2", "norm", "effective"), "on_transformed": (False, True), "train_all_heads": (False, True),
+    "use_bias": (False, True), "g_skip": (False, True), "head_init": ("uniform", "ones"),
+    "dtype": (torch.float32, torch.float64),
+    "w_optimizer": (torch.optim.SGD, torch.optim.Adagrad, torch.optim.Adam, torch.optim.AdamW),
+    "a_optimizer": (torch.optim.Adam, torch.optim.AdamW),
+}
+_WHAT = {"sides": "the tensor (user, item, context) case", "grad_sync": "data-parallel search (grad_sync)",
+         "neighbourhoods": "neighbourhoods (SVD++-style implicit feedback)", "amp": "autocast (amp)",
+         "compile": "torch.compile", "task": "other tasks (only sif.task.RatingTask)"}
+_TANH_BACKWARD = getattr(getattr(torch.ops, "aten", None), "tanh_backward", None)    # feature-detected
 
 
-# ---- the five matrix ops: forward (zu, zv) (B, k) -> (B, width) and backward (B, width) -> (2, B, k) ------------
-def _op_forward(name: str, zu: Tensor, zv: Tensor, out: Tensor | None = None) -> Tensor:
-    """The features (B, width) of op ``name`` (into ``out`` when given)."""
-    if name == "plus":
-        return torch.add(zu, zv, out=out)
-    if name == "multiply":
-        return torch.mul(zu, zv, out=out)
-    if name == "max":
-        return torch.maximum(zu, zv, out=out)
-    if name == "min":
-        return torch.minimum(zu, zv, out=out)
-    return torch.cat([zu, zv], dim=1, out=out)                              # concat: (B, 2k)
-
-
-def _op_backward(name: str, z: Tensor, do: Tensor) -> Tensor:
-    """dL/dz (2, B, k) of op ``name`` given dL/d(op output) ``do``; max/min split ties evenly like torch."""
-    if name == "plus":
-        return do.expand(2, *do.shape)
-    if name == "multiply":
-        return do * z.flip(0)
-    if name in ("max", "min"):
-        sgn = torch.sign(z - z.flip(0))                                      # (2, B, k): +1 where the side wins max
-        if name == "min":
-            sgn = sgn.neg_()
-        return do * sgn.mul_(0.5).add_(0.5)
-    b, k = z.shape[1], z.shape[2]
-    return do.view(b, 2, k).transpose(0, 1)                                 # concat
+def _settings(s) -> dict:
+    m, t, c = s.model, s.task, s.config
+    sif = type(m) is SIFSpace
+    return {"strategy": c.strategy, "amp": c.amp, "compile": c.compile, "grad_sync": getattr(s, "grad_sync", None),
+            "model": type(m), "sides": len(m.sides) if sif else None,
+            "neighbourhoods": len(m.neighbourhoods) if sif else None, "task": type(t),
+            "penalty": getattr(t, "penalty", None), "on_transformed": getattr(t, "on_transformed", None),
+            "train_all_heads": getattr(t, "train_all_heads", None), "use_bias": getattr(m, "use_bias", None),
+            "g_skip": m.g.skip if sif else None, "head_init": getattr(m, "head_init", None),
+            "dtype": {p.dtype for p in (*s.weight_params, *s.alpha_params, *s.extra_params)},
+            "w_optimizer": type(s.w_opt), "a_optimizer": type(s.a_opt), "ops": set(getattr(m, "names", ()))}
 
 
 def check_supported(searcher) -> None:
-    """Raise :class:`~nasp.search.FusedStepUnsupported` naming the first setting the fused step does not cover."""
-    s, model, task, c = searcher, searcher.model, searcher.task, searcher.config
-    if c.strategy != "nasp":
-        raise FusedStepUnsupported(f"strategy {c.strategy!r} (the fused step is NASP's)")
-    if c.amp is not None or c.compile:
-        raise FusedStepUnsupported("autocast (amp) or torch.compile")
-    if getattr(s, "grad_sync", None) is not None:
-        raise FusedStepUnsupported("data-parallel search (grad_sync)")
-    if not isinstance(model, SIFSpace) or len(model.sides) != 2:
-        raise FusedStepUnsupported("the tensor (user, item, context) case")
-    if len(model.neighbourhoods):
-        raise FusedStepUnsupported("neighbourhoods (SVD++-style implicit feedback)")
-    unknown = [n for n in model.names if n not in PRIMITIVES]
-    if unknown:
-        raise FusedStepUnsupported(f"ops {unknown} (only the matrix primitives)")
-    if not isinstance(task, RatingTask) or type(task).loss is not RatingTask.loss \
-            or type(task)._penalty is not RatingTask._penalty:
-        raise FusedStepUnsupported(f"task {type(task).__name__} (only sif.task.RatingTask)")
-    if s.task_loss != task.loss:
-        raise FusedStepUnsupported("a replaced task loss")
-    if [id(p) for p in s.extra_params] != [id(p) for p in model.g.parameters()] or len(s.alpha_params) != 1:
+    """Raise :class:`~nasp.search.FusedStepUnsupported` naming the first setting outside :data:`SUPPORTED`."""
+    s = searcher
+    for key, value in _settings(s).items():
+        values = value if isinstance(value, set) else {value}
+        bad = [v for v in values if v not in SUPPORTED[key]]
+        if bad or not values:
+            shown = getattr(bad[0], "__name__", bad[0]) if bad else "none"
+            raise FusedStepUnsupported(f"{_WHAT.get(key, key)}: {key}={shown}, supported {SUPPORTED[key]}")
+    m = s.model
+    if s.task_loss != s.task.loss:
+        raise FusedStepUnsupported("a replaced task loss (compile or a custom loss)")
+    if [id(p) for p in s.extra_params] != [id(p) for p in m.g.parameters()] or len(s.alpha_params) != 1:
         raise FusedStepUnsupported("alpha-step parameters other than (interaction alphas, g)")
-    if type(model).after_weight_step is not SIFSpace.after_weight_step:
-        raise FusedStepUnsupported("a replaced after_weight_step")
-    if {id(p) for p in s.weight_params} != {id(p) for p in model.weights()}:
+    if {id(p) for p in s.weight_params} != {id(p) for p in m.weights()}:
         raise FusedStepUnsupported("weight parameters other than the model's")
-    if len({(p.dtype, p.device) for p in s.weight_params}) != 1:
-        raise FusedStepUnsupported("weight parameters of mixed dtypes or devices")
-
-
-# ---- optimiser updates on the optimisers' own state ----------------------------------------------------------
-def _fused_kind(opt: torch.optim.Optimizer) -> str | None:
-    """'adagrad' | 'adam' | 'adamw' when ``opt`` is that torch optimiser, fused, with one plain param group."""
-    if len(opt.param_groups) != 1:
-        return None
-    group = opt.param_groups[0]
-    if not group.get("fused") or group.get("amsgrad") or group.get("differentiable") or group.get("capturable"):
-        return None
-    from torch.optim import optimizer as _opt_module
-
-    if opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks \
-            or _opt_module._global_optimizer_pre_hooks or _opt_module._global_optimizer_post_hooks:
-        return None                      # step hooks run only through optimizer.step()
-    if type(opt) is torch.optim.Adagrad:
-        return "adagrad"
-    if type(opt) in (torch.optim.Adam, torch.optim.AdamW):
-        return "adamw" if group.get("decoupled_weight_decay") else "adam"
-    return None
-
-
-class _Update:
-    """Steps an optimiser with gradients for some of ``params`` (its parameters, group by group), given by their
-    positions; the others have no gradient, so no update, like ``grad=None``.
-
-    A fused Adagrad/Adam/AdamW runs torch's fused kernel directly on the optimiser's own state tensors (after
-    incrementing their ``step`` like ``torch.optim`` does); any other optimiser, or a step whose state does not
-    exist yet, gets the gradients assigned to ``.grad`` and ``optimizer.step()`` (which also creates missing state
-    exactly as torch does). Tensors are never hashed per step (``Tensor.__hash__`` is a Python call)."""
-
-    def __init__(self, opt: torch.optim.Optimizer):
-        self.opt, self.kind = opt, _fused_kind(opt)
-        self.params = [p for g in opt.param_groups for p in g["params"]]
-        self.index = {id(p): i for i, p in enumerate(self.params)}
-        self._plans: dict[tuple[int, ...], tuple] = {}       # per gradient pattern, for one opt.state object
-        self._plans_state: object = None
-
-    def _plan(self, idx: tuple[int, ...]) -> tuple | None:
-        """(params, state tensor lists, steps, ones) of the parameters at ``idx``; None when a state is missing
-        (torch creates it in the first ``optimizer.step()``). Cached per pattern while ``opt.state`` (replaced
-        by ``load_state_dict``) stays the same object; torch updates the state tensors in place."""
-        st = self.opt.state
-        if self._plans_state is not st:
-            self._plans, self._plans_state = {}, st
-        plan = self._plans.get(idx)
-        if plan is None:
-            sts = [st.get(self.params[i]) for i in idx]
-            if any(x is None or "step" not in x for x in sts):
-                return None
-            names = ("sum",) if self.kind == "adagrad" else ("exp_avg", "exp_avg_sq")
-            steps = [x["step"] for x in sts]
-            ones = [torch.ones((), dtype=steps[0].dtype, device=steps[0].device)] * len(steps)
-            plan = self._plans[idx] = ([self.params[i] for i in idx], [[x[n] for x in sts] for n in names],
-                                       steps, ones)
-        return plan
-
-    def __call__(self, idx: tuple[int, ...], gs: list[Tensor]) -> None:
-        """One step with gradients ``gs`` for the parameters at positions ``idx`` (a tuple; the others get none)."""
-        plan = self._plan(idx) if self.kind is not None else None
-        if plan is None:
-            grads = dict(zip(idx, gs, strict=True))
-            for i, p in enumerate(self.params):
-                g = grads.get(i)
-                p.grad = None if g is None else g.clone()      # never a view of the step's reused buffer
-            self.opt.step()
-            self._plans_state = None
-            return
-        params, states, steps, ones = plan
-        group = self.opt.param_groups[0]
-        torch._foreach_add_(steps, ones)                       # step += 1 (tensor-list overload: 4x fewer ops)
-        self.opt._opt_called = True      # what torch.optim's step wrapper records for an LR scheduler
-        if self.kind == "adagrad":
-            torch._fused_adagrad_(params, gs, states[0], steps, lr=group["lr"], lr_decay=group["lr_decay"],
-                                  weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
-            return
-        fn = torch._fused_adamw_ if self.kind == "adamw" else torch._fused_adam_
-        beta1, beta2 = group["betas"]
-        fn(params, gs, states[0], states[1], [], steps, amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
-           weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
-
-
-class _Consts:
-    """0-dim tensors of the Python numbers used every step, cached per (value, dtype, device): a Python number
-    as an operand is wrapped into a tensor by every op (measured: ``x * 0.5`` costs 5 profiler events, ``x * c``
-    with a cached 0-dim ``c`` one)."""
-
-    def __init__(self):
-        self.cache: dict[tuple, Tensor] = {}
-
-    def __call__(self, value: float, like: Tensor) -> Tensor:
-        key = (value, like.dtype, like.device)
-        t = self.cache.get(key)
-        if t is None:
-            t = self.cache[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
-        return t
-
-
-def _clip_(flat: Tensor, max_norm: float, const: _Consts) -> None:
-    """``clip_grad_norm_`` on gradients that all live in one flat buffer: one norm over every entry (equal to the
-    norm of the per-tensor norms up to rounding) and one multiply by min(1, max_norm / (norm + 1e-6))."""
-    total = torch.linalg.vector_norm(flat, 2.0)
-    flat.mul_(torch.div(const(max_norm, total), total.add_(const(1e-6, total))).clamp_(max=1.0))
+    if len({(p.dtype, p.device) for p in (*s.weight_params, *s.alpha_params, *s.extra_params)}) != 1:
+        raise FusedStepUnsupported("parameters of several dtypes or devices")
+    if _TANH_BACKWARD is None or not hasattr(s.alpha_params[0], "_version") \
+            or "op_priority_interaction" not in getattr(m.arch, "_buffers", {}):
+        raise FusedStepUnsupported("this torch (no aten.tanh_backward, Tensor._version or Module._buffers)")
 
 
 class _Buffers:
-    """Activation buffers of one batch size, reused by every step (a fresh 64 KB tensor per op is a cold one:
-    measured ~9% of a step), with their views made once: x (2, B, k) the looked-up embeddings (halves xu, xv;
-    flat (2, 1, B*k) and flat_t (2, B*k, 1)), h and dpre (2, H, B*k) g's hidden tanh and its gradient, z (2, B, k)
-    g's output (halves zu, zv; zflat (2, 1, B*k)); feats and outs (K, B) every op's features and output (rows
-    out_rows). The alpha step is done with them before the weight step starts, so one set serves both."""
+    """Activations of one batch size, reused by every step: x, z = g(x), dz (2, B, k) (flat views (2, 1, B*k));
+    h, dpre (2, H, B*k) g's hidden tanh and its gradient; feats (B, width) and outs (K, B) every op's output."""
 
     def __init__(self, b: int, k: int, hidden: int, widths: list[int], like: Tensor):
-        self.x = like.new_empty(2, b, k)
+        self.x, self.dz = like.new_empty(2, b, k), like.new_empty(2, b, k)
         self.xu, self.xv = self.x.unbind(0)
         self.flat = self.x.view(2, 1, b * k)
-        self.flat_t = self.flat.transpose(1, 2)
         self.h, self.dpre = like.new_empty(2, hidden, b * k), like.new_empty(2, hidden, b * k)
         self.zflat = like.new_empty(2, 1, b * k)
         self.z = self.zflat.view(2, b, k)
         self.zu, self.zv = self.z.unbind(0)
-        self.feats = [like.new_empty(b, w) for w in widths]      # each op's features (alpha step)
-        self.outs = like.new_empty(len(widths), b)                # each op's output (alpha step)
-        self.out_rows = list(self.outs.unbind(0))
+        self.feats = [like.new_empty(b, w) for w in widths]
+        self.outs = like.new_empty(len(widths), b)
 
 
 class FusedSIFStep:
     """``step(train_batch, valid_batch, update_alpha) -> {"train_loss", ["alpha_loss"]}`` for a
-    :class:`~nasp.search.Searcher` driving a matrix-case :class:`~sif.space.SIFSpace` with a
-    :class:`~sif.task.RatingTask` (see the module docstring). Raises FusedStepUnsupported for unsupported settings.
-    """
+    :class:`~nasp.search.Searcher` (see the module docstring); raises FusedStepUnsupported outside SUPPORTED."""
 
     def __init__(self, searcher):
         check_supported(searcher)
-        self.s = searcher
-        m, t = searcher.model, searcher.task
-        self.m, self.task = m, t
-        self.k, self.bias = m.embedding_dim, m.use_bias
-        self.names, self.skip = m.names, m.g.skip
+        s = self.s = searcher
+        m, self.task = s.model, s.task
+        self.m, self.k, self.bias, self.skip = m, m.embedding_dim, m.use_bias, m.g.skip
+        self.ops = [INTERACTIONS[n] for n in m.names]
         self.tables = (m.embeddings["u"].weight, m.embeddings["v"].weight)
         self.g = (m.g.w1, m.g.b1, m.g.w2, m.g.b2)
-        self.heads = [h.weight for h in m.heads]
-        self.global_bias = m.global_bias
-        self.alpha = searcher.alpha_params[0]
-        self.w_update, self.a_update = _Update(searcher.w_opt), _Update(searcher.a_opt)
-        wi, ai = self.w_update.index, self.a_update.index
+        self.heads, self.global_bias = [h.weight for h in m.heads], m.global_bias
+        self.alpha = s.alpha_params[0]
+        self.w_up, self.a_up = FlatUpdate(s.w_opt), FlatUpdate(s.a_opt)
+        wi, ai, hid = self.w_up.index, self.a_up.index, self.g[0].shape[2]
         self.w_pos = {"tables": [wi[id(p)] for p in self.tables], "g": [wi[id(p)] for p in self.g],
-                      "heads": [wi[id(p)] for p in self.heads],
-                      "bias": wi[id(m.global_bias)] if self.bias else None}
-        self.a_pos = (ai[id(self.alpha)], *(ai[id(p)] for p in self.g))
-        self.head_versions: list[int | None] = [None] * len(self.heads)      # after our last projection
-        cost = searcher.op_costs.get("interaction")
-        self.eta = searcher.config.eta
-        self.costs = None if self.eta == 0 or cost is None else normalise_costs(cost)          # (1, K)
-        self._views_key: tuple | None = None
+                      "heads": [wi[id(p)] for p in self.heads], "bias": [wi[id(m.global_bias)]] if self.bias else []}
+        a_pos = (ai[id(self.alpha)], *(ai[id(p)] for p in self.g))
+        self.a_idx = tuple(sorted(a_pos))
+        self.d_alpha = self.a_up.views[a_pos[0]].view(-1)                                  # (K,)
+        shapes = ((2, hid, 1), (2, hid), (2, hid, 1), (2, 1, 1))    # bmm / sum output shapes of g's gradients
+        self.g_out = {up: tuple(up.views[i].view(sh) for i, sh in zip(pos, shapes, strict=True))
+                      for up, pos in ((self.w_up, self.w_pos["g"]), (self.a_up, a_pos[1:]))}
+        self.head_grads = [self.w_up.views[i].view(-1) for i in self.w_pos["heads"]]     # (width,) each
+        cost, self.eta = s.op_costs.get("interaction"), s.config.eta
+        self.costs = None if self.eta == 0 or cost is None else normalise_costs(cost)       # (1, K)
+        self.all_heads = self.task.train_all_heads and len(self.ops) > 1
         self._bufs: dict[int, _Buffers] = {}
-        self._w_plans: dict[int, tuple] = {}
-        self.all_heads = t.train_all_heads and len(self.names) > 1
-        self._sel_key: tuple | None = None
-        self.c = _Consts()
+        self._w_plans: dict[int, tuple[int, ...]] = {}
+        self._views_key = self._sel_key = None
         self._sel = -1
-        self.arch_buffers = m.arch._buffers                              # plain dict: no Module.__getattr__
-        prio = m.arch.op_priority_interaction                          # (1, K); read here, not in the steps
-        self._prio: list[float] = prio[0].tolist()
-        self._prio_key: tuple | None = (prio.data_ptr(), prio._version)
+        self.arch_buffers = m.arch._buffers                   # the plain dict (no Module.__getattr__ per step)
+        prio = self.arch_buffers["op_priority_interaction"]
+        self._prio, self._prio_key = prio[0].tolist(), (prio.data_ptr(), prio._version)
 
     def _views(self) -> None:
-        """Views of the parameters in the shapes the hand-written ops use (rebuilt if a parameter moved)."""
+        """Views of the parameters in the shapes the hand-written ops use (remade when a parameter moved)."""
         key = tuple(p.data_ptr() for p in (*self.tables, *self.g, *self.heads))
-        if key == self._views_key:
-            return
-        self._grad_buffer()
-        w1, b1, w2, _ = self.g
-        hid = w1.shape[2]
-        self.g1 = (w1.view(2, hid, 1), b1.view(2, hid, 1), w2.view(2, 1, hid))          # (2,H,1) (2,H,1) (2,1,H)
-        self.vecs = [w.view(-1) for w in self.heads]                                      # (width,) each
-        self._views_key = key
+        if key != self._views_key:
+            w1, b1, w2, _ = self.g
+            hid = w1.shape[2]
+            self.g1 = (w1.view(2, hid, 1), b1.view(2, hid, 1), w2.view(2, 1, hid))       # (2,H,1) (2,H,1) (2,1,H)
+            self.vecs = [w.view(-1) for w in self.heads]                                   # (width,) each
+            self._views_key, self._bufs = key, {}
 
-    def _grad_buffer(self) -> None:
-        """One flat buffer for every weight gradient, reused by every step, with views shaped like each parameter
-        (``gview``) and like the hand-written ops' outputs (``g_out``, ``head_out``): the weight step writes its
-        gradients into it with ``out=``, and the clip takes one norm and one multiply of it."""
-        params = self.w_update.params
-        sizes = [p.numel() for p in params]
-        buf = torch.zeros(sum(sizes), dtype=params[0].dtype, device=params[0].device)
-        self.gbuf = buf
-        self.gview = [v.view(p.shape) for v, p in zip(buf.split(sizes), params, strict=True)]
-        self._w_plans = {}
-        hid = self.g[0].shape[2]
-        dw1, db1, dw2, db2 = (self.gview[i] for i in self.w_pos["g"])
-        self.g_out = (dw1.view(2, hid, 1), db1.view(2, hid), dw2, db2)          # bmm / sum output shapes
-        self.head_out = [self.gview[i].view(-1) for i in self.w_pos["heads"]]    # (width,) each
-
-    def _buffers(self, b: int, like: Tensor) -> _Buffers:
-        """The reused activation buffers of a batch of ``b`` ratings (one set per batch size)."""
-        bufs = self._bufs.get(b)
-        if bufs is None or bufs.x.dtype != like.dtype or bufs.x.device != like.device:
-            bufs = self._bufs[b] = _Buffers(b, self.k, self.g[0].shape[2], [w.numel() for w in self.heads], like)
-        return bufs
-
-    # ---- shared forward / backward pieces ------------------------------------------------------------------
     def _encode(self, batch) -> tuple[_Buffers, Tensor | None, Tensor, Tensor, Tensor]:
-        """(buffers with x (2, B, k) the raw embeddings, bias (B,) or None, users, items, y)."""
+        """(buffers with x (2, B, k) the looked-up embeddings and z = g(x), bias (B,) or None, users, items, y)."""
         users, items, y, contexts = unpack(batch)
         if contexts is not None:
             raise ValueError("the fused SIF step takes (users, items, ratings) batches")
-        bufs = self._buffers(users.shape[0], self.tables[0])
+        b, like = users.shape[0], self.tables[0]
+        bufs = self._bufs.get(b)           # (emptied by _views when a parameter moved)
+        if bufs is None:
+            bufs = self._bufs[b] = _Buffers(b, self.k, self.g[0].shape[2], [w.numel() for w in self.heads], like)
+        bias = None
         if not self.bias:                   # both lookups straight into the buffer
             torch.index_select(self.tables[0], 0, users, out=bufs.xu)
             torch.index_select(self.tables[1], 0, items, out=bufs.xv)
-            return bufs, None, users, items, y
-        ru, rv = self.tables[0].index_select(0, users), self.tables[1].index_select(0, items)   # (B, k + 1)
-        k = self.k
-        bias = self.global_bias + (ru[:, k] + rv[:, k])                                         # (B,)
-        torch.stack([ru[:, :k], rv[:, :k]], out=bufs.x)
-        return bufs, bias, users, items, y
-
-    def _g(self, bufs: _Buffers) -> None:
-        """z = g(x) into ``bufs.z`` (2, B, k), keeping the hidden tanh in ``bufs.h`` (2, H, B*k).
-
-        The hidden layer is laid out (sides, H, B*k), so that its broadcasts run along the contiguous B*k axis
-        (measured: g's forward + backward 2.7x faster than in the (sides, B*k, H) layout of ElementwiseMLP)."""
-        w1t, b1t, w2t = self.g1
-        torch.mul(w1t, bufs.flat, out=bufs.h).add_(b1t).tanh_()               # (2, H, BK); 2x faster than addcmul
-        torch.baddbmm(self.g[3], w2t, bufs.h, out=bufs.zflat)                 # (2, 1, BK)
+        else:
+            ru, rv, k = self.tables[0].index_select(0, users), self.tables[1].index_select(0, items), self.k
+            bias = self.global_bias + (ru[:, k] + rv[:, k])                                # (B,)
+            torch.stack([ru[:, :k], rv[:, :k]], out=bufs.x)
+        w1t, b1t, w2t = self.g1             # g: hidden layer (2, H, B*k), broadcasts along the contiguous B*k
+        torch.mul(w1t, bufs.flat, out=bufs.h).add_(b1t).tanh_()
+        torch.baddbmm(self.g[3], w2t, bufs.h, out=bufs.zflat)
         if self.skip:
             bufs.zflat.add_(bufs.flat)
+        return bufs, bias, users, items, y
 
-    def _g_backward(self, dz: Tensor, bufs: _Buffers, need_dx: bool, into_buffer: bool = False):
-        """[dw1, db1, dw2, db2], dx (2, 1, B*k) or None, from dL/dz (2, B, k); ``into_buffer``: the four
-        gradients are written into (and returned as) their views of the weight-gradient buffer."""
-        w1, b1, w2, _ = self.g
-        h, dpre, flat_t = bufs.h, bufs.dpre, bufs.flat_t
-        dy = dz.reshape(2, 1, -1)                                             # (2, 1, BK)
+    def _g_backward(self, bufs: _Buffers, outs: tuple[Tensor, ...], need_dx: bool) -> Tensor | None:
+        """g's four gradients from dL/dz (``bufs.dz``) into ``outs``; returns dL/dx (2, 1, B*k) when asked."""
+        w1, _, w2, _ = self.g
+        dy, dpre = bufs.dz.view(2, 1, -1), bufs.dpre
         torch.mul(w2, dy, out=dpre)
-        torch.ops.aten.tanh_backward.grad_input(dpre, h, grad_input=dpre)    # (2, H, BK), in place
-        if into_buffer:
-            o1, ob1, o2, ob2 = self.g_out
-            torch.bmm(h, dy.transpose(1, 2), out=o2)                          # (2, H, 1)
-            torch.sum(dy, 2, keepdim=True, out=ob2)                           # (2, 1, 1)
-            torch.bmm(dpre, flat_t, out=o1)                                   # (2, H, 1) = w1's (2, 1, H)
-            torch.sum(dpre, 2, out=ob1)                                       # (2, H) = b1's (2, 1, H)
-            grads = [self.gview[i] for i in self.w_pos["g"]]
-        else:
-            grads = [torch.bmm(dpre, flat_t).view(w1.shape), dpre.sum(2).view(b1.shape),
-                     torch.bmm(h, dy.transpose(1, 2)), dy.sum(2, keepdim=True)]
+        _TANH_BACKWARD.grad_input(dpre, bufs.h, grad_input=dpre)                          # (2, H, BK)
+        o1, ob1, o2, ob2 = outs
+        torch.bmm(bufs.h, dy.transpose(1, 2), out=o2)
+        torch.sum(dy, 2, keepdim=True, out=ob2)
+        torch.bmm(dpre, bufs.flat.transpose(1, 2), out=o1)
+        torch.sum(dpre, 2, out=ob1)
         if not need_dx:
-            return grads, None
-        dx = torch.bmm(w1, dpre)                                              # (2, 1, BK)
-        return grads, (dx + dy if self.skip else dx)
+            return None
+        dx = torch.bmm(w1, dpre)
+        return dx + dy if self.skip else dx
+
+    def _op_grad(self, j: int, bufs: _Buffers, dpred: Tensor) -> None:
+        """dL/dz (2, B, k) of op j's head output into ``bufs.dz``, from dL/dpred (B,)."""
+        torch.stack(self.ops[j].grad(bufs.zu, bufs.zv, torch.outer(dpred, self.vecs[j])), out=bufs.dz)
 
     def _penalty(self, x: Tensor, z: Tensor, want_grad: bool):
-        """reg * ("l2" | "norm") penalty value and its gradient w.r.t. e (on_transformed False) or z."""
+        """reg * ("l2" | "norm") penalty on e (or z with on_transformed) and its gradient there."""
         t = self.task
         r = z if t.on_transformed else x
         if t.penalty == "norm":
-            n = torch.linalg.vector_norm(r, dim=(1, 2))                      # (2,)
-            val = n.sum() * self.c(t.reg, n)
-            grad = r * (self.c(t.reg, n) / n.clamp_min(torch.finfo(n.dtype).tiny)).view(2, 1, 1) if want_grad \
-                else None
-            return val, grad
-        val = (r * r).sum() * self.c(t.reg / r.shape[1], r)
-        return val, (r * self.c(2 * t.reg / r.shape[1], r) if want_grad else None)
+            n = torch.linalg.vector_norm(r, dim=(1, 2))                                     # (2,)
+            grad = r * (t.reg / n.clamp_min(torch.finfo(n.dtype).tiny)).view(2, 1, 1) if want_grad else None
+            return n.sum() * t.reg, grad
+        return (r * r).sum() * (t.reg / r.shape[1]), (r * (2 * t.reg / r.shape[1]) if want_grad else None)
 
     def _mse(self, d: Tensor) -> tuple[Tensor, Tensor]:
         """(mean(d^2), its gradient 2 d / B) of a residual d (B,)."""
-        b = d.shape[0]
-        return torch.dot(d, d) * self.c(1.0 / b, d), d * self.c(2.0 / b, d)
+        return torch.dot(d, d) * (1.0 / d.shape[0]), d * (2.0 / d.shape[0])
 
-    # ---- the two steps ---------------------------------------------------------------------------------------
     def alpha_step(self, batch, sel: int) -> Tensor:
-        """Adam step on (A, g) with dL_val/dĀ, then A = prox_C2(A); returns the validation loss (detached)."""
+        """The alpha optimiser's step on (A, g) with dL_val/dĀ, then A = prox_C2(A); returns the validation loss."""
         t = self.task
         bufs, bias, _, _, y = self._encode(batch)
-        self._g(bufs)
-        x, z, zu, zv = bufs.x, bufs.z, bufs.zu, bufs.zv
-        outs = bufs.outs                                                     # (K, B)
-        for n, w, f, o in zip(self.names, self.vecs, bufs.feats, bufs.out_rows, strict=True):
-            torch.mv(_op_forward(n, zu, zv, out=f), w, out=o)               # every op's output, in place
-        pred = bufs.out_rows[sel] if bias is None else bufs.out_rows[sel] + bias     # (B,)
-        d = pred - y
-        loss, dpred = self._mse(d)
-        dz = _op_backward(self.names[sel], z, torch.outer(dpred, self.vecs[sel]))
+        for op, w, f, o in zip(self.ops, self.vecs, bufs.feats, bufs.outs.unbind(0), strict=True):
+            torch.mv(op(bufs.zu, bufs.zv, out=f), w, out=o)                                # every op's output
+        pred = bufs.outs[sel] if bias is None else bufs.outs[sel] + bias
+        loss, dpred = self._mse(pred - y)
+        self._op_grad(sel, bufs, dpred)
         if t.reg and t.penalty != "effective":
-            val, grad = self._penalty(x, z, t.on_transformed)
+            val, grad = self._penalty(bufs.x, bufs.z, t.on_transformed)
             loss = loss + val
             if grad is not None:
-                dz = dz + grad
-        d_alpha = torch.mv(outs, dpred).view(self.alpha.shape)              # (1, K)
-        if self.costs is not None:                                          # eta * sum(Ā^2 * cost), Ā one-hot
-            onehot = torch.zeros_like(d_alpha)
-            onehot[0, sel] = 1.0
-            d_alpha = d_alpha + self.eta * (2 * onehot * self.costs.to(onehot))
-        dg, _ = self._g_backward(dz, bufs, need_dx=False)
-        if d_alpha.dtype != self.alpha.dtype:
-            d_alpha = d_alpha.to(self.alpha.dtype)
-        self.a_update(self.a_pos, [d_alpha, *dg])
+                bufs.dz.add_(grad)
+        torch.mv(bufs.outs, dpred, out=self.d_alpha)                                       # (K,)
+        if self.costs is not None:                          # eta * sum(Ā^2 * cost), Ā one-hot
+            self.d_alpha[sel] += self.eta * 2 * self.costs.to(self.d_alpha)[0, sel]
+        self._g_backward(bufs, self.g_out[self.a_up], need_dx=False)
+        self.a_up.step(self.a_idx)
         prox_c2_(self.alpha)                # A = prox_C2(A) (ArchParameters' caches key on the version it bumps)
         return loss
 
     def weight_step(self, batch, sel: int) -> Tensor:
-        """Weight-optimiser step with the selected op (and every head when train_all_heads); returns the loss."""
-        t, name, w = self.task, self.names[sel], self.vecs[sel]
+        """The weight optimiser's step with op ``sel`` (every head with train_all_heads); returns the loss."""
+        t, w, pos, views = self.task, self.vecs[sel], self.w_pos, self.w_up.views
         bufs, bias, users, items, y = self._encode(batch)
-        self._g(bufs)
-        x, z, zu, zv = bufs.x, bufs.z, bufs.zu, bufs.zv
-        feat = _op_forward(name, zu, zv)                                     # (B, width)
-        out = torch.mv(feat, w)
-        pred = out if bias is None else out + bias
+        x, z = bufs.x, bufs.z
+        feat = self.ops[sel](bufs.zu, bufs.zv)                                             # (B, width)
+        pred = torch.mv(feat, w) if bias is None else torch.mv(feat, w) + bias
         loss, dpred = self._mse(pred - y)
-        pos, gv = self.w_pos, self.gview
-        self.gbuf.zero_()
-        dw = torch.mv(feat.t(), dpred, out=self.head_out[sel])                # (width,), in the buffer
-        dz = _op_backward(name, z, torch.outer(dpred, w))
+        self.w_up.flat.zero_()
+        dw = torch.mv(feat.t(), dpred, out=self.head_grads[sel])                          # (width,)
+        self._op_grad(sel, bufs, dpred)
         dx_extra = None
         if t.reg and t.penalty == "effective":
-            val, dz_pen, dw_pen = self._effective(z, name, w)
-            loss, dz = loss + val, dz + dz_pen
-            dw.add_(dw_pen)
+            loss = loss + self._effective(bufs, sel, w, dw)
         elif t.reg:
             val, grad = self._penalty(x, z, True)
             loss = loss + val
             if t.on_transformed:
-                dz = dz + grad
+                bufs.dz.add_(grad)
             else:
                 dx_extra = grad
-        changed = [sel]
         if self.all_heads:
-            loss = loss + self._other_heads(zu, zv, y if bias is None else y - bias, sel)
-            changed = range(len(self.heads))
-        _, dx = self._g_backward(dz, bufs, need_dx=True, into_buffer=True)
-        dx = dx.view(x.shape) if dx_extra is None else dx.view(x.shape) + dx_extra
-        self._table_grads(dx, dpred if bias is not None else None, users, items)
+            loss = loss + self._other_heads(bufs, y if bias is None else y - bias, sel)
+        dx = self._g_backward(bufs, self.g_out[self.w_up], need_dx=True).view(x.shape)
+        dx = dx if dx_extra is None else dx + dx_extra
+        for i, idx, rows in zip(pos["tables"], (users, items), dx.unbind(0), strict=True):  # index_select's backward
+            views[i].index_add_(0, idx, rows if bias is None else torch.cat([rows, dpred.unsqueeze(1)], dim=1))
         if bias is not None:
-            torch.sum(dpred, 0, out=gv[pos["bias"]])
+            torch.sum(dpred, 0, out=views[pos["bias"][0]])
         if self.s.config.grad_clip:
-            _clip_(self.gbuf, self.s.config.grad_clip, self.c)      # the entries without a gradient are 0
-        self.w_update(*self._w_plan(sel))
-        self._project_heads(changed)
-        return loss
-
-    def _w_plan(self, sel: int) -> tuple[tuple[int, ...], list[Tensor]]:
-        """(positions, gradient-buffer views) of the weight parameters a weight step with op ``sel`` updates: the
-        tables, g, the selected head (every head with ``train_all_heads``) and the global bias."""
+            self.w_up.clip_(self.s.config.grad_clip)
         plan = self._w_plans.get(sel)
         if plan is None:
-            pos = self.w_pos
             heads = pos["heads"] if self.all_heads else [pos["heads"][sel]]
-            idx = tuple(sorted([*pos["tables"], *pos["g"], *heads] + ([pos["bias"]] if self.bias else [])))
-            plan = self._w_plans[sel] = (idx, [self.gview[i] for i in idx])
-        return plan
+            plan = self._w_plans[sel] = tuple(sorted([*pos["tables"], *pos["g"], *heads, *pos["bias"]]))
+        self.w_up.step(plan)
+        self.m.after_weight_step()                              # the heads' projection onto their ball
+        return loss
 
-    # ---- weight-step pieces -------------------------------------------------------------------------------
-    def _effective(self, z: Tensor, name: str, w: Tensor):
-        """reg * effective penalty of op ``name`` (head ``w`` (width,)), its dL/dz and its dL/dw."""
-        reg, k, b = self.task.reg, self.k, z.shape[1]
-        sq = z * z                                                           # (2, B, k)
-        scale = w.abs() if name == "multiply" else k * (w * w)               # (width,)
-        s2 = scale.view(2, 1, k) if name == "concat" else scale.view(1, 1, k)
-        val = reg * ((sq * s2).sum() / b)
-        dz = z * s2 * (2 * reg / b)
-        col = sq.sum(1) / b                                                  # (2, k)
-        col = col.reshape(-1) if name == "concat" else col.sum(0)            # (width,)
-        dscale = torch.sign(w) if name == "multiply" else (2 * k) * w
-        return val, dz, reg * col * dscale
+    def _effective(self, bufs: _Buffers, sel: int, w: Tensor, dw: Tensor) -> Tensor:
+        """reg * effective penalty of op ``sel`` (head ``w``); adds its gradients to ``bufs.dz`` and ``dw``."""
+        op, reg, k, z = self.ops[sel], self.task.reg, self.k, bufs.z
+        b, sq = z.shape[1], z * z                                                          # (2, B, k)
+        shape = (2, 1, k) if op.width == 2 else (1, 1, k)                 # concat: one half of the head per side
+        s2 = op.penalty_scale(w, k).view(shape)
+        bufs.dz.add_(z * s2 * (2 * reg / b))
+        col = sq.sum(1) / b                                                                # (2, k)
+        col = col.reshape(-1) if op.width == 2 else col.sum(0)                             # (width,)
+        dw.add_(reg * col * op.penalty_scale_grad(w, k))
+        return reg * ((sq * s2).sum() / b)
 
-    def _other_heads(self, zu: Tensor, zv: Tensor, target: Tensor, sel: int) -> Tensor:
-        """Sum over non-selected heads of their MSE on z (no gradient to z); their head grads go into the
-        gradient buffer."""
+    def _other_heads(self, bufs: _Buffers, target: Tensor, sel: int) -> Tensor:
+        """Sum of the non-selected heads' MSE on z (no gradient to z); their gradients into the buffer."""
         total = None
-        for j, (n, w) in enumerate(zip(self.names, self.vecs, strict=True)):
-            if j == sel:
-                continue
-            f = _op_forward(n, zu, zv)
-            mse, dr = self._mse(torch.mv(f, w) - target)                     # (), (B,)
-            total = mse if total is None else total + mse
-            torch.mv(f.t(), dr, out=self.head_out[j])
+        for j, (op, w) in enumerate(zip(self.ops, self.vecs, strict=True)):
+            if j != sel:
+                f = op(bufs.zu, bufs.zv)
+                mse, dr = self._mse(torch.mv(f, w) - target)
+                total = mse if total is None else total + mse
+                torch.mv(f.t(), dr, out=self.head_grads[j])
         return total
 
-    def _table_grads(self, dx: Tensor, dbias: Tensor | None, users: Tensor, items: Tensor) -> None:
-        """Dense gradients of the two embedding tables (like ``index_select``'s backward), accumulated into their
-        (zeroed) views of the gradient buffer."""
-        for i, idx, rows in zip(self.w_pos["tables"], (users, items), dx.unbind(0), strict=True):
-            if dbias is not None:
-                rows = torch.cat([rows, dbias.unsqueeze(1)], dim=1)           # (B, k + 1)
-            self.gview[i].index_add_(0, idx, rows)
-
-    def _project_heads(self, changed) -> None:
-        """The heads' projection onto their ball (SIFSpace.after_weight_step, the same ops per head) for the heads
-        this step changed or that changed elsewhere since (tracked by version counter); the others already lie
-        in the ball, where the projection divides by exactly 1."""
-        r = self.m.head_radius
-        if math.isinf(r):
-            return
-        for j, w in enumerate(self.heads):
-            if j in changed or w._version != self.head_versions[j]:
-                n = torch.linalg.vector_norm(w)
-                if r != 1.0:
-                    n = n / r
-                w.div_(n.clamp_min(1.0))
-                self.head_versions[j] = w._version
-
-    # ---- the architecture ------------------------------------------------------------------------------------
     def _selection(self) -> int:
-        """The op Ā = prox_C1(A) selects: the argmax of the alphas with ties broken by the op priorities, exactly
-        as :func:`nasp.prox.row_argmax` (a NaN row gives 0, like it); read to the host once per change of A
-        (version counter), so once per alpha update, like :meth:`nasp.arch.ArchParameters.projection` (whose cache
-        prox_c2_ invalidates). The K values are compared on the host: one transfer, no device ops."""
+        """The op of Ā = prox_C1(A) as :func:`nasp.prox.row_argmax` picks it (the first of the tied maxima with
+        the top priority; 0 for a NaN row), read to the host once per change of A or of the priorities."""
         a, prio = self.alpha, self.arch_buffers["op_priority_interaction"]
         key = (a.data_ptr(), a._version, prio.data_ptr(), prio._version)
         if key != self._sel_key:
-            row = a[0].tolist()                                                          # K floats, exact
-            if self._prio_key != key[2:]:
+            row = a[0].tolist()                                                              # K floats, exact
+            if key[2:] != self._prio_key:
                 self._prio, self._prio_key = prio[0].tolist(), key[2:]
             top = max(row)
-            if any(v != v for v in row):                    # NaN: row_argmax's comparisons are all False
-                self._sel = 0
-            else:                                           # the first of the tied maxima with the top priority
-                self._sel = max((i for i, v in enumerate(row) if v == top), key=self._prio.__getitem__)
+            nan = any(v != v for v in row)
+            self._sel = 0 if nan else max((i for i, v in enumerate(row) if v == top), key=self._prio.__getitem__)
             self._sel_key = key
         return self._sel
 
-    # ---- the searcher's hook -----------------------------------------------------------------------------------
     def __call__(self, train_batch, valid_batch, update_alpha: bool) -> dict[str, Tensor]:
-        s = self.s
-        out = {}
-        grad_mode = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(False)           # torch.no_grad() without its Python context object
-        try:
+        s, out = self.s, {}
+        with torch.no_grad():
             self._views()
             if update_alpha:
                 with s.timer("alpha"):
-                    sel = self._selection()
-                    out["alpha_loss"] = self.alpha_step(valid_batch, sel)
+                    out["alpha_loss"] = self.alpha_step(valid_batch, self._selection())
             with s.timer("weight"):
                 out["train_loss"] = self.weight_step(train_batch, self._selection())
-        finally:
-            torch._C._set_grad_enabled(grad_mode)
         return out

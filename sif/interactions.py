@@ -1,4 +1,12 @@
-"""Interaction functions between embeddings: the INTERACTIONS registry and the two-stage tensor candidates.
+"""Interaction functions between embeddings: ONE record per op (the INTERACTIONS registry) and the two-stage
+tensor candidates built from them.
+
+A record (:class:`Interaction`) is the single home of an op's math: its forward ``fn(a, b) -> out``, the closed-form
+gradient ``grad(a, b, dout) -> (dout/da, dout/db)`` (the vector-Jacobian products; a hand-written step needs them),
+its head width (``width * k``: k, or 2k for concat) and the scale of the effective L2 penalty
+(:meth:`sif.space.SIFSpace.effective_penalty`) with its derivative. The search space, the fused step
+(:mod:`sif.fused`), evaluation and the fixed-op baselines all read these records; tests/test_interaction_records.py
+checks every record against autograd.
 
 Vector-wise ops combine two (B, k) tensors: ``plus``, ``multiply``, ``max``, ``min`` give (B, k); ``concat`` gives
 (B, 2k). For (user, item, context) tensors a candidate is a two-stage op ``op2(op1(a, b), c)`` over the three
@@ -16,55 +24,88 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["INTERACTIONS", "PRIMITIVES", "register_interaction", "out_dim", "TensorCandidate", "tensor_candidates"]
-
-INTERACTIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
-_WIDTH: dict[str, int] = {}
+__all__ = ["INTERACTIONS", "PRIMITIVES", "Interaction", "register_interaction", "out_dim", "TensorCandidate",
+           "tensor_candidates"]
 
 
-def register_interaction(name: str, width: int = 1):
-    """Register ``fn(a (B, k), b (B, k)) -> (B, width * k)`` under ``name``."""
+@dataclass(frozen=True)
+class Interaction:
+    """One vector-wise op: ``fn(a (B, k), b (B, k), out=None) -> (B, width * k)``; ``grad(a, b, dout) -> (da, db)``
+    the closed-form gradients of ``<dout, fn(a, b)>`` w.r.t. a and b (each shaped like its input; a may be wider
+    than b when the op is concat); ``penalty_scale(w (width * k,), k)`` the per-feature weight of the effective
+    L2 penalty and ``penalty_scale_grad`` its derivative w.r.t. w."""
 
-    def deco(fn):
-        if name in INTERACTIONS:
-            raise ValueError(f"interaction {name!r} is already registered")
-        INTERACTIONS[name], _WIDTH[name] = fn, width
-        return fn
+    name: str
+    fn: Callable[..., Tensor]
+    grad: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+    width: int
+    penalty_scale: Callable[[Tensor, int], Tensor]
+    penalty_scale_grad: Callable[[Tensor, int], Tensor]
 
-    return deco
+    def __call__(self, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+        return self.fn(a, b, out=out)
 
-
-@register_interaction("plus")
-def _plus(a: Tensor, b: Tensor) -> Tensor:
-    return a + b
-
-
-@register_interaction("multiply")
-def _multiply(a: Tensor, b: Tensor) -> Tensor:
-    return a * b
-
-
-@register_interaction("max")
-def _max(a: Tensor, b: Tensor) -> Tensor:
-    return torch.maximum(a, b)
+    def out_dim(self, k: int) -> int:
+        """Head width on k-dimensional inputs."""
+        return self.width * k
 
 
-@register_interaction("min")
-def _min(a: Tensor, b: Tensor) -> Tensor:
-    return torch.minimum(a, b)
+INTERACTIONS: dict[str, Interaction] = {}
 
 
-@register_interaction("concat", width=2)
-def _concat(a: Tensor, b: Tensor) -> Tensor:
-    return torch.cat([a, b], dim=-1)
+def register_interaction(op: Interaction) -> Interaction:
+    """Add ``op`` to :data:`INTERACTIONS` under ``op.name`` (a name is registered once)."""
+    if op.name in INTERACTIONS:
+        raise ValueError(f"interaction {op.name!r} is already registered")
+    INTERACTIONS[op.name] = op
+    return op
 
+
+# effective-penalty scales: |w| for the bilinear multiply (biased MF's L2 at w = 1), k w^2 for the ops linear in
+# each input (see SIFSpace.effective_penalty)
+def _abs_scale(w: Tensor, k: int) -> Tensor:
+    return w.abs()
+
+
+def _abs_scale_grad(w: Tensor, k: int) -> Tensor:
+    return torch.sign(w)
+
+
+def _square_scale(w: Tensor, k: int) -> Tensor:
+    return k * (w * w)
+
+
+def _square_scale_grad(w: Tensor, k: int) -> Tensor:
+    return (2 * k) * w
+
+
+def _winner(a: Tensor, b: Tensor) -> Tensor:
+    """1 where a > b, 0 where a < b, 1/2 on ties (torch's split of max/min gradients)."""
+    return torch.sign(a - b).mul_(0.5).add_(0.5)
+
+
+register_interaction(Interaction(
+    "plus", lambda a, b, out=None: torch.add(a, b, out=out), lambda a, b, d: (d, d), 1, _square_scale,
+    _square_scale_grad))
+register_interaction(Interaction(
+    "multiply", lambda a, b, out=None: torch.mul(a, b, out=out), lambda a, b, d: (d * b, d * a), 1, _abs_scale,
+    _abs_scale_grad))
+register_interaction(Interaction(
+    "max", lambda a, b, out=None: torch.maximum(a, b, out=out),
+    lambda a, b, d: (d * _winner(a, b), d * _winner(b, a)), 1, _square_scale, _square_scale_grad))
+register_interaction(Interaction(
+    "min", lambda a, b, out=None: torch.minimum(a, b, out=out),
+    lambda a, b, d: (d * _winner(b, a), d * _winner(a, b)), 1, _square_scale, _square_scale_grad))
+register_interaction(Interaction(
+    "concat", lambda a, b, out=None: torch.cat([a, b], dim=-1, out=out),
+    lambda a, b, d: (d[:, : a.shape[-1]], d[:, a.shape[-1]:]), 2, _square_scale, _square_scale_grad))
 
 PRIMITIVES: tuple[str, ...] = ("plus", "multiply", "max", "min", "concat")
 
 
 def out_dim(name: str, k: int) -> int:
     """Output width of interaction ``name`` on k-dimensional inputs."""
-    return _WIDTH[name] * k
+    return INTERACTIONS[name].out_dim(k)
 
 
 # ---- tensor (user, item, context) candidates ----------------------------------------------------------------
@@ -73,7 +114,7 @@ PAIRINGS = (("u", "v", "c"), ("u", "c", "v"), ("v", "c", "u"))   # (first pair, 
 
 @dataclass(frozen=True)
 class TensorCandidate:
-    """``op2(op1(x, y), z)`` with (x, y, z) a pairing of (u, v, c)."""
+    """``op2(op1(x, y), z)`` with (x, y, z) a pairing of (u, v, c); its math is that of the two records."""
 
     op1: str
     op2: str
@@ -89,6 +130,14 @@ class TensorCandidate:
         x, y, z = (inputs[s] for s in self.pairing)
         return INTERACTIONS[self.op2](INTERACTIONS[self.op1](x, y), z)
 
+    def grad(self, inputs: dict[str, Tensor], dout: Tensor) -> dict[str, Tensor]:
+        """Closed-form gradients of ``<dout, self(inputs)>`` per side (B, k), by the chain rule over the records."""
+        x, y, z = (inputs[s] for s in self.pairing)
+        inner = INTERACTIONS[self.op1](x, y)
+        d_inner, dz = INTERACTIONS[self.op2].grad(inner, z, dout)
+        dx, dy = INTERACTIONS[self.op1].grad(x, y, d_inner)
+        return dict(zip(self.pairing, (dx, dy, dz), strict=True))
+
     def out_dim(self, k: int) -> int:
         return out_dim(self.op1, k) + k if self.op2 == "concat" else k
 
@@ -98,7 +147,7 @@ def tensor_candidates(ops: tuple[str, ...] = PRIMITIVES) -> tuple[TensorCandidat
     out: list[TensorCandidate] = []
     for op1 in ops:
         for op2 in ops:
-            if _WIDTH[op1] > 1 and _WIDTH[op2] == 1:
+            if INTERACTIONS[op1].width > 1 and INTERACTIONS[op2].width == 1:
                 continue       # element-wise op2 cannot take a wider op1 output
             pairings = PAIRINGS[:1] if op1 == op2 else PAIRINGS
             out.extend(TensorCandidate(op1, op2, p) for p in pairings)

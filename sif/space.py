@@ -35,6 +35,7 @@ from .neighbourhood import add_neighbourhoods, make_neighbourhoods, set_neighbou
 __all__ = ["ElementwiseMLP", "Encoded", "SIFSpace", "SIDES", "build_candidates"]
 
 SIDES = ("u", "v", "c")
+_HAS_FOREACH = all(hasattr(torch, f) for f in ("_foreach_norm", "_foreach_div_", "_foreach_clamp_min"))  # private
 
 
 class Encoded(NamedTuple):
@@ -191,7 +192,7 @@ class SIFSpace(SearchSpace):
         """Evaluate through g(table) when nothing needs gradients, there are no neighbourhoods (which add a vector
         per rating) and no table has more rows than the batch: then g runs once on each table row instead of on
         every rating's copy of it (ML-100K validation batches of 8192 at dim 32: 6x fewer g evaluations). Nothing
-        is cached between calls: fused optimiser steps do not bump version counters, so a cache could not tell
+        is cached between calls: fused optimiser kernels do not bump version counters, so a cache could not tell
         that the parameters changed."""
         if self.training or torch.is_grad_enabled() or len(self.neighbourhoods):
             return False
@@ -230,11 +231,11 @@ class SIFSpace(SearchSpace):
 
         def one(j: int) -> Tensor:
             w = self.heads[j].weight.view(-1)                                  # (width,)
-            name = self.names[j]
-            if name not in PRIMITIVES:
-                raise ValueError(f"penalty='effective' does not know op {name!r}")
-            scale = w.abs() if name == "multiply" else k * (w * w)
-            if name == "concat":
+            op = INTERACTIONS.get(self.names[j])
+            if op is None:
+                raise ValueError(f"penalty='effective' does not know op {self.names[j]!r}")
+            scale = op.penalty_scale(w, k)                                     # (width,)
+            if op.width == 2:                                                  # one half of the head per side
                 return (sq["u"] @ scale[:k] + sq["v"] @ scale[k:]).mean()
             return ((sq["u"] + sq["v"]) @ scale).mean()
 
@@ -265,6 +266,11 @@ class SIFSpace(SearchSpace):
         if math.isinf(self.head_radius):
             return
         ws = [h.weight for h in self.heads]
+        if not _HAS_FOREACH:                # torch's private _foreach ops missing: the same maths per head
+            for w in ws:
+                n = torch.linalg.vector_norm(w)
+                w.div_((n if self.head_radius == 1.0 else n / self.head_radius).clamp_min(1.0))
+            return
         norms = torch._foreach_norm(ws)
         if self.head_radius != 1.0:
             torch._foreach_div_(norms, self.head_radius)
@@ -283,8 +289,8 @@ class SIFSpace(SearchSpace):
 
 
 def _matrix_fn(name: str) -> Callable[[dict[str, Tensor]], Tensor]:
-    fn = INTERACTIONS[name]
-    return lambda z: fn(z["u"], z["v"])
+    op = INTERACTIONS[name]
+    return lambda z: op(z["u"], z["v"])
 
 
 def build_candidates(ops: Iterable[str] | str | None, k: int, tensor: bool):
