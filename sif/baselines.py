@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .interactions import INTERACTIONS
+from .interactions import EMBEDDING_DIM, INTERACTIONS
 from .neighbourhood import add_neighbourhoods, make_neighbourhoods, set_neighbours
 
 __all__ = ["BASELINES", "register_baseline", "create_baseline", "BiasOnly", "BiasedMF", "SVDpp", "GMF", "NCF", "NeuMF",
@@ -72,7 +72,7 @@ class RatingModel(nn.Module):
     tensor_model = False
     supports_neighbourhood = True       # False where embed() is overridden without the neighbourhood vectors
 
-    def __init__(self, num_users: int, num_items: int, num_contexts: int = 0, embedding_dim: int = 8,
+    def __init__(self, num_users: int, num_items: int, num_contexts: int = 0, embedding_dim: int = EMBEDDING_DIM,
                  use_bias: bool = True, init_std: float = 0.1, seed: int = 0, neighbourhood: str | None = None,
                  neighbourhood_reg: float = 0.5, **unused):
         super().__init__()
@@ -167,7 +167,7 @@ class SVDpp(BiasedMF):
     """Biased MF with implicit feedback on both sides (SVD++ and its item-side mirror): ``neighbourhood="both"``
     unless told otherwise."""
 
-    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=8, neighbourhood="both", **kw):
+    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=EMBEDDING_DIM, neighbourhood="both", **kw):
         super().__init__(num_users, num_items, num_contexts, embedding_dim, neighbourhood=neighbourhood, **kw)
 
 
@@ -175,7 +175,7 @@ class SVDpp(BiasedMF):
 class GMF(RatingModel):
     """h^T (p_u * q_i): generalised matrix factorisation (NCF paper), no biases by default."""
 
-    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=8, use_bias=False, seed=0, **kw):
+    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=EMBEDDING_DIM, use_bias=False, seed=0, **kw):
         super().__init__(num_users, num_items, 0, embedding_dim, use_bias=use_bias, seed=seed, **kw)
         self.head = nn.Linear(embedding_dim, 1, bias=False)
         with torch.no_grad():
@@ -189,7 +189,7 @@ class GMF(RatingModel):
 class NCF(RatingModel):
     """MLP on [p_u; q_i] (the NCF "MLP" model): 2k -> 2k -> k -> k/2 -> 1 with ReLU."""
 
-    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=8, use_bias=False, seed=0, **kw):
+    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=EMBEDDING_DIM, use_bias=False, seed=0, **kw):
         super().__init__(num_users, num_items, 0, embedding_dim, use_bias=use_bias, seed=seed, **kw)
         k = embedding_dim
         self.mlp = _mlp([2 * k, 2 * k, k, max(k // 2, 1)], self.g)
@@ -205,7 +205,7 @@ class NeuMF(RatingModel):
 
     supports_neighbourhood = False
 
-    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=8, use_bias=False, init_std=0.1,
+    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=EMBEDDING_DIM, use_bias=False, init_std=0.1,
                  seed=0, **kw):
         super().__init__(num_users, num_items, 0, embedding_dim, use_bias=use_bias, init_std=init_std, seed=seed,
                          **kw)
@@ -227,7 +227,7 @@ class NeuMF(RatingModel):
 class OuterProduct(RatingModel):
     """Linear head on the flattened outer product p_u q_i^T (ConvNCF's interaction map, without the CNN)."""
 
-    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=8, use_bias=False, seed=0, **kw):
+    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=EMBEDDING_DIM, use_bias=False, seed=0, **kw):
         super().__init__(num_users, num_items, 0, embedding_dim, use_bias=use_bias, seed=seed, **kw)
         self.head = nn.Linear(embedding_dim * embedding_dim, 1, bias=False)
 
@@ -252,7 +252,7 @@ class TuckER(RatingModel):
 
     tensor_model = True
 
-    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=8, seed=0, **kw):
+    def __init__(self, num_users, num_items, num_contexts=0, embedding_dim=EMBEDDING_DIM, seed=0, **kw):
         super().__init__(num_users, num_items, num_contexts, embedding_dim, seed=seed, **kw)
         k = embedding_dim
         self.core = nn.Parameter(torch.randn(k, k, k, generator=self.g) / k)

@@ -13,6 +13,7 @@ from nasp.config import load, merge, parse_assignments, to_dict
 from nasp.device import check_device
 from nasp.search import SearchConfig
 
+from .interactions import EMBEDDING_DIM
 from .train import TrainConfig
 
 __all__ = ["DataConfig", "ModelConfig", "SIFSearchConfig", "BenchmarkConfig", "RunConfig", "load_config",
@@ -52,7 +53,7 @@ class ModelConfig:
 
     name: str = "sif"
     task: str = "rating"            # rating | bpr | bce (implicit feedback: top-N metrics)
-    embedding_dim: int = 32
+    embedding_dim: int = EMBEDDING_DIM
     use_bias: bool = True
     reg: float = 0.1
     penalty: str = "l2"             # l2 (per-rating squared norms) | norm (the reference's ||U_b|| + ||V_b||)

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["INTERACTIONS", "PRIMITIVES", "Interaction", "register_interaction", "out_dim", "TensorCandidate",
-           "tensor_candidates"]
+__all__ = ["INTERACTIONS", "PRIMITIVES", "EMBEDDING_DIM", "Interaction", "register_interaction", "out_dim",
+           "TensorCandidate", "tensor_candidates"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ register_interaction(Interaction(
     lambda a, b, d: (d[:, : a.shape[-1]], d[:, a.shape[-1]:]), 2, _square_scale, _square_scale_grad))
 
 PRIMITIVES: tuple[str, ...] = ("plus", "multiply", "max", "min", "concat")
+EMBEDDING_DIM = 32      # the one default width of the embeddings every op combines (every SIF model and config)
 
 
 def out_dim(name: str, k: int) -> int:

@@ -29,7 +29,7 @@ from nasp.mixed import mix
 from nasp.regularizers import cost_matrix
 from nasp.space import SearchSpace, register_space
 
-from .interactions import INTERACTIONS, PRIMITIVES, out_dim, tensor_candidates
+from .interactions import EMBEDDING_DIM, INTERACTIONS, PRIMITIVES, out_dim, tensor_candidates
 from .neighbourhood import add_neighbourhoods, make_neighbourhoods, set_neighbours
 
 __all__ = ["ElementwiseMLP", "Encoded", "SIFSpace", "SIDES", "build_candidates"]
@@ -99,7 +99,7 @@ class SIFSpace(SearchSpace):
     single name gives a fixed interaction function). With ``view=None`` the current discrete architecture runs.
     """
 
-    def __init__(self, num_users: int, num_items: int, num_contexts: int = 0, embedding_dim: int = 2,
+    def __init__(self, num_users: int, num_items: int, num_contexts: int = 0, embedding_dim: int = EMBEDDING_DIM,
                  ops: Iterable[str] | None = None, use_bias: bool = False, g_hidden: int = 8, g_skip: bool = False,
                  init_std: float = 0.1, alpha_init: str = "nasp", seed: int = 0, head_radius: float = 1.0,
                  head_init: str = "uniform", neighbourhood: str | None = None, neighbourhood_reg: float = 0.5):

@@ -194,3 +194,16 @@ def test_train_help_lists_the_model_names(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "fixed:<op>" in out and "mf" in out and "sif/config.py" in out
+
+
+def test_embedding_dim_has_one_default_everywhere():
+    import inspect
+
+    from sif.interactions import EMBEDDING_DIM
+    from sif.space import SIFSpace
+
+    assert ModelConfig().embedding_dim == EMBEDDING_DIM
+    assert inspect.signature(SIFSpace.__init__).parameters["embedding_dim"].default == EMBEDDING_DIM
+    for name, cls in BASELINES.items():
+        default = inspect.signature(cls.__init__).parameters["embedding_dim"].default
+        assert default == EMBEDDING_DIM or name == "bias_only", name       # bias_only has no embeddings
