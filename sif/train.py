@@ -95,7 +95,7 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, slow: Iterable[
 
 
 def _train_epoch(model, task: RatingTask, loader: Iterable, opt, params, cfg: TrainConfig, device, view,
-                 sync: bool = False, loss_fn: Callable | None = None) -> float:
+                 sync: bool = False, loss_fn: Callable | None = None, bar=None) -> float:
     loss_fn = task.loss if loss_fn is None else loss_fn
     total, n = torch.zeros((), device=device), 0
     model.train()
@@ -113,6 +113,8 @@ def _train_epoch(model, task: RatingTask, loader: Iterable, opt, params, cfg: Tr
             model.after_weight_step()
         total += loss.detach()
         n += 1
+        if bar is not None:
+            bar.update(1)
     mean = total / max(n, 1)
     return nd.allreduce_mean_scalar(mean, device) if sync else mean.item()
 
@@ -160,11 +162,15 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
             _init_weights(model, cfg.init_from, device)
     t_start, elapsed_before = time.perf_counter(), state["elapsed"]    # seconds add up across resumes
     bar = _bar(cfg.max_epochs, state["epoch"], show_progress and main)
+    steps = _step_bar(train_loader, show_progress and main)
     while state["epoch"] < cfg.max_epochs and (state["bad_epochs"] < cfg.patience or not select_best):
         epoch, t0 = state["epoch"], time.perf_counter()
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        train_loss = _train_epoch(model, task, train_loader, opt, params, cfg, device, view, sync, loss_fn)
+        if steps is not None:
+            steps.reset()
+            steps.set_description(f"train epoch {epoch}")
+        train_loss = _train_epoch(model, task, train_loader, opt, params, cfg, device, view, sync, loss_fn, steps)
         if not torch.isfinite(torch.tensor(train_loss)):
             _stop_non_finite(model, ckpt, epoch, device)
         metrics = task.evaluate(model, valid_loader, view)
@@ -193,8 +199,9 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
                             best=f"{-sign * state['best_rmse']:.4f}")
         if callback is not None and _stop(callback(epoch, state["elapsed"], record), sync, device):
             break
-    if bar is not None:
-        bar.close()
+    for b in (steps, bar):
+        if b is not None:
+            b.close()
     if select_best:
         model.load_state_dict(state["best_state"])
     else:
@@ -236,6 +243,16 @@ def _stop_non_finite(model: nn.Module, ckpt: Path | None, epoch: int, device,
                              "Lower the learning rate or check the data; to continue from the last good state "
                              "with new settings, rerun with them, train.init_from=<the kept checkpoint> and "
                              "--fresh (sif command line; the stopped run is moved aside, <folder>.old-N).")
+
+
+def _step_bar(loader, enabled: bool):
+    """A bar over the steps of each epoch (reset every epoch), so that a long epoch shows progress."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    total = len(loader) if hasattr(loader, "__len__") else None
+    return tqdm(total=total, desc="train epoch", leave=False, dynamic_ncols=True, position=1)
 
 
 def _bar(total: int, initial: int, enabled: bool):

@@ -151,3 +151,11 @@ def test_a_diverged_run_continues_from_its_last_good_state_with_new_settings(set
     assert "starts from the weights" in (tmp / "run/train-mf/run.log").read_text()
     assert main(["train", "--config", str(cfg), "--set", "model.name=fixed:plus", f"train.init_from={kept}"]) == 2
     assert "do not fit this model" in _err(capsys)
+
+
+def test_stand_alone_training_shows_a_bar_per_step(setup, capsys):
+    tmp, cfg, _ = setup
+    assert main(["train", "--config", str(cfg), "--set", "model.name=mf", "show_progress=true"]) == 0
+    err = capsys.readouterr().err
+    assert "train epoch 0" in err and "train epoch 1" in err       # the per-step bar of each epoch
+    assert "0/4" in err                                             # 480 training ratings / batch 128 = 4 steps
