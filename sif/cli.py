@@ -37,6 +37,7 @@ from .baselines import BASELINES
 from .config import ModelConfig, RunConfig, load_config
 from .data import load_splits
 from .evaluation import mean_std
+from .feedback import feedback_strategy
 from .recommender import (
     SIF_VARIANTS,
     SIFRecommender,
@@ -163,11 +164,14 @@ def _train_seconds(rec) -> float:
 
 
 def _fit_tuned(cfg: RunConfig, name: str, grid: dict[str, list], data) -> tuple[Any, dict[str, Any]]:
-    """Fit ``name`` for every combination in ``grid`` (model settings), keep the best on validation RMSE."""
+    """Fit ``name`` for every combination in ``grid`` (model settings), keep the best on the validation metric of
+    the task (RMSE for ratings, NDCG@10 for implicit feedback)."""
     import itertools
 
     train, valid, _ = data
-    best, best_rmse, best_setting = None, float("inf"), {}
+    fb = feedback_strategy(cfg.model.task)
+    sign = -1.0 if fb.maximize else 1.0
+    best, best_score, best_setting = None, float("inf"), {}
     keys = sorted(grid)
     for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
         setting = dict(zip(keys, values, strict=True))
@@ -176,9 +180,9 @@ def _fit_tuned(cfg: RunConfig, name: str, grid: dict[str, list], data) -> tuple[
             target = run_cfg.train if hasattr(run_cfg.train, k) else run_cfg.model
             setattr(target, k, v)
         rec = build_recommender(run_cfg, name, strict=False).fit(train, valid, show_progress=False)
-        r = _valid_scores(rec, valid)["rmse"]
-        if r < best_rmse:
-            best, best_rmse, best_setting = rec, r, setting
+        r = sign * _valid_scores(rec, valid)[fb.metric]
+        if r < best_score:
+            best, best_score, best_setting = rec, r, setting
     return best, best_setting
 
 
@@ -203,7 +207,8 @@ def run_benchmark(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
             rows.append(row)
             log.info("benchmark row: %s", json.dumps(row))
             if nd.is_main_process():
-                print(f"[{split_id}] {name:14s} test rmse={row['test']['rmse']:.4f} ({row['seconds']:.1f}s)"
+                metric = feedback_strategy(cfg.model.task).metric
+                print(f"[{split_id}] {name:14s} test {metric}={row['test'][metric]:.4f} ({row['seconds']:.1f}s)"
                       + (f" op={row['op']}" if "op" in row else ""), flush=True)
                 (run_dir / "benchmark.json").write_text(json.dumps(rows, indent=2) + "\n")
     table = benchmark_table(rows)
@@ -220,21 +225,25 @@ def merge_benchmarks(paths: list[str | Path]) -> str:
 
 
 def benchmark_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table: mean +- std over splits of test RMSE and MAE, seconds, found ops."""
+    """Markdown table: mean +- std over splits of the test metrics (RMSE and MAE for ratings; NDCG@10, recall@10
+    and AUC for implicit feedback), validation metric, seconds, found ops."""
     models = list(dict.fromkeys(r["model"] for r in rows))
-    lines = ["| model | test RMSE | test MAE | valid RMSE | search s | train s | found op / setting |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    rating = "rmse" in rows[0]["test"]
+    tests = ("rmse", "mae") if rating else ("ndcg@10", "recall@10", "auc")
+    valid = "rmse" if rating else "ndcg@10"
+    lines = ["| model | " + " | ".join(f"test {t.upper() if rating else t}" for t in tests)
+             + f" | valid {valid.upper() if rating else valid} | search s | train s | found op / setting |",
+             "| --- | " + " | ".join("---:" for _ in tests) + " | ---: | ---: | ---: | --- |"]
     for m in models:
         rs = [r for r in rows if r["model"] == m]
-        rm, rsd = mean_std([r["test"]["rmse"] for r in rs])
-        am, asd = mean_std([r["test"]["mae"] for r in rs])
-        vm, _ = mean_std([r["valid"]["rmse"] for r in rs])
+        cells = [f"{mean_std([r['test'][t] for r in rs])[0]:.4f} +- {mean_std([r['test'][t] for r in rs])[1]:.4f}"
+                 for t in tests]
+        vm, _ = mean_std([r["valid"][valid] for r in rs])
         search = mean_std([r.get("seconds_search", 0.0) for r in rs])[0]
         train = mean_std([r["seconds_train"] for r in rs])[0]
         extra = ", ".join(sorted({r["op"] for r in rs if "op" in r})) or \
             ", ".join(sorted({json.dumps(r["setting"], sort_keys=True) for r in rs if r["setting"]}))
-        lines.append(f"| {m} | {rm:.4f} +- {rsd:.4f} | {am:.4f} +- {asd:.4f} | {vm:.4f} | {search:.1f} | "
-                     f"{train:.1f} | {extra} |")
+        lines.append(f"| {m} | {' | '.join(cells)} | {vm:.4f} | {search:.1f} | {train:.1f} | {extra} |")
     return "\n".join(lines) + "\n"
 
 

@@ -32,6 +32,7 @@ class RatingFeedback:
     """Explicit ratings: z-scored MSE on the training split, RMSE/MAE on the raw scale, early stopping on RMSE."""
 
     name = "rating"
+    metric, maximize = "rmse", False       # what tuning and the benchmark choose by (validation)
     supports_refit = True
     default_ops = None                     # every primitive
 
@@ -80,6 +81,7 @@ class ImplicitFeedback:
     """Implicit feedback: the ratings >= ``positive_threshold`` are positives, ``num_negatives`` sampled negatives
     per positive, loss ``bpr`` or ``bce``; ranking metrics (K=10, AUC) with the training positives filtered."""
 
+    metric, maximize = "ndcg@10", True
     supports_refit = False
     default_ops = RANKING_OPS             # plus and concat cannot personalise a ranking
 

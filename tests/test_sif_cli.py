@@ -118,3 +118,15 @@ def test_every_shipped_sif_config_loads():
     for f in files:
         cfg = load_config(f)
         assert cfg.model.name == "sif", f
+
+
+def test_cli_benchmark_on_implicit_feedback(tmp_path, ratings_csv):
+    cfg = _config(tmp_path, ratings_csv)
+    assert main(["benchmark", "--config", str(cfg), "--out", str(tmp_path / "bench"), "--set",
+                 "benchmark.models=[sif, fixed:multiply, gmf]", "benchmark.seeds=[0]", "model.task=bpr",
+                 "benchmark.tune={gmf: {reg: [0.0001, 0.001]}}"]) == 0
+    rows = json.loads((tmp_path / "bench/benchmark/benchmark.json").read_text())
+    assert {r["model"] for r in rows} == {"sif", "fixed:multiply", "gmf"}
+    assert all(0.0 <= r["test"]["ndcg@10"] <= 1.0 and "rmse" not in r["test"] for r in rows)
+    table = (tmp_path / "bench/benchmark/benchmark.md").read_text()
+    assert "test ndcg@10" in table and "| gmf |" in table
