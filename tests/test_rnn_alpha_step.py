@@ -128,3 +128,18 @@ def test_search_alpha_grads_use_the_contraction_and_leave_no_weight_grads():
 def test_bad_alpha_step_name_is_rejected():
     with pytest.raises(ValueError, match="nasp_alpha_step"):
         RNNSearchSpace(V, H, H, nasp_alpha_step="fast")
+
+
+def test_chunked_contraction_gives_the_same_gradient(monkeypatch):
+    """Long sequences are contracted in chunks of time steps x batch rows: same result as one chunk."""
+    from nasp.spaces.rnn import alpha_step
+
+    space = _space()
+    x, y, h = _data(T=6, B=5, seed=9)
+    onehot = _onehot(space, seed=4)
+    whole = _grads(space, space.arch.nasp_view({"cell": onehot}), x, y, h, seed=2)
+    monkeypatch.setattr(alpha_step, "CHUNK_ELEMENTS", 7 * 2 * H)       # 7 columns of T*B = 30 at a time (or fewer)
+    chunked = _grads(space, space.arch.nasp_view({"cell": onehot}), x, y, h, seed=2)
+    want = _grads(space, ArchView(DENSE, {"cell": onehot.clone().requires_grad_(True)}), x, y, h, seed=2)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
+    torch.testing.assert_close(chunked, want, rtol=1e-9, atol=1e-9)

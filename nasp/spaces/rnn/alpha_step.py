@@ -27,7 +27,7 @@ from .cell import ACTIVATIONS
 
 __all__ = ["AlphaStore", "alpha_leaf", "node_tap"]
 
-CHUNK_ELEMENTS = 1 << 23        # rows of T*B per matmul chunk: at most ~8M gate values (32 MB in float32)
+CHUNK_ELEMENTS = 1 << 24        # columns of T*B per matmul chunk: at most ~16M gate values (64 MB in float32)
 
 
 class AlphaStore:
@@ -42,7 +42,7 @@ class AlphaStore:
         self.states: list[list[Tensor]] = [[] for _ in range(self.N)]     # [i][t] -> s_i(t) (B, H)
         self.mask_h: Tensor | None = None
         self.t = -1
-        self.G: Tensor | None = None                                        # (T, B, N, H)
+        self.G: Tensor | None = None                                        # (N, H, T, B)
         self.amp = None
 
     def record(self, j: int, states: list[Tensor], mask_h: Tensor | None) -> int:
@@ -54,9 +54,9 @@ class AlphaStore:
         return self.t
 
     def put_grad(self, j: int, t: int, g: Tensor) -> None:
-        if self.G is None:
-            self.G = g.new_zeros((self.t + 1, g.shape[0], self.N, g.shape[1]))
-        self.G[t, :, j - 1] = g
+        if self.G is None:          # (N, H, T, B): every node's block contiguous over (H, T * B)
+            self.G = g.new_zeros((self.N, g.shape[1], self.t + 1, g.shape[0]))
+        self.G[j - 1, :, t] = g.t()
 
     def alpha_grad(self, dtype: torch.dtype) -> Tensor:
         """(rows, ops) dL/dĀ from the recorded states and node gradients; runs without a graph."""
@@ -68,31 +68,38 @@ class AlphaStore:
         return full[i, j - 1]
 
     def _fill(self, full: Tensor, acc: torch.dtype) -> None:
-        T, B, N, H = self.G.shape
-        G = self.G.reshape(T * B, N, H)
+        """Per predecessor i: the gates of all its successors j > i in one product (n * 2H, H) @ (H, T * B), then
+        per successor the dot products over (H, T * B) as matrix-vector and batched dot products (no temporaries
+        of the products)."""
+        N, H, T, B = self.G.shape
+        G = self.G.reshape(N, H, T * B)
         Ws = self.Ws.detach()
         for i in range(N):
-            S = torch.stack(self.states[i])                                  # (T, B, H)
-            Sm = (S if self.mask_h is None else S * self.mask_h).reshape(T * B, H)
-            S = S.reshape(T * B, H)
-            n = N - i                                                         # successors j = i+1..N
-            W = Ws[i:].permute(1, 0, 2).reshape(H, n * 2 * H)                  # [W_{i+1} ... W_N]
+            S = torch.stack(self.states[i])                                   # (T, B, H)
+            Sm = S if self.mask_h is None else S * self.mask_h
+            ST, SmT = (u.permute(2, 0, 1).reshape(H, T * B) for u in (S, Sm))   # (H, T * B)
+            n = N - i                                                          # successors j = i+1..N
+            W = Ws[i:].transpose(1, 2).reshape(n * 2 * H, H).to(SmT.dtype)     # rows: [c_j; g_j] of each j
             step = max(1, CHUNK_ELEMENTS // (n * 2 * H))
             for a in range(0, T * B, step):
                 b = min(a + step, T * B)
-                cg = (Sm[a:b] @ W.to(Sm.dtype)).view(b - a, n, 2 * H)
-                self._contract(full[i, i:], G[a:b, i:], S[a:b, None], cg[..., :H], cg[..., H:], acc)
+                cg = (W @ SmT[:, a:b]).view(n, 2, H, b - a)
+                with torch.autocast(G.device.type, enabled=False):
+                    self._contract(full[i, i:], *(u.reshape(n, -1).to(acc) for u in (G[i:, :, a:b], cg[:, 0],
+                                                                                    cg[:, 1])),
+                                   ST[:, a:b].reshape(-1).to(acc))
 
-    def _contract(self, out: Tensor, G: Tensor, s: Tensor, c: Tensor, g: Tensor, acc: torch.dtype) -> None:
-        """out[:, k] += <G, s + sigmoid(c) (f_k(g) - s)> per successor; out (succ, ops); G, c, g: (n, succ, H),
-        s: (n, 1, H)."""
-        A = G * torch.sigmoid(c)
-        base = ((G - A) * s).to(acc).sum((0, 2))                              # (succ,)
+    def _contract(self, out: Tensor, G: Tensor, c: Tensor, g: Tensor, s: Tensor) -> None:
+        """out[:, k] += <G, s + sigmoid(c) (f_k(g) - s)> per successor: out (succ, ops); G, c, g: (succ, K);
+        s: (K,) (K = H * time steps * batch rows)."""
+        A = torch.sigmoid(c).mul_(G)
+        base = torch.mv(G, s) - torch.mv(A, s)                                 # <G - A, s>  (succ,)
+        A3 = A.unsqueeze(1)
         for k, op in enumerate(self.ops):
             if op == "none":
                 continue
             f = g if op == "identity" else ACTIVATIONS[op](g)
-            out[:, k] += base + (A * f).to(acc).sum((0, 2))
+            out[:, k] += base + torch.bmm(A3, f.unsqueeze(2)).view(-1)         # + <A, f_k(g)>
 
 
 class _AlphaCollect(torch.autograd.Function):
