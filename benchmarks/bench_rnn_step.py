@@ -2,14 +2,16 @@
 
 Every strategy runs in a fresh subprocess (so peak memory is its own) on the same model (same seed, same
 initial weights and alphas) and the same sequence of training/validation batches; the parent prints a
-markdown table with the ratios of one run. A step is what the shared search loop does per training batch:
+markdown table with the ratios of one run. ``nasp_graph`` is NASP with the older alpha step (every candidate at
+every time step, the non-selected ones without graphs; ``RNNSearchSpace(nasp_alpha_step="graph")``).
+A step is what the shared search loop does per training batch:
 for NASP the proximal alpha step + the sparse weight step, for DARTS the (unrolled) alpha step + the dense
 weight step. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps, on CPU the peak
 resident set size (``ru_maxrss``) of the subprocess.
 
 Examples::
 
-    python benchmarks/bench_rnn_step.py                                # CPU, reduced sizes
+    taskset -c 1 python benchmarks/bench_rnn_step.py --threads 1       # CPU, reduced sizes, one pinned core
     python benchmarks/bench_rnn_step.py --device cuda --hidden 300 --batch 256 --bptt 35   # DARTS search sizes
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -28,11 +31,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._machine import machine  # noqa: E402
 from nasp.search import SearchConfig, Searcher  # noqa: E402
 from nasp.spaces.rnn import PRIMITIVES_DARTS, LanguageModelTask, RNNSearchSpace  # noqa: E402
 from nasp.strategies import STRATEGIES  # noqa: E402
 
 STRATEGY_NAMES = ("nasp", "darts1", "darts2")
+VARIANTS = {"nasp_graph": ("nasp", "graph")}       # benchmark name -> (strategy, nasp_alpha_step)
 
 
 def _args(argv=None):
@@ -68,9 +73,9 @@ def worker(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    name = args.worker
+    name, alpha_step = VARIANTS.get(args.worker, (args.worker, "contract"))
     space = RNNSearchSpace(args.vocab, args.hidden, args.hidden, ops=PRIMITIVES_DARTS, seed=0,
-                           alpha_init="darts" if name.startswith("darts") else "nasp")
+                           alpha_init="darts" if name.startswith("darts") else "nasp", nasp_alpha_step=alpha_step)
     config = SearchConfig(strategy=name, epochs=1, w_lr=20.0, w_lr_schedule="constant", w_momentum=0.0,
                           w_weight_decay=5e-7, grad_clip=0.25, a_lr=3e-3, a_betas=(0.9, 0.999))
     s = Searcher(space, LanguageModelTask(), config, device=device, show_progress=False)
@@ -93,7 +98,7 @@ def worker(args) -> dict:
     loss = float(out["train_loss"])
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"strategy": name, "median_s": statistics.median(times), "min_s": min(times), "steps": len(times),
+    return {"strategy": args.worker, "median_s": statistics.median(times), "min_s": min(times), "steps": len(times),
             "peak_mib": peak, "rss_before_steps_mib": rss_before, "final_train_loss": loss,
             "memory": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (ru_maxrss)"}
 
@@ -105,6 +110,9 @@ def main(argv=None) -> list[dict]:
         return []
     keys = ("device", "vocab", "hidden", "batch", "bptt", "warmup", "steps", "threads")
     base = [f"--{k}={getattr(args, k)}" for k in keys if getattr(args, k) is not None]
+    if args.threads:
+        torch.set_num_threads(args.threads)           # so the recorded machine description shows the workers'
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results = []
     for name in args.strategies.split(","):
         cmd = [sys.executable, __file__, *base, "--worker", name]
@@ -122,9 +130,23 @@ def main(argv=None) -> list[dict]:
         print(f"| {r['strategy']} | {r['median_s']:.3f} | {r['median_s'] / ref['median_s']:.2f} | "
               f"{r['peak_mib']:.0f} | {r['peak_mib'] / ref['peak_mib']:.2f} | "
               f"{r['peak_mib'] - r['rss_before_steps_mib']:.0f} |")
+    info = {"args": vars(args), "command": _command(), "machine": machine(), "load_average_before": load_before,
+            "results": results}
+    print(f"machine: {info['machine']}; load average before/after: {load_before} / "
+          f"{info['machine'].get('load_average')}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(info, indent=2) + "\n")
     return results
+
+
+def _command() -> str:
+    """The command line as run, with the CPU pinning (taskset) it ran under when any."""
+    cmd = " ".join(["python", *sys.argv])
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return cmd
+    return cmd if len(cpus) == os.cpu_count() else f"taskset -c {','.join(map(str, cpus))} {cmd}"
 
 
 if __name__ == "__main__":

@@ -91,7 +91,9 @@ def test_nasp_alpha_gradient_equals_dense_autograd():
     ref = LanguageModelTask().loss(space, batch, ArchView(DENSE, {"cell": onehot}), "valid")
     (g,) = torch.autograd.grad(ref, onehot)
     torch.testing.assert_close(loss, ref.detach())
-    torch.testing.assert_close(grads[0], g, rtol=1e-4, atol=1e-7)
+    # float32: the contraction sums in another order than the dense graph (both ~1e-6 off the float64 value
+    # here); tests/test_rnn_alpha_step.py checks the same identity in float64 to 1e-9
+    torch.testing.assert_close(grads[0], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()))
     assert (g[:, 1:] != 0).sum() > 8, "the gradient must reach dropped rows and non-selected ops"
 
 

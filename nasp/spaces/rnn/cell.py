@@ -115,7 +115,8 @@ class LanguageModelShell(nn.Module):
         self.decoder_bias = nn.Parameter(torch.zeros(vocab_size))
 
     def init_hidden(self, batch_size: int, device=None) -> Tensor:
-        return torch.zeros(batch_size, self.nhid, device=device or self.encoder.weight.device)
+        w = self.encoder.weight
+        return torch.zeros(batch_size, self.nhid, device=device or w.device, dtype=w.dtype)
 
     def forward(self, x: Tensor, hidden: Tensor, node_fn: NodeFn, concat: tuple[int, ...] | None = None
                 ) -> tuple[Tensor, Tensor, Tensor]:

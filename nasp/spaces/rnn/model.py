@@ -4,8 +4,11 @@ Alpha matrix ``cell``: one row per edge i -> j (node j = 1..8, predecessor i = 0
 grouped by j with k = 1 kept row per node; one column per activation (DARTS: none, tanh, relu, sigmoid,
 identity). Node j computes ``s_j = sum_i sum_k w_ijk (s_i + c_i (f_k(g_i) - s_i))`` with ``(c_i, g_i)`` from the
 node's shared map W_j applied to s_i. SPARSE (NASP weight step): only the kept predecessor's selected
-activation runs and W_j is applied to that predecessor only. NASP alpha step: the kept edge runs with a graph,
-every other edge (W_j on the other predecessors included) without one. DENSE (DARTS): everything with graphs.
+activation runs and W_j is applied to that predecessor only. NASP alpha step (``nasp_alpha_step``): "contract"
+(the default) runs the sparse forward and computes dL/dĀ of every candidate in the backward pass, batched over
+all time steps, without a graph (exact, see :mod:`.alpha_step`); "graph" runs the kept edge with a graph and
+every other edge (W_j on the other predecessors included) without one, time step by time step. DENSE (DARTS):
+everything with graphs.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ...arch import DENSE, SPARSE, AlphaSpec, ArchParameters, ArchView
+from ...arch import DENSE, NASP, SPARSE, AlphaSpec, ArchParameters, ArchView
 from ...genotype import Genotype, genotype_from_onehot
 from ...mixed import mix
 from ...prox import prox_c1
 from ...space import SearchSpace, register_space
+from .alpha_step import AlphaStore, alpha_leaf, node_tap
 from .cell import LanguageModelShell, edge_output
 from .genotypes import MATRIX, PRIMITIVES_DARTS, RNNGenotype, row_pairs
 
@@ -54,14 +58,20 @@ class RNNSearchSpace(SearchSpace):
     batch normalisation (no affine) of every node's state, as DARTS' search cell does, so that the dense
     mixture stays bounded. It always uses the statistics of the current batch (no running averages): running
     averages let cells that include 'identity' chains blow up over long evaluation streams.
+    nasp_alpha_step: how a NASP view's forward gets dL/dĀ: "contract" (sparse forward, one batched contraction in
+    the backward pass) or "graph" (every candidate at every time step, the non-selected ones without graphs).
+    Both are exact; "contract" is much cheaper.
     """
 
     def __init__(self, vocab_size: int = 10000, ninp: int = 300, nhid: int = 300, num_nodes: int = 8,
                  ops: tuple[str, ...] = PRIMITIVES_DARTS, dropout: float = 0.75, dropout_h: float = 0.25,
                  dropout_x: float = 0.75, dropout_i: float = 0.2, dropout_e: float = 0.0, weight_drop: float = 0.0,
-                 batchnorm: bool = True, alpha_init: str = "nasp", seed: int = 0):
+                 batchnorm: bool = True, alpha_init: str = "nasp", seed: int = 0, nasp_alpha_step: str = "contract"):
         """seed drives the initial weights, the alpha noise and the alpha tie-break priorities."""
         super().__init__()
+        if nasp_alpha_step not in ("contract", "graph"):
+            raise ValueError(f"nasp_alpha_step must be 'contract' or 'graph', got {nasp_alpha_step!r}")
+        self.nasp_alpha_step = nasp_alpha_step
         self.ops, self.num_nodes = tuple(ops), num_nodes
         self.skip = tuple(k for k, o in enumerate(self.ops) if o == "none")
         with torch.random.fork_rng(devices=[]):      # weights are a function of `seed`, global RNG untouched
@@ -71,6 +81,7 @@ class RNNSearchSpace(SearchSpace):
         self.bns = nn.ModuleList(nn.BatchNorm1d(nhid, affine=False, track_running_stats=False)
                                  for _ in range(num_nodes)) if batchnorm else None
         pairs = row_pairs(num_nodes)
+        self.pairs = pairs
         self.rows_of: dict[int, list[tuple[int, int]]] = {j: [] for j in range(1, num_nodes + 1)}
         for r, (i, j) in enumerate(pairs):
             self.rows_of[j].append((r, i))
@@ -105,6 +116,8 @@ class RNNSearchSpace(SearchSpace):
             out[r] = (c[n], g[n])
 
     def _node_fn(self, view: ArchView):
+        if view.mode == NASP and self.nasp_alpha_step == "contract":
+            return self._contract_node_fn(view)
         num_ops = len(self.ops)
 
         def node(j: int, states: list[Tensor], mask_h: Tensor | None) -> Tensor:
@@ -125,6 +138,34 @@ class RNNSearchSpace(SearchSpace):
                 if y is not None:
                     outs.append(y)
             s = torch.stack(outs).sum(0) if len(outs) > 1 else (outs[0] if outs else torch.zeros_like(states[0]))
+            return self.bns[j - 1](s) if self.bns is not None else s
+
+        return node
+
+    def _kept(self, view: ArchView, j: int) -> tuple[int, int, int]:
+        """(row, predecessor, op) of node j's kept row under a one-hot view; op -1 for 'none', row -1 if none kept."""
+        for r, i in self.rows_of[j]:
+            k = view.selected[MATRIX][r]
+            if k >= 0:
+                return r, i, (-1 if k in self.skip else k)
+        return -1, 0, -1
+
+    def _contract_node_fn(self, view: ArchView):
+        """NASP alpha step: the sparse forward with every node's output tapped for dL/d(node output); Ā's
+        gradient is computed from the taps and the recorded states in the backward pass (:mod:`.alpha_step`)."""
+        store = AlphaStore(self.ops, self.lm.cell.Ws, self.pairs)
+        w = alpha_leaf(view.weights[MATRIX], store)
+        kept = {j: self._kept(view, j) for j in range(1, self.num_nodes + 1)}
+
+        def node(j: int, states: list[Tensor], mask_h: Tensor | None) -> Tensor:
+            t = store.record(j, states, mask_h)
+            r, i, k = kept[j]
+            if k >= 0:
+                c, g = self.lm.cell.gates(j, states[i], mask_h)
+                y = edge_output(states[i], c, g, self.ops[k])
+            else:
+                y = torch.zeros_like(states[0])
+            s = node_tap(w, y, store, j, t, r, k)
             return self.bns[j - 1](s) if self.bns is not None else s
 
         return node
