@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -143,6 +144,22 @@ def replay_race(fixed: dict[str, dict], candidates: list[str], patience: int, **
     return {"op": result.winner, "epochs": sum(used.values()), "train_seconds": secs, "used": used}
 
 
+def replay_halving(fixed: dict[str, dict], candidates: list[str], first: int = 2) -> dict:
+    """Plain successive halving at equal epochs (the comparison the race avoids): every round trains the survivors to
+    the same budget (first, 2x, 4x, ...), keeps the better half by validation RMSE so far, and trains the last one to
+    its own stop."""
+    alive, budget, used = list(candidates), first, {op: 0 for op in candidates}
+    while len(alive) > 1:
+        for op in alive:
+            used[op] = max(used[op], min(budget, len(fixed[op]["valid_curve"])))
+        alive = sorted(alive, key=lambda o: (min(fixed[o]["valid_curve"][:used[o]]), alive.index(o)))
+        alive = alive[:math.ceil(len(alive) / 2)]
+        budget *= 2
+    used[alive[0]] = len(fixed[alive[0]]["valid_curve"])
+    secs = sum(sum(fixed[op]["epoch_seconds"][:n]) for op, n in used.items())
+    return {"op": alive[0], "epochs": sum(used.values()), "train_seconds": secs}
+
+
 def evaluate(records: dict, split: str, setting: str, warmup: int, patience: int, alpha_tol: float) -> list[dict]:
     fixed = {op: records[(split, setting, f"fixed:{op}")] for op in OPS}
     search = records[(split, setting, f"search_w{warmup}")]
@@ -163,10 +180,13 @@ def evaluate(records: dict, split: str, setting: str, warmup: int, patience: int
     row("default (best epoch)", search["op"], fixed[search["op"]]["seconds"])
     top = shortlist(final, 1, alpha_tol)
     row("top-1 by final alpha", top[0], fixed[top[0]]["seconds"])
+    r = replay_halving(fixed, list(shortlist(final, 5, alpha_tol)))
+    row("equal-epoch halving, all 5", r["op"], r["train_seconds"], r["epochs"])
     for k in (2, 3, 5):
         cands = shortlist(final, k, alpha_tol)
-        r = replay_race(fixed, cands, patience)
-        row(f"race top-{k}", r["op"], r["train_seconds"], r["epochs"], cands)
+        for horizon in (1.0, 0.5):
+            r = replay_race(fixed, cands, patience, horizon=horizon)
+            row(f"race top-{k} (horizon {horizon})", r["op"], r["train_seconds"], r["epochs"], cands)
     return rows
 
 
@@ -181,25 +201,30 @@ def load_records() -> dict:
 
 def table(splits, settings, warmups, patience: int, alpha_tol: float) -> dict:
     records = load_records()
+    def complete(s, st, w):
+        return all((s, st, k) in records for k in [f"fixed:{o}" for o in OPS] + [f"search_w{w}"])
+    splits = [s for s in splits if all(complete(s, st, w) for st in settings for w in warmups)]
     rows = [r for s in splits for st in settings for w in warmups
             for r in evaluate(records, s, st, w, patience, alpha_tol)]
     summary = {}
     for r in rows:
         summary.setdefault((r["setting"], r["warmup"], r["procedure"]), []).append(r)
     lines = ["| setting | warm-up | procedure | picked per split (" + ", ".join(splits) + ") | valid-best picked | "
-             "mean test RMSE | mean regret | max regret | s (search + train) | s (all 5 fixed) |",
-             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "mean test RMSE | mean regret | max regret | s (search + train) | s (all 5 fixed) | shortlist sizes |",
+             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     agg = []
     for (st, w, proc), rs in summary.items():
         a = {"setting": st, "warmup": w, "procedure": proc, "ops": [r["op"] for r in rs],
              "valid_best_picked": sum(r["picked_valid_best"] for r in rs), "n": len(rs),
              "mean_test_rmse": sum(r["test_rmse"] for r in rs) / len(rs),
              "mean_regret": sum(r["regret"] for r in rs) / len(rs), "max_regret": max(r["regret"] for r in rs),
-             "seconds": sum(r["seconds"] for r in rs), "all_fixed_seconds": sum(r["all_fixed_seconds"] for r in rs)}
+             "seconds": sum(r["seconds"] for r in rs), "all_fixed_seconds": sum(r["all_fixed_seconds"] for r in rs),
+             "shortlist_sizes": [len(r["candidates"]) if r["candidates"] else 1 for r in rs]}
         agg.append(a)
         lines.append(f"| {st} | {w} | {proc} | {', '.join(a['ops'])} | {a['valid_best_picked']}/{a['n']} | "
                      f"{a['mean_test_rmse']:.4f} | {a['mean_regret']:.4f} | {a['max_regret']:.4f} | "
-                     f"{a['seconds']:.0f} | {a['all_fixed_seconds']:.0f} |")
+                     f"{a['seconds']:.0f} | {a['all_fixed_seconds']:.0f} | "
+                     f"{', '.join(map(str, a['shortlist_sizes'])) if proc.startswith('race') else ''} |")
     fixed_lines = ["| setting | split | " + " | ".join(OPS) + " | valid-best | mf |",
                    "| --- | --- |" + " ---: |" * len(OPS) + " --- | ---: |"]
     for st in settings:
@@ -207,11 +232,11 @@ def table(splits, settings, warmups, patience: int, alpha_tol: float) -> dict:
             f = {o: records[(s, st, f"fixed:{o}")] for o in OPS}
             vb = min(OPS, key=lambda o: (f[o]["valid_rmse"], OPS.index(o)))
             mf = records.get((s, "default", "mf"))
-            fixed_lines.append(f"| {st} | {s} | " + " | ".join(f"{f[o]['test_rmse']:.4f} ({f[o]['valid_rmse']:.4f},"
-                                                           f" {f[o]['best_epoch'] + 1} ep)" for o in OPS)
-                               + f" | {vb} | {mf['test_rmse']:.4f} |" if mf else " | |")
-    return {"rows": rows, "summary": agg, "markdown": "\n".join(lines), "fixed_markdown": "\n".join(fixed_lines),
-            "patience": patience, "alpha_tol": alpha_tol}
+            cells = [f"{f[o]['test_rmse']:.4f} ({f[o]['valid_rmse']:.4f}, {len(f[o]['valid_curve'])} ep)" for o in OPS]
+            mf_cell = f"{mf['test_rmse']:.4f} ({mf['valid_rmse']:.4f})" if mf else ""
+            fixed_lines.append(f"| {st} | {s} | " + " | ".join(cells) + f" | {vb} | {mf_cell} |")
+    return {"splits": splits, "rows": rows, "summary": agg, "markdown": "\n".join(lines),
+            "fixed_markdown": "\n".join(fixed_lines), "patience": patience, "alpha_tol": alpha_tol}
 
 
 def check_live(split: str, setting: str, warmup: int, k: int) -> dict:

@@ -33,7 +33,7 @@ __all__ = ["SELECTION_DEFAULTS", "RaceResult", "shortlist", "race", "early_stopp
 
 log = logging.getLogger("sif.selection")
 
-SELECTION_DEFAULTS = {"race_k": 5, "alpha_tol": 1e-3, "first_budget": 2, "horizon": 1.0, "window": 2}
+SELECTION_DEFAULTS = {"race_k": 5, "alpha_tol": 1e-3, "first_budget": 2, "horizon": 1.0, "window": None}
 
 
 @dataclass
@@ -78,19 +78,21 @@ def early_stopped(curve: Sequence[float], patience: int, min_delta: float = 1e-4
     return False
 
 
-def _floor(curve: Sequence[float], window: int, horizon: float) -> float:
+def _floor(curve: Sequence[float], window: int | None, horizon: float) -> float:
     """An optimistic bound on the best value a still-improving fit can reach: the best so far minus its mean
-    improvement per epoch over the last ``window`` epochs, continued for ``horizon`` x the epochs trained so far."""
-    best = min(curve)
-    if len(curve) <= window:
+    improvement per epoch over the last ``window`` epochs (None: the last half of the epochs, at least 2), continued for
+    ``horizon`` x the epochs trained so far."""
+    best, w = min(curve), (max(2, len(curve) // 2) if window is None else window)
+    if w < 1 or len(curve) <= w:
         return float("-inf")
-    slope = max(0.0, (min(curve[:-window]) - best) / window)
+    slope = max(0.0, (min(curve[:-w]) - best) / w)
     return best - slope * horizon * len(curve)
 
 
 def race(candidates: Sequence[str], advance: Callable[[str, int], Sequence[float]], patience: int,
          min_delta: float = 1e-4, first_budget: int = SELECTION_DEFAULTS["first_budget"], max_epochs: int = 200,
-         horizon: float = SELECTION_DEFAULTS["horizon"], window: int = SELECTION_DEFAULTS["window"]) -> RaceResult:
+         horizon: float = SELECTION_DEFAULTS["horizon"], window: int | None = SELECTION_DEFAULTS["window"]
+         ) -> RaceResult:
     """Race stand-alone fits of ``candidates`` on the validation split; returns the :class:`RaceResult`.
 
     advance(op, epochs) trains op's fit (resuming it) until it has run ``epochs`` epochs in all or stopped itself,

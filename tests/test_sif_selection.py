@@ -78,7 +78,7 @@ def test_race_of_one_candidate_trains_it_to_its_stop_and_rejects_bad_input():
 
 
 def _planted(seed=0):
-    ds = planted_ratings("multiply", num_users=80, num_items=100, dim=4, n=5000, noise=0.1, seed=seed)
+    ds = planted_ratings("multiply", num_users=80, num_items=100, dim=4, n=3000, noise=0.1, seed=seed)
     return random_split(ds, (0.8, 0.1, 0.1), seed=seed)
 
 
@@ -86,7 +86,7 @@ def test_selecting_recommender_picks_the_validation_best_fixed_op_on_planted_dat
     """The race's winner is the op whose stand-alone fit is best on validation, and its model is exactly that
     fit (a fit resumed across rounds equals an uninterrupted one)."""
     tr, va, te = _planted()
-    common = dict(embedding_dim=4, random_state=0, train={"max_epochs": 25, "patience": 3, "batch_size": 256})
+    common = dict(embedding_dim=4, random_state=0, train={"max_epochs": 15, "patience": 3, "batch_size": 256})
     ops = ["plus", "multiply", "max"]
     fixed = {op: FixedInteractionRecommender(op=op, **common).fit(tr, va, show_progress=False) for op in ops}
     valid = {op: fixed[op].train_result_.best_valid["rmse"] for op in ops}
