@@ -148,7 +148,9 @@ class SelectingSIFRecommender(SIFRecommender):
 
     race_k: shortlist length (5 = every op; 1 = the op with the largest final alpha, no race). alpha_tol: absolute
     alpha difference counted as a tie. race_first_budget: epochs of the first round (then doubled). race_horizon:
-    how far the optimistic continuation reaches, in multiples of the epochs trained. ``select`` is not used.
+    how far the optimistic continuation reaches, in multiples of the epochs trained. ``select`` and ``search_on``
+    are not used (alpha steps on validation batches); the race's fits write no run folder and call no ``callback``.
+    Rating task only. Measured defaults and their numbers: benchmarks/README.md, "SIF search quality".
     """
 
     def __init__(self, race_k: int = SELECTION_DEFAULTS["race_k"], alpha_tol: float = SELECTION_DEFAULTS["alpha_tol"],
