@@ -1,0 +1,196 @@
+"""A selection stage after the SIF search: shortlist ops by their final alpha, then race stand-alone fits.
+
+Why: on ML-100K the additive ops (plus, concat) reach their plateau in 3-4 epochs and stay high, max and min lead
+until ~20 epochs, multiply starts worst and is best after 20-30 (benchmarks/README.md, "SIF search quality"). Any
+comparison at equal, early epochs (a 10-epoch weight-sharing search, successive halving at 2/4/8 epochs) picks the
+wrong op: the library's default rule picked the validation-best op on 2 of 6 splits, equal-epoch halving on 1 of 6.
+The race below never drops a candidate for its value at an early epoch alone: a candidate is dropped when it has
+reached its own plateau (its early stop fired) and another candidate is already better, or when even continuing its
+mean improvement per epoch over the last half of its curve, for as many epochs again as it has trained, cannot reach
+the leader. Measured (6 splits, all 5 ops raced): the validation-best op on 6 of 6, at the cost of training the 5
+fixed ops (1.015x in seconds, 0.996x in epochs, the search included).
+
+:func:`shortlist` (alpha order, ties within ``alpha_tol`` widen the list), :func:`race` (the decision rule, on any
+``advance`` function) and :class:`SelectingSIFRecommender` (search, shortlist, race with real fits; the race's
+winner is trained to its own early stop, so its stand-alone model is the one a plain fit of that op gives).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from torch import nn
+
+from nasp.distributed import make_searcher
+
+from .recommender import SIFRecommender, _register
+from .train import TrainResult, train_model
+
+__all__ = ["SELECTION_DEFAULTS", "RaceResult", "shortlist", "race", "early_stopped", "SelectingSIFRecommender"]
+
+log = logging.getLogger("sif.selection")
+
+SELECTION_DEFAULTS = {"race_k": 5, "alpha_tol": 1e-3, "first_budget": 2, "horizon": 1.0, "window": None}
+
+
+@dataclass
+class RaceResult:
+    """The race's winner, the candidates it started with, each one's validation curve (RMSE per epoch) when the
+    race ended, the epochs trained in all, and (op, epoch, reason) for every elimination."""
+
+    winner: str
+    candidates: tuple[str, ...]
+    curves: dict[str, list[float]]
+    epochs: int
+    eliminated: list[tuple[str, int, str]] = field(default_factory=list)
+
+
+def shortlist(alphas: Mapping[str, float], k: int, alpha_tol: float = SELECTION_DEFAULTS["alpha_tol"]) -> list[str]:
+    """The ``k`` ops with the largest alpha, in decreasing alpha (equal alphas: the mapping's order); every further op
+    within ``alpha_tol`` (absolute) of the k-th is a tie and joins the list, so that validation breaks it.
+
+    alphas: op -> alpha (one NASP row, e.g. the search's final alphas). Returns a list of op names (len >= k)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if alpha_tol < 0:
+        raise ValueError(f"alpha_tol must be >= 0, got {alpha_tol}")
+    order = sorted(alphas, key=lambda op: (-float(alphas[op]), list(alphas).index(op)))
+    if len(order) <= k:
+        return order
+    cut = float(alphas[order[k - 1]])
+    return order[:k] + [op for op in order[k:] if float(alphas[op]) >= cut - alpha_tol]
+
+
+def early_stopped(curve: Sequence[float], patience: int, min_delta: float = 1e-4) -> bool:
+    """True when a fit with this validation curve (lower is better) has stopped itself: ``patience`` epochs in a row
+    without an improvement of more than ``min_delta`` on the best so far (the rule of :func:`sif.train.train_model`)."""
+    best, bad = float("inf"), 0
+    for v in curve:
+        if v < best - min_delta:
+            best, bad = v, 0
+        else:
+            bad += 1
+            if bad >= patience:
+                return True
+    return False
+
+
+def _floor(curve: Sequence[float], window: int | None, horizon: float) -> float:
+    """An optimistic bound on the best value a still-improving fit can reach: the best so far minus its mean
+    improvement per epoch over the last ``window`` epochs (None: the last half of the epochs, at least 2), continued for
+    ``horizon`` x the epochs trained so far."""
+    best, w = min(curve), (max(2, len(curve) // 2) if window is None else window)
+    if w < 1 or len(curve) <= w:
+        return float("-inf")
+    slope = max(0.0, (min(curve[:-w]) - best) / w)
+    return best - slope * horizon * len(curve)
+
+
+def race(candidates: Sequence[str], advance: Callable[[str, int], Sequence[float]], patience: int,
+         min_delta: float = 1e-4, first_budget: int = SELECTION_DEFAULTS["first_budget"], max_epochs: int = 200,
+         horizon: float = SELECTION_DEFAULTS["horizon"], window: int | None = SELECTION_DEFAULTS["window"]
+         ) -> RaceResult:
+    """Race stand-alone fits of ``candidates`` on the validation split; returns the :class:`RaceResult`.
+
+    advance(op, epochs) trains op's fit (resuming it) until it has run ``epochs`` epochs in all or stopped itself,
+    and returns its validation curve so far (RMSE per epoch, lower is better). Rounds double the budget
+    (``first_budget``, 2x, 4x, ... up to ``max_epochs``); after each round the leader is the candidate with the lowest
+    validation value so far (ties: the earlier candidate, i.e. the larger alpha), and every other candidate is
+    eliminated when (a) it has reached its plateau (:func:`early_stopped` with ``patience``) or (b) its optimistic
+    bound (see ``_floor``) is above the leader's value. The race ends when one candidate is left or every one left
+    has stopped; the winner's fit is then advanced to its own early stop.
+    """
+    if not candidates:
+        raise ValueError("race: no candidates")
+    if first_budget < 1 or patience < 1 or max_epochs < 1:
+        raise ValueError(f"race: first_budget, patience and max_epochs must be >= 1, got {first_budget}, {patience}, "
+                         f"{max_epochs}")
+    alive, curves, eliminated, budget = list(candidates), {}, [], min(first_budget, max_epochs)
+    done: dict[str, bool] = {}
+    while True:
+        for op in alive:
+            if not done.get(op):
+                curves[op] = list(advance(op, budget))
+                if not curves[op]:
+                    raise RuntimeError(f"race: advance({op!r}, {budget}) returned an empty curve")
+                done[op] = (len(curves[op]) < budget or len(curves[op]) >= max_epochs
+                            or early_stopped(curves[op], patience, min_delta))
+        leader = min(alive, key=lambda op: (min(curves[op]), alive.index(op)))
+        lead = min(curves[leader])
+        for op in [o for o in alive if o != leader]:
+            if done[op]:
+                eliminated.append((op, len(curves[op]), f"plateau {min(curves[op]):.4f} > {lead:.4f} ({leader})"))
+            elif _floor(curves[op], window, horizon) > lead:
+                eliminated.append((op, len(curves[op]), f"bound {_floor(curves[op], window, horizon):.4f} > "
+                                                        f"{lead:.4f} ({leader})"))
+            else:
+                continue
+            alive.remove(op)
+        if len(alive) == 1 or all(done[o] for o in alive):
+            break
+        budget = min(2 * budget, max_epochs)
+    winner = min(alive, key=lambda op: (min(curves[op]), alive.index(op)))
+    if not done[winner]:
+        curves[winner] = list(advance(winner, max_epochs))
+    return RaceResult(winner, tuple(candidates), curves, sum(len(c) for c in curves.values()), eliminated)
+
+
+@_register
+class SelectingSIFRecommender(SIFRecommender):
+    """:class:`sif.recommender.SIFRecommender` with a selection stage between the search and the stand-alone
+    training: the ``race_k`` ops with the largest final alpha (ties within ``alpha_tol`` join) race as stand-alone
+    fits on the validation split (:func:`race`); the winner's fit, trained to its own early stop, is the model.
+
+    race_k: shortlist length (5 = every op; 1 = the op with the largest final alpha, no race). alpha_tol: absolute
+    alpha difference counted as a tie. race_first_budget: epochs of the first round (then doubled). race_horizon:
+    how far the optimistic continuation reaches, in multiples of the epochs trained. ``select`` and ``search_on``
+    are not used (alpha steps on validation batches); the race's fits write no run folder and call no ``callback``.
+    Rating task only. Measured defaults and their numbers: benchmarks/README.md, "SIF search quality".
+    """
+
+    def __init__(self, race_k: int = SELECTION_DEFAULTS["race_k"], alpha_tol: float = SELECTION_DEFAULTS["alpha_tol"],
+                 race_first_budget: int = SELECTION_DEFAULTS["first_budget"],
+                 race_horizon: float = SELECTION_DEFAULTS["horizon"], **kwargs):
+        super().__init__(**kwargs)
+        if race_k < 1:
+            raise ValueError(f"race_k must be >= 1, got {race_k}")
+        self.race_k, self.alpha_tol = race_k, alpha_tol
+        self.race_first_budget, self.race_horizon = race_first_budget, race_horizon
+
+    def _fit_model(self, train_it, valid_it, eval_it, show_progress, callback, run_dir):
+        if self.implicit:
+            raise ValueError(f"SelectingSIFRecommender: task={self.task!r}; the race compares validation RMSE, so it "
+                             "supports the rating task only")
+        cfg = self._search_config()
+        self.search_config_ = cfg
+        space = self._prepared(self._space(self.search_ops))
+        self.search_candidates_ = tuple(space.names)
+        task = self._task(train_all_heads=self.train_all_heads)
+        search_dir = Path(run_dir) / "search" if run_dir is not None else None
+        searcher = make_searcher(space, task, cfg, device=self.device, run_dir=search_dir, show_progress=False)
+        self.search_result_ = searcher.fit(train_it, valid_it, eval_loader=eval_it)
+        final = dict(zip(space.names, self.search_result_.history[-1]["alphas"]["interaction"][0], strict=True))
+        cands = shortlist(final, self.race_k, self.alpha_tol)
+        fits: dict[str, tuple[nn.Module, TrainResult]] = {}
+        with tempfile.TemporaryDirectory(prefix="sif-race-") as tmp:
+            def advance(op: str, epochs: int) -> list[float]:
+                model = fits[op][0] if op in fits else self._prepared(self._space((op,)))
+                res = train_model(model, self.task_, train_it, eval_it, replace(self.train_config_, max_epochs=epochs),
+                                  self.device, run_dir=Path(tmp) / op, show_progress=False)
+                fits[op] = (model, res)
+                return [h[f"valid_{self.task_.metric}"] for h in res.history]
+
+            self.selection_ = race(cands, advance, self.train_config_.patience, self.train_config_.min_delta,
+                                   self.race_first_budget, self.train_config_.max_epochs, self.race_horizon)
+        self.op_ = self.selection_.winner
+        best = self.search_result_.best_genotype
+        self.genotype_ = dataclasses.replace(best, matrices=tuple(
+            (n, tuple(replace(c, op=self.op_) for c in cs)) if n == "interaction" else (n, cs)
+            for n, cs in best.matrices))
+        log.info("selection: candidates %s, winner %s after %d epochs", cands, self.op_, self.selection_.epochs)
+        return fits[self.op_]

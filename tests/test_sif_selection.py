@@ -1,0 +1,111 @@
+"""The selection stage after the SIF search (sif/selection.py): shortlist by alpha, race of stand-alone fits."""
+
+import numpy as np
+import pytest
+
+from data_loaders import random_split
+from sif.recommender import FixedInteractionRecommender, load_recommender
+from sif.selection import SelectingSIFRecommender, early_stopped, race, shortlist
+from sif.synthetic import planted_ratings
+
+
+def _curve(start: float, floor: float, rate: float, n: int) -> list[float]:
+    """A convex learning curve: floor + (start - floor) * rate^t, t = 0..n-1."""
+    return [floor + (start - floor) * rate ** t for t in range(n)]
+
+
+def _stopped_prefix(curve: list[float], patience: int) -> list[float]:
+    """The part of a curve a fit with early stopping (patience) runs."""
+    for t in range(1, len(curve) + 1):
+        if early_stopped(curve[:t], patience):
+            return curve[:t]
+    return curve
+
+
+def _replay(curves: dict[str, list[float]]):
+    used = {op: 0 for op in curves}
+
+    def advance(op, epochs):
+        used[op] = min(len(curves[op]), max(used[op], epochs))
+        return curves[op][:used[op]]
+    return advance, used
+
+
+def test_shortlist_orders_by_alpha_and_widens_on_ties():
+    alphas = {"plus": 0.61, "multiply": 0.30, "max": 0.6095, "min": 0.64, "concat": 0.20}
+    assert shortlist(alphas, 1) == ["min"]
+    assert shortlist(alphas, 2) == ["min", "plus", "max"]           # max is within 1e-3 of plus: a tie
+    assert shortlist(alphas, 2, alpha_tol=0.0) == ["min", "plus"]
+    assert shortlist(alphas, 5) == ["min", "plus", "max", "multiply", "concat"]
+    assert shortlist({"a": 0.5, "b": 0.5}, 1, alpha_tol=0.0) == ["a", "b"]   # exactly equal is a tie too
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        shortlist(alphas, 0)
+
+
+def test_early_stopped_follows_the_patience_rule():
+    assert not early_stopped([1.0, 0.9, 0.8], patience=2)
+    assert early_stopped([1.0, 0.9, 0.95, 0.9], patience=2)
+    assert not early_stopped([1.0, 0.9, 0.95, 0.85], patience=2)
+    assert early_stopped([1.0, 1.0 - 5e-5, 1.0 - 9e-5], patience=2)   # below min_delta is no improvement
+
+
+def test_race_waits_for_the_slow_starter_and_stays_within_the_cost_of_all_fits():
+    """The planted curves of ML-100K: an additive op plateaus high after a few epochs, multiply starts worse and
+    ends best, max plateaus between them late. Any comparison at equal early epochs picks the additive op."""
+    patience = 5
+    full = {"plus": _stopped_prefix(_curve(1.00, 0.954, 0.3, 200), patience),
+            "max": _stopped_prefix(_curve(1.05, 0.930, 0.9, 200), patience),
+            "multiply": _stopped_prefix(_curve(1.08, 0.926, 0.85, 200), patience),
+            "concat": _stopped_prefix(_curve(1.00, 0.955, 0.3, 200), patience)}
+    assert min(full, key=lambda op: full[op][3]) == "plus"            # the equal-epoch (4 epochs) judgement
+    advance, used = _replay(full)
+    res = race(list(full), advance, patience=patience)
+    assert res.winner == "multiply"
+    assert used["multiply"] == len(full["multiply"])                  # the winner is trained to its own stop
+    assert res.epochs == sum(used.values()) <= sum(len(c) for c in full.values())
+    assert {op for op, _, _ in res.eliminated} == {"plus", "max", "concat"}
+    why = {op: reason for op, _, reason in res.eliminated}
+    assert why["plus"].startswith("plateau") and used["plus"] == len(full["plus"])   # dropped at its own plateau
+
+
+def test_race_of_one_candidate_trains_it_to_its_stop_and_rejects_bad_input():
+    full = {"min": _stopped_prefix(_curve(1.0, 0.9, 0.8, 200), 3)}
+    advance, used = _replay(full)
+    res = race(["min"], advance, patience=3)
+    assert res.winner == "min" and used["min"] == len(full["min"]) and res.eliminated == []
+    with pytest.raises(ValueError, match="no candidates"):
+        race([], advance, patience=3)
+
+
+def _planted(seed=0):
+    ds = planted_ratings("multiply", num_users=80, num_items=100, dim=4, n=3000, noise=0.1, seed=seed)
+    return random_split(ds, (0.8, 0.1, 0.1), seed=seed)
+
+
+def test_selecting_recommender_picks_the_validation_best_fixed_op_on_planted_data(tmp_path):
+    """The race's winner is the op whose stand-alone fit is best on validation, and its model is exactly that
+    fit (a fit resumed across rounds equals an uninterrupted one)."""
+    tr, va, te = _planted()
+    common = dict(embedding_dim=4, random_state=0, train={"max_epochs": 15, "patience": 3, "batch_size": 256})
+    ops = ["plus", "multiply", "max"]
+    fixed = {op: FixedInteractionRecommender(op=op, **common).fit(tr, va, show_progress=False) for op in ops}
+    valid = {op: fixed[op].train_result_.best_valid["rmse"] for op in ops}
+    rec = SelectingSIFRecommender(ops=ops, race_k=3, search={"epochs": 2}, **common).fit(tr, va, show_progress=False)
+    assert rec.op_ == min(valid, key=valid.get)
+    assert set(rec.selection_.candidates) == set(ops)
+    assert rec.genotype_.choices("interaction")[0].op == rec.op_
+    np.testing.assert_allclose(rec.train_result_.best_valid["rmse"], valid[rec.op_], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(rec.predict(te.users, te.items), fixed[rec.op_].predict(te.users, te.items),
+                               rtol=0, atol=1e-5)
+    rec.save(tmp_path / "m")
+    back = load_recommender(tmp_path / "m")
+    assert type(back) is SelectingSIFRecommender and back.op_ == rec.op_
+    np.testing.assert_array_equal(back.predict(te.users, te.items), rec.predict(te.users, te.items))
+
+
+def test_selecting_recommender_rejects_bad_settings():
+    with pytest.raises(ValueError, match="race_k must be >= 1"):
+        SelectingSIFRecommender(race_k=0)
+    tr, va, _ = _planted()
+    with pytest.raises(ValueError, match="rating task"):
+        SelectingSIFRecommender(task="bpr", embedding_dim=4, search={"epochs": 1}).fit(tr, va, show_progress=False)
