@@ -28,7 +28,8 @@ from torch import nn
 
 from nasp.distributed import make_searcher
 
-from .recommender import SIFRecommender, _register
+from .estimator import register
+from .recommender import SIFRecommender
 from .train import TrainResult, train_model
 
 __all__ = ["SELECTION_DEFAULTS", "RaceResult", "shortlist", "race", "early_stopped", "SelectingSIFRecommender"]
@@ -140,7 +141,7 @@ def race(candidates: Sequence[str], advance: Callable[[str, int], Sequence[float
     return RaceResult(winner, tuple(candidates), curves, sum(len(c) for c in curves.values()), eliminated)
 
 
-@_register
+@register
 class SelectingSIFRecommender(SIFRecommender):
     """:class:`sif.recommender.SIFRecommender` with a selection stage between the search and the stand-alone
     training: the ``race_k`` ops with the largest final alpha (ties within ``alpha_tol`` join) race as stand-alone
@@ -163,7 +164,7 @@ class SelectingSIFRecommender(SIFRecommender):
         self.race_first_budget, self.race_horizon = race_first_budget, race_horizon
 
     def _fit_model(self, train_it, valid_it, eval_it, show_progress, callback, run_dir):
-        if self.implicit:
+        if self.feedback.metric != "rmse":
             raise ValueError(f"SelectingSIFRecommender: task={self.task!r}; the race compares validation RMSE, so it "
                              "supports the rating task only")
         cfg = self._search_config()

@@ -95,12 +95,13 @@ def test_selecting_recommender_picks_the_validation_best_fixed_op_on_planted_dat
     assert set(rec.selection_.candidates) == set(ops)
     assert rec.genotype_.choices("interaction")[0].op == rec.op_
     np.testing.assert_allclose(rec.train_result_.best_valid["rmse"], valid[rec.op_], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(rec.predict(te.users, te.items), fixed[rec.op_].predict(te.users, te.items),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(rec.predict(te.users, te.items, ids="index"),
+                               fixed[rec.op_].predict(te.users, te.items, ids="index"), rtol=0, atol=1e-5)
     rec.save(tmp_path / "m")
     back = load_recommender(tmp_path / "m")
     assert type(back) is SelectingSIFRecommender and back.op_ == rec.op_
-    np.testing.assert_array_equal(back.predict(te.users, te.items), rec.predict(te.users, te.items))
+    np.testing.assert_array_equal(back.predict(te.users, te.items, ids="index"),
+                                  rec.predict(te.users, te.items, ids="index"))
 
 
 def test_selecting_recommender_rejects_bad_settings():
