@@ -91,6 +91,8 @@ class SearchConfig:
     compile_backend: str = "inductor"   # torch.compile backend ("eager" / "aot_eager" only trace: for tests)
     compile_mode: str | None = None     # torch.compile mode, e.g. "max-autotune" (None: the default)
     fused: bool | None = None           # nasp: the space's hand-fused step (None: when it has one; see Searcher)
+    init_from: str | None = None        # a search checkpoint.pt: start a new search from its weights and alphas
+    #                                     (e.g. the last good state of a run that diverged, with new settings)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -372,6 +374,8 @@ class Searcher:
         else:
             seed_everything(self.config.seed)
             self.epoch, self.step, self.history, self.elapsed_before = 0, 0, [], 0.0
+            if self.config.init_from:
+                self._init_from(self.config.init_from)
         self._write_run_files()
         self.fused_step = self._resolve_fused_step()
         self._t_start = time.perf_counter()
@@ -381,6 +385,15 @@ class Searcher:
                 log.info("a callback stopped the search after epoch %d", self.epoch - 1)
                 break
         return self._finish(self.elapsed)
+
+    def _init_from(self, path: str) -> None:
+        """Weights and alphas of another search's checkpoint; optimisers, schedule and step start afresh."""
+        try:
+            self.model.load_state_dict(load_checkpoint(path, map_location=self.device)["model"])
+        except (RuntimeError, KeyError) as e:
+            raise ValueError(f"search.init_from={path}: not a search checkpoint of this space "
+                             f"({str(e).splitlines()[0][:160]})") from None
+        log.info("the search starts from the weights and alphas of %s", path)
 
     @property
     def elapsed(self) -> float:
@@ -502,7 +515,9 @@ class Searcher:
         where = f"epoch {epoch} (global step {self.step}, strategy {self.config.strategy})"
         keep_msg = f"the last good checkpoint {kept} was kept and reloaded" if kept else "no checkpoint was written"
         raise NonFiniteLossError(f"the search diverged at {where} ({what}); stopping: {keep_msg}. Lower the "
-                                 "learning rates, enable grad_clip, or check the data for NaN/inf values.")
+                                 "learning rates, enable grad_clip, or check the data for NaN/inf values; to "
+                                 "continue from the last good state with new settings, set search.init_from to the "
+                                 "kept checkpoint (sif command line: with --fresh).")
 
     def _end_epoch(self, acc, t0, train_stream, valid_stream, eval_loader, warm) -> dict[str, Any]:
         phases = self.timer.collect()

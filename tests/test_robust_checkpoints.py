@@ -155,3 +155,23 @@ def test_diverged_weights_never_become_the_last_good_checkpoint(tmp_path):
     saved = load_checkpoint(tmp_path / "train_checkpoint.pt")
     assert saved["epoch"] == 1
     assert max(float(v.abs().max()) for v in saved["model"].values() if v.is_floating_point()) < 1e15
+
+
+def test_a_search_can_start_from_another_searchs_checkpoint(tmp_path):
+    from nasp.search import SearchConfig, Searcher
+    from nasp.spaces.toy import ToySpace, ToyTask, make_toy_data, random_planted
+    from nasp.streams import TensorLoader
+
+    x, y = make_toy_data(256, random_planted(3, 2, 0), seed=0, teacher_seed=0)
+    loaders = TensorLoader(x, y, batch_size=64, seed=0), TensorLoader(x, y, batch_size=64, seed=1)
+    first = Searcher(ToySpace(seed=0), ToyTask(), SearchConfig(epochs=2, seed=0), run_dir=tmp_path / "a",
+                     show_progress=False)
+    first.fit(*loaders)
+    cfg = SearchConfig(epochs=1, seed=5, a_lr=1e-4, init_from=str(tmp_path / "a" / "checkpoint.pt"))
+    second = Searcher(ToySpace(seed=5), ToyTask(), cfg, show_progress=False)
+    second._init_from(cfg.init_from)
+    for (k, v), (_, w) in zip(first.model.state_dict().items(), second.model.state_dict().items(), strict=True):
+        assert torch.equal(v, w), k
+    assert len(second.fit(*loaders).history) == 1
+    with pytest.raises(ValueError, match="search.init_from=.*not a search checkpoint"):
+        Searcher(ToySpace(seed=0, num_nodes=3), ToyTask(), cfg, show_progress=False).fit(*loaders)
