@@ -21,7 +21,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,10 @@ from .checkpoint import (
     set_rng_state,
     unhealthy_parameter,
 )
-from .config import config_from_dict
 from .genotype import Genotype, draw
+from .loop import HostProbe, PhaseTimer, progress, to_device
 from .optim import make_optimizer
+from .search_config import FusedStepUnsupported, NonFiniteLossError, SearchConfig, SearchResult
 from .space import SearchSpace, Task
 from .strategies import STRATEGIES
 from .streams import ResumableStream
@@ -48,185 +49,6 @@ from .streams import ResumableStream
 __all__ = ["SearchConfig", "Searcher", "SearchResult", "NonFiniteLossError", "FusedStepUnsupported", "to_device"]
 
 log = logging.getLogger("nasp.search")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or infinite; the run stopped and the last good checkpoint was kept."""
-
-
-class FusedStepUnsupported(Exception):
-    """Raised by a space's ``fused_nasp_step`` hook for a setting its fused step does not cover (the message names
-    it); the search then runs the generic step (see :class:`Searcher`)."""
-
-
-@dataclass
-class SearchConfig:
-    """Settings of the search loop (defaults: the NASP/DARTS CNN recipe of algorithms.md)."""
-
-    strategy: str = "nasp"              # nasp | darts1 | darts2 | random
-    epochs: int = 50
-    seed: int = 0
-    # weight optimiser
-    w_optimizer: str = "sgd"            # sgd | adagrad | adam
-    w_lr: float = 0.025
-    w_lr_min: float = 0.001
-    w_lr_schedule: str = "cosine"       # cosine | constant
-    w_momentum: float = 0.9
-    w_weight_decay: float = 3e-4
-    grad_clip: float = 5.0              # 0 disables
-    # alpha optimiser (Adam)
-    a_lr: float = 3e-4
-    a_betas: tuple[float, float] = (0.5, 0.999)
-    a_weight_decay: float = 1e-3
-    alpha_init: str | None = None      # None: "darts" for darts*, "nasp" otherwise (used by spaces that ask)
-    alpha_every: int = 1                # alpha update every n weight steps
-    warmup_epochs: int = 0              # weight-only epochs on random C1 samples before any alpha step
-    eta: float = 0.0                    # complexity regulariser weight
-    random_candidates: int = 20         # random search: architectures scored on validation per epoch
-    max_steps_per_epoch: int | None = None
-    log_every: int = 20                 # progress-bar refresh / non-finite check period (sync-free on CUDA)
-    checkpoint_every: int = 0           # also checkpoint every n steps inside an epoch (0: epoch ends only)
-    amp: str | None = None              # None | "bf16"
-    compile: bool = False               # torch.compile the task loss (for CUDA; see Searcher)
-    compile_backend: str = "inductor"   # torch.compile backend ("eager" / "aot_eager" only trace: for tests)
-    compile_mode: str | None = None     # torch.compile mode, e.g. "max-autotune" (None: the default)
-    fused: bool | None = None           # nasp: the space's hand-fused step (None: when it has one; see Searcher)
-    init_from: str | None = None        # a search checkpoint.pt: start a new search from its weights and alphas
-    #                                     (e.g. the last good state of a run that diverged, with new settings)
-
-    def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {self.strategy!r}")
-        if self.w_optimizer not in ("sgd", "adagrad", "adam"):
-            raise ValueError(f"w_optimizer must be sgd, adagrad or adam, got {self.w_optimizer!r}")
-        if self.w_lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"w_lr_schedule must be cosine or constant, got {self.w_lr_schedule!r}")
-        if self.amp not in (None, "bf16"):
-            raise ValueError(f"amp must be None or 'bf16', got {self.amp!r}")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile must be True or False, got {self.compile!r}")
-        if self.fused is not None and not isinstance(self.fused, bool):
-            raise ValueError(f"fused must be true, false or null (auto), got {self.fused!r}")
-        if not isinstance(self.compile_backend, str) or not self.compile_backend:
-            raise ValueError(f"compile_backend must be a backend name, got {self.compile_backend!r}")
-        for name in ("epochs", "alpha_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("w_lr", "a_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.w_lr_min < 0 or self.grad_clip < 0 or self.warmup_epochs < 0:
-            raise ValueError("w_lr_min, grad_clip and warmup_epochs must be >= 0")
-        self.a_betas = tuple(self.a_betas)
-
-    @property
-    def resolved_alpha_init(self) -> str:
-        if self.alpha_init is not None:
-            return self.alpha_init
-        return "darts" if self.strategy.startswith("darts") else "nasp"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
-        return config_from_dict(cls, d)
-
-
-@dataclass
-class SearchResult:
-    """What a search returns: the final genotype (last prox_C1), the epoch best on the validation metric and
-    its genotype, and the per-epoch history (the JSONL log as dicts)."""
-
-    genotype: Genotype
-    best_genotype: Genotype
-    best_epoch: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move tensors in a (nested) batch to ``device`` (non-blocking)."""
-    if isinstance(batch, Tensor):
-        return batch if batch.device == device else batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        if all(isinstance(b, Tensor) and b.device == device for b in batch):
-            return batch                    # the common case (loaders already on the device): no op dispatched
-        return type(batch)(to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
-class _PhaseTimer:
-    """Seconds spent per phase. On CUDA it records events and reads them once per epoch (no host syncs in the
-    step: the only synchronisation is at the epoch end, where the epoch's metrics are read anyway).
-    ``with timer("alpha"): ...`` (a plain context object, not a generator: it runs twice per step)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.totals: dict[str, float] = {}
-        self.events: list[tuple[str, Any, Any]] = []
-        self._open: list[tuple[str, Any]] = []
-
-    def __call__(self, phase: str) -> _PhaseTimer:
-        if self.cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            start.record()
-            self._open.append((phase, start))
-        else:
-            self._open.append((phase, time.perf_counter()))
-        return self
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        phase, start = self._open.pop()
-        if self.cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self.events.append((phase, start, end))
-        else:
-            self.totals[phase] = self.totals.get(phase, 0.0) + time.perf_counter() - start
-
-    def collect(self) -> dict[str, float]:
-        if self.events:
-            torch.cuda.synchronize()
-            for phase, s, e in self.events:
-                self.totals[phase] = self.totals.get(phase, 0.0) + s.elapsed_time(e) / 1000.0
-            self.events.clear()
-        out, self.totals = self.totals, {}
-        return out
-
-
-class _HostProbe:
-    """Reads a small device vector on the host without blocking the step loop.
-
-    ``post(t)`` starts a copy of ``t``: on CUDA into pinned host memory with ``non_blocking`` plus an event, so
-    :meth:`read` returns the newest copy that has finished (possibly one period old) and never waits for the
-    device; elsewhere the copy is immediate (on the CPU it costs nothing). A newer post replaces an unfinished one.
-    """
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.pending: tuple[Tensor, Any, Any] | None = None          # (host buffer, event, tag)
-        self.ready: tuple[list[float], Any] | None = None            # (values, tag)
-
-    def post(self, t: Tensor, tag: Any = None) -> None:
-        t = t.detach().reshape(-1)
-        if not self.cuda:
-            self.ready = (t.tolist(), tag)
-            return
-        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        host.copy_(t, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self.pending = (host, event, tag)
-
-    def read(self) -> tuple[list[float], Any] | None:
-        """(values, tag) of the newest finished post, or None before the first one finished."""
-        if self.pending is not None and self.pending[1].query():
-            self.ready = (self.pending[0].tolist(), self.pending[2])
-            self.pending = None
-        return self.ready
 
 
 class Searcher:
@@ -277,8 +99,8 @@ class Searcher:
                                     self.config.a_weight_decay, betas=self.config.a_betas)
         self.scheduler = self._make_scheduler()
         self.arch_generator = torch.Generator().manual_seed(self.config.seed + 7919)
-        self.timer = _PhaseTimer(self.device)
-        self.probe = _HostProbe(self.device)
+        self.timer = PhaseTimer(self.device)
+        self.probe = HostProbe(self.device)
         self.async_finite_check = True      # the data-parallel searcher checks only collectively (same step)
         self.epoch, self.step, self.history = 0, 0, []
         self.elapsed_before = 0.0           # seconds of earlier processes of a resumed search
@@ -414,7 +236,7 @@ class Searcher:
         total = len(loader) if hasattr(loader, "__len__") else None
         if c.max_steps_per_epoch is not None:
             total = min(total or c.max_steps_per_epoch, c.max_steps_per_epoch)
-        bar = _progress(total, acc["steps"], f"{c.strategy} epoch {epoch + 1}/{c.epochs}", self.show_progress)
+        bar = progress(total, acc["steps"], f"{c.strategy} epoch {epoch + 1}/{c.epochs}", self.show_progress)
         for batch in train_stream.take_epoch():
             update_alpha = (not warm) and (self.step % c.alpha_every == 0)
             valid_batch = to_device(next(valid_stream), self.device) if update_alpha else None
@@ -609,12 +431,3 @@ def _json_default(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return str(x)
-
-
-def _progress(total, initial, desc, enabled):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
-

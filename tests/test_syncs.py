@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from nasp.arch import ArchView
-from nasp.search import SearchConfig, Searcher, _HostProbe
+from nasp.loop import HostProbe
+from nasp.search import SearchConfig, Searcher
 from nasp.spaces.toy import ToySpace, ToyTask, make_toy_data, random_planted
 from nasp.strategies import STRATEGIES
 from nasp.streams import TensorLoader
@@ -203,7 +204,7 @@ def test_views_of_the_cache_share_one_read():
 
 
 def test_host_probe_reads_posted_values_with_their_tag():
-    probe = _HostProbe(torch.device("cpu"))
+    probe = HostProbe(torch.device("cpu"))
     assert probe.read() is None
     probe.post(torch.tensor([1.5, float("nan")]), tag=7)
     values, tag = probe.read()
@@ -224,7 +225,7 @@ def test_progress_bar_postfix_shows_loss_and_architecture(monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setattr("nasp.search._progress", lambda *a: Bar())
+    monkeypatch.setattr("nasp.search.progress", lambda *a: Bar())
     s.show_progress = True
     s.fit(*_loaders())
     assert len(shown) == 2
