@@ -74,9 +74,14 @@ class ModelConfig:
     refit: bool = False             # retrain on train + valid for the epochs early stopping chose (rating task)
     num_negatives: int = 4          # bpr/bce: sampled negatives per positive
     positive_threshold: float | None = None  # bpr/bce: ratings >= this are positives (None: every rating)
+    race_k: int = 5                 # sif_race (sif.selection): ops raced after the search (top race_k by alpha)
+    alpha_tol: float = 1e-3         # sif_race: alphas this close to the race_k-th are a tie and join the race
+    race_first_budget: int = 2      # sif_race: epochs of the first race round (doubling after)
+    race_horizon: float = 1.0       # sif_race: how far (x epochs trained) a candidate's recent rate is continued
 
     def __post_init__(self):
-        _positive(self, "embedding_dim", "g_hidden", "num_negatives")
+        _positive(self, "embedding_dim", "g_hidden", "num_negatives", "race_k", "race_first_budget")
+        _non_negative(self, "alpha_tol", "race_horizon")
         _non_negative(self, "reg", "neighbourhood_reg")
         _one_of(self, "task", ("rating", "bpr", "bce"))
         _one_of(self, "penalty", ("l2", "norm", "effective"))

@@ -176,11 +176,16 @@ SIF_VARIANTS: dict[str, dict[str, Any]] = {
     "sif_noval": {"search_on": "train"},                # ablation: no validation split for the alpha steps
     "sif_noheads": {"train_all_heads": False},          # ablation: unselected ops judged with untrained heads
     "sif_last": {"select": "last"},                     # ablation: the last prox instead of the epoch best
+    "sif_race": {},                                     # search, then a race of stand-alone fits (sif.selection)
 }
 
 
 def recommender_class(name: str) -> type[BaseRecommender]:
     """The class behind a short name (see :func:`create_recommender`)."""
+    if name == "sif_race":
+        from .selection import SelectingSIFRecommender
+
+        return SelectingSIFRecommender
     if name in SIF_VARIANTS:
         return SIFRecommender
     if name.startswith("fixed:"):
@@ -194,13 +199,15 @@ def recommender_class(name: str) -> type[BaseRecommender]:
 def create_recommender(name: str, **kwargs) -> BaseRecommender:
     """Build a recommender from a short name: "sif", "sif_random" (random search over the same space),
     "sif_noval" (the no-validation-split ablation), "sif_noheads" (only the selected head trains during the
-    search), "sif_last" (last prox instead of the best epoch), "fixed:<op>", or a baseline name ("mf", "gmf", ...)."""
+    search), "sif_last" (last prox instead of the best epoch), "sif_race" (the search, then a race of stand-alone
+    fits of the top ops, :class:`sif.selection.SelectingSIFRecommender`), "fixed:<op>", or a baseline name ("mf",
+    "gmf", ...)."""
     cls = recommender_class(name)
-    if cls is SIFRecommender:
+    if issubclass(cls, SIFRecommender):
         variant = SIF_VARIANTS[name]
         if "search" in variant:
             kwargs["search"] = {**dict(kwargs.get("search") or {}), **variant["search"]}
-        return SIFRecommender(**{**kwargs, **{k: v for k, v in variant.items() if k != "search"}})
+        return cls(**{**kwargs, **{k: v for k, v in variant.items() if k != "search"}})
     if cls is FixedInteractionRecommender:
         return FixedInteractionRecommender(op=name.split(":", 1)[1], **kwargs)
     return BaselineRecommender(model=name, **kwargs)

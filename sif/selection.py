@@ -28,6 +28,7 @@ from torch import nn
 
 from nasp.distributed import make_searcher
 
+from .config import ModelConfig
 from .estimator import register
 from .recommender import SIFRecommender
 from .train import TrainResult, train_model
@@ -36,7 +37,9 @@ __all__ = ["SELECTION_DEFAULTS", "RaceResult", "shortlist", "race", "early_stopp
 
 log = logging.getLogger("sif.selection")
 
-SELECTION_DEFAULTS = {"race_k": 5, "alpha_tol": 1e-3, "first_budget": 2, "horizon": 1.0, "window": None}
+_M = ModelConfig()       # the one home of the race's defaults
+SELECTION_DEFAULTS = {"race_k": _M.race_k, "alpha_tol": _M.alpha_tol, "first_budget": _M.race_first_budget,
+                      "horizon": _M.race_horizon, "window": None}
 
 
 @dataclass
