@@ -131,7 +131,9 @@ class SIFRecommender(BaseRecommender):
         return SIFSpace(ops=ops, g_hidden=self.g_hidden, g_skip=self.g_skip, head_init=self.head_init,
                         head_radius=self._head_radius(), **kw)
 
-    def _fit_model(self, train_it, valid_it, eval_it, show_progress, callback, run_dir):
+    def _search(self, train_it, valid_it, eval_it, show_progress, run_dir) -> SIFSpace:
+        """Run the architecture search (sets ``search_config_``, ``search_candidates_`` and ``search_result_``);
+        returns the searched space."""
         cfg = self._search_config()
         self.search_config_ = cfg
         space = self._prepared(self._space(self.search_ops))
@@ -147,6 +149,10 @@ class SIFRecommender(BaseRecommender):
                                                           batch_size=base.batch_size, seed=self.random_state + 2,
                                                           device=self.device, fields=self._fields()))
         self.search_result_ = searcher.fit(train_it, alpha_it, eval_loader=eval_it)
+        return space
+
+    def _fit_model(self, train_it, valid_it, eval_it, show_progress, callback, run_dir):
+        space = self._search(train_it, valid_it, eval_it, show_progress, run_dir)
         genotype = self.search_result_.best_genotype if self.select == "best" else self.search_result_.genotype
         self.genotype_ = genotype
         self.op_ = genotype.choices("interaction")[0].op

@@ -26,8 +26,6 @@ from pathlib import Path
 
 from torch import nn
 
-from nasp.distributed import make_searcher
-
 from .config import ModelConfig
 from .estimator import register
 from .recommender import SIFRecommender
@@ -170,14 +168,7 @@ class SelectingSIFRecommender(SIFRecommender):
         if self.feedback.metric != "rmse":
             raise ValueError(f"SelectingSIFRecommender: task={self.task!r}; the race compares validation RMSE, so it "
                              "supports the rating task only")
-        cfg = self._search_config()
-        self.search_config_ = cfg
-        space = self._prepared(self._space(self.search_ops))
-        self.search_candidates_ = tuple(space.names)
-        task = self._task(train_all_heads=self.train_all_heads)
-        search_dir = Path(run_dir) / "search" if run_dir is not None else None
-        searcher = make_searcher(space, task, cfg, device=self.device, run_dir=search_dir, show_progress=False)
-        self.search_result_ = searcher.fit(train_it, valid_it, eval_loader=eval_it)
+        space = self._search(train_it, valid_it, eval_it, show_progress, run_dir)
         final = dict(zip(space.names, self.search_result_.history[-1]["alphas"]["interaction"][0], strict=True))
         cands = shortlist(final, self.race_k, self.alpha_tol)
         fits: dict[str, tuple[nn.Module, TrainResult]] = {}
