@@ -277,3 +277,21 @@ def test_class_folders_still_work_and_numeric_classes_sort_as_numbers(tmp_path):
     (tmp_path / "t" / "a.png").write_bytes(_img(1))
     with pytest.raises(ValueError, match=r"t: holds images both directly \(a.png\) and in subfolders"):
         load_image_folder(tmp_path / "t")
+
+
+def test_a_zip_with_train_and_test_folders_loads_only_the_asked_split(tmp_path):
+    from nasp.commands.cnn import ImageDataConfig, load_data
+
+    z = tmp_path / "both.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        for split, n in (("train", 3), ("test", 2)):
+            for cls in ("cat", "dog"):
+                for k in range(n):
+                    f.writestr(f"{split}/{cls}/{k}.png", _img(40 * k + (cls == "dog") * 100))
+    cfg = ImageDataConfig(source="zip", path=str(z), image_size=8)
+    assert len(load_data(cfg, "train")) == 6 and len(load_data(cfg, "test")) == 4
+    flat = tmp_path / "flat.zip"                       # no split folders: the whole zip is the split
+    with zipfile.ZipFile(flat, "w") as f:
+        for cls in ("cat", "dog"):
+            f.writestr(f"{cls}/0.png", _img(10))
+    assert len(load_data(ImageDataConfig(source="zip", path=str(flat), image_size=8), "train")) == 2

@@ -146,14 +146,22 @@ def load_data(d: ImageDataConfig, split: str, seed: int = 0):
         data = load_cifar(_resolve_path(d.path), d.source, split)
     else:
         path = _resolve_path(d.path if split == "train" else (d.test_path or d.path))
-        if path.is_file() and path.suffix == ".zip":
-            data = load_image_zip(path, size=d.image_size)
+        if path.is_file() and path.suffix == ".zip":     # a zip with train/ and test/ folders: only this split
+            data = load_image_zip(path, split=split if _zip_has_folder(path, split) else None, size=d.image_size)
         else:
             data = load_image_folder(path / split if (path / split).is_dir() else path, size=d.image_size)
     if d.subset and split == "train" and d.subset < len(data):
         g = torch.Generator().manual_seed(seed)
         data = data.subset(torch.randperm(len(data), generator=g)[: d.subset])
     return data
+
+
+def _zip_has_folder(path: Path, name: str) -> bool:
+    """Whether some member of the zip at ``path`` lies under a top-level (or second-level) folder ``name``."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        return any(name in n.split("/")[:-1][:2] for n in z.namelist())
 
 
 def _stats(source: str):
