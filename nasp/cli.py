@@ -7,7 +7,7 @@ one line naming the key. The resolved configuration is written into the run fold
 
     nasp cnn search --config configs/cnn_search_cifar10.yaml --set search.epochs=3 run_dir=runs/s1
     nasp cnn train --config configs/cnn_train_cifar10.yaml --set model.genotype=runs/s1/cell_genotype.json
-    nasp rnn search --config configs/rnn_ptb_small.yaml
+    nasp rnn search --config configs/rnn_search_ptb_small.yaml
     nasp rnn train --config configs/rnn_train_ptb_small.yaml --set model.genotype=runs/rnn_search/rnn_genotype.json
 """
 

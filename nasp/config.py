@@ -83,11 +83,11 @@ def _name(annotation: Any) -> str:
 
 # ---- merging -------------------------------------------------------------------------------------------------------
 def keys(obj: Any, prefix: str = "") -> list[str]:
-    """Every dotted leaf key of a (nested) dataclass instance or class."""
+    """Every dotted leaf key of a (nested) dataclass instance."""
     out = []
     for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name) if not isinstance(obj, type) else None
-        if value is not None and dataclasses.is_dataclass(value):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
             out += keys(value, f"{prefix}{f.name}.")
         else:
             out.append(f"{prefix}{f.name}")

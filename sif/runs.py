@@ -65,7 +65,7 @@ def data_fingerprint(splits: dict[str, RatingDataset]) -> dict[str, Any]:
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict) and v and not k.endswith("columns"):
+        if isinstance(v, dict) and v:
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v

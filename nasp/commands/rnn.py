@@ -1,8 +1,8 @@
 """``nasp rnn search`` and ``nasp rnn train``: the DARTS recurrent-cell space on a word-level corpus (PTB,
 WikiText-2/103 or any three text files), configured by the dataclasses below through :mod:`nasp.config`.
 
-    nasp rnn search --config configs/rnn_ptb_small.yaml
-    nasp rnn train  --config configs/rnn_ptb_small.yaml --set model.genotype=runs/rnn_search/rnn_genotype.json
+    nasp rnn search --config configs/rnn_search_ptb_small.yaml
+    nasp rnn train  --config configs/rnn_train_ptb_small.yaml --set model.genotype=runs/rnn_search/rnn_genotype.json
 """
 
 from __future__ import annotations
