@@ -56,6 +56,7 @@ AMP_VALUES = (None, "bf16", "fp16")
 CHECKPOINT_NAME = "train_checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
 FORMAT = 1
+RESUMABLE_CHANGES = ("epochs", "max_epochs", "max_seconds", "init_from", "compile", "compile_backend")
 
 
 def check_amp(amp: str | None, where: str = "amp") -> None:
@@ -217,11 +218,26 @@ class Trainer:
             raise CheckpointError(f"checkpoint {self.checkpoint_path} is not a {self.step.kind} training checkpoint "
                                   f"of this library (format {state.get('format')!r}, kind {state.get('kind')!r}); "
                                   "use another run folder or start afresh")
-        self.model.load_state_dict(state["model"])
+        self._check_config(state.get("config", {}))
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {self.checkpoint_path}: its weights do not fit this model "
+                                  f"({str(e).splitlines()[0][:160]}); use another run folder or start afresh") from None
         self.step.load_state_dict(state["step"])
         set_rng_state(state["rng"])
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
         self.elapsed_before, self.best = float(state["elapsed"]), dict(state["best"])
+
+    def _check_config(self, saved: dict[str, Any]) -> None:
+        """Refuse to resume a checkpoint written with other settings (the epoch budget and time limit may change)."""
+        def norm(v):
+            return json.dumps(v, sort_keys=True, default=str)
+        diff = {k: (saved.get(k), v) for k, v in self.config.items()
+                if k not in RESUMABLE_CHANGES and norm(saved.get(k)) != norm(v)}
+        if diff:
+            raise CheckpointError(f"checkpoint {self.checkpoint_path} was written with other settings (saved, now): "
+                                  f"{diff}; use another run folder or start afresh")
 
     def _saved_state(self) -> dict[str, Any] | None:
         ckpt = self.checkpoint_path
