@@ -11,8 +11,7 @@ stops), ``max_seconds`` and optional early stopping (:class:`EarlyStopping`).
 
 A trainer supplies only a :class:`TrainStep`: how to train one epoch, how to evaluate, what to do at an epoch
 end, and the state of its own objects (optimiser, scheduler, ...). Mixed precision has one set of values for
-every trainer: ``amp`` None | "bf16" | "fp16" (fp16 with a GradScaler, on CUDA only), see :func:`autocast` and
-:func:`grad_scaler`.
+every trainer: ``amp`` None | "bf16" | "fp16" (fp16 with a GradScaler, on CUDA only), see :mod:`nasp.amp`.
 
 Example::
 
@@ -21,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -45,42 +43,17 @@ from .checkpoint import (
     set_rng_state,
     unhealthy_parameter,
 )
+from .loop import reload_last_good
 from .search_config import NonFiniteLossError
 
-__all__ = ["Trainer", "TrainStep", "EarlyStopping", "LoopResult", "NonFiniteLossError", "AMP_VALUES", "check_amp",
-           "autocast", "grad_scaler", "CHECKPOINT_NAME"]
+__all__ = ["Trainer", "TrainStep", "EarlyStopping", "LoopResult", "NonFiniteLossError", "CHECKPOINT_NAME"]
 
 log = logging.getLogger("nasp.trainer")
 
-AMP_VALUES = (None, "bf16", "fp16")
 CHECKPOINT_NAME = "train_checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
 FORMAT = 1
 RESUMABLE_CHANGES = ("epochs", "max_epochs", "max_seconds", "init_from", "compile", "compile_backend")
-
-
-def check_amp(amp: str | None, where: str = "amp") -> None:
-    """One-line error unless ``amp`` is one of :data:`AMP_VALUES`."""
-    if amp not in AMP_VALUES:
-        raise ValueError(f"{where} must be null (None), 'bf16' or 'fp16' (fp16 with a GradScaler, on CUDA only), "
-                         f"got {amp!r}")
-
-
-def autocast(device: torch.device, amp: str | None):
-    """The autocast region of ``amp`` on ``device`` (a no-op context for None)."""
-    check_amp(amp)
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def grad_scaler(device: torch.device, amp: str | None) -> torch.amp.GradScaler:
-    """A GradScaler, enabled for fp16 only; fp16 is refused off CUDA (its loss scaling is a CUDA recipe)."""
-    check_amp(amp)
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError(f"amp='fp16' needs a CUDA device (fp16 with a GradScaler runs on CUDA only), got device "
-                         f"{device.type!r}; use amp='bf16' or amp=null")
-    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
 @dataclass
@@ -241,13 +214,13 @@ class Trainer:
 
     def _saved_state(self) -> dict[str, Any] | None:
         ckpt = self.checkpoint_path
-        if not self.resume or ckpt is None:
+        if not self.resume:
             return None
-        if self.data_parallel:
+        if self.data_parallel:          # a collective: every rank calls it, also a rank without a run folder
             from .distributed import load_checkpoint_on_main
 
             return load_checkpoint_on_main(ckpt, self.device)
-        return load_checkpoint(ckpt, map_location=self.device) if ckpt.is_file() else None
+        return load_checkpoint(ckpt, map_location=self.device) if ckpt is not None and ckpt.is_file() else None
 
     def _save(self) -> None:
         if self.checkpoint_path is not None and self.main:
@@ -347,10 +320,7 @@ class Trainer:
         return nd.allreduce_any(bool(flag), dev)
 
     def _diverged(self, epoch: int, what: str) -> None:
-        ckpt = self.checkpoint_path
-        kept = ckpt if ckpt is not None and ckpt.is_file() else None
-        if kept is not None:      # put the last good state back into the caller's model
-            self.model.load_state_dict(load_checkpoint(kept, self.device)["model"])
+        kept = reload_last_good(self.model, self.checkpoint_path, self.device)    # back into the caller's model
         where = f"the last good checkpoint {kept} was kept and reloaded" if kept else "no checkpoint was written"
         raise NonFiniteLossError(f"stand-alone training diverged in epoch {epoch} ({what}); stopping: {where}. "
                                  f"{self.step.advice}")

@@ -1,8 +1,10 @@
 """Stand-alone training of one rating model (a found interaction function, a fixed one, or a baseline).
 
 Early stopping on the task's validation metric (``task.metric``, lower is better unless ``task.maximize``; RMSE for
-the rating task) with patience; the best state is restored at the end. With a ``run_dir`` an
-atomic checkpoint is written after every epoch and a killed run resumes from it to the same result.
+the rating task) with patience; the best state is restored at the end. The loop is the one stand-alone loop of
+the library, :class:`nasp.trainer.Trainer`: with a ``run_dir`` an atomic checkpoint (``train_checkpoint.pt``) is
+written after every epoch and a killed run resumes from it to the same result; a NaN stops with the last good
+state. This module supplies the epoch step (:class:`SIFStep`) and the settings.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import torch
 
 from data_loaders import BatchIterator, random_split
 from data_loaders.text import BPTTLoader, batchify, read_corpus
+from nasp.amp import autocast, grad_scaler
 from nasp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, seed_everything
 from nasp.spaces.cnn.genotypes import DARTS_V2 as CNN_CELL
 from nasp.spaces.cnn.model import NetworkCIFAR
@@ -23,7 +24,7 @@ from nasp.streams import TensorLoader
 from nasp.train.image import TrainConfig as ImageConfig
 from nasp.train.image import train_classifier
 from nasp.train.language import LMTrainConfig, train_language_model
-from nasp.trainer import CHECKPOINT_NAME, NonFiniteLossError, autocast, grad_scaler
+from nasp.trainer import CHECKPOINT_NAME, NonFiniteLossError
 from sif.baselines import create_baseline
 from sif.space import SIFSpace
 from sif.synthetic import planted_ratings

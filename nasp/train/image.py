@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..amp import autocast, check_amp, grad_scaler
 from ..config import config_from_dict
-from ..trainer import Trainer, TrainStep, autocast, check_amp, grad_scaler
+from ..trainer import Trainer, TrainStep
 
 __all__ = ["TrainConfig", "TrainResult", "ImageStep", "train_classifier", "evaluate_classifier", "count_parameters",
            "multiply_adds"]

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..amp import autocast, check_amp, grad_scaler
 from ..config import config_from_dict
 from ..spaces.rnn.task import LanguageModelTask
-from ..trainer import Trainer, TrainStep, autocast, check_amp, grad_scaler
+from ..trainer import Trainer, TrainStep
 
 __all__ = ["LMTrainConfig", "WeightAverager", "LanguageStep", "nonmonotone_trigger", "train_language_model",
            "evaluate_language_model"]
