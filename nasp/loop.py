@@ -1,15 +1,18 @@
 """Small pieces of the training and search loops: device moves of batches, phase timers without host syncs,
-a deferred host read of device values, and progress bars."""
+a deferred host read of device values, progress bars, and the reload of the last good checkpoint."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["to_device", "PhaseTimer", "HostProbe", "progress"]
+from .checkpoint import load_checkpoint
+
+__all__ = ["to_device", "PhaseTimer", "HostProbe", "progress", "reload_last_good"]
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -106,3 +109,12 @@ def progress(total, initial, desc, enabled):
 
     return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
 
+
+
+def reload_last_good(model: torch.nn.Module, checkpoint: Path | None, device) -> Path | None:
+    """After a divergence: load the model weights of ``checkpoint`` (the last good state) back into ``model`` and
+    return its path; None (nothing loaded) when there is no such file."""
+    if checkpoint is None or not checkpoint.is_file():
+        return None
+    model.load_state_dict(load_checkpoint(checkpoint, device)["model"])
+    return checkpoint

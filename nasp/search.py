@@ -1,9 +1,9 @@
 """ONE search loop for every search space: NASP (proximal), DARTS first/second order, and random search.
 
 The loop owns epochs, the two optimisers and the weight-lr schedule, the persistent validation stream, the
-progress bar, the per-epoch JSONL log, callbacks, atomic checkpoints with exact resume, the genotype of every
-epoch and the final derivation. The space (an ``nn.Module``, see :mod:`nasp.space`) and the task adapter
-(loss of a batch, evaluation) are all it knows of the problem.
+progress bar, the per-epoch JSONL log, callbacks, atomic checkpoints with exact resume (:mod:`nasp.search_state`),
+the genotype of every epoch and the final derivation. The space (an ``nn.Module``, see :mod:`nasp.space`) and the
+task adapter (loss of a batch, evaluation) are all it knows of the problem.
 
 Example::
 
@@ -29,19 +29,12 @@ import torch
 from torch import Tensor
 
 from .arch import onehot_index
-from .checkpoint import (
-    WEIGHT_BOUND,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-    unhealthy_parameter,
-)
+from .checkpoint import seed_everything
 from .genotype import Genotype, draw
 from .loop import HostProbe, PhaseTimer, progress, to_device
 from .optim import make_optimizer
 from .search_config import FusedStepUnsupported, NonFiniteLossError, SearchConfig, SearchResult
+from .search_state import SearchCheckpoints
 from .space import SearchSpace, Task
 from .strategies import STRATEGIES
 from .streams import ResumableStream
@@ -51,7 +44,7 @@ __all__ = ["SearchConfig", "Searcher", "SearchResult", "NonFiniteLossError", "Fu
 log = logging.getLogger("nasp.search")
 
 
-class Searcher:
+class Searcher(SearchCheckpoints):
     """Drives a :class:`~nasp.space.SearchSpace` with a :class:`~nasp.space.Task`.
 
     model: the supernet (owns ``arch``); task: the loss/evaluation adapter; config: :class:`SearchConfig`;
@@ -132,56 +125,6 @@ class Searcher:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    # ---- checkpoints ---------------------------------------------------------------------------------------
-    @property
-    def checkpoint_path(self) -> Path | None:
-        return self.run_dir / "checkpoint.pt" if self.run_dir is not None else None
-
-    def state_dict(self, train_stream: ResumableStream, valid_stream: ResumableStream) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "rng": rng_state(), "arch_generator": self.arch_generator.get_state(),
-            "epoch": self.epoch, "step": self.step, "history": self.history,
-            "elapsed": self.elapsed_before + time.perf_counter() - self._t_start,
-            "train_stream": train_stream.state_dict(), "valid_stream": valid_stream.state_dict(),
-            "epoch_acc": {k: (v.detach().cpu() if isinstance(v, Tensor) else v)
-                          for k, v in self._epoch_acc.items()},
-            "config": asdict(self.config),
-        }
-
-    def load_state_dict(self, state: dict[str, Any], train_stream, valid_stream) -> None:
-        self.model.load_state_dict(state["model"])
-        self.w_opt.load_state_dict(state["w_opt"])
-        self.a_opt.load_state_dict(state["a_opt"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        self.arch_generator.set_state(state["arch_generator"])
-        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
-        self.elapsed_before = float(state["elapsed"])
-        train_stream.load_state_dict(state["train_stream"])
-        valid_stream.load_state_dict(state["valid_stream"])
-        self._epoch_acc = {k: (v.to(self.device) if isinstance(v, Tensor) else v)
-                           for k, v in state["epoch_acc"].items()}
-
-    def _save(self, train_stream, valid_stream) -> None:
-        if self.checkpoint_path is not None:
-            save_checkpoint(self.state_dict(train_stream, valid_stream), self.checkpoint_path)
-
-    def _resume_state(self) -> dict[str, Any] | None:
-        """The checkpoint to resume from, or None (hook: the data-parallel searcher reads it on rank 0 only)."""
-        ckpt = self.checkpoint_path
-        return load_checkpoint(ckpt, map_location=self.device) if ckpt is not None and ckpt.is_file() else None
-
-    def _check_saved_config(self, saved: dict[str, Any]) -> None:
-        now = asdict(self.config)
-        keys = ("strategy", "epochs", "seed", "w_optimizer", "w_lr", "a_lr", "eta", "warmup_epochs")
-        diff = {k: (saved.get(k), now[k]) for k in keys if saved.get(k) != now[k]}
-        if diff:
-            raise ValueError(f"checkpoint {self.checkpoint_path} was written with other settings "
-                             f"(saved, now): {diff}; use another run_dir or resume=False")
-
     # ---- the loop --------------------------------------------------------------------------------------------
     def fit(self, train_loader: Iterable, valid_loader: Iterable, eval_loader: Iterable | None = None,
             resume: bool = True) -> SearchResult:
@@ -207,15 +150,6 @@ class Searcher:
                 log.info("a callback stopped the search after epoch %d", self.epoch - 1)
                 break
         return self._finish(self.elapsed)
-
-    def _init_from(self, path: str) -> None:
-        """Weights and alphas of another search's checkpoint; optimisers, schedule and step start afresh."""
-        try:
-            self.model.load_state_dict(load_checkpoint(path, map_location=self.device)["model"])
-        except (RuntimeError, KeyError) as e:
-            raise ValueError(f"search.init_from={path}: not a search checkpoint of this space "
-                             f"({str(e).splitlines()[0][:160]})") from None
-        log.info("the search starts from the weights and alphas of %s", path)
 
     @property
     def elapsed(self) -> float:
@@ -316,30 +250,6 @@ class Searcher:
             arch.append(f"{n}: " + ", ".join(f"{r}={spec.ops[int(k)]}" for r, k in zip(spec.rows, sel, strict=True)
                                              if k >= 0))
         return f"loss={loss:.4f} arch={'; '.join(arch)}"[:160]
-
-    def _check_finite(self, acc: dict, epoch: int) -> None:
-        """Blocking check of the running losses and of the weights (at checkpoints and epoch ends only), so that
-        no checkpoint keeps a diverged state."""
-        if self._non_finite(acc):
-            self._raise_non_finite(epoch)
-        bad = unhealthy_parameter(self.model)
-        if bad is not None:
-            self._raise_non_finite(epoch, f"weight {bad} is NaN, infinite or beyond {WEIGHT_BOUND:g}")
-
-    @staticmethod
-    def _non_finite(acc: dict) -> bool:
-        return not bool(torch.isfinite(acc["train_loss"]) & torch.isfinite(acc["alpha_loss"]))
-
-    def _raise_non_finite(self, epoch: int, what: str = "loss is NaN or infinite") -> None:
-        kept = self.checkpoint_path if self.checkpoint_path is not None and self.checkpoint_path.is_file() else None
-        if kept is not None:   # put the last good state back into the caller's model
-            self.model.load_state_dict(load_checkpoint(kept, self.device)["model"])
-        where = f"epoch {epoch} (global step {self.step}, strategy {self.config.strategy})"
-        keep_msg = f"the last good checkpoint {kept} was kept and reloaded" if kept else "no checkpoint was written"
-        raise NonFiniteLossError(f"the search diverged at {where} ({what}); stopping: {keep_msg}. Lower the "
-                                 "learning rates, enable grad_clip, or check the data for NaN/inf values; to "
-                                 "continue from the last good state with new settings, set search.init_from to the "
-                                 "kept checkpoint (sif command line: with --fresh).")
 
     def _end_epoch(self, acc, t0, train_stream, valid_stream, eval_loader, warm) -> dict[str, Any]:
         phases = self.timer.collect()

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import yaml
 
+from nasp.checkpoint import load_checkpoint
 from nasp.cli import main
 
 
@@ -48,6 +49,12 @@ def test_rnn_search_then_train_the_found_cell(tmp_path, capsys):
     results = json.loads((tmp_path / "train/results.json").read_text())
     assert np.isfinite(results["test_ppl"]) and results["test_ppl"] > 1 and results["vocab"] >= 31
     assert results["genotype"] == geno and (tmp_path / "train/rnn_cell.png").is_file()
+    assert load_checkpoint(tmp_path / "train/train_checkpoint.pt")["epoch"] == 2
+    assert len((tmp_path / "train/train_log.jsonl").read_text().splitlines()) == 2
+    assert main(["rnn", "train", "--config", str(cfg), "--quiet"]) == 0         # resumes the finished run
+    again = json.loads((tmp_path / "train/results.json").read_text())
+    assert again["test_ppl"] == results["test_ppl"]
+    assert [h["train_loss"] for h in again["history"]] == [h["train_loss"] for h in results["history"]]
 
 
 def test_rnn_cli_errors_are_one_line(tmp_path, capsys):

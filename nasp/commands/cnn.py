@@ -213,7 +213,8 @@ def run_search(cfg: CNNSearchRun, show_progress: bool = True) -> dict:
 
 
 def run_train(cfg: CNNTrainRun, show_progress: bool = True) -> dict:
-    """Train a genotype stand-alone, evaluate on the test split, report parameters and multiply-adds."""
+    """Train a genotype stand-alone, evaluate on the test split, report parameters and multiply-adds (checkpoint
+    run_dir/train_checkpoint.pt after every epoch: a rerun resumes; per-epoch log train_log.jsonl)."""
     from data_loaders.augment import IMAGENET_MEAN, IMAGENET_STD, Augment
     from data_loaders.images import ImageLoader
 
@@ -238,7 +239,8 @@ def run_train(cfg: CNNTrainRun, show_progress: bool = True) -> dict:
                        augment=Augment(mean, std, train=False))
     tcfg = cfg.train
     size = tuple(train_set.images.shape[1:])
-    result = train_classifier(net, train, test, tcfg, device=cfg.device, run_dir=run_dir, input_size=size)
+    result = train_classifier(net, train, test, tcfg, device=cfg.device, run_dir=run_dir, input_size=size,
+                              show_progress=show_progress)
     pictures = draw(genotype, run_dir / "cell")
     summary = {"test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
                "parameters": result.parameters, "multiply_adds": result.multiply_adds,

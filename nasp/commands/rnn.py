@@ -194,7 +194,9 @@ def _genotype(value: str):
 
 
 def run_rnn_train(cfg: RNNTrainRun, show_progress: bool = True) -> dict:
-    """Train a recurrent cell stand-alone; test perplexity, parameters and the cell picture into run_dir."""
+    """Train a recurrent cell stand-alone; test perplexity, parameters and the cell picture into run_dir. The
+    training checkpoints into run_dir/train_checkpoint.pt after every epoch (per-epoch log: train_log.jsonl), so
+    a rerun of a killed command resumes where it stopped."""
     from ..spaces.rnn import RNNModel
     from ..spaces.rnn.draw import draw_rnn
 
@@ -206,13 +208,12 @@ def run_rnn_train(cfg: RNNTrainRun, show_progress: bool = True) -> dict:
     model = RNNModel(len(corpus.vocab), geno, ninp=m.ninp, nhid=m.nhid, dropout=m.dropout, dropout_h=m.dropout_h,
                      dropout_x=m.dropout_x, dropout_i=m.dropout_i, dropout_e=m.dropout_e, seed=cfg.seed)
     t0 = time.perf_counter()
-    history = train_language_model(model, train, eval_valid, cfg.train, device=cfg.device)
+    history = train_language_model(model, train, eval_valid, cfg.train, device=cfg.device, run_dir=run_dir,
+                                   show_progress=show_progress)
     valid, test = evaluate_language_model(model, eval_valid), evaluate_language_model(model, eval_test)
     pictures = draw_rnn(geno, run_dir / "rnn_cell")
     summary = {"genotype": geno.to_dict(), "valid_ppl": valid["ppl"], "test_ppl": test["ppl"],
                "parameters": sum(p.numel() for p in model.parameters()), "vocab": len(corpus.vocab),
                "seconds": time.perf_counter() - t0, "history": history, "pictures": [str(p) for p in pictures]}
     (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    with open(run_dir / "train_log.jsonl", "w") as f:
-        f.writelines(json.dumps(h) + "\n" for h in history)
     return summary

@@ -3,16 +3,15 @@
 :func:`train_classifier` runs SGD with momentum, cosine (CIFAR) or exponential (ImageNet, x0.97 per epoch)
 learning-rate decay, gradient clipping, the auxiliary-head loss, drop-path increased linearly over the
 epochs, optional label smoothing, bf16/fp16 autocast and channels_last; it evaluates on the test loader after
-every epoch, checkpoints atomically and resumes exactly. :func:`count_parameters` and :func:`multiply_adds`
+every epoch. The loop (checkpoints, exact resume, divergence stop, progress, callback) is
+:class:`nasp.trainer.Trainer`. :func:`count_parameters` and :func:`multiply_adds`
 give the model size reported next to the accuracy.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,10 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from ..amp import autocast, check_amp, grad_scaler
 from ..config import config_from_dict
+from ..trainer import Trainer, TrainStep
 
-__all__ = ["TrainConfig", "TrainResult", "train_classifier", "evaluate_classifier", "count_parameters",
+__all__ = ["TrainConfig", "TrainResult", "ImageStep", "train_classifier", "evaluate_classifier", "count_parameters",
            "multiply_adds"]
 
 
@@ -44,16 +44,18 @@ class TrainConfig:
     auxiliary_weight: float = 0.4
     drop_path: float = 0.2
     label_smoothing: float = 0.0
-    amp: str | None = None             # None | bf16 | fp16
+    amp: str | None = None             # None | bf16 | fp16 (fp16: CUDA only, with a GradScaler)
     channels_last: bool = False
     max_steps_per_epoch: int | None = None
+    max_seconds: float | None = None   # stop after this much wall time (checked after every step)
     seed: int = 0
 
     def __post_init__(self):
         if self.lr_schedule not in ("cosine", "exponential"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'exponential', got {self.lr_schedule!r}")
-        if self.amp not in (None, "bf16", "fp16"):
-            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        check_amp(self.amp)
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0 or null, got {self.max_seconds}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if not self.lr > 0:
@@ -105,12 +107,6 @@ def multiply_adds(model: nn.Module, input_size: Sequence[int], device="cpu") -> 
     return total[0]
 
 
-def _autocast(device: torch.device, amp: str | None):
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, loader: Iterable, device="cpu", amp: str | None = None,
                         channels_last: bool = False) -> dict[str, float]:
@@ -122,7 +118,7 @@ def evaluate_classifier(model: nn.Module, loader: Iterable, device="cpu", amp: s
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits, _ = model(x)
         logits = logits.float()
         loss += nn.functional.cross_entropy(logits, y, reduction="sum")
@@ -133,96 +129,111 @@ def evaluate_classifier(model: nn.Module, loader: Iterable, device="cpu", amp: s
     return {"accuracy": (correct / n).item(), "loss": (loss / n).item()}
 
 
+class ImageStep(TrainStep):
+    """One epoch of an image classifier for :class:`nasp.trainer.Trainer`: drop-path rising linearly over the
+    epochs, SGD with momentum, autocast (and fp16 loss scaling), the auxiliary loss, gradient clipping, the
+    per-epoch lr schedule; evaluation on the test loader."""
+
+    kind = "image"
+
+    def __init__(self, model: nn.Module, train_loader: Iterable, test_loader: Iterable, c: TrainConfig,
+                 device: torch.device):
+        self.model, self.c, self.device = model, c, device
+        self.train_loader, self.test_loader = train_loader, test_loader
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.SGD(self.params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        if c.lr_schedule == "cosine":
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=c.epochs, eta_min=c.lr_min)
+        else:
+            self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=c.lr_gamma)
+        self.scaler = grad_scaler(device, c.amp)
+
+    def steps_per_epoch(self) -> int | None:
+        n = len(self.train_loader) if hasattr(self.train_loader, "__len__") else None
+        m = self.c.max_steps_per_epoch
+        return n if m is None else min(n if n is not None else m, m)
+
+    def train_epoch(self, epoch: int, loop: Trainer) -> dict[str, Any]:
+        model, c, device, opt, scaler = self.model, self.c, self.device, self.opt, self.scaler
+        model.drop_path_prob = c.drop_path * epoch / c.epochs
+        model.train()
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
+        total, correct, n, steps = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0
+        for x, y in self.train_loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if c.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            opt.zero_grad(set_to_none=True)
+            with autocast(device, c.amp):
+                logits, aux = model(x)
+                loss = _loss(logits, y, c)
+                if aux is not None and c.auxiliary_weight > 0:
+                    loss = loss + c.auxiliary_weight * _loss(aux, y, c)
+            scaler.scale(loss).backward()
+            if c.grad_clip:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            total += loss.detach().float() * y.shape[0]
+            correct += (logits.detach().argmax(1) == y).sum()
+            n += y.shape[0]
+            steps += 1
+            loop.tick()
+            if (c.max_steps_per_epoch is not None and steps >= c.max_steps_per_epoch) or loop.out_of_time():
+                break
+        n = max(n, 1)
+        return {"train_loss": (total / n).item(), "train_accuracy": (correct / n).item()}
+
+    def evaluate(self, epoch: int) -> dict[str, Any]:
+        test = evaluate_classifier(self.model, self.test_loader, self.device, self.c.amp, self.c.channels_last)
+        return {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}
+
+    def end_epoch(self, epoch: int, record: dict[str, Any]) -> None:
+        self.sched.step()
+        record["lr"] = self.opt.param_groups[0]["lr"]
+
+    def postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        return {"loss": f"{record['train_loss']:.4f}", "test_acc": f"{record['test_accuracy']:.4f}"}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+
+
 def train_classifier(model: nn.Module, train_loader: Iterable, test_loader: Iterable, config: TrainConfig,
                      device="cpu", run_dir: str | Path | None = None, input_size: Sequence[int] = (3, 32, 32),
-                     callbacks: Sequence[Callable] = (), resume: bool = True) -> TrainResult:
+                     callback: Callable | None = None, resume: bool = True,
+                     show_progress: bool = False) -> TrainResult:
     """Train ``model`` (a NetworkCIFAR / NetworkImageNet: forward -> (logits, aux or None)) with ``config``.
 
-    run_dir: folder for config.json, log.jsonl, checkpoint.pt (None: nothing on disk). callbacks:
-    ``fn(epoch, metrics)``; a True return stops training. Returns the final test metrics and model size.
+    run_dir: folder for train_config.json, train_log.jsonl and train_checkpoint.pt (None: nothing on disk); the
+    loop is :class:`nasp.trainer.Trainer` (resume, divergence stop, ``max_seconds``). callback:
+    ``fn(epoch, elapsed_seconds, record)``; a True return stops training. Returns the final test metrics and
+    model size (input_size: one sample's (C, H, W) for the multiply-adds).
     """
     c, device = config, torch.device(device)
     model = model.to(device)
     if c.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-    if c.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.epochs, eta_min=c.lr_min)
-    else:
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=c.lr_gamma)
-    scaler = torch.amp.GradScaler(device.type, enabled=c.amp == "fp16")
-    run_dir = Path(run_dir) if run_dir is not None else None
-    ckpt = run_dir / "checkpoint.pt" if run_dir is not None else None
-    epoch, history = 0, []
-    if resume and ckpt is not None and ckpt.is_file():
-        state = load_checkpoint(ckpt, map_location=device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        set_rng_state(state["rng"])
-        epoch, history = state["epoch"], state["history"]
-    else:
-        seed_everything(c.seed)
+    step = ImageStep(model, train_loader, test_loader, c, device)
     n_params = count_parameters(model)
     madds = multiply_adds(model, input_size, device)
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "train_config.json").write_text(json.dumps(asdict(c), indent=2) + "\n")
-    t_start = time.perf_counter()
-    while epoch < c.epochs:
-        model.drop_path_prob = c.drop_path * epoch / c.epochs
-        t0 = time.perf_counter()
-        train = _train_epoch(model, train_loader, opt, scaler, c, device, epoch)
-        sched.step()
-        test = evaluate_classifier(model, test_loader, device, c.amp, c.channels_last)
-        rec = {"epoch": epoch, **train, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        history.append(rec)
-        epoch += 1
-        if run_dir is not None:
-            save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                             "rng": rng_state(), "epoch": epoch, "history": history}, ckpt)
-            with open(run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        if any(bool(cb(rec["epoch"], rec)) for cb in callbacks):
-            break
-    last = history[-1] if history else {"test_accuracy": math.nan, "test_loss": math.nan}
-    return TrainResult(last["test_accuracy"], last["test_loss"], n_params, madds, history,
-                       time.perf_counter() - t_start)
-
-
-def _train_epoch(model, loader, opt, scaler, c: TrainConfig, device, epoch: int) -> dict[str, float]:
-    model.train()
-    if hasattr(loader, "set_epoch"):
-        loader.set_epoch(epoch)
-    total, correct, n, steps = torch.zeros((), device=device), torch.zeros((), device=device), 0, 0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if c.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        opt.zero_grad(set_to_none=True)
-        with _autocast(device, c.amp):
-            logits, aux = model(x)
-            loss = _loss(logits, y, c)
-            if aux is not None and c.auxiliary_weight > 0:
-                loss = loss + c.auxiliary_weight * _loss(aux, y, c)
-        scaler.scale(loss).backward()
-        if c.grad_clip:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        total += loss.detach().float() * y.shape[0]
-        correct += (logits.detach().argmax(1) == y).sum()
-        n += y.shape[0]
-        steps += 1
-        if c.max_steps_per_epoch is not None and steps >= c.max_steps_per_epoch:
-            break
-    if not bool(torch.isfinite(total)):
-        raise FloatingPointError(f"non-finite training loss in epoch {epoch}; lower lr or check the data")
-    n = max(n, 1)
-    return {"train_loss": (total / n).item(), "train_accuracy": (correct / n).item()}
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "train_config.json").write_text(json.dumps(asdict(c), indent=2) + "\n")
+    out = Trainer(model, step, epochs=c.epochs, seed=c.seed, device=device, run_dir=run_dir, resume=resume,
+                  callback=callback, show_progress=show_progress, max_seconds=c.max_seconds,
+                  config=asdict(c)).fit()
+    last = out.history[-1] if out.history else {"test_accuracy": math.nan, "test_loss": math.nan}
+    return TrainResult(last["test_accuracy"], last["test_loss"], n_params, madds, out.history, out.seconds)
 
 
 def _loss(logits: Tensor, y: Tensor, c: TrainConfig) -> Tensor:

@@ -9,7 +9,7 @@ edge, grouped by target node with k = 2 rows kept per group (the DARTS cell). Re
 Modes (see :class:`nasp.arch.ArchView`): SPARSE and DENSE edges go through :func:`nasp.mixed.mix` (SPARSE runs
 only the selected op of each kept edge: the NASP weight step; DENSE is the DARTS mixed op; 'none' is never run).
 NASP mode (the alpha step) has its own, stronger implementation of the same exact rule: the selected op runs
-with its graph, and every other op runs inside the backward pass (:class:`_DeferredAlphaGrad`), once
+with its graph, and every other op runs inside the backward pass (:mod:`.alpha_grad`), once
 g = dL/d(edge out) is known, and is reduced at once to dL/dĀ_k = <g, op_k(x)>; no output of a non-selected op
 is stored between forward and backward, so the alpha step's peak memory stays close to that of the sparse
 network. Work shared by edges is done once, during the backward pass: the parameter-free ops and the leading
@@ -24,8 +24,6 @@ statistics then come from the sub-batch, so it is an estimate).
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor, nn
 
@@ -34,6 +32,7 @@ from ...genotype import Genotype, genotype_from_onehot
 from ...mixed import mix
 from ...regularizers import cost_matrix
 from ...space import SearchSpace, register_space
+from .alpha_grad import DeferredAlphaGrad, PendingCache, inner, split_edges
 from .batched import batchable, run_batched
 from .ops import OP_SETS, FactorizedReduce, ReLUConvBN, after_relu, search_op, starts_with_relu
 
@@ -102,7 +101,7 @@ class SearchCell(nn.Module):
     def forward(self, s0: Tensor, s1: Tensor, view: ArchView) -> Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         cache: dict[tuple[int, int], Tensor] = {}
-        pending = _PendingCache(self.sources, view.selected[self.matrix]) if view.mode == NASP else None
+        pending = PendingCache(self.sources, view.selected[self.matrix]) if view.mode == NASP else None
         r = 0
         for _ in range(self.steps):
             node = None
@@ -132,7 +131,7 @@ class SearchCell(nn.Module):
 
         return compute
 
-    def _nasp_edge(self, view: ArchView, r: int, x: Tensor, pending: _PendingCache) -> Tensor:
+    def _nasp_edge(self, view: ArchView, r: int, x: Tensor, pending: PendingCache) -> Tensor:
         """NASP alpha step on one edge: the selected op runs with its graph; the other ops run later, inside
         the backward pass, without graphs, each reduced at once to dL/dĀ_k = <dL/d(edge out), op_k(x)>."""
         w, sel = view.row(self.matrix, r)
@@ -145,9 +144,9 @@ class SearchCell(nn.Module):
             y = x.new_zeros((x.shape[0], x.shape[1], (H + s - 1) // s, (W + s - 1) // s))
             if x.is_contiguous(memory_format=torch.channels_last):
                 y = y.contiguous(memory_format=torch.channels_last)     # same layout as the node it is added to
-        return _DeferredAlphaGrad.apply(w, x, y, (self, r, sel, pending))
+        return DeferredAlphaGrad.apply(w, x, y, (self, r, sel, pending))
 
-    def row_alpha_grad(self, r: int, sel: int, x: Tensor, y: Tensor, g: Tensor, pending: _PendingCache) -> Tensor:
+    def row_alpha_grad(self, r: int, sel: int, x: Tensor, y: Tensor, g: Tensor, pending: PendingCache) -> Tensor:
         """(ops,) gradient of the loss w.r.t. row r of Ā given g = dL/d(row output) (B, C, H', W').
 
         Runs under no_grad inside the backward pass. Shared work: parameter-free ops and the leading ReLU of the
@@ -169,7 +168,7 @@ class SearchCell(nn.Module):
                 zero = g.new_zeros((), dtype=acc) if zero is None else zero
                 grads.append(zero)
             elif k == sel:
-                grads.append(_inner(g, y, acc))
+                grads.append(inner(g, y, acc))
             else:
                 if self.batchable[r][k]:
                     dot = self._batched_dot(r, k, gs, pending, acc)
@@ -180,23 +179,23 @@ class SearchCell(nn.Module):
                         out = after_relu(edge[k], pending.get((j, "relu", b), lambda: torch.relu(xs)))
                     else:
                         out = edge[k](xs)
-                    dot = _inner(gs, out, acc)
+                    dot = inner(gs, out, acc)
                 grads.append(dot if b == B else dot * (B / b))
         pending.done(r)
         return torch.stack(grads)
 
-    def _batched_dot(self, r: int, k: int, gs: Tensor, pending: _PendingCache, acc: torch.dtype) -> Tensor:
+    def _batched_dot(self, r: int, k: int, gs: Tensor, pending: PendingCache, acc: torch.dtype) -> Tensor:
         """<gs, op k of row r on its input>, op k's output coming from one batched run of op k over every row
         of the cell with r's stride (computed when the first of those rows needs it)."""
         b, stride = gs.shape[0], self.strides[r]
         key = ("batched", k, stride, b)
         outs = pending.get(key, lambda: self._run_group(k, stride, b, pending))
-        dot = _inner(gs, outs.pop(r), acc)        # each row takes its output once: freed right after
+        dot = inner(gs, outs.pop(r), acc)        # each row takes its output once: freed right after
         if not outs:
             del pending.store[key]
         return dot
 
-    def _run_group(self, k: int, stride: int, b: int, pending: _PendingCache) -> dict[int, Tensor]:
+    def _run_group(self, k: int, stride: int, b: int, pending: PendingCache) -> dict[int, Tensor]:
         """row -> op k's output (b, C, H', W') for every row with this stride whose selected op is not k (all
         their inputs have one shape): ONE :func:`run_batched` call over those rows (the edges of every source
         node of the cell together), split into dense per-row tensors."""
@@ -206,87 +205,7 @@ class SearchCell(nn.Module):
         if len(group) == 1:
             return {group[0]: after_relu(self.edges[group[0]][k], x_relu[0])}
         full = run_batched([self.edges[q][k] for q in group], x_relu)                 # (b, E * C, H', W')
-        return dict(zip(group, _split_edges(full, len(group)), strict=True))
-
-
-def _split_edges(full: Tensor, E: int) -> list[Tensor]:
-    """(B, E * C, H, W) -> E dense tensors (B, C, H, W) in the same memory format (one copy), so that the alpha
-    gradient's dot products run on flat views (a matrix product or a product-and-sum on a strided channel
-    block of full measured 2-8x slower than this copy and a dot, at C = 8-32)."""
-    B, EC, H, W = full.shape
-    C = EC // E
-    if full.is_contiguous(memory_format=torch.channels_last):
-        blocks = full.permute(0, 2, 3, 1).reshape(B, H, W, E, C).permute(3, 0, 1, 2, 4).contiguous()
-        return [blk.permute(0, 3, 1, 2) for blk in blocks]                    # channels_last views
-    return list(full.reshape(B, E, C, H, W).transpose(0, 1).contiguous())
-
-
-def _inner(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
-    """<a, b> (a scalar in ``dtype``). One dot kernel on flat views when both tensors have the same dense layout
-    (contiguous or channels_last), else an element-wise product and a sum."""
-    if a.shape == b.shape and a.stride() == b.stride():
-        for fmt, perm in ((torch.contiguous_format, (0, 1, 2, 3)), (torch.channels_last, (0, 2, 3, 1))):
-            if a.dim() == 4 and a.is_contiguous(memory_format=fmt):
-                return torch.dot(a.permute(perm).reshape(-1).to(dtype), b.permute(perm).reshape(-1).to(dtype))
-    return (a.to(dtype) * b.to(dtype)).sum()
-
-
-class _PendingCache:
-    """Work shared by the edges of a cell during the backward pass: per (source, op or "relu", sub-batch) the
-    outputs of parameter-free ops and the ReLU of the input, freed once every edge leaving that source has been
-    reduced; per ("batched", op, stride, sub-batch) the per-row outputs of one batched run, each taken once by
-    its row. ``selected``: the selected op of every row (-1 dropped); ``inputs``: source node -> its tensor,
-    registered by the forward pass. Everything is released when the cell's last edge is reduced."""
-
-    def __init__(self, sources: list[int], selected: tuple[int, ...]):
-        self.sources, self.selected = sources, selected
-        self.left = {j: sources.count(j) for j in set(sources)}
-        self.rows_left = len(sources)
-        self.store: dict[tuple, object] = {}
-        self.inputs: dict[int, Tensor] = {}
-
-    def get(self, key, make):
-        if key not in self.store:
-            self.store[key] = make()
-        return self.store[key]
-
-    def done(self, r: int) -> None:
-        j = self.sources[r]
-        self.left[j] -= 1
-        self.rows_left -= 1
-        if self.rows_left == 0:
-            self.store.clear()
-            self.inputs.clear()
-        elif self.left[j] == 0:
-            for key in [k for k in self.store if k[0] == j]:
-                del self.store[key]
-
-
-class _DeferredAlphaGrad(torch.autograd.Function):
-    """out = w[sel] * y (y = the selected op's output, zeros for a dropped row). Backward: dL/dy = w[sel] * g and
-    dL/dw computed by ``cell.row_alpha_grad`` (the non-selected ops run there, under no_grad); nothing of them
-    is kept between forward and backward, so the alpha step's memory stays close to the sparse network's."""
-
-    @staticmethod
-    def forward(ctx, w: Tensor, x: Tensor, y: Tensor, info) -> Tensor:
-        cell, r, sel, pending = info
-        ctx.info = info
-        dev = x.device.type
-        # the non-selected ops run in backward, outside the caller's autocast region: re-enter the same one
-        ctx.amp = (dev, torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else None
-        ctx.save_for_backward(w, x, y)
-        scale = w[sel] if sel >= 0 else w.new_zeros(())
-        return y * scale.to(y.dtype)
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        w, x, y = ctx.saved_tensors
-        cell, r, sel, pending = ctx.info
-        amp = torch.autocast(ctx.amp[0], dtype=ctx.amp[1]) if ctx.amp else contextlib.nullcontext()
-        with torch.no_grad(), amp:
-            grad_w = cell.row_alpha_grad(r, sel, x, y, g, pending).to(w.dtype)
-        grad_y = g * w[sel].to(g.dtype) if sel >= 0 and ctx.needs_input_grad[2] else None
-        return grad_w, None, grad_y, None
+        return dict(zip(group, split_edges(full, len(group)), strict=True))
 
 
 @register_space("cnn")
