@@ -5,7 +5,8 @@ One command reproduces the table in benchmarks/README.md ("SIF search quality"):
     NASP_DATA_DIR=/work/shared/data python benchmarks/sif_search_quality.py --splits quick 1 2 3 4 5
 
 For every split (``quick``: the quick-start split of configs/sif_ml100k.yaml, random 80/10/10 seed 0; ``1``..``5``:
-the canonical ML-100K folds, 10% of u{i}.base held out for validation) and every model setting (``default``; ``ones``:
+the canonical ML-100K folds, 10% of u{i}.base held out for validation) and every model setting (``paper``: the
+defaults until 2026-12-02, uniform heads in the unit ball and the L2 penalty; ``ones``, the defaults since:
 ``head_init=ones``, ``head_radius=sqrt(dim)``, ``penalty=effective``) it
 
 1. trains all 5 fixed ops stand-alone (the quick-start's training settings), keeping every epoch's validation RMSE,
@@ -15,7 +16,7 @@ the canonical ML-100K folds, 10% of u{i}.base held out for validation) and every
 3. evaluates selection procedures on these records: the default rule, the alpha order alone, and the race of
    :func:`sif.selection.race` over the top-k ops by final alpha (ties within ``--alpha-tol`` widen the set). A race
    is replayed on the recorded curves: a stand-alone fit of op o with seed s is deterministic, so the first t
-   epochs of the full fit are the fit truncated at t (the replay and :class:`sif.selection.SelectingSIFRecommender`
+   epochs of the full fit are the fit truncated at t (the replay and :class:`sif.recommender.SIFRecommender`
    pick the same op; checked on the quick-start split with ``--check-live``).
 
 Every unit (split, setting, fit) is cached as JSON under ``benchmarks/results/sif_search_quality/`` and reused, so
@@ -42,12 +43,13 @@ from sif.cli import build_recommender  # noqa: E402
 from sif.config import load_config  # noqa: E402
 from sif.data import load_splits  # noqa: E402
 from sif.recommender import SIFRecommender  # noqa: E402
-from sif.selection import SELECTION_DEFAULTS, SelectingSIFRecommender, race, shortlist  # noqa: E402
+from sif.selection import SELECTION_DEFAULTS, race, shortlist  # noqa: E402
 
 OPS = ("plus", "multiply", "max", "min", "concat")
 CACHE = ROOT / "benchmarks" / "results" / "sif_search_quality"
-SETTINGS = {"default": [], "ones": ["model.head_init=ones", "model.head_radius=5.656854249492381",
-                                    "model.penalty=effective"]}
+SETTINGS = {"paper": ["model.head_init=uniform", "model.head_radius=1.0", "model.penalty=l2"],   # defaults until
+            "ones": ["model.head_init=ones", "model.head_radius=5.656854249492381",              # 2026-12-02; the
+                     "model.penalty=effective"]}                                                 # defaults since
 
 
 def split_config(split: str, setting: str, extra: list[str] = ()):
@@ -120,13 +122,13 @@ def search_unit(split: str, setting: str, warmup: int, data) -> dict:
 def collect(splits, settings, warmups) -> None:
     for setting in settings:
         for split in splits:
-            data = load_splits(split_config(split, "default").data, 0)
+            data = load_splits(split_config(split, "paper").data, 0)
             for w in warmups:
                 search_unit(split, setting, w, data)
             for op in OPS:
                 fixed_unit(split, setting, f"fixed:{op}", data)
-            if setting == "default":
-                fixed_unit(split, "default", "mf", data)
+            if setting == "paper":
+                fixed_unit(split, "paper", "mf", data)
 
 
 # ---- replaying selection procedures on the records ----------------------------------------------------------------
@@ -231,7 +233,7 @@ def table(splits, settings, warmups, patience: int, alpha_tol: float) -> dict:
         for s in splits:
             f = {o: records[(s, st, f"fixed:{o}")] for o in OPS}
             vb = min(OPS, key=lambda o: (f[o]["valid_rmse"], OPS.index(o)))
-            mf = records.get((s, "default", "mf"))
+            mf = records.get((s, "paper", "mf"))
             cells = [f"{f[o]['test_rmse']:.4f} ({f[o]['valid_rmse']:.4f}, {len(f[o]['valid_curve'])} ep)" for o in OPS]
             mf_cell = f"{mf['test_rmse']:.4f} ({mf['valid_rmse']:.4f})" if mf else ""
             fixed_lines.append(f"| {st} | {s} | " + " | ".join(cells) + f" | {vb} | {mf_cell} |")
@@ -240,11 +242,12 @@ def table(splits, settings, warmups, patience: int, alpha_tol: float) -> dict:
 
 
 def check_live(split: str, setting: str, warmup: int, k: int) -> dict:
-    """Fit :class:`SelectingSIFRecommender` for real and return its op, to compare with the replay."""
+    """Fit :class:`SIFRecommender` (search + race of the top ``k``) for real and return its op, to compare with the
+    replay."""
     cfg = split_config(split, setting, [f"search.warmup_epochs={warmup}", f"search.epochs={10 + warmup}"])
     data = load_splits(cfg.data, cfg.seed)
     kw = build_recommender(cfg, "sif", strict=False).get_params()
-    rec = SelectingSIFRecommender(race_k=k, **kw).fit(data[0], data[1], show_progress=False)
+    rec = SIFRecommender(**{**kw, "race_k": k}).fit(data[0], data[1], show_progress=False)
     return {"op": rec.op_, "candidates": list(rec.selection_.candidates), "test_rmse": rec.score(data[2])["rmse"],
             "epochs": rec.selection_.epochs}
 
@@ -265,7 +268,7 @@ def main(argv=None) -> None:
         return
     if not a.table_only:
         collect(a.splits, a.settings, a.warmups)
-    patience = split_config("quick", "default").train.patience
+    patience = split_config("quick", "paper").train.patience
     out = table(a.splits, a.settings, a.warmups, patience, a.alpha_tol)
     out.update(machine=machine(), command=" ".join(["python", "benchmarks/sif_search_quality.py", *sys.argv[1:]]))
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")

@@ -10,10 +10,9 @@ from .recommender import (
     create_recommender,
     load_recommender,
 )
-from .selection import SelectingSIFRecommender
 from .space import SIFSpace
 from .task import RatingTask
 
 __all__ = ["BASELINES", "INTERACTIONS", "PRIMITIVES", "BaseRecommender", "BaselineRecommender",
-           "FixedInteractionRecommender", "RatingTask", "SIFRecommender", "SelectingSIFRecommender", "SIFSpace",
+           "FixedInteractionRecommender", "RatingTask", "SIFRecommender", "SIFSpace",
            "create_baseline", "create_recommender", "load_recommender", "tensor_candidates"]

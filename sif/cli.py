@@ -102,6 +102,11 @@ def recommender_kwargs(cfg: RunConfig, name: str, strict: bool = True) -> dict[s
                   and getattr(cfg.model, f.name) != getattr(_MODEL_DEFAULTS, f.name)]
         if unused:
             raise ConfigError(f"{', '.join(unused)}: not a setting of model {name!r} (only of other models)")
+        fixed = {k: v for k, v in SIF_VARIANTS.get(name, {}).items() if k != "search"}
+        clash = [f"model.{k}" for k, v in fixed.items()
+                 if getattr(cfg.model, k) not in (v, getattr(_MODEL_DEFAULTS, k))]
+        if clash:
+            raise ConfigError(f"{', '.join(clash)}: model {name!r} fixes it ({fixed}); use model.name=sif to set it")
     return kw
 
 
@@ -133,6 +138,8 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None)
     if isinstance(rec, SIFRecommender):
         results.update(genotype=rec.genotype_.to_dict(), op=rec.op_, seconds_search=rec.search_result_.seconds,
                        search_epochs=len(rec.search_result_.history))
+        if getattr(rec, "selection_", None) is not None:
+            results["race"] = rec.selection_.summary()
     if nd.get_world_size() > 1:
         results["world_size"] = nd.get_world_size()
     if not nd.is_main_process():         # data parallel: rank 0 writes the run folder
@@ -158,9 +165,11 @@ def _valid_scores(rec, valid) -> dict[str, float]:
 
 
 def _train_seconds(rec) -> float:
-    """Seconds of stand-alone training, the refit included."""
+    """Seconds of stand-alone training: every fit of the race (the winner's included) or the one fit, and the
+    refit."""
     extra = rec.refit_result_.seconds if getattr(rec, "refit", False) else 0.0
-    return rec.train_result_.seconds + extra
+    race = getattr(rec, "selection_", None)
+    return (race.seconds if race is not None else rec.train_result_.seconds) + extra
 
 
 def _fit_tuned(cfg: RunConfig, name: str, grid: dict[str, list], data) -> tuple[Any, dict[str, Any]]:

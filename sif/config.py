@@ -56,12 +56,12 @@ class ModelConfig:
     embedding_dim: int = EMBEDDING_DIM
     use_bias: bool = True
     reg: float = 0.1
-    penalty: str = "l2"             # l2 (per-rating squared norms) | norm (the reference's ||U_b|| + ||V_b||)
-    #                                 | effective (SIF: L2 as the head sees the embeddings; l2 for baselines)
+    penalty: str = "effective"      # effective (SIF: L2 as the head sees the embeddings; l2 for baselines)
+    #                                 | l2 (per-rating squared norms) | norm (the reference's ||U_b|| + ||V_b||)
     penalize_transformed: bool = False  # baselines: put the L2 penalty on the transformed embeddings
     ops: list[str] | None = None    # SIF search: candidate ops (None: all five; multiply/max/min for bpr/bce)
-    head_init: str = "uniform"      # SIF heads: uniform(+-1/sqrt(width)) (paper) | ones (multiply = a dot product)
-    head_radius: float | None = None    # L2 ball of the heads; None: 1 (paper) for ratings, sqrt(dim) for bpr/bce
+    head_init: str = "ones"         # SIF heads: ones (multiply = a dot product) | uniform(+-1/sqrt(width)) (paper)
+    head_radius: float | None = None    # L2 ball of the heads; None: sqrt(embedding_dim) (holds the all-ones head)
     g_hidden: int = 8
     g_skip: bool = True             # g starts as the identity and learns a residual (paper: random MLP)
     train_all_heads: bool = True
@@ -74,14 +74,15 @@ class ModelConfig:
     refit: bool = False             # retrain on train + valid for the epochs early stopping chose (rating task)
     num_negatives: int = 4          # bpr/bce: sampled negatives per positive
     positive_threshold: float | None = None  # bpr/bce: ratings >= this are positives (None: every rating)
-    race_k: int = 5                 # sif_race (sif.selection): ops raced after the search (top race_k by alpha)
-    alpha_tol: float = 1e-3         # sif_race: alphas this close to the race_k-th are a tie and join the race
-    race_first_budget: int = 2      # sif_race: epochs of the first race round (doubling after)
-    race_horizon: float = 1.0       # sif_race: how far (x epochs trained) a candidate's recent rate is continued
+    race_k: int = 5                 # SIF: ops raced as stand-alone fits after the search (top race_k by alpha,
+    #                                 sif.selection); 0: no race, the search's own choice (``select``)
+    alpha_tol: float = 1e-3         # SIF race: alphas this close to the race_k-th are a tie and join the race
+    race_first_budget: int = 2      # SIF race: epochs of the first race round (doubling after)
+    race_horizon: float = 1.0       # SIF race: how far (x epochs trained) a candidate's recent rate is continued
 
     def __post_init__(self):
-        _positive(self, "embedding_dim", "g_hidden", "num_negatives", "race_k", "race_first_budget")
-        _non_negative(self, "alpha_tol", "race_horizon")
+        _positive(self, "embedding_dim", "g_hidden", "num_negatives", "race_first_budget")
+        _non_negative(self, "race_k", "alpha_tol", "race_horizon")
         _non_negative(self, "reg", "neighbourhood_reg")
         _one_of(self, "task", ("rating", "bpr", "bce"))
         _one_of(self, "penalty", ("l2", "norm", "effective"))

@@ -9,7 +9,6 @@ and never asks which kind it is.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from data_loaders import BatchIterator, RatingDataset, to_csr
@@ -72,9 +71,6 @@ class RatingFeedback:
     def score(self, rec, dataset: RatingDataset) -> dict[str, float]:
         return rec.task_.evaluate(rec.model_, self.iterator(rec, dataset, False, 8192, 0))
 
-    def head_radius(self, dim: int) -> float:
-        """The paper's unit ball for the SIF heads."""
-        return 1.0
 
 
 class ImplicitFeedback:
@@ -111,13 +107,6 @@ class ImplicitFeedback:
     def score(self, rec, dataset: RatingDataset) -> dict[str, float]:
         target = to_csr(dataset, threshold=rec.positive_threshold, binary=True)
         return rec.task_.evaluate(rec.model_, RankingData(rec.rated_, target, auc=True))
-
-    def head_radius(self, dim: int) -> float:
-        """sqrt(dim): the smallest ball holding the all-ones head (a plain dot product). Under BPR on ML-100K
-        (dim 32, seed-0 split, fixed multiply, 20 epochs) the unit ball kept the scores so small that validation
-        NDCG@10 stayed at the popularity level for the first 8 epochs (0.093) and reached 0.146; radius sqrt(dim)
-        reached 0.171 (GMF: 0.155)."""
-        return math.sqrt(dim)
 
 
 FEEDBACK: dict[str, RatingFeedback | ImplicitFeedback] = {

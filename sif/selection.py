@@ -11,8 +11,9 @@ the leader. Measured (6 splits, all 5 ops raced): the validation-best op on 6 of
 fixed ops (1.015x in seconds, 0.996x in epochs, the search included).
 
 :func:`shortlist` (alpha order, ties within ``alpha_tol`` widen the list), :func:`race` (the decision rule, on any
-``advance`` function) and :class:`SelectingSIFRecommender` (search, shortlist, race with real fits; the race's
-winner is trained to its own early stop, so its stand-alone model is the one a plain fit of that op gives).
+``advance`` function) and :func:`race_fit` (the stage of :class:`sif.recommender.SIFRecommender`, by default: search,
+shortlist, race with real fits; the race's winner is trained to its own early stop, so its stand-alone model is the
+one a plain fit of that op gives).
 """
 
 from __future__ import annotations
@@ -27,11 +28,9 @@ from pathlib import Path
 from torch import nn
 
 from .config import ModelConfig
-from .estimator import register
-from .recommender import SIFRecommender
 from .train import TrainResult, train_model
 
-__all__ = ["SELECTION_DEFAULTS", "RaceResult", "shortlist", "race", "early_stopped", "SelectingSIFRecommender"]
+__all__ = ["SELECTION_DEFAULTS", "RaceResult", "shortlist", "race", "early_stopped", "race_fit"]
 
 log = logging.getLogger("sif.selection")
 
@@ -50,6 +49,14 @@ class RaceResult:
     curves: dict[str, list[float]]
     epochs: int
     eliminated: list[tuple[str, int, str]] = field(default_factory=list)
+    seconds: float = 0.0        # of every fit (set by :func:`race_fit`; resumed fits add up)
+
+    def summary(self) -> dict:
+        """A JSON-ready record: winner, candidates, epochs per candidate and in all, eliminations, seconds."""
+        return {"winner": self.winner, "candidates": list(self.candidates), "epochs": self.epochs,
+                "epochs_per_candidate": {op: len(c) for op, c in self.curves.items()},
+                "eliminated": [{"op": op, "epoch": e, "why": why} for op, e, why in self.eliminated],
+                "seconds": self.seconds}
 
 
 def shortlist(alphas: Mapping[str, float], k: int, alpha_tol: float = SELECTION_DEFAULTS["alpha_tol"]) -> list[str]:
@@ -142,50 +149,34 @@ def race(candidates: Sequence[str], advance: Callable[[str, int], Sequence[float
     return RaceResult(winner, tuple(candidates), curves, sum(len(c) for c in curves.values()), eliminated)
 
 
-@register
-class SelectingSIFRecommender(SIFRecommender):
-    """:class:`sif.recommender.SIFRecommender` with a selection stage between the search and the stand-alone
-    training: the ``race_k`` ops with the largest final alpha (ties within ``alpha_tol`` join) race as stand-alone
-    fits on the validation split (:func:`race`); the winner's fit, trained to its own early stop, is the model.
+def race_fit(rec, space, train_it, eval_it, run_dir: str | Path | None = None) -> tuple[nn.Module, TrainResult]:
+    """The race stage of :class:`sif.recommender.SIFRecommender` (``race_k`` >= 1): the ``race_k`` ops with the
+    largest final alpha of ``space``'s search (ties within ``alpha_tol`` join) race as stand-alone fits on the
+    validation split (:func:`race`, on the task's metric, negated where larger is better); the winner's fit, trained
+    to its own early stop, is returned as (model, train result). Sets ``rec.selection_`` (:class:`RaceResult`),
+    ``rec.op_`` and ``rec.genotype_``. Each fit resumes from its checkpoint in ``run_dir/<op>`` (a temporary
+    folder when None), so a killed run resumes to the same race; the fits call no ``callback``."""
+    names = list(space.names)
+    final = dict(zip(names, rec.search_result_.history[-1]["alphas"]["interaction"][0], strict=True))
+    cands = shortlist(final, rec.race_k, rec.alpha_tol)
+    metric, sign = rec.task_.metric, (-1.0 if getattr(rec.task_, "maximize", False) else 1.0)
+    cfg, fits = rec.train_config_, {}
+    with tempfile.TemporaryDirectory(prefix="sif-race-") as tmp:
+        root = Path(run_dir) if run_dir is not None else Path(tmp)
 
-    race_k: shortlist length (5 = every op; 1 = the op with the largest final alpha, no race). alpha_tol: absolute
-    alpha difference counted as a tie. race_first_budget: epochs of the first round (then doubled). race_horizon:
-    how far the optimistic continuation reaches, in multiples of the epochs trained. ``select`` and ``search_on``
-    are not used (alpha steps on validation batches); the race's fits write no run folder and call no ``callback``.
-    Rating task only. Measured defaults and their numbers: benchmarks/README.md, "SIF search quality".
-    """
+        def advance(op: str, epochs: int) -> list[float]:
+            model = fits[op][0] if op in fits else rec._race_model(op, space)
+            res = train_model(model, rec.task_, train_it, eval_it, replace(cfg, max_epochs=epochs), rec.device,
+                              run_dir=root / op, show_progress=False)
+            fits[op] = (model, res)
+            return [sign * h[f"valid_{metric}"] for h in res.history][:epochs]   # a resumed fit may have run longer
 
-    def __init__(self, race_k: int = SELECTION_DEFAULTS["race_k"], alpha_tol: float = SELECTION_DEFAULTS["alpha_tol"],
-                 race_first_budget: int = SELECTION_DEFAULTS["first_budget"],
-                 race_horizon: float = SELECTION_DEFAULTS["horizon"], **kwargs):
-        super().__init__(**kwargs)
-        if race_k < 1:
-            raise ValueError(f"race_k must be >= 1, got {race_k}")
-        self.race_k, self.alpha_tol = race_k, alpha_tol
-        self.race_first_budget, self.race_horizon = race_first_budget, race_horizon
-
-    def _fit_model(self, train_it, valid_it, eval_it, show_progress, callback, run_dir):
-        if self.feedback.metric != "rmse":
-            raise ValueError(f"SelectingSIFRecommender: task={self.task!r}; the race compares validation RMSE, so it "
-                             "supports the rating task only")
-        space = self._search(train_it, valid_it, eval_it, show_progress, run_dir)
-        final = dict(zip(space.names, self.search_result_.history[-1]["alphas"]["interaction"][0], strict=True))
-        cands = shortlist(final, self.race_k, self.alpha_tol)
-        fits: dict[str, tuple[nn.Module, TrainResult]] = {}
-        with tempfile.TemporaryDirectory(prefix="sif-race-") as tmp:
-            def advance(op: str, epochs: int) -> list[float]:
-                model = fits[op][0] if op in fits else self._prepared(self._space((op,)))
-                res = train_model(model, self.task_, train_it, eval_it, replace(self.train_config_, max_epochs=epochs),
-                                  self.device, run_dir=Path(tmp) / op, show_progress=False)
-                fits[op] = (model, res)
-                return [h[f"valid_{self.task_.metric}"] for h in res.history]
-
-            self.selection_ = race(cands, advance, self.train_config_.patience, self.train_config_.min_delta,
-                                   self.race_first_budget, self.train_config_.max_epochs, self.race_horizon)
-        self.op_ = self.selection_.winner
-        best = self.search_result_.best_genotype
-        self.genotype_ = dataclasses.replace(best, matrices=tuple(
-            (n, tuple(replace(c, op=self.op_) for c in cs)) if n == "interaction" else (n, cs)
-            for n, cs in best.matrices))
-        log.info("selection: candidates %s, winner %s after %d epochs", cands, self.op_, self.selection_.epochs)
-        return fits[self.op_]
+        rec.selection_ = race(cands, advance, cfg.patience, cfg.min_delta, rec.race_first_budget, cfg.max_epochs,
+                              rec.race_horizon)
+    rec.selection_.seconds = sum(res.seconds for _, res in fits.values())
+    rec.op_ = rec.selection_.winner
+    best = rec.search_result_.best_genotype
+    rec.genotype_ = dataclasses.replace(best, matrices=tuple(
+        (n, tuple(replace(c, op=rec.op_) for c in cs)) if n == "interaction" else (n, cs) for n, cs in best.matrices))
+    log.info("race: candidates %s, winner %s after %d epochs", cands, rec.op_, rec.selection_.epochs)
+    return fits[rec.op_]

@@ -22,7 +22,7 @@ from sif.train import TrainConfig
 
 # A valid value other than the default, per setting whose type alone does not give one.
 ALTERNATIVES: dict[str, typing.Any] = {
-    "task": "bpr", "penalty": "norm", "head_init": "ones", "select": "last", "search_on": "train",
+    "task": "bpr", "penalty": "norm", "head_init": "uniform", "select": "last", "search_on": "train",
     "neighbourhood": "user", "ops": ["multiply", "max"], "head_radius": 2.0, "positive_threshold": 4.0,
     "strategy": "darts1", "w_optimizer": "sgd", "w_lr_schedule": "cosine", "amp": "bf16", "alpha_init": "darts",
     "compile_backend": "eager", "compile_mode": "default", "fused": False, "max_steps_per_epoch": 7,
@@ -77,7 +77,11 @@ def test_every_model_setting_reaches_the_recommender_or_is_refused(name, via, tm
             f.write_text(yaml.safe_dump({"model": {"name": name, field_name: value}}))
             cfg = load_config(f)
         assert getattr(cfg.model, field_name) == value
-        if field_name in taken and (field_name != "neighbourhood" or _neighbourhood_ok(name)):
+        fixed = SIF_VARIANTS.get(name, {})
+        if field_name in fixed and fixed[field_name] != value:      # a variant's own setting: refused, not ignored
+            with pytest.raises(ConfigError, match=f"model.{field_name}: model '{name}' fixes"):
+                build_recommender(cfg)
+        elif field_name in taken and (field_name != "neighbourhood" or _neighbourhood_ok(name)):
             assert getattr(build_recommender(cfg), field_name) == value, (name, field_name)
         else:
             with pytest.raises(ConfigError, match=f"model.{field_name}"):

@@ -181,7 +181,7 @@ def test_torchrun_sif_cli_search_writes_one_run_folder(two_rank_run):
     results = json.loads((run / "results.json").read_text())
     assert results["world_size"] == 2 and results["op"] in ("plus", "multiply", "max", "min", "concat")
     for name in ("config.yaml", "run.log", "genotype.json", "model/model.pt", "search/checkpoint.pt",
-                 "train/train_checkpoint.pt"):
+                 f"race/{results['op']}/train_checkpoint.pt"):
         assert (run / name).is_file(), name
 
 

@@ -198,11 +198,11 @@ def test_separable_ops_rank_items_the_same_for_every_user(op, separable):
     assert bool((order == order[0]).all()) == separable
 
 
-def test_head_radius_defaults_keep_the_paper_for_ratings_and_hold_a_dot_product_for_implicit():
+def test_head_radius_default_holds_the_all_ones_head_for_every_task():
     ds = _ratings()
     dim = 16
-    cases = [("fixed:multiply", "rating", 1.0), ("fixed:multiply", "bce", math.sqrt(dim)),
-             ("sif", "rating", 1.0), ("sif", "bpr", math.sqrt(dim))]
+    cases = [("fixed:multiply", "rating", math.sqrt(dim)), ("fixed:multiply", "bce", math.sqrt(dim)),
+             ("sif", "rating", math.sqrt(dim)), ("sif", "bpr", math.sqrt(dim))]
     for name, task, radius in cases:
         kw = {"search": {"epochs": 1}} if name == "sif" else {}
         rec = create_recommender(name, task=task, embedding_dim=dim, train={"max_epochs": 1}, **kw)

@@ -87,7 +87,7 @@ def test_search_recovers_planted_multiply():
         tr, va, _ = random_split(ds, (0.7, 0.15, 0.15), seed=seed)
         search = {"epochs": 12, "w_optimizer": "adagrad", "w_lr": 0.05, "a_lr": 3e-4}
         rec = SIFRecommender(embedding_dim=4, use_bias=False, reg=1e-5, penalty="norm", random_state=seed,
-                             g_skip=False, keep_g=True, search=search,
+                             g_skip=False, keep_g=True, search=search, race_k=0, head_init="uniform", head_radius=1.0,
                              train={"max_epochs": 1}).fit(tr, va, show_progress=False)
         found.append(rec.op_)
     assert found.count("multiply") >= 3, found

@@ -38,12 +38,16 @@ def test_cli_search_then_evaluate_end_to_end(tmp_path, ratings_csv, capsys):
     run = tmp_path / "run" / "search"
     for name in ("fingerprint.json", "config.yaml", "results.json", "genotype.json", "interaction.dot",
                  "interaction.png", "alphas.png", "run.log", "model/recommender.json", "model/model.pt",
-                 "search/log.jsonl", "search/checkpoint.pt", "train/train_checkpoint.pt"):
+                 "search/log.jsonl", "search/checkpoint.pt"):
         assert (run / name).is_file(), name
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["search"]["epochs"] == 3 and resolved["model"]["embedding_dim"] == 3
     results = json.loads((run / "results.json").read_text())
     assert results["op"] in ("plus", "multiply", "max", "min", "concat")
+    race = results["race"]          # the default: every op raced as a stand-alone fit, checkpointed per op
+    assert race["winner"] == results["op"] and set(race["candidates"]) == {"plus", "multiply", "max", "min", "concat"}
+    assert all((run / "race" / op / "train_checkpoint.pt").is_file() for op in race["candidates"])
+    assert race["epochs"] == sum(race["epochs_per_candidate"].values()) and race["seconds"] > 0
     assert len((run / "search/log.jsonl").read_text().splitlines()) == 3
     assert json.loads((run / "run.log").read_text().splitlines()[-1])["level"] == "INFO"
     capsys.readouterr()

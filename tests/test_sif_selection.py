@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from data_loaders import random_split
-from sif.recommender import FixedInteractionRecommender, load_recommender
-from sif.selection import SelectingSIFRecommender, early_stopped, race, shortlist
+from sif.recommender import FixedInteractionRecommender, SIFRecommender, load_recommender
+from sif.selection import early_stopped, race, shortlist
 from sif.synthetic import planted_ratings
 
 
@@ -90,7 +90,7 @@ def test_selecting_recommender_picks_the_validation_best_fixed_op_on_planted_dat
     ops = ["plus", "multiply", "max"]
     fixed = {op: FixedInteractionRecommender(op=op, **common).fit(tr, va, show_progress=False) for op in ops}
     valid = {op: fixed[op].train_result_.best_valid["rmse"] for op in ops}
-    rec = SelectingSIFRecommender(ops=ops, race_k=3, search={"epochs": 2}, **common).fit(tr, va, show_progress=False)
+    rec = SIFRecommender(ops=ops, search={"epochs": 2}, **common).fit(tr, va, show_progress=False)   # race_k=5
     assert rec.op_ == min(valid, key=valid.get)
     assert set(rec.selection_.candidates) == set(ops)
     assert rec.genotype_.choices("interaction")[0].op == rec.op_
@@ -99,14 +99,43 @@ def test_selecting_recommender_picks_the_validation_best_fixed_op_on_planted_dat
                                fixed[rec.op_].predict(te.users, te.items, ids="index"), rtol=0, atol=1e-5)
     rec.save(tmp_path / "m")
     back = load_recommender(tmp_path / "m")
-    assert type(back) is SelectingSIFRecommender and back.op_ == rec.op_
+    assert type(back) is SIFRecommender and back.op_ == rec.op_
     np.testing.assert_array_equal(back.predict(te.users, te.items, ids="index"),
                                   rec.predict(te.users, te.items, ids="index"))
 
 
-def test_selecting_recommender_rejects_bad_settings():
-    with pytest.raises(ValueError, match="race_k must be >= 1"):
-        SelectingSIFRecommender(race_k=0)
+def test_race_settings_are_checked_and_race_k_0_is_the_search_choice():
+    with pytest.raises(ValueError, match="race_k"):
+        SIFRecommender(race_k=-1)
+    with pytest.raises(ValueError, match="race_first_budget"):
+        SIFRecommender(race_first_budget=0)
     tr, va, _ = _planted()
-    with pytest.raises(ValueError, match="rating task"):
-        SelectingSIFRecommender(task="bpr", embedding_dim=4, search={"epochs": 1}).fit(tr, va, show_progress=False)
+    common = dict(embedding_dim=4, random_state=0, search={"epochs": 2},
+                  train={"max_epochs": 4, "patience": 2, "batch_size": 256})
+    plain = SIFRecommender(race_k=0, **common).fit(tr, va, show_progress=False)
+    assert not hasattr(plain, "selection_")
+    assert plain.op_ == plain.search_result_.best_genotype.choices("interaction")[0].op
+
+
+def test_race_on_implicit_feedback_maximises_ndcg():
+    """For bpr the race compares validation NDCG@10 (larger is better): the winner has the best curve."""
+    tr, va, _ = _planted()
+    rec = SIFRecommender(task="bpr", embedding_dim=4, random_state=0, search={"epochs": 1},
+                         train={"max_epochs": 4, "patience": 2, "batch_size": 256}).fit(tr, va, show_progress=False)
+    curves = rec.selection_.curves      # negated NDCG per epoch
+    assert rec.op_ == min(curves, key=lambda op: (min(curves[op]), rec.selection_.candidates.index(op)))
+    assert set(rec.selection_.candidates) == {"multiply", "max", "min"}
+
+
+def test_race_resumes_from_its_run_folder_to_the_same_winner(tmp_path):
+    """A race whose fits are checkpointed under run_dir/race/<op> gives, when rerun on the same folder (a killed run
+    resumed), the same winner, curves and predictions."""
+    tr, va, te = _planted(1)
+    common = dict(embedding_dim=4, random_state=0, ops=["plus", "multiply"], search={"epochs": 2},
+                  train={"max_epochs": 8, "patience": 2, "batch_size": 256})
+    first = SIFRecommender(**common).fit(tr, va, show_progress=False, run_dir=tmp_path)
+    assert (tmp_path / "race" / first.op_ / "train_checkpoint.pt").is_file()
+    again = SIFRecommender(**common).fit(tr, va, show_progress=False, run_dir=tmp_path)
+    assert again.op_ == first.op_ and again.selection_.curves == first.selection_.curves
+    np.testing.assert_array_equal(again.predict(te.users, te.items, ids="index"),
+                                  first.predict(te.users, te.items, ids="index"))
