@@ -5,6 +5,8 @@ resumable batch loader that applies tensor augmentation (see :mod:`data_loaders.
 give silently wrong labels (images with no label CSV, a single class folder, no images) is an error naming the
 folder, file or CSV line.
 
+The CIFAR pickles are read in :mod:`data_loaders.cifar`, the search split and the batch loader live in
+:mod:`data_loaders.image_loader`, :class:`ImageSet` in :mod:`data_loaders.image_set`; this module re-exports them.
 Readers return an :class:`ImageSet`: ``images`` uint8 (N, 3, H, W), ``labels`` int64 (N,), ``classes`` names.
 Large class-folder trees (ImageNet) are read lazily by :class:`ImageFolderDataset`. Decoding JPEG/PNG files needs
 Pillow (the ``images`` extra); CIFAR pickles do not.
@@ -20,166 +22,22 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import pickle
 import posixpath
-import tarfile
 import zipfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .cifar import CIFAR_PICKLE_GLOBALS, RefusedPickle, load_cifar
+from .image_loader import ImageLoader, search_split
+from .image_set import ImageSet, data_path
+
 __all__ = ["ImageSet", "data_path", "load_cifar", "load_image_zip", "load_image_folder", "ImageFolderDataset",
            "search_split", "ImageLoader", "IMAGE_SUFFIXES", "LABEL_CSV_NAMES", "CIFAR_PICKLE_GLOBALS", "RefusedPickle"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp")
-
-
-@dataclass
-class ImageSet:
-    """images: uint8 (N, C, H, W); labels: int64 (N,); classes: class names (label i -> classes[i])."""
-
-    images: Tensor
-    labels: Tensor
-    classes: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, idx: Tensor) -> ImageSet:
-        return ImageSet(self.images[idx], self.labels[idx], self.classes)
-
-
-def data_path(*parts: str) -> Path:
-    """A path under NASP_DATA_DIR (error naming the variable when it is unset or the path is missing)."""
-    root = os.environ.get("NASP_DATA_DIR")
-    if not root:
-        raise FileNotFoundError("NASP_DATA_DIR is not set; point it at the folder holding the data sets")
-    p = Path(root, *parts)
-    if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist (NASP_DATA_DIR={root})")
-    return p
-
-
-# ---- CIFAR pickles ------------------------------------------------------------------------------------------
-_CIFAR = {
-    "cifar10": {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"], "meta": "batches.meta",
-                "label_key": b"labels", "names_key": b"label_names"},
-    "cifar100": {"train": ["train"], "test": ["test"], "meta": "meta", "label_key": b"fine_labels",
-                 "names_key": b"fine_label_names"},
-}
-
-
-_NUMPY_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
-                  for n in ("_reconstruct", "scalar")}
-_NUMPY_GLOBALS |= {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"), ("numpy", "ndarray"),
-                   ("numpy", "dtype")}
-# bytes in protocol <= 2 pickles written by Python 3: _codecs.encode(str, "latin1"), and bytes() for b""
-_BUILTIN_GLOBALS = {("_codecs", "encode"), ("builtins", "bytes"), ("__builtin__", "bytes"), ("builtins", "bytearray"),
-                    ("__builtin__", "bytearray")}
-CIFAR_PICKLE_GLOBALS = frozenset(_NUMPY_GLOBALS | _BUILTIN_GLOBALS)
-
-
-class RefusedPickle(pickle.UnpicklingError):
-    """A CIFAR pickle referenced a global outside :data:`CIFAR_PICKLE_GLOBALS`; nothing of it was run."""
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches (``encoding="bytes"``, as the Python-2 files need) and nothing else: the only
-    callables a stream may name are numpy's array / dtype / scalar reconstructors and the bytes builders."""
-
-    def __init__(self, f, source: str):
-        super().__init__(f, encoding="bytes")
-        self.source = source
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in CIFAR_PICKLE_GLOBALS:
-            raise RefusedPickle(f"{self.source}: refused to unpickle the global {module}.{name} (a CIFAR batch holds "
-                                "only numpy arrays, lists, dicts, bytes and numbers)")
-        core = "numpy._core." if hasattr(np, "_core") else "numpy.core."     # numpy >= 2 keeps numpy.core as a shim
-        if module.startswith(("numpy.core.", "numpy._core.")):
-            module = core + module.split(".", 2)[2]
-        return super().find_class(module, name)
-
-
-def _unpickle(f, source: str) -> dict:
-    """One CIFAR batch / meta dict, read with the restricted unpickler; one-line errors name ``source``."""
-    try:
-        blob = _CifarUnpickler(f, source).load()
-    except RefusedPickle:
-        raise
-    except Exception as e:
-        detail = (str(e).splitlines() or [""])[0]
-        raise ValueError(f"{source}: not a readable CIFAR pickle ({type(e).__name__}: {detail})") from e
-    if not isinstance(blob, dict):
-        raise ValueError(f"{source}: a CIFAR pickle holds a dict, this one a {type(blob).__name__}")
-    return blob
-
-
-def _field(blob: dict, key: bytes, source: str):
-    if key not in blob and key.decode() not in blob:
-        raise ValueError(f"{source}: no {key.decode()!r} entry (keys: {sorted(map(str, blob))[:6]})")
-    return blob[key] if key in blob else blob[key.decode()]
-
-
-def _cifar_blobs(path: Path, members: list[str], first: str, name: str) -> dict[str, tuple[dict, str]]:
-    """member -> (unpickled dict, source name) from the archive or folder at ``path``."""
-    if path.is_file():
-        with tarfile.open(path, "r:*") as tar:
-            by_base = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-            missing = [m for m in members if m not in by_base]
-            if missing:
-                raise ValueError(f"{path}: archive lacks {missing}")
-            return {m: (_unpickle(tar.extractfile(by_base[m]), f"{path}:{by_base[m].name}"),
-                        f"{path}:{by_base[m].name}") for m in members}
-    folder = next((d for d in (path, *path.iterdir()) if d.is_dir() and (d / first).is_file()), None)
-    if folder is None:
-        raise ValueError(f"{path}: no {first} found (expected the python-pickle version of {name})")
-    blobs = {}
-    for m in members:
-        if not (folder / m).is_file():
-            raise FileNotFoundError(f"{folder / m} does not exist (a {name} folder holds {members})")
-        with open(folder / m, "rb") as f:
-            blobs[m] = (_unpickle(f, str(folder / m)), str(folder / m))
-    return blobs
-
-
-def load_cifar(path: str | Path, name: str = "cifar10", split: str = "train") -> ImageSet:
-    """Read CIFAR-10 / CIFAR-100 in the python-pickle form from its folder (``cifar-10-batches-py`` /
-    ``cifar-100-python``, or any folder holding the batch files) or from the ``.tar.gz`` archive.
-
-    The pickles are read by a restricted unpickler that refuses every global but numpy's array reconstructors
-    (:data:`CIFAR_PICKLE_GLOBALS`), so a crafted batch file cannot run code. images: uint8 (N, 3, 32, 32)."""
-    if name not in _CIFAR:
-        raise ValueError(f"name must be one of {sorted(_CIFAR)}, got {name!r}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    spec, path = _CIFAR[name], Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"CIFAR path {path} does not exist")
-    blobs = _cifar_blobs(path, spec[split] + [spec["meta"]], spec[split][0], name)
-    meta, meta_src = blobs[spec["meta"]]
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _field(meta, spec["names_key"], meta_src)]
-    data, labels = [], []
-    for m in spec[split]:
-        blob, src = blobs[m]
-        d = np.asarray(_field(blob, b"data", src))
-        y = np.asarray(_field(blob, spec["label_key"], src))
-        if d.ndim != 2 or d.shape[1] != 3 * 32 * 32 or d.dtype != np.uint8:
-            raise ValueError(f"{src}: data is {d.dtype} {d.shape}, expected uint8 (N, 3072)")
-        if y.shape != (len(d),) or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"{src}: {len(d)} images but labels of shape {y.shape} ({y.dtype})")
-        bad = y[(y < 0) | (y >= len(classes))]
-        if len(bad):
-            raise ValueError(f"{src}: label {int(bad[0])} is outside the {len(classes)} classes of {meta_src}")
-        data.append(d)
-        labels.append(y.astype(np.int64))
-    images = torch.from_numpy(np.concatenate(data).reshape(-1, 3, 32, 32).copy())
-    return ImageSet(images, torch.from_numpy(np.concatenate(labels)), classes)
 
 
 # ---- image files ----------------------------------------------------------------------------------------------
@@ -421,61 +279,3 @@ class ImageFolderDataset:
             arr = center_crop(resize_shorter(arr[None].float(), self.size), self.size)[0].round().clamp(0, 255)
             arr = arr.to(torch.uint8)
         return arr, label
-
-
-# ---- splits and loading -----------------------------------------------------------------------------------------
-def search_split(n: int, seed: int = 0, fraction: float = 0.5) -> tuple[Tensor, Tensor]:
-    """The search split of a training set: a seeded permutation cut into (train, valid) index tensors,
-    ``fraction`` of the samples for training (0.5: DARTS' 25k / 25k split of CIFAR-10)."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    cut = int(round(n * fraction))
-    return perm[:cut], perm[cut:]
-
-
-class ImageLoader:
-    """Mini-batches (augmented float images (B, C, H, W), labels (B,)) from in-memory uint8 tensors or a lazy
-    dataset, in a seeded order that is a pure function of (seed, epoch); ``set_epoch`` / ``iter_from`` let a
-    search or training run resume exactly. ``augment(x_uint8, generator) -> float`` runs per batch."""
-
-    def __init__(self, images, labels: Tensor | None = None, batch_size: int = 64, shuffle: bool = True,
-                 augment: Callable | None = None, seed: int = 0, drop_last: bool = False):
-        if labels is None:        # a lazy dataset of (image, label) pairs
-            self.dataset, self.images, self.labels = images, None, None
-            n = len(images)
-        else:
-            if len(images) != len(labels):
-                raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) differ in length")
-            self.dataset, self.images, self.labels = None, images, labels
-            n = len(labels)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.n, self.batch_size, self.shuffle, self.augment = n, batch_size, shuffle, augment
-        self.seed, self.drop_last, self.epoch = seed, drop_last, 0
-
-    def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _fetch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        if self.dataset is None:
-            return self.images[idx], self.labels[idx]
-        items = [self.dataset[int(i)] for i in idx]
-        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)
-
-    def iter_from(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
-        for b in range(start, len(self)):
-            idx = order[b * self.batch_size: (b + 1) * self.batch_size]
-            x, y = self._fetch(idx)
-            if self.augment is not None:
-                ga = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 100_003 + b)
-                x = self.augment(x, ga)
-            yield x, y
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.iter_from(0)
