@@ -29,6 +29,7 @@ from nasp.checkpoint import (
     set_rng_state,
     unhealthy_parameter,
 )
+from nasp.optim import clip_grad_norm_
 from nasp.optim import make_optimizer as build_optimizer
 from nasp.search import NonFiniteLossError, to_device
 
@@ -107,7 +108,7 @@ def _train_epoch(model, task: RatingTask, loader: Iterable, opt, params, cfg: Tr
         if sync:                                  # data parallel: average the gradients of all ranks
             nd.allreduce_grads_(params)
         if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+            clip_grad_norm_(params, cfg.grad_clip)          # torch's; also takes row-sparse tables
         opt.step()
         if hasattr(model, "after_weight_step"):
             model.after_weight_step()
