@@ -236,3 +236,27 @@ def test_training_resumes_exactly_with_row_wise_state(tmp_path):
     result = _train(resumed, run_dir=tmp_path, optimizer="adam", lr=0.01)
     assert len(result.history) == 3
     _close(whole.state_dict(), resumed.state_dict(), tol=0)
+
+
+def test_cosine_schedule_reaches_the_row_wise_tables():
+    """A scheduler writes the lr into the row-wise optimiser's groups; both parts (tables, dense weights) follow."""
+    runs = [_searcher(sparse, True, "adagrad", w_lr_schedule="cosine", w_lr_min=0.01) for sparse in (False, True)]
+    for s in runs:
+        s.fit(*_loaders())
+    _close(runs[0].model.state_dict(), runs[1].model.state_dict())
+    assert runs[1].w_opt.param_groups[0]["lr"] == runs[0].w_opt.param_groups[0]["lr"] < 0.05
+
+
+def test_recommender_setting_builds_row_wise_tables_with_the_dense_result():
+    from sif.recommender import create_recommender
+    from sif.synthetic import planted_ratings
+
+    ds = planted_ratings("multiply", num_users=60, num_items=80, n=3000, seed=0)
+    recs = [create_recommender("mf", embedding_dim=4, sparse_rows=sparse, random_state=0,
+                               train={"max_epochs": 3, "optimizer": "adagrad", "lr": 0.05, "batch_size": 256})
+            .fit(ds, show_progress=False) for sparse in (False, True)]
+    assert [r.sparse_rows for r in recs] == [False, True]
+    assert all(is_row_sparse(p) for p in (recs[1].model_.user.weight, recs[1].model_.item_bias.weight))
+    users, items = ds.users[:200], ds.items[:200]
+    a, b = (r.predict(users, items, ids="index") for r in recs)
+    assert abs(a - b).max() < 1e-4 and recs[1].train_result_.best_valid["rmse"] < 1.5 * ds.ratings.std()
