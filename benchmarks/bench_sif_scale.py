@@ -133,6 +133,29 @@ def _summary(rows: list[dict]) -> dict:
     return {f"step_ratio_{hi}_vs_{lo}": ratios, f"search_ratings_per_s_batch_{big}": rate}
 
 
+def _merge(paths: list[str], out: Path) -> None:
+    """One result file from several runs (e.g. the batch sizes run as separate processes): every run's command,
+    machine and load averages are kept; the summary is recomputed over all rows."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    rows = [r for run in runs for r in run["rows"]]
+    res = {"runs": [{k: v for k, v in run.items() if k != "rows" and k != "summary"} for run in runs],
+           "summary": _summary(rows), "rows": rows}
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res["summary"], indent=2))
+
+
+def _write(out: Path, args, load_before, rows: list[dict]) -> None:
+    from benchmarks._machine import machine
+
+    res = {"command": " ".join(["taskset -c " + ",".join(map(str, sorted(os.sched_getaffinity(0))))
+                                if len(os.sched_getaffinity(0)) < (os.cpu_count() or 1) else "", "python",
+                                *sys.argv]).strip(),
+           "machine": machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+           "summary": _summary(rows), "rows": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -151,14 +174,16 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default=None, help="search autocast dtype on CUDA (bf16 | fp16); none on CPU")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sif_scale.json"))
+    p.add_argument("--merge", nargs="+", default=None, help="merge the rows of these result files into --out")
     args = p.parse_args()
     if args.worker:
         print(json.dumps(_worker(args)))
         return
+    if args.merge:
+        _merge(args.merge, Path(args.out))
+        return
     sys.path.insert(0, str(ROOT))
-    from benchmarks._machine import machine
-
-    load_before, rows = os.getloadavg(), []
+    load_before, rows, out = os.getloadavg(), [], Path(args.out)
     for phase in args.phases.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             for users in (int(u) for u in args.user_counts.split(",")):
@@ -168,14 +193,8 @@ def main() -> None:
                     print(f"{phase:6s} users {users:8d} batch {batch:6d} {tables:6s} {r['path']:10s} "
                           f"{r['step_s'] * 1e3:9.2f} ms/step {r['ratings_per_s']:11.0f} ratings/s "
                           f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
-    res = {"command": " ".join(["taskset -c 1" if hasattr(os, "sched_getaffinity") and os.sched_getaffinity(0) == {1}
-                                else "", "python", *sys.argv]).strip(),
-           "machine": machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
-           "summary": _summary(rows), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res["summary"], indent=2))
+                    _write(out, args, load_before, rows)          # after every row: a stopped run keeps its rows
+    print(json.dumps(_summary(rows), indent=2))
 
 
 if __name__ == "__main__":
