@@ -11,6 +11,10 @@ wrapped), so it is the loop's own step, warm-up steps dropped; ratings/s = batch
 
     taskset -c 1 python benchmarks/bench_sif_scale.py --threads 1        # writes benchmarks/results/sif_scale.json
 
+Parts can run as separate processes (``--phases``, ``--batches``, ``--out``; each file is rewritten after every
+row) and be joined with ``--merge FILE ... --out benchmarks/results/sif_scale.json`` (benchmarks/README.md, "SIF at
+scale", has the commands of the recorded run).
+
 ``--device cuda`` runs the same on a GPU (search with ``--amp bf16``: autocast, so the generic step); no GPU numbers
 exist yet (none was available).
 """
