@@ -26,9 +26,9 @@ What data parallelism means here (the choices, documented):
   best epoch and stop early are identical on every rank without a task-specific reduction.
 - **Rank 0 writes**: run folder, log, checkpoints, genotype files and the progress bar. On resume rank 0 reads
   the checkpoint and broadcasts it, so a restart works on several machines without a shared file system.
-- **Embedding tables (SIF) are replicated** and their dense gradients all-reduced. For MovieLens-20M
-  (138k users + 27k items, dim 8) that is ~6 MB per step; row-sharded tables only pay off when a table no longer
-  fits one device, which this library does not implement.
+- **Embedding tables (SIF) are replicated.** Dense tables have their gradients all-reduced whole; row-wise tables
+  (``model.sparse_rows``, :func:`nasp.optim.mark_row_sparse`) send only the touched rows as (index, row) pairs
+  (:mod:`nasp.distributed_sparse`), so the traffic follows the batch, not the table size.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import islice
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,8 @@ from torch import Tensor, nn
 
 from .arch import ArchParameters
 from .checkpoint import load_checkpoint
+from .distributed_data import PinnedLoader, ShardedLoader, shard_if_distributed
+from .distributed_sparse import allreduce_sparse_mean_
 from .search import Searcher
 
 __all__ = ["AlphaMismatchError", "init_distributed", "cleanup", "is_distributed", "get_rank", "get_world_size",
@@ -140,15 +141,18 @@ def allreduce_mean_(tensors: Sequence[Tensor]) -> None:
     """Average ``tensors`` in place over all ranks: one flattened ``all_reduce`` per (device, dtype) bucket.
 
     Every rank must pass tensors of the same shapes in the same order (in the search loop: the gradients that
-    exist for the shared architecture).
+    exist for the shared architecture); sparse COO ones are averaged by :func:`allreduce_sparse_mean_`.
     """
     if not is_distributed() or not tensors:
         return
     world = dist.get_world_size()
     buckets: dict[tuple, list[Tensor]] = {}
-    for t in tensors:
-        buckets.setdefault((t.device, t.dtype), []).append(t)
-    for group in buckets.values():
+    for t in tensors:                   # sparse COO gradients (row-wise tables): only their touched rows travel
+        buckets.setdefault((t.device, t.dtype, t.is_sparse), []).append(t)
+    for (_, _, sparse), group in buckets.items():
+        if sparse:
+            allreduce_sparse_mean_(group)
+            continue
         flat = torch.cat([t.reshape(-1) for t in group])          # (sum of numels,)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat.div_(world)
@@ -252,113 +256,6 @@ def check_alphas_identical(arch: Iterable[tuple[str, Tensor]], where: str = "") 
             f"(rank {get_rank()} has {int(c)}; its alpha sums {mine}). Data-parallel search needs every rank to "
             "apply the same averaged alpha update: check that all ranks run the same strategy, config and seed, "
             "that grad_sync is set, and that nothing else writes the alphas.")
-
-
-# ---- data sharding ----------------------------------------------------------------------------------------------
-def _rows(batch: Any) -> int | None:
-    if isinstance(batch, Tensor):
-        return batch.shape[0] if batch.dim() else None
-    if isinstance(batch, (list, tuple)):
-        return next((r for r in (_rows(b) for b in batch) if r is not None), None)
-    if isinstance(batch, dict):
-        return next((r for r in (_rows(b) for b in batch.values()) if r is not None), None)
-    return None
-
-
-def _slice(batch: Any, lo: int, hi: int, n: int) -> Any:
-    if isinstance(batch, Tensor):
-        return batch[lo:hi] if batch.dim() and batch.shape[0] == n else batch
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_slice(b, lo, hi, n) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _slice(v, lo, hi, n) for k, v in batch.items()}
-    return batch
-
-
-class ShardedLoader:
-    """This rank's equal slice of every global batch of ``loader``.
-
-    A global batch of B rows is cut into ``world_size`` contiguous slices of ``B // world_size`` rows; rank r takes
-    slice r. Every rank iterates the same global order (the wrapped loader is seeded identically everywhere), so
-    together the ranks see each global batch once, and a batch holding fewer rows than ranks is skipped on all
-    ranks. ``set_epoch`` and ``iter_from`` are forwarded, so :class:`~nasp.streams.ResumableStream` resumes it
-    exactly. Batches are tensors or (nested) tuples/lists/dicts of tensors sharing their first dimension.
-    """
-
-    def __init__(self, loader: Iterable, rank: int | None = None, world_size: int | None = None):
-        self.loader = loader
-        self.rank = get_rank() if rank is None else int(rank)
-        self.world_size = get_world_size() if world_size is None else int(world_size)
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"ShardedLoader: rank {self.rank} outside [0, {self.world_size})")
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.loader, "set_epoch"):
-            self.loader.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def shard(self, batch: Any) -> Any | None:
-        """This rank's slice of one global batch (None when the batch has fewer rows than ranks)."""
-        n = _rows(batch)
-        if n is None:
-            raise TypeError(f"ShardedLoader: cannot find the batch dimension of a {type(batch).__name__}")
-        per = n // self.world_size
-        if per == 0:
-            return None
-        return _slice(batch, self.rank * per, (self.rank + 1) * per, n)
-
-    def iter_from(self, start: int) -> Iterator[Any]:
-        """Shards of the current epoch's global batches from batch index ``start`` on."""
-        inner = self.loader.iter_from(start) if hasattr(self.loader, "iter_from") else islice(iter(self.loader),
-                                                                                            start, None)
-        for batch in inner:
-            part = self.shard(batch)
-            if part is not None:
-                yield part
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.iter_from(0)
-
-
-def shard_if_distributed(loader: Iterable) -> Iterable:
-    """``ShardedLoader(loader)`` inside a process group of several ranks, else ``loader`` itself."""
-    return ShardedLoader(loader) if is_distributed() else loader
-
-
-class PinnedLoader:
-    """Yields the batches of a CPU loader in pinned memory, so ``to(device, non_blocking=True)`` overlaps the copy
-    with compute on CUDA. Forwards ``set_epoch``/``iter_from``/``len``."""
-
-    def __init__(self, loader: Iterable):
-        self.loader = loader
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.loader, "set_epoch"):
-            self.loader.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    @staticmethod
-    def _pin(b: Any) -> Any:
-        if isinstance(b, Tensor):
-            return b.pin_memory() if b.device.type == "cpu" else b
-        if isinstance(b, (list, tuple)):
-            return type(b)(PinnedLoader._pin(x) for x in b)
-        if isinstance(b, dict):
-            return {k: PinnedLoader._pin(v) for k, v in b.items()}
-        return b
-
-    def iter_from(self, start: int) -> Iterator[Any]:
-        inner = self.loader.iter_from(start) if hasattr(self.loader, "iter_from") else islice(iter(self.loader),
-                                                                                            start, None)
-        for b in inner:
-            yield self._pin(b)
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.iter_from(0)
 
 
 # ---- the data-parallel searcher ---------------------------------------------------------------------------------

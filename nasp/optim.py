@@ -13,17 +13,23 @@ hand-written step): gradients are written into per-parameter views of the buffer
 step runs torch's fused kernel directly on the optimiser's own state (fused Adagrad/Adam/AdamW, when the kernel
 exists in this torch) or else ``optimizer.step()`` with the gradients assigned, so the optimiser state stays the
 one a generic autograd step would build.
+
+:class:`RowSparseOptimizer` (what :func:`make_optimizer` returns when some parameters are marked with
+:func:`mark_row_sparse`) updates embedding tables row-wise: only the rows of the batch and their optimiser state
+change, so a step costs O(batch), not O(table) (Adagrad and plain SGD exact, Adam lazy; see the class).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["make_optimizer", "OPTIMIZERS", "FlatUpdate"]
+__all__ = ["make_optimizer", "OPTIMIZERS", "FlatUpdate", "RowSparseOptimizer", "mark_row_sparse", "is_row_sparse",
+           "coalesce_rows", "clip_grad_norm_"]
 
 OPTIMIZERS = ("sgd", "adagrad", "adam", "adamw")
 _FUSED_DEVICES = {"sgd": (), "adam": ("cpu", "cuda"), "adamw": ("cpu", "cuda"), "adagrad": ("cpu",)}
@@ -49,6 +55,8 @@ def make_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: fl
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
     params = list(params)
+    if any(is_row_sparse(p) for p in _param_list(params)):
+        return RowSparseOptimizer(name, params, lr, weight_decay, momentum, betas, fused)
     kind = {"fused": True} if fused and _can_fuse(name, _param_list(params)) else {"foreach": True}
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **kind)
@@ -109,14 +117,20 @@ class FlatUpdate:
         self._plans_state: object = None
         self._consts: tuple[float, Tensor, Tensor] | None = None
 
-    def clip_(self, max_norm: float) -> None:
+    def clip_(self, max_norm: float, extra: tuple[Tensor, ...] = ()) -> None:
         """``clip_grad_norm_`` over the whole buffer: one norm of every entry (the norm of the per-tensor norms up
-        to rounding; entries without a gradient are 0) and one multiply by min(1, max_norm / (norm + 1e-6))."""
+        to rounding; entries without a gradient are 0) and one multiply by min(1, max_norm / (norm + 1e-6)).
+        ``extra`` gradients held outside the buffer (row-wise tables' row gradients) join the norm and the scaling."""
         if self._consts is None or self._consts[0] != max_norm:      # 0-dim operands made once, not per step
             self._consts = (max_norm, self.flat.new_tensor(max_norm), self.flat.new_tensor(1e-6))
         _, top, eps = self._consts
         total = torch.linalg.vector_norm(self.flat, 2.0)
-        self.flat.mul_(torch.div(top, total.add_(eps)).clamp_(max=1.0))
+        if extra:
+            total = torch.linalg.vector_norm(torch.stack([total, *(torch.linalg.vector_norm(t) for t in extra)]))
+        coef = torch.div(top, total.add_(eps)).clamp_(max=1.0)
+        self.flat.mul_(coef)
+        for t in extra:
+            t.mul_(coef)
 
     def _plan(self, idx: tuple[int, ...]) -> tuple | None:
         """(params, grads, state tensor lists, steps, ones) of the parameters at ``idx``; None while a state is
@@ -157,3 +171,165 @@ class FlatUpdate:
             return
         beta1, beta2 = group["betas"]
         fn(params, grads, states[0], states[1], [], steps, amsgrad=False, beta1=beta1, beta2=beta2, **common)
+
+
+# ---- row-wise sparse updates of embedding tables --------------------------------------------------------------
+_ROW_SPARSE = "_nasp_row_sparse"          # attribute a model sets on its row-wise tables (mark_row_sparse)
+_EPS = {"sgd": 0.0, "adagrad": 1e-10, "adam": 1e-8, "adamw": 1e-8}        # torch's defaults
+
+
+def mark_row_sparse(*params: Tensor) -> None:
+    """Declare embedding tables (N, k) whose gradients are row-sparse: :func:`make_optimizer` then updates them
+    with :class:`RowSparseOptimizer` (only the rows of the batch, and only their optimiser state)."""
+    for p in params:
+        setattr(p, _ROW_SPARSE, True)
+
+
+def is_row_sparse(p: Tensor) -> bool:
+    return bool(getattr(p, _ROW_SPARSE, False))
+
+
+def coalesce_rows(idx: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """(unique row indices (n,), summed row gradients (n, k)) of per-lookup gradients ``rows`` (B, k) at ``idx``
+    (B,): what index_select's backward would add into a dense (N, k) gradient, without the dense tensor."""
+    uniq, inv = torch.unique(idx, return_inverse=True)
+    return uniq, rows.new_zeros(uniq.shape[0], rows.shape[1]).index_add_(0, inv, rows)
+
+
+def _grad_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
+    """(unique row indices, row gradients) of a sparse COO gradient (a dense one: every row)."""
+    if not grad.is_sparse:
+        return torch.arange(grad.shape[0], device=grad.device), grad
+    g = grad.coalesce()
+    return g.indices()[0], g.values()
+
+
+class RowSparseOptimizer(torch.optim.Optimizer):
+    """``name`` (sgd | adagrad | adam | adamw) with row-wise updates of the tables marked by
+    :func:`mark_row_sparse` and torch's own optimiser (fused where it can be, see :func:`make_optimizer`) for every
+    other parameter.
+
+    A table's gradient is a sparse COO tensor (``nn.Embedding(sparse=True)``) or given as (unique rows, row
+    gradients) to :meth:`step_rows` (a hand-written step). Only those rows and their state change:
+
+    - **SGD** without momentum and **Adagrad** are exact: the dense update of an untouched row is zero (Adagrad's
+      sum grows by 0), so the result equals the dense optimiser's up to float rounding.
+    - **Adam / AdamW become lazy Adam** (torch's ``SparseAdam`` rule): a row's moments decay only in the steps that
+      touch it; the bias correction uses the table's step count (every step that touched any row).
+    - **SGD momentum** is lazy in the same way (the buffer of a row moves only when the row is touched).
+    - **Weight decay** applies to the touched rows only (L2 added to their gradient; AdamW: their decoupled
+      shrink), i.e. a row is decayed once per step it appears in, not at every step.
+
+    One state dict holds both parts (the dense optimiser shares this optimiser's ``state``); param groups (and
+    what a scheduler writes into them) are this optimiser's and are copied to the dense part before each step.
+    """
+
+    def __init__(self, name: str, params: Iterable[Any], lr: float, weight_decay: float = 0.0,
+                 momentum: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), fused: bool = True):
+        if name not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "betas": tuple(betas),
+                    "eps": _EPS[name], "lr_decay": 0.0, "maximize": False}
+        super().__init__(params, defaults)
+        self.kind = name
+        self.tables = [p for g in self.param_groups for p in g["params"] if is_row_sparse(p)]
+        self.group_of = {p: g for g in self.param_groups for p in g["params"]}
+        pairs = [(g, {"params": [p for p in g["params"] if not is_row_sparse(p)], "lr": g["lr"]})
+                 for g in self.param_groups]
+        pairs = [(g, d) for g, d in pairs if d["params"]]
+        self.dense = (make_optimizer(name, [d for _, d in pairs], lr, weight_decay, momentum, betas, fused)
+                      if pairs else None)
+        self._pairs = list(zip([g for g, _ in pairs], self.dense.param_groups, strict=True)) if pairs else []
+        if self.dense is not None:
+            self.dense.state = self.state
+            for g in self.param_groups:
+                g["fused"] = bool(self.dense.param_groups[0].get("fused"))   # how load_state_dict places "step"
+
+    def sync_groups(self) -> None:
+        """Copy the settings a scheduler or a user may change (lr, weight decay) to the dense optimiser."""
+        for outer, inner in self._pairs:
+            inner["lr"], inner["weight_decay"] = outer["lr"], outer["weight_decay"]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if self.dense is not None:
+            self.dense.state = self.state                  # torch's load replaces the state dict object
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.dense is not None:
+            self.sync_groups()
+            self.dense.step()
+        for p in self.tables:
+            if p.grad is not None:
+                self.step_rows(p, *_grad_rows(p.grad))
+        return loss
+
+    def _row_state(self, p: Tensor) -> dict[str, Tensor]:
+        st = self.state[p]
+        if not st:
+            st["step"] = torch.zeros((), dtype=torch.float32)
+            names = {"adagrad": ("sum",), "adam": ("exp_avg", "exp_avg_sq"), "adamw": ("exp_avg", "exp_avg_sq"),
+                     "sgd": ("momentum_buffer",) if self.group_of[p]["momentum"] else ()}[self.kind]
+            for n in names:
+                st[n] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return st
+
+    @torch.no_grad()
+    def step_rows(self, p: Tensor, idx: Tensor, rows: Tensor) -> None:
+        """Update rows ``idx`` (n,) unique of table ``p`` (N, k) with their gradients ``rows`` (n, k)."""
+        group, st = self.group_of[p], self._row_state(p)
+        self._opt_called = True                   # what torch.optim's step records for a scheduler
+        self.sync_groups()                        # (a hand-written step then steps the dense part itself)
+        st["step"] += 1
+        lr, wd = group["lr"], group["weight_decay"]
+        if self.kind == "adamw":
+            if wd:
+                p.index_add_(0, idx, p.index_select(0, idx), alpha=-lr * wd)
+        elif wd:
+            rows = rows + wd * p.index_select(0, idx)
+        if self.kind == "sgd":
+            if group["momentum"]:
+                buf = st["momentum_buffer"]
+                rows = buf.index_select(0, idx).mul_(group["momentum"]).add_(rows)
+                buf.index_copy_(0, idx, rows)
+            p.index_add_(0, idx, rows, alpha=-lr)
+        elif self.kind == "adagrad":
+            clr = lr / (1 + (float(st["step"]) - 1) * group["lr_decay"])
+            s = st["sum"].index_add_(0, idx, rows * rows).index_select(0, idx)
+            p.index_add_(0, idx, rows / s.sqrt_().add_(group["eps"]), alpha=-clr)
+        else:
+            self._adam_rows(p, idx, rows, group, st)
+
+    @staticmethod
+    def _adam_rows(p: Tensor, idx: Tensor, rows: Tensor, group: dict, st: dict) -> None:
+        """Lazy Adam on rows ``idx``: the moments of those rows only, bias-corrected with the table's step."""
+        (b1, b2), t = group["betas"], float(st["step"])
+        m = st["exp_avg"].index_select(0, idx).mul_(b1).add_(rows, alpha=1 - b1)
+        v = st["exp_avg_sq"].index_select(0, idx).mul_(b2).addcmul_(rows, rows, value=1 - b2)
+        st["exp_avg"].index_copy_(0, idx, m)
+        st["exp_avg_sq"].index_copy_(0, idx, v)
+        denom = v.sqrt_().div_(math.sqrt(1 - b2 ** t)).add_(group["eps"])
+        p.index_add_(0, idx, m.div_(denom), alpha=-group["lr"] / (1 - b1 ** t))
+
+
+def clip_grad_norm_(params: Iterable[Tensor], max_norm: float) -> Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` (one total L2 norm, grads scaled by min(1, max_norm / (norm + 1e-6)))
+    that also takes sparse COO gradients (row-wise tables: coalesced, their values counted and scaled); without
+    sparse gradients it is torch's own call."""
+    params = [p for p in params if p.grad is not None]
+    sparse = [p for p in params if p.grad.is_sparse]
+    if not sparse:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    for p in sparse:
+        p.grad = p.grad.coalesce()
+    grads = [p.grad._values() if p.grad.is_sparse else p.grad for p in params]
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef)
+    return total

@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.graph import increment_version
 
+from .optim import clip_grad_norm_
 from .regularizers import complexity
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def weight_step(s: Searcher, batch, view) -> Tensor:
     loss.backward()
     _sync(s, [p.grad for p in s.weight_params if p.grad is not None])
     if s.config.grad_clip:
-        nn.utils.clip_grad_norm_(s.weight_params, s.config.grad_clip, foreach=True)
+        clip_grad_norm_(s.weight_params, s.config.grad_clip)     # torch's; also takes row-sparse tables
     s.w_opt.step()
     s.model.after_weight_step()
     return loss.detach()

@@ -4,7 +4,9 @@ Every model is an ``nn.Module`` with ``forward(users, items, contexts=None) -> (
 ``forward_with_rows`` which also returns the batch's embedding rows (looked up once) for the task's penalty.
 Fixed SIF interaction functions are :class:`sif.space.SIFSpace` with a single op; where a classic model combines
 embeddings with one of SIF's ops (MF and GMF: multiply, NCF: concat, CP: multiply_multiply) it calls that op's
-record in :data:`sif.interactions.INTERACTIONS`.
+record in :data:`sif.interactions.INTERACTIONS`. ``sparse_rows=True`` gives every table (embeddings, biases,
+NeuMF's MLP embeddings) row-sparse gradients and row-wise optimiser updates (:class:`nasp.optim.RowSparseOptimizer`;
+the neighbourhood vectors stay dense).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+from nasp.optim import mark_row_sparse
 
 from .interactions import EMBEDDING_DIM, INTERACTIONS
 from .neighbourhood import add_neighbourhoods, make_neighbourhoods, set_neighbours
@@ -42,16 +46,21 @@ def create_baseline(name: str, **kwargs) -> nn.Module:
     return BASELINES[name](**kwargs)
 
 
-def _embedding(n: int, k: int, std: float, g: torch.Generator) -> nn.Embedding:
-    emb = nn.Embedding(n, k)
+def _embedding(n: int, k: int, std: float, g: torch.Generator, sparse: bool = False) -> nn.Embedding:
+    """A table N(0, std^2); ``sparse``: row-sparse gradients and row-wise optimiser updates (nasp.optim)."""
+    emb = nn.Embedding(n, k, sparse=sparse)
     with torch.no_grad():
         emb.weight.copy_(std * torch.randn(emb.weight.shape, generator=g))
+    if sparse:
+        mark_row_sparse(emb.weight)
     return emb
 
 
-def _zero_embedding(n: int) -> nn.Embedding:
-    emb = nn.Embedding(n, 1)
+def _zero_embedding(n: int, sparse: bool = False) -> nn.Embedding:
+    emb = nn.Embedding(n, 1, sparse=sparse)
     nn.init.zeros_(emb.weight)
+    if sparse:
+        mark_row_sparse(emb.weight)
     return emb
 
 
@@ -74,7 +83,7 @@ class RatingModel(nn.Module):
 
     def __init__(self, num_users: int, num_items: int, num_contexts: int = 0, embedding_dim: int = EMBEDDING_DIM,
                  use_bias: bool = True, init_std: float = 0.1, seed: int = 0, neighbourhood: str | None = None,
-                 neighbourhood_reg: float = 0.5, **unused):
+                 neighbourhood_reg: float = 0.5, sparse_rows: bool = False, **unused):
         super().__init__()
         if unused:
             raise TypeError(f"{type(self).__name__}: unknown argument(s) {sorted(unused)}")
@@ -83,13 +92,14 @@ class RatingModel(nn.Module):
         if self.tensor_model and num_contexts < 1:
             raise ValueError(f"{type(self).__name__} is a tensor model: it needs contexts (num_contexts >= 1)")
         self.g = torch.Generator().manual_seed(seed)
+        self.sparse_rows = sp = bool(sparse_rows)
         k = embedding_dim
-        self.user = _embedding(num_users, k, init_std, self.g)
-        self.item = _embedding(num_items, k, init_std, self.g)
-        self.context = _embedding(num_contexts, k, init_std, self.g) if num_contexts else None
+        self.user = _embedding(num_users, k, init_std, self.g, sp)
+        self.item = _embedding(num_items, k, init_std, self.g, sp)
+        self.context = _embedding(num_contexts, k, init_std, self.g, sp) if num_contexts else None
         self.use_bias = use_bias
         if use_bias:
-            self.user_bias, self.item_bias = _zero_embedding(num_users), _zero_embedding(num_items)
+            self.user_bias, self.item_bias = _zero_embedding(num_users, sp), _zero_embedding(num_items, sp)
             self.global_bias = nn.Parameter(torch.zeros(()))
         self.neighbourhoods = make_neighbourhoods(neighbourhood, num_users, num_items, k)
         self.neighbourhood_reg = float(neighbourhood_reg)
@@ -210,8 +220,8 @@ class NeuMF(RatingModel):
         super().__init__(num_users, num_items, 0, embedding_dim, use_bias=use_bias, init_std=init_std, seed=seed,
                          **kw)
         k = embedding_dim
-        self.user_mlp = _embedding(num_users, k, init_std, self.g)
-        self.item_mlp = _embedding(num_items, k, init_std, self.g)
+        self.user_mlp = _embedding(num_users, k, init_std, self.g, self.sparse_rows)
+        self.item_mlp = _embedding(num_items, k, init_std, self.g, self.sparse_rows)
         self.mlp = _mlp([2 * k, 2 * k, k, max(k // 2, 1)], self.g)
         self.out = nn.Linear(k + max(k // 2, 1), 1)
 

@@ -79,6 +79,8 @@ class ModelConfig:
     alpha_tol: float = 1e-3         # SIF race: alphas this close to the race_k-th are a tie and join the race
     race_first_budget: int = 2      # SIF race: epochs of the first race round (doubling after)
     race_horizon: float = 1.0       # SIF race: how far (x epochs trained) a candidate's recent rate is continued
+    sparse_rows: bool = False       # row-wise table updates: a step costs O(batch), not O(table) (Adam: lazy Adam;
+    #                                 nasp.optim.RowSparseOptimizer, benchmarks/README.md "SIF at scale")
 
     def __post_init__(self):
         _positive(self, "embedding_dim", "g_hidden", "num_negatives", "race_first_budget")

@@ -66,7 +66,8 @@ class BaseRecommender:
     interactions (:mod:`sif.neighbourhood`; models without the option raise), with L2 ``neighbourhood_reg * reg``.
     refit: after the fit, train a fresh model of the fitted kind on train + valid for the epochs early stopping
     chose (rating task; ``train_result_`` keeps the first fit and its validation scores, ``refit_result_`` the
-    refit)."""
+    refit). sparse_rows: row-wise updates of the embedding tables (only the batch's rows and their optimiser state
+    change; Adagrad exact, Adam lazy: :class:`nasp.optim.RowSparseOptimizer`)."""
 
     def __init__(self, embedding_dim: int = _M.embedding_dim, use_bias: bool = _M.use_bias, reg: float = _M.reg,
                  penalty: str = _M.penalty, penalize_transformed: bool = _M.penalize_transformed, train: Any = None,
@@ -74,7 +75,7 @@ class BaseRecommender:
                  device: str = "cpu", random_state: int = 0, task: str = _M.task,
                  num_negatives: int = _M.num_negatives, positive_threshold: float | None = _M.positive_threshold,
                  neighbourhood: str | None = _M.neighbourhood, neighbourhood_reg: float = _M.neighbourhood_reg,
-                 refit: bool = _M.refit):
+                 refit: bool = _M.refit, sparse_rows: bool = _M.sparse_rows):
         feedback_strategy(task)                     # validates the name
         self.task, self.num_negatives, self.positive_threshold = task, num_negatives, positive_threshold
         self.embedding_dim, self.use_bias, self.reg, self.train = embedding_dim, use_bias, reg, train
@@ -82,6 +83,7 @@ class BaseRecommender:
         self.valid_fraction, self.clip_predictions = valid_fraction, clip_predictions
         self.device, self.random_state = device, random_state
         self.neighbourhood, self.neighbourhood_reg, self.refit = neighbourhood, neighbourhood_reg, refit
+        self.sparse_rows = sparse_rows
 
     # ---- parameters -----------------------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -184,7 +186,7 @@ class BaseRecommender:
     def _model_kwargs(self) -> dict[str, Any]:
         kw = dict(num_users=self.num_users_, num_items=self.num_items_, num_contexts=self.num_contexts_,
                   embedding_dim=self.embedding_dim, use_bias=self.use_bias, seed=self.random_state,
-                  neighbourhood_reg=self.neighbourhood_reg)
+                  neighbourhood_reg=self.neighbourhood_reg, sparse_rows=self.sparse_rows)
         return kw if self.neighbourhood is None else {**kw, "neighbourhood": self.neighbourhood}
 
     # ---- using a fitted model -------------------------------------------------------------------------------

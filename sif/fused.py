@@ -8,7 +8,9 @@ protocol") it is 5x faster than the generic step; a closed-form alpha step with 
 step: the selected op's (every op's with ``train_all_heads``) gradients of tables, g, heads and bias, the clip of
 ``clip_grad_norm_`` (one norm over the flat buffer: rounding only), the weight optimiser's step, the heads'
 projection. Optimiser updates: :class:`nasp.optim.FlatUpdate` on the searcher's own optimisers (checkpoints resume
-across the two paths). :data:`SUPPORTED` lists what it covers; anything else raises FusedStepUnsupported.
+across the two paths); row-wise tables (``sparse_rows``) bypass the flat buffer: their unique rows and summed row
+gradients join the clip and go to :meth:`nasp.optim.RowSparseOptimizer.step_rows`, so a step costs O(batch).
+:data:`SUPPORTED` lists what it covers; anything else raises FusedStepUnsupported.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nasp.optim import FlatUpdate
+from nasp.optim import FlatUpdate, RowSparseOptimizer, coalesce_rows
 from nasp.prox import prox_c2_
 from nasp.regularizers import normalise_costs
 from nasp.search import FusedStepUnsupported
@@ -34,7 +36,7 @@ SUPPORTED = {
     "penalty": ("l2", "norm", "effective"), "on_transformed": (False, True), "train_all_heads": (False, True),
     "use_bias": (False, True), "g_skip": (False, True), "head_init": ("uniform", "ones"),
     "dtype": (torch.float32, torch.float64),
-    "w_optimizer": (torch.optim.SGD, torch.optim.Adagrad, torch.optim.Adam, torch.optim.AdamW),
+    "w_optimizer": (torch.optim.SGD, torch.optim.Adagrad, torch.optim.Adam, torch.optim.AdamW),   # row-wise too
     "a_optimizer": (torch.optim.Adam, torch.optim.AdamW),
 }
 _WHAT = {"sides": "the tensor (user, item, context) case", "grad_sync": "data-parallel search (grad_sync)",
@@ -53,7 +55,8 @@ def _settings(s) -> dict:
             "train_all_heads": getattr(t, "train_all_heads", None), "use_bias": getattr(m, "use_bias", None),
             "g_skip": m.g.skip if sif else None, "head_init": getattr(m, "head_init", None),
             "dtype": {p.dtype for p in (*s.weight_params, *s.alpha_params, *s.extra_params)},
-            "w_optimizer": type(s.w_opt), "a_optimizer": type(s.a_opt), "ops": set(getattr(m, "names", ()))}
+            "w_optimizer": type(getattr(s.w_opt, "dense", s.w_opt)), "a_optimizer": type(s.a_opt),
+            "ops": set(getattr(m, "names", ()))}
 
 
 def check_supported(searcher) -> None:
@@ -72,6 +75,9 @@ def check_supported(searcher) -> None:
         raise FusedStepUnsupported("alpha-step parameters other than (interaction alphas, g)")
     if {id(p) for p in s.weight_params} != {id(p) for p in m.weights()}:
         raise FusedStepUnsupported("weight parameters other than the model's")
+    rows = {id(p) for p in getattr(s.w_opt, "tables", ())}
+    if rows and rows != {id(m.embeddings[k].weight) for k in "uv"}:
+        raise FusedStepUnsupported("row-wise updates of parameters other than the two embedding tables")
     if len({(p.dtype, p.device) for p in (*s.weight_params, *s.alpha_params, *s.extra_params)}) != 1:
         raise FusedStepUnsupported("parameters of several dtypes or devices")
     if _TANH_BACKWARD is None or not hasattr(s.alpha_params[0], "_version") \
@@ -109,10 +115,12 @@ class FusedSIFStep:
         self.g = (m.g.w1, m.g.b1, m.g.w2, m.g.b2)
         self.heads, self.global_bias = [h.weight for h in m.heads], m.global_bias
         self.alpha = s.alpha_params[0]
-        self.w_up, self.a_up = FlatUpdate(s.w_opt), FlatUpdate(s.a_opt)
+        self.rows = s.w_opt if isinstance(s.w_opt, RowSparseOptimizer) else None       # row-wise tables
+        self.w_up, self.a_up = FlatUpdate(s.w_opt.dense if self.rows else s.w_opt), FlatUpdate(s.a_opt)
         wi, ai, hid = self.w_up.index, self.a_up.index, self.g[0].shape[2]
-        self.w_pos = {"tables": [wi[id(p)] for p in self.tables], "g": [wi[id(p)] for p in self.g],
-                      "heads": [wi[id(p)] for p in self.heads], "bias": [wi[id(m.global_bias)]] if self.bias else []}
+        self.w_pos = {"tables": [] if self.rows else [wi[id(p)] for p in self.tables],
+                      "g": [wi[id(p)] for p in self.g], "heads": [wi[id(p)] for p in self.heads],
+                      "bias": [wi[id(m.global_bias)]] if self.bias else []}
         a_pos = (ai[id(self.alpha)], *(ai[id(p)] for p in self.g))
         self.a_idx = tuple(sorted(a_pos))
         self.d_alpha = self.a_up.views[a_pos[0]].view(-1)                                  # (K,)
@@ -246,16 +254,21 @@ class FusedSIFStep:
             loss = loss + self._other_heads(bufs, y if bias is None else y - bias, sel)
         dx = self._g_backward(bufs, self.g_out[self.w_up], need_dx=True).view(x.shape)
         dx = dx if dx_extra is None else dx + dx_extra
-        for i, idx, rows in zip(pos["tables"], (users, items), dx.unbind(0), strict=True):  # index_select's backward
-            views[i].index_add_(0, idx, rows if bias is None else torch.cat([rows, dpred.unsqueeze(1)], dim=1))
+        looked = [(idx, r if bias is None else torch.cat([r, dpred.unsqueeze(1)], dim=1))
+                  for idx, r in zip((users, items), dx.unbind(0), strict=True)]
+        for i, (idx, r) in zip(pos["tables"], looked, strict=False):    # dense tables (none when row-wise):
+            views[i].index_add_(0, idx, r)                             # index_select's backward
+        rows = [coalesce_rows(idx, r) for idx, r in looked] if self.rows else []   # row-wise: (unique rows, grads)
         if bias is not None:
             torch.sum(dpred, 0, out=views[pos["bias"][0]])
         if self.s.config.grad_clip:
-            self.w_up.clip_(self.s.config.grad_clip)
+            self.w_up.clip_(self.s.config.grad_clip, tuple(g for _, g in rows))
         plan = self._w_plans.get(sel)
         if plan is None:
             heads = pos["heads"] if self.all_heads else [pos["heads"][sel]]
             plan = self._w_plans[sel] = tuple(sorted([*pos["tables"], *pos["g"], *heads, *pos["bias"]]))
+        for table, (idx, g) in zip(self.tables, rows, strict=False):      # row-wise tables (none when dense)
+            self.rows.step_rows(table, idx, g)
         self.w_up.step(plan)
         self.m.after_weight_step()                              # the heads' projection onto their ball
         return loss

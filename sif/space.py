@@ -12,7 +12,9 @@ radius of the heads' L2 ball (the paper: 1; ``math.inf``: no projection). With r
 dimension k has weights of about 1/sqrt(k), so scores stay small unless the embeddings grow; radius sqrt(k) holds
 the all-ones head, i.e. a plain dot product. ``neighbourhood`` ("user", "item" or "both") adds SVD++-style
 implicit-feedback vectors to the embeddings (:mod:`sif.neighbourhood`), penalised with ``neighbourhood_reg``
-times the embeddings' L2 coefficient.
+times the embeddings' L2 coefficient. ``sparse_rows``: the embedding tables get row-sparse gradients and row-wise
+optimiser updates (:class:`nasp.optim.RowSparseOptimizer`: only the batch's rows and their state change; Adagrad
+and plain SGD exact, Adam lazy), in the generic step, the fused step and stand-alone training.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 
 from nasp.arch import SPARSE, AlphaSpec, ArchParameters, ArchView
 from nasp.mixed import mix
+from nasp.optim import mark_row_sparse
 from nasp.regularizers import cost_matrix
 from nasp.space import SearchSpace, register_space
 
@@ -102,8 +105,10 @@ class SIFSpace(SearchSpace):
     def __init__(self, num_users: int, num_items: int, num_contexts: int = 0, embedding_dim: int = EMBEDDING_DIM,
                  ops: Iterable[str] | None = None, use_bias: bool = False, g_hidden: int = 8, g_skip: bool = False,
                  init_std: float = 0.1, alpha_init: str = "nasp", seed: int = 0, head_radius: float = 1.0,
-                 head_init: str = "uniform", neighbourhood: str | None = None, neighbourhood_reg: float = 0.5):
+                 head_init: str = "uniform", neighbourhood: str | None = None, neighbourhood_reg: float = 0.5,
+                 sparse_rows: bool = False):
         super().__init__()
+        self.sparse_rows = bool(sparse_rows)
         if head_init not in ("uniform", "ones"):
             raise ValueError(f"head_init must be 'uniform' or 'ones', got {head_init!r}")
         self.head_init = head_init
@@ -117,7 +122,10 @@ class SIFSpace(SearchSpace):
         g = torch.Generator().manual_seed(seed)
         # one table per side; with biases its last column is the side's bias (one lookup gives both)
         width = embedding_dim + int(use_bias)
-        self.embeddings = nn.ModuleDict({s: nn.Embedding(sizes[s], width) for s in self.sides})
+        self.embeddings = nn.ModuleDict({s: nn.Embedding(sizes[s], width, sparse=self.sparse_rows)
+                                         for s in self.sides})
+        if self.sparse_rows:              # row-sparse gradients and row-wise optimiser updates (nasp.optim)
+            mark_row_sparse(*(e.weight for e in self.embeddings.values()))
         self.g = ElementwiseMLP(len(self.sides), g_hidden, g_skip)
         self.heads = nn.ModuleList(nn.Linear(w, 1, bias=False) for w in widths)
         self.global_bias = nn.Parameter(torch.zeros(())) if use_bias else None
@@ -152,7 +160,10 @@ class SIFSpace(SearchSpace):
         vector (B, k) times sqrt(neighbourhood_reg), so that an L2 penalty ``reg`` on it is
         ``reg * neighbourhood_reg * |n|^2``."""
         idx = {"u": users, "v": items, "c": contexts}
-        rows = {s: self.embeddings[s].weight.index_select(0, idx[s]) for s in self.sides}   # (B, k [+1])
+        if self.sparse_rows:                                                  # sparse COO table gradients
+            rows = {s: self.embeddings[s](idx[s]) for s in self.sides}                     # (B, k [+1])
+        else:
+            rows = {s: self.embeddings[s].weight.index_select(0, idx[s]) for s in self.sides}
         bias = None
         if self.use_bias:
             k = self.embedding_dim

@@ -20,6 +20,7 @@ from torch import nn
 
 from nasp import distributed as nd
 from nasp.loop import to_device
+from nasp.optim import clip_grad_norm_
 from nasp.optim import make_optimizer as build_optimizer
 from nasp.trainer import EarlyStopping, Trainer, TrainStep
 
@@ -122,7 +123,7 @@ class SIFStep(TrainStep):
             if self.sync:                             # data parallel: average the gradients of all ranks
                 nd.allreduce_grads_(params)
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+                clip_grad_norm_(params, cfg.grad_clip)          # torch's; also takes row-sparse tables
             opt.step()
             if hasattr(model, "after_weight_step"):
                 model.after_weight_step()

@@ -4,7 +4,8 @@ training), in one process or as one rank of a torchrun group; writes ``<out>/res
     PYTHONPATH=. torchrun --standalone --nproc_per_node=2 tests/dist_worker.py --out DIR [--jobs toy,sif,mismatch]
         [--kill-at-step N --marker PATH]
 
-Jobs: toy, darts2, sif, mismatch (rank 1 nudges an alpha; the check must raise everywhere), cli (``sif search``).
+Jobs: toy, darts2, sif, sif_sparse (row-wise tables: sparse sync), mismatch (rank 1 nudges an alpha; the check
+must raise everywhere), cli (``sif search``).
 ``--kill-at-step``: rank 1 calls ``os._exit`` once at that global search step of the toy search (when ``--marker``
 does not exist yet; it creates it first), so that torchrun's ``--max-restarts`` restarts the group.
 """
@@ -66,15 +67,32 @@ def sif_data():
     return train, valid
 
 
-def run_sif(run_dir) -> dict:
+def run_sif(run_dir, sparse_rows: bool = False) -> dict:
+    """SIF search + stand-alone training; ``sparse_rows``: row-wise tables, whose gradients travel as (index, row)
+    pairs (the sparse collective's calls and the most rows one of them carried are recorded)."""
+    from nasp import distributed_sparse
     from sif.recommender import SIFRecommender
 
+    seen = {"calls": 0, "max_rows": 0}
+    inner = nd.allreduce_sparse_mean_
+
+    def spy(tensors):
+        seen["calls"] += 1
+        seen["max_rows"] = max([seen["max_rows"], *(t.coalesce()._nnz() for t in tensors)])
+        assert all(t.is_sparse for t in tensors)
+        inner(tensors)
+
+    nd.allreduce_sparse_mean_ = spy
     train, valid = sif_data()
-    rec = SIFRecommender(embedding_dim=4, reg=0.0, search={"epochs": 2}, random_state=0,
-                         train={"max_epochs": 2, "batch_size": 128})
-    rec.fit(train, valid, show_progress=False, run_dir=run_dir)
+    rec = SIFRecommender(embedding_dim=4, reg=0.0, search={"epochs": 2}, random_state=0, sparse_rows=sparse_rows,
+                         train={"max_epochs": 2, "batch_size": 128, "optimizer": "adagrad", "lr": 0.05}
+                         if sparse_rows else {"max_epochs": 2, "batch_size": 128})
+    try:
+        rec.fit(train, valid, show_progress=False, run_dir=run_dir)
+    finally:
+        nd.allreduce_sparse_mean_ = distributed_sparse.allreduce_sparse_mean_
     weights = torch.cat([p.detach().reshape(-1) for p in rec.model_.parameters()])
-    return {"genotype": rec.genotype_.to_dict(), "op": rec.op_,
+    return {"genotype": rec.genotype_.to_dict(), "op": rec.op_, "sparse_sync": seen,
             "alphas": rec.search_result_.history[-1]["alphas"],
             "search_train_loss": [h["train_loss"] for h in rec.search_result_.history],
             "valid_rmse": rec.train_result_.best_valid["rmse"], "weights": weights.tolist()}
@@ -121,6 +139,8 @@ def main(argv=None) -> int:
             result["darts2"] = run_darts2(out / "darts2")
         if "sif" in jobs:
             result["sif"] = run_sif(out / "sif")
+        if "sif_sparse" in jobs:
+            result["sif_sparse"] = run_sif(out / "sif_sparse", sparse_rows=True)
         if "mismatch" in jobs:
             result["mismatch"] = run_mismatch()
         (out / f"result_{nd.get_rank()}.json").write_text(json.dumps(result))

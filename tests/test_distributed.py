@@ -138,7 +138,7 @@ def two_rank_run(tmp_path_factory):
     cfg = {"seed": 1, "show_progress": False, "data": {"dataset": "file", "path": str(csv), "ratios": [0.8, 0.1, 0.1]},
            "model": {"embedding_dim": 3}, "search": {"epochs": 1}, "train": {"max_epochs": 1, "batch_size": 128}}
     (out / "cli.yaml").write_text(yaml.safe_dump(cfg))
-    _torchrun(out, "--jobs", "toy,darts2,sif,mismatch,cli", "--cli-config", str(out / "cli.yaml"))
+    _torchrun(out, "--jobs", "toy,darts2,sif,sif_sparse,mismatch,cli", "--cli-config", str(out / "cli.yaml"))
     return out, _results(out), worker
 
 
@@ -165,6 +165,21 @@ def test_two_ranks_agree_bit_for_bit_and_equal_one_process(two_rank_run):
     # rank 0 alone wrote the run folders
     assert (out / "toy" / "checkpoint.pt").is_file() and (out / "sif" / "search" / "log.jsonl").is_file()
     assert len((out / "toy" / "log.jsonl").read_text().splitlines()) == 3
+
+
+def test_sparse_rows_sync_only_touched_rows_and_two_ranks_equal_one_process(two_rank_run):
+    """Row-wise tables (sparse_rows): the ranks exchange (index, row) pairs of the rows their half-batch touched,
+    stay bit-identical, and equal one process on the same global batch (search and Adagrad training)."""
+    _, (r0, r1), worker = two_rank_run
+    a, b = r0["sif_sparse"], r1["sif_sparse"]
+    assert a["weights"] == b["weights"] and a["alphas"] == b["alphas"] and a["genotype"] == b["genotype"]
+    assert a["sparse_sync"]["calls"] > 0 and 0 < a["sparse_sync"]["max_rows"] <= 64   # 64 ratings per rank-batch
+    single = worker.run_sif(None, sparse_rows=True)
+    assert single["sparse_sync"]["calls"] == 0 and single["genotype"] == a["genotype"]
+    for name, alpha in single["alphas"].items():
+        torch.testing.assert_close(torch.tensor(a["alphas"][name]), torch.tensor(alpha), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(a["weights"]), torch.tensor(single["weights"]), rtol=1e-4, atol=1e-5)
+    assert abs(a["valid_rmse"] - single["valid_rmse"]) < 1e-4
 
 
 def test_alpha_mismatch_is_a_clear_error_on_every_rank(two_rank_run):

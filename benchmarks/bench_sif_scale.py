@@ -1,0 +1,205 @@
+"""SIF at scale: seconds per step, ratings per second and peak RSS of the search and of stand-alone training as the
+tables grow (1k .. 1M users, items = users / 5), dense tables against row-wise ones (``model.sparse_rows``).
+
+Every configuration (users x batch x phase x tables) runs in a fresh subprocess, so that its peak RSS is its own.
+The data are planted ratings (``y = <u, v> + noise`` from random dim-4 user and item factors; pairs drawn with
+replacement, since at 1k users a batch of 65536 exceeds the 200k distinct pairs). Search: ``Searcher.fit`` with
+SIF's search defaults (NASP, Adam lr 0.002, the fused step where it applies, every head trained) for one epoch of
+``--steps`` batches; training: ``sif.train.train_model`` of the multiply model with the default training settings
+(Adam, clip 5) for one epoch. A step's time is the interval between two batches drawn by the loop (the loader is
+wrapped), so it is the loop's own step, warm-up steps dropped; ratings/s = batch / median step.
+
+    taskset -c 1 python benchmarks/bench_sif_scale.py --threads 1        # writes benchmarks/results/sif_scale.json
+
+Parts can run as separate processes (``--phases``, ``--batches``, ``--out``; each file is rewritten after every
+row) and be joined with ``--merge FILE ... --out benchmarks/results/sif_scale.json`` (benchmarks/README.md, "SIF at
+scale", has the commands of the recorded run).
+
+``--device cuda`` runs the same on a GPU (search with ``--amp bf16``: autocast, so the generic step); no GPU numbers
+exist yet (none was available).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DIM = 32
+
+
+class _Timed:
+    """Forwards a loader (``set_epoch``/``iter_from``/``len``) and records the time at which each batch is drawn."""
+
+    def __init__(self, loader):
+        self.loader, self.stamps = loader, []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def iter_from(self, start: int):
+        for batch in self.loader.iter_from(start):
+            self.stamps.append(time.perf_counter())
+            yield batch
+
+    def __iter__(self):
+        return self.iter_from(0)
+
+
+def _planted(users: int, items: int, n: int, seed: int):
+    """(users (n,), items (n,), ratings (n,) float32 standardised) with y = <p_u, q_i> + 0.1 noise (dim 4)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    p, q = torch.randn(users, 4, generator=g), torch.randn(items, 4, generator=g)
+    u, i = torch.randint(users, (n,), generator=g), torch.randint(items, (n,), generator=g)
+    y = (p[u] * q[i]).sum(1) + 0.1 * torch.randn(n, generator=g)
+    return u, i, ((y - y.mean()) / y.std()).float()
+
+
+def _loader(users, items, n, batch, seed, device):
+    from data_loaders import BatchIterator
+
+    u, i, y = _planted(users, items, n, seed)
+    return BatchIterator({"users": u, "items": i, "ratings": y}, batch_size=batch, seed=seed, device=device,
+                         fields=("users", "items", "ratings"))
+
+
+def _worker(a) -> dict:
+    """One configuration in this process: its step times, ratings/s and peak RSS."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from nasp.search import Searcher
+    from sif.config import SIFSearchConfig
+    from sif.space import SIFSpace
+    from sif.task import RatingTask
+    from sif.train import TrainConfig, train_model
+
+    torch.set_num_threads(a.threads)
+    items, n = max(a.users // 5, 1), a.batch * (a.steps + a.warmup)
+    train = _Timed(_loader(a.users, items, n, a.batch, 0, a.device))
+    valid = _loader(a.users, items, 2 * a.batch, a.batch, 1, a.device)
+    ops = None if a.phase == "search" else ("multiply",)
+    model = SIFSpace(a.users, items, embedding_dim=DIM, ops=ops, use_bias=True, g_skip=True, seed=0,
+                     sparse_rows=a.sparse).to(a.device)
+    task = RatingTask(train_all_heads=True)
+    t0 = time.perf_counter()
+    if a.phase == "search":
+        cfg = SIFSearchConfig(epochs=1, seed=0, amp=a.amp, log_every=10_000)
+        s = Searcher(model, task, cfg, device=a.device, show_progress=False)
+        s.fit(train, valid, eval_loader=valid)
+        path = "fused" if s.fused_step is not None else "generic"
+    else:
+        cfg = TrainConfig(max_epochs=1, batch_size=a.batch)
+        train_model(model, task, train, valid, cfg, a.device, show_progress=False)
+        path = "train loop"
+    wall = time.perf_counter() - t0
+    steps = [b - a_ for a_, b in zip(train.stamps, train.stamps[1:], strict=False)][a.warmup:]
+    step = statistics.median(steps)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2          # KiB -> GiB
+    return {"users": a.users, "items": items, "batch": a.batch, "phase": a.phase, "sparse_rows": a.sparse,
+            "device": a.device, "amp": a.amp, "path": path, "steps_timed": len(steps), "step_s": step,
+            "step_s_all": steps, "ratings_per_s": a.batch / step, "peak_rss_gib": rss, "wall_s": wall}
+
+
+def _run(users: int, batch: int, phase: str, sparse: bool, args) -> dict:
+    steps = args.steps if batch <= 4096 else args.big_steps
+    cmd = [sys.executable, __file__, "--worker", "--users", str(users), "--batch", str(batch), "--phase", phase,
+           "--steps", str(steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+           "--device", args.device] + (["--sparse"] if sparse else []) + (["--amp", args.amp] if args.amp else [])
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _summary(rows: list[dict]) -> dict:
+    """The issue's targets: s/step at the largest table over the smallest (same batch, phase, tables), and the
+    search's ratings/s at the largest batch."""
+    key = {(r["users"], r["batch"], r["phase"], r["sparse_rows"]): r for r in rows}
+    lo, hi = min(r["users"] for r in rows), max(r["users"] for r in rows)
+    ratios = {f"{p} batch {b} {'sparse' if sp else 'dense'}":
+              key[(hi, b, p, sp)]["step_s"] / key[(lo, b, p, sp)]["step_s"]
+              for (u, b, p, sp) in key if u == lo and (hi, b, p, sp) in key}
+    big = max(r["batch"] for r in rows)
+    rate = {f"{u} users {'sparse' if sp else 'dense'}": r["ratings_per_s"]
+            for (u, b, p, sp), r in key.items() if b == big and p == "search"}
+    return {f"step_ratio_{hi}_vs_{lo}": ratios, f"search_ratings_per_s_batch_{big}": rate}
+
+
+def _merge(paths: list[str], out: Path) -> None:
+    """One result file from several runs (e.g. the batch sizes run as separate processes): every run's command,
+    machine and load averages are kept; the summary is recomputed over all rows."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    rows = [r for run in runs for r in run["rows"]]
+    res = {"runs": [{k: v for k, v in run.items() if k != "rows" and k != "summary"} for run in runs],
+           "summary": _summary(rows), "rows": rows}
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res["summary"], indent=2))
+
+
+def _write(out: Path, args, load_before, rows: list[dict]) -> None:
+    from benchmarks._machine import machine
+
+    res = {"command": " ".join(["taskset -c " + ",".join(map(str, sorted(os.sched_getaffinity(0))))
+                                if len(os.sched_getaffinity(0)) < (os.cpu_count() or 1) else "", "python",
+                                *sys.argv]).strip(),
+           "machine": machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+           "summary": _summary(rows), "rows": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--phase", choices=("search", "train"), default="search")
+    p.add_argument("--sparse", action="store_true")
+    p.add_argument("--user-counts", default="1000,10000,100000,1000000")
+    p.add_argument("--batches", default="1024,65536")
+    p.add_argument("--phases", default="search,train")
+    p.add_argument("--tables", default="dense,sparse")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per configuration at batch <= 4096")
+    p.add_argument("--big-steps", type=int, default=8, help="timed steps per configuration at larger batches")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", default=None, help="search autocast dtype on CUDA (bf16 | fp16); none on CPU")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sif_scale.json"))
+    p.add_argument("--merge", nargs="+", default=None, help="merge the rows of these result files into --out")
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(_worker(args)))
+        return
+    if args.merge:
+        _merge(args.merge, Path(args.out))
+        return
+    sys.path.insert(0, str(ROOT))
+    load_before, rows, out = os.getloadavg(), [], Path(args.out)
+    for phase in args.phases.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            for users in (int(u) for u in args.user_counts.split(",")):
+                for tables in args.tables.split(","):
+                    r = _run(users, batch, phase, tables == "sparse", args)
+                    rows.append(r)
+                    print(f"{phase:6s} users {users:8d} batch {batch:6d} {tables:6s} {r['path']:10s} "
+                          f"{r['step_s'] * 1e3:9.2f} ms/step {r['ratings_per_s']:11.0f} ratings/s "
+                          f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
+                    _write(out, args, load_before, rows)          # after every row: a stopped run keeps its rows
+    print(json.dumps(_summary(rows), indent=2))
+
+
+if __name__ == "__main__":
+    main()
