@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from nasp.optim import mark_row_sparse
 
 from .interactions import EMBEDDING_DIM, INTERACTIONS
-from .neighbourhood import add_neighbourhoods, make_neighbourhoods, set_neighbours
+from .model import RatingModule
+from .neighbourhood import add_neighbourhoods, make_neighbourhoods
 
 __all__ = ["BASELINES", "register_baseline", "create_baseline", "BiasOnly", "BiasedMF", "SVDpp", "GMF", "NCF", "NeuMF",
            "OuterProduct", "CP", "TuckER"]
@@ -75,7 +76,7 @@ def _mlp(sizes: list[int], g: torch.Generator) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class RatingModel(nn.Module):
+class RatingModel(RatingModule):
     """Shared pieces: user/item (+context) embeddings, optional biases, the batch penalty."""
 
     tensor_model = False
@@ -103,10 +104,6 @@ class RatingModel(nn.Module):
             self.global_bias = nn.Parameter(torch.zeros(()))
         self.neighbourhoods = make_neighbourhoods(neighbourhood, num_users, num_items, k)
         self.neighbourhood_reg = float(neighbourhood_reg)
-
-    def set_neighbours(self, users: Tensor, items: Tensor) -> None:
-        """Build the SVD++-style neighbour lists from training interactions (no-op without ``neighbourhood``)."""
-        set_neighbours(self.neighbourhoods, users, items)
 
     def bias(self, users: Tensor, items: Tensor) -> Tensor | float:
         if not self.use_bias:
@@ -143,8 +140,6 @@ class RatingModel(nn.Module):
         emb, rows = self.embed_parts(users, items, contexts)
         return self.score(emb, users, items) + self.bias(users, items), rows
 
-    def after_weight_step(self) -> None:
-        """No projection for classic models."""
 
 
 @register_baseline("bias_only")

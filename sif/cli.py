@@ -146,7 +146,7 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None)
         return results
     if isinstance(rec, SIFRecommender):
         rec.genotype_.to_json(run_dir / "genotype.json")
-    if hasattr(rec.model_, "names"):
+    if rec.model_.searchable:
         from .draw import draw_alphas, draw_interaction
 
         draw_interaction(rec.model_, run_dir / "interaction")

@@ -151,7 +151,7 @@ class BaseRecommender:
 
     def _prepared(self, model: nn.Module) -> nn.Module:
         """Give a freshly built model its neighbour lists (models built with a ``neighbourhood``)."""
-        if len(getattr(model, "neighbourhoods", ())):
+        if len(model.neighbourhoods):
             model.set_neighbours(*self._interactions)
         return model
 

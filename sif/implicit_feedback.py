@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from data_loaders import BatchIterator, RatingDataset, leave_k_out_split, time_split, to_csr
 from nasp.arch import SPARSE, ArchView
 
+from .model import RatingModule
 from .neighbourhood import add_neighbourhoods
 from .ranking import evaluate_ranking
 
@@ -146,7 +147,7 @@ class NegativeSampler:
 
 # ---- scoring ------------------------------------------------------------------------------------------------
 def _is_sif(model: nn.Module) -> bool:
-    return hasattr(model, "transform") and hasattr(model, "interact")
+    return isinstance(model, RatingModule) and model.searchable
 
 
 def _pair_scores(model: nn.Module, users: Tensor, items: Tensor, view: ArchView | None):

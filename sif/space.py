@@ -33,7 +33,8 @@ from nasp.regularizers import cost_matrix
 from nasp.space import SearchSpace, register_space
 
 from .interactions import EMBEDDING_DIM, INTERACTIONS, PRIMITIVES, out_dim, tensor_candidates
-from .neighbourhood import add_neighbourhoods, make_neighbourhoods, set_neighbours
+from .model import RatingModule
+from .neighbourhood import add_neighbourhoods, make_neighbourhoods
 
 __all__ = ["ElementwiseMLP", "Encoded", "SIFSpace", "SIDES", "build_candidates"]
 
@@ -95,7 +96,7 @@ class ElementwiseMLP(nn.Module):
 
 
 @register_space("sif")
-class SIFSpace(SearchSpace):
+class SIFSpace(SearchSpace, RatingModule):
     """Supernet over interaction functions. ``forward(users, items, contexts=None, view=None) -> (B,)``.
 
     ops: candidate names (default: the 5 primitives for matrices, all 53 two-stage candidates for tensors; a
@@ -262,11 +263,13 @@ class SIFSpace(SearchSpace):
         outs = torch.stack([self.candidate(k, zd) for k in range(len(self.names)) if k != sel])   # (K-1, B)
         return ((outs - target.detach()) ** 2).mean(dim=1).sum()
 
-    def set_neighbours(self, users: Tensor, items: Tensor) -> None:
-        """Build the neighbourhoods' lists from training interactions (no-op without ``neighbourhood``)."""
-        set_neighbours(self.neighbourhoods, users, items)
+    # ---- hooks of the search core and of sif.model.RatingModule ----------------------------------------------
+    searchable = True
 
-    # ---- hooks of the search core ---------------------------------------------------------------------------
+    def slow_parameters(self) -> list[nn.Parameter]:
+        """g learns at ``lr * train.g_lr_scale`` in stand-alone training."""
+        return list(self.g.parameters())
+
     def alpha_step_parameters(self) -> list[nn.Parameter]:
         """The reference trains g with the alphas (Adam) as well as with the weights (Adagrad)."""
         return list(self.g.parameters())

@@ -59,7 +59,7 @@ class RatingTask:
 
     def loss(self, model: nn.Module, batch, view: ArchView | None, stream: str) -> Tensor:
         users, items, y, contexts = unpack(batch)
-        if not hasattr(model, "transform"):           # baselines: a plain rating model
+        if not model.searchable:                      # baselines: a plain rating model
             pred, rows = model.forward_with_rows(users, items, contexts)
             loss = torch.mean((pred - y) ** 2)
             return loss + self.reg * self._penalty(rows) if self.reg else loss

@@ -24,6 +24,7 @@ from nasp.optim import clip_grad_norm_
 from nasp.optim import make_optimizer as build_optimizer
 from nasp.trainer import EarlyStopping, Trainer, TrainStep
 
+from .model import RatingModule
 from .task import RatingTask
 
 __all__ = ["TrainConfig", "TrainResult", "SIFStep", "train_model", "make_optimizer"]
@@ -72,8 +73,9 @@ class TrainResult:
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Weights to train: everything but architecture parameters."""
-    return list(model.weights()) if hasattr(model, "weights") else list(model.parameters())
+    """Weights to train: a sif model's ``weights()`` (:class:`sif.model.RatingModule`: everything but architecture
+    parameters); any other module's parameters."""
+    return list(model.weights()) if isinstance(model, RatingModule) else list(model.parameters())
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, slow: Iterable[nn.Parameter] = ()
@@ -100,9 +102,9 @@ class SIFStep(TrainStep):
         self.model, self.task, self.cfg, self.device, self.sync = model, task, cfg, device, sync
         self.train_loader, self.valid_loader = train_loader, valid_loader
         self.params = trainable_parameters(model)
-        g = getattr(model, "g", None)
-        self.opt = make_optimizer(self.params, cfg, g.parameters() if isinstance(g, nn.Module) else ())
-        self.view = model.sparse_view() if hasattr(model, "sparse_view") else None
+        self.sif_model = isinstance(model, RatingModule)      # else a plain module: no hooks
+        self.opt = make_optimizer(self.params, cfg, model.slow_parameters() if self.sif_model else ())
+        self.view = model.sparse_view() if self.sif_model else None
         self.loss_fn = torch.compile(task.loss, backend=cfg.compile_backend) if cfg.compile else task.loss
         self.metric = getattr(task, "metric", "rmse")
 
@@ -125,7 +127,7 @@ class SIFStep(TrainStep):
             if cfg.grad_clip:
                 clip_grad_norm_(params, cfg.grad_clip)          # torch's; also takes row-sparse tables
             opt.step()
-            if hasattr(model, "after_weight_step"):
+            if self.sif_model:
                 model.after_weight_step()
             total += loss.detach()
             n += 1

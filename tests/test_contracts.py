@@ -14,6 +14,7 @@ from nasp.genotype import Genotype
 from nasp.search import SearchConfig, Searcher
 from nasp.space import SPACES, create_space
 from sif.baselines import BASELINES, create_baseline
+from sif.model import RatingModule
 from sif.recommender import SIF_VARIANTS, create_recommender, load_recommender
 from sif.synthetic import planted_ratings
 
@@ -120,6 +121,9 @@ def test_recommender_contract(name, planted, tmp_path):
     rec = create_recommender(name, **kw)
     assert rec.fit(tr, va, show_progress=False) is rec
     assert hasattr(rec, "model_") and hasattr(rec, "train_result_")
+    assert isinstance(rec.model_, RatingModule)           # one model interface, SIF or baseline
+    assert rec.model_.searchable == (name.startswith("sif") or name.startswith("fixed:"))
+    assert {id(p) for p in rec.model_.slow_parameters()} <= {id(p) for p in rec.model_.weights()}
     users, items = tr.user_ids[te.users], tr.item_ids[te.items]
     pred = rec.predict(users, items)
     assert pred.shape == (len(te),) and np.isfinite(pred).all()
@@ -145,5 +149,7 @@ def test_baseline_contract(name):
     c = torch.tensor([0, 1, 2]) if contexts else None
     out = model(u, i, c)
     assert out.shape == (3,) and torch.isfinite(out).all()
+    assert isinstance(model, RatingModule) and not model.searchable and model.sparse_view() is None
+    assert list(model.slow_parameters()) == []
     out.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
