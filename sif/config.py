@@ -60,7 +60,8 @@ class ModelConfig:
     #                                 | l2 (per-rating squared norms) | norm (the reference's ||U_b|| + ||V_b||)
     penalize_transformed: bool = False  # baselines: put the L2 penalty on the transformed embeddings
     ops: list[str] | None = None    # SIF search: candidate ops (None: all five; multiply/max/min for bpr/bce)
-    head_init: str = "ones"         # SIF heads: ones (multiply = a dot product) | uniform(+-1/sqrt(width)) (paper)
+    head_init: str | None = None    # SIF heads: ones (multiply = a dot product) | uniform(+-1/sqrt(width)) (paper);
+    #                                 None: the task's (ones for ratings, uniform for bpr/bce; sif.feedback)
     head_radius: float | None = None    # L2 ball of the heads; None: sqrt(embedding_dim) (holds the all-ones head)
     g_hidden: int = 8
     g_skip: bool = True             # g starts as the identity and learns a residual (paper: random MLP)
@@ -88,7 +89,7 @@ class ModelConfig:
         _non_negative(self, "reg", "neighbourhood_reg")
         _one_of(self, "task", ("rating", "bpr", "bce"))
         _one_of(self, "penalty", ("l2", "norm", "effective"))
-        _one_of(self, "head_init", ("uniform", "ones"))
+        _one_of(self, "head_init", (None, "uniform", "ones"))
         _one_of(self, "select", ("best", "last"))
         _one_of(self, "search_on", ("valid", "train"))
         _one_of(self, "neighbourhood", (None, "user", "item", "both"))

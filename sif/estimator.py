@@ -183,6 +183,12 @@ class BaseRecommender:
         value = getattr(self, "head_radius", None)
         return float(value) if value is not None else math.sqrt(self.embedding_dim)
 
+    def _head_init(self) -> str:
+        """The SIF heads' start: ``head_init``, else the task's (:attr:`sif.feedback.RatingFeedback.head_init`:
+        all-ones for ratings; uniform for the implicit tasks)."""
+        value = getattr(self, "head_init", None)
+        return value if value is not None else self.feedback.head_init
+
     def _model_kwargs(self) -> dict[str, Any]:
         kw = dict(num_users=self.num_users_, num_items=self.num_items_, num_contexts=self.num_contexts_,
                   embedding_dim=self.embedding_dim, use_bias=self.use_bias, seed=self.random_state,

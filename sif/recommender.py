@@ -67,14 +67,15 @@ class FixedInteractionRecommender(BaseRecommender):
     """The SIF model with one fixed interaction function (e.g. op="multiply"), trained stand-alone."""
 
     def __init__(self, op: str = "multiply", g_hidden: int = _M.g_hidden, g_skip: bool = _M.g_skip,
-                 head_radius: float | None = _M.head_radius, head_init: str = _M.head_init, penalty: str = _M.penalty,
+                 head_radius: float | None = _M.head_radius, head_init: str | None = _M.head_init,
+                 penalty: str = _M.penalty,
                  **kwargs):
         super().__init__(penalty=penalty, **kwargs)
         self.op, self.g_hidden, self.g_skip = op, g_hidden, g_skip
         self.head_radius, self.head_init = head_radius, head_init
 
     def _build_model(self) -> nn.Module:
-        return SIFSpace(ops=(self.op,), g_hidden=self.g_hidden, g_skip=self.g_skip, head_init=self.head_init,
+        return SIFSpace(ops=(self.op,), g_hidden=self.g_hidden, g_skip=self.g_skip, head_init=self._head_init(),
                         head_radius=self._head_radius(), **self._model_kwargs())
 
 
@@ -92,11 +93,12 @@ class SIFRecommender(BaseRecommender):
     fresh one. g_skip: g is residual and starts as the identity (the paper: a random MLP); with
     ``train.g_lr_scale`` (default 0.05) g then learns slowly, which on ML-100K u1 took fixed multiply from 0.953
     to 0.936 test RMSE, because a fast-learning g rescales every embedding past the L2 penalty.
-    head_init / head_radius: the heads start at all-ones (multiply is then a dot product) inside an L2 ball of
-    radius sqrt(embedding_dim) (None); the paper's uniform(+-1/sqrt(width)) heads in the unit ball trained fixed
-    multiply to 0.9357 on ML-100K u1 against 0.9293 (benchmarks/README.md). ops: the candidate ops (None: all five
-    for ratings; for the implicit tasks only multiply, max and min, since plus and concat cannot personalise a
-    ranking, see ``search_ops``).
+    head_init / head_radius: None: for ratings the heads start at all-ones (multiply is then a dot product), for
+    bpr/bce uniform(+-1/sqrt(width)) (the paper), inside an L2 ball of radius sqrt(embedding_dim); the paper's
+    uniform heads in the unit ball trained fixed multiply to 0.9357 on ML-100K u1 against 0.9293 with all-ones
+    heads (benchmarks/README.md), while under BPR all-ones heads cost 0.02 NDCG@10. ops: the candidate ops (None:
+    all five for ratings; for the implicit tasks only multiply, max and min, since plus and concat cannot
+    personalise a ranking, see ``search_ops``).
     race_k: after the search, the ``race_k`` ops with the largest final alpha (ties within ``alpha_tol`` join)
     race as stand-alone fits on the validation split (:func:`sif.selection.race_fit`: rounds of
     ``race_first_budget`` epochs, doubling; a fit is dropped once it has plateaued behind the leader or cannot
@@ -108,7 +110,7 @@ class SIFRecommender(BaseRecommender):
     def __init__(self, search: Any = None, select: str = _M.select, search_on: str = _M.search_on,
                  train_all_heads: bool = _M.train_all_heads, g_hidden: int = _M.g_hidden, g_skip: bool = _M.g_skip,
                  ops: Any = _M.ops, keep_g: bool = _M.keep_g, head_radius: float | None = _M.head_radius,
-                 head_init: str = _M.head_init, race_k: int = _M.race_k, alpha_tol: float = _M.alpha_tol,
+                 head_init: str | None = _M.head_init, race_k: int = _M.race_k, alpha_tol: float = _M.alpha_tol,
                  race_first_budget: int = _M.race_first_budget, race_horizon: float = _M.race_horizon, **kwargs):
         super().__init__(**kwargs)
         self.head_radius, self.head_init = head_radius, head_init
@@ -144,7 +146,7 @@ class SIFRecommender(BaseRecommender):
 
     def _space(self, ops) -> SIFSpace:
         kw = self._model_kwargs()
-        return SIFSpace(ops=ops, g_hidden=self.g_hidden, g_skip=self.g_skip, head_init=self.head_init,
+        return SIFSpace(ops=ops, g_hidden=self.g_hidden, g_skip=self.g_skip, head_init=self._head_init(),
                         head_radius=self._head_radius(), **kw)
 
     def _search(self, train_it, valid_it, eval_it, show_progress, run_dir) -> SIFSpace:
