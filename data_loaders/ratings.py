@@ -184,6 +184,19 @@ class RatingDataset:
         return self._replace(contexts=bins, num_contexts=num_bins, context_ids=np.arange(num_bins),
                              time_bin_edges=edges)
 
+    def with_contexts(self, contexts, context_ids) -> RatingDataset:
+        """A copy with context index ``contexts`` (n,) per rating, in 0..len(context_ids)-1, and ``context_ids``
+        the value of each index (the readers in :mod:`data_loaders.contexts` build both); ``contexts=None``:
+        a copy without contexts (matrix data)."""
+        if contexts is None:
+            return self._replace(contexts=None, num_contexts=None, context_ids=None, time_bin_edges=None)
+        context_ids = np.asarray(context_ids)
+        contexts = np.asarray(contexts, dtype=np.int64)
+        if len(contexts) and (contexts.min() < 0 or contexts.max() >= len(context_ids)):
+            raise ValueError(f"{self.name}: context indices must lie in 0..{len(context_ids) - 1}")
+        return self._replace(contexts=contexts, num_contexts=len(context_ids), context_ids=context_ids,
+                             time_bin_edges=None)
+
 
 # ------------------------------------------------------------------------------------------------ readers
 def _dataset_from_table(table: Table, label: str, name: str, scale: RatingScale | None) -> RatingDataset:

@@ -133,6 +133,7 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None)
     results = {"model": name or cfg.model.name, "valid": _valid_scores(rec, valid), "test": rec.score(test),
                "seconds_total": seconds, "seconds_train": _train_seconds(rec),
                "best_epoch": rec.train_result_.best_epoch, "n_train": len(train), "n_test": len(test),
+               "context": cfg.data.context, "num_contexts": train.num_contexts,
                "rating_scale": list(train.rating_scale),
                "rating_scale_source": getattr(train, "rating_scale_source", "inferred")}
     if isinstance(rec, SIFRecommender):
@@ -210,7 +211,8 @@ def run_benchmark(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
             t0 = time.perf_counter()
             rec, setting = _fit_tuned(run_cfg, name, cfg.benchmark.tune.get(name, {}), data)
             row = {"model": name, "split": split_id, "test": rec.score(data[2]), "valid": _valid_scores(rec, data[1]),
-                   "seconds": time.perf_counter() - t0, "seconds_train": _train_seconds(rec), "setting": setting}
+                   "seconds": time.perf_counter() - t0, "seconds_train": _train_seconds(rec), "setting": setting,
+                   "context": cfg.data.context, "num_contexts": data[0].num_contexts}
             if isinstance(rec, SIFRecommender):
                 row.update(op=rec.op_, seconds_search=rec.search_result_.seconds)
             rows.append(row)

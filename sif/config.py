@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from data_loaders.contexts import CONTEXTS
 from nasp.config import load, merge, parse_assignments, to_dict
 from nasp.device import check_device
 from nasp.search import SearchConfig
@@ -38,7 +39,16 @@ class DataConfig:
     fold: Any = 1                   # canonical MovieLens fold: 1-5, "a" or "b"
     valid_fraction: float = 0.1     # fold split: share of the base file held out for validation
     leave_k: int = 1
-    context_bins: int = 0           # > 0: tensor data, context = time bin fitted on the training split
+    context: str = "none"           # none | time_bins | weekday | hour | genre (data_loaders.contexts; UTC times)
+    context_bins: int = 8           # context time_bins: the number of quantile bins, fitted on the training split
+    item_file: str | None = None    # context genre: the item file (u.item, movies.dat, movies.csv); None: the
+    #                                 MovieLens release's own, found next to its ratings
+
+    def __post_init__(self):
+        if self.context not in CONTEXTS:
+            raise ValueError(f"data.context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
+        if self.context_bins < 1:
+            raise ValueError(f"data.context_bins must be >= 1 (the number of time bins), got {self.context_bins}")
 
 
 @dataclass

@@ -14,6 +14,10 @@ from data_loaders import (
     read_ratings_file,
     time_split,
 )
+from data_loaders._movielens import find_file, get_spec
+from data_loaders._source import Source
+from data_loaders.contexts import ITEM_FILES, read_item_genres, with_context
+from data_loaders.ratings import _default_root
 
 from .config import DataConfig
 
@@ -45,7 +49,8 @@ def _fold_root(cfg: DataConfig) -> Path:
 
 
 def load_splits(cfg: DataConfig, seed: int) -> tuple[RatingDataset, RatingDataset, RatingDataset]:
-    """(train, valid, test) as the config asks; time-bin contexts are fitted on train only."""
+    """(train, valid, test) as the config asks, with the context ``cfg.context`` (:mod:`data_loaders.contexts`;
+    time bins are fitted on train only)."""
     if cfg.split == "fold":
         if cfg.dataset != "ml-100k":
             raise ValueError("data.split=fold (canonical u1..u5, ua, ub folds) exists for ml-100k only")
@@ -62,8 +67,25 @@ def load_splits(cfg: DataConfig, seed: int) -> tuple[RatingDataset, RatingDatase
             train, valid, test = leave_k_out_split(ds, k=cfg.leave_k, seed=seed, valid_k=cfg.leave_k)
         else:
             raise ValueError(f"data.split={cfg.split!r}: expected random, fold, time or leave_k_out")
-    if cfg.context_bins > 0:
-        train = train.with_time_contexts(cfg.context_bins)
-        valid = valid.with_time_contexts(edges=train.time_bin_edges)
-        test = test.with_time_contexts(edges=train.time_bin_edges)
-    return train, valid, test
+    genres = read_item_genres(_item_source(cfg)) if cfg.context == "genre" else None
+    return with_context((train, valid, test), cfg.context, cfg.context_bins, genres)
+
+
+def _item_source(cfg: DataConfig) -> Source:
+    """The item file of context genre: ``data.item_file``, else the MovieLens release's own (u.item, movies.dat,
+    movies.csv) found where its ratings are."""
+    if cfg.item_file:
+        if not Path(cfg.item_file).is_file():
+            raise FileNotFoundError(f"data.item_file={cfg.item_file}: no such file (context genre reads it)")
+        return Source(Path(cfg.item_file))
+    if cfg.dataset not in MOVIELENS:
+        raise ValueError("data.context=genre needs data.item_file (u.item, movies.dat or movies.csv) for "
+                         f"data.dataset={cfg.dataset!r}")
+    spec = get_spec(MOVIELENS[cfg.dataset])
+    root = _fold_root(cfg) if cfg.split == "fold" else (Path(cfg.root) if cfg.root else _default_root())
+    name = ITEM_FILES[spec.name]
+    source = find_file(root, spec, name)
+    if source is None:
+        raise FileNotFoundError(f"data.context=genre: no {name} under {root} (the {spec.folder} item file); "
+                                "set data.item_file or data.root")
+    return source

@@ -28,7 +28,7 @@ ALTERNATIVES: dict[str, typing.Any] = {
     "compile_backend": "eager", "compile_mode": "default", "fused": False, "max_steps_per_epoch": 7,
     "a_betas": [0.9, 0.99], "optimizer": "sgd", "device": "cuda:1", "threads": 2, "train_fraction": 0.7,
     "lr_schedule": "exponential", "network": "imagenet", "init_from": "last_good.pt", "max_seconds": 3600.0,
-    "sparse_rows": True,
+    "sparse_rows": True, "context": "weekday", "item_file": "u.item",
 }
 
 

@@ -1,0 +1,175 @@
+"""SIF tensor search on (user, item, context) data: the rows of ``sif benchmark`` plus what it cannot express.
+
+For every fold of the configs' ``benchmark.folds`` and every config (one per context), the models of
+``benchmark.models`` are fitted exactly as ``sif benchmark`` fits them (``benchmark.tune`` grids chosen on
+validation), then the context-free rows on the same splits with the contexts dropped: ``matrix:sif`` (the
+searched matrix op, five candidates) and ``matrix:mf`` (MF tuned with the ``mf`` grid). The summary gives per
+context mean +- std of the test RMSE, the regret of the searched op against the fixed candidate best on
+validation, the op found per fold, and the seconds of search + stand-alone training against training the five
+symmetric fixed classes. Rows are written after each fit, so a partial run keeps what it finished.
+
+    NASP_DATA_DIR=../shared/data nice taskset -c 0 python benchmarks/sif_tensor_benchmark.py \\
+        --configs configs/sif_tensor_ml100k_folds.yaml configs/sif_tensor_ml100k_folds_genre.yaml \\
+        --out benchmarks/results/sif_tensor_ml100k.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sif.cli import _fit_tuned, _train_seconds, _valid_scores
+from sif.config import RunConfig, load_config
+from sif.data import load_splits
+from sif.evaluation import mean_std
+from sif.recommender import SIFRecommender
+
+SYMMETRIC = ("fixed:plus_plus", "fixed:multiply_multiply", "fixed:max_max", "fixed:min_min", "fixed:concat_concat")
+MATRIX = ("matrix:sif", "matrix:mf")
+
+
+def _row(cfg: RunConfig, name: str, split, data, grid: dict) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    rec, setting = _fit_tuned(cfg, name.removeprefix("matrix:"), grid, data)
+    row = {"model": name, "context": cfg.data.context, "num_contexts": data[0].num_contexts, "split": split,
+           "test": rec.score(data[2]), "valid": _valid_scores(rec, data[1]), "seconds": time.perf_counter() - t0,
+           "seconds_train": _train_seconds(rec), "setting": setting, "epochs": rec.train_result_.best_epoch}
+    if isinstance(rec, SIFRecommender):
+        row.update(op=rec.op_, seconds_search=rec.search_result_.seconds,
+                   search_epochs=len(rec.search_result_.history))
+    return row
+
+
+def run(configs: list[str], out: Path, folds: list | None, stop_at: datetime | None) -> list[dict[str, Any]]:
+    """Fit every row (fold-major, so that a stopped run has whole folds of every context); returns the rows."""
+    cfgs = [load_config(c) for c in configs]
+    if cfgs[0].threads:
+        torch.set_num_threads(cfgs[0].threads)
+    rows: list[dict[str, Any]] = json.loads(out.read_text()) if out.is_file() else []
+    done = {(r["context"], str(r["split"]), r["model"]) for r in rows}
+    for split in folds or cfgs[0].benchmark.folds:
+        for cfg in cfgs:
+            if stop_at and datetime.now(timezone.utc) >= stop_at:
+                print(f"stopped at {stop_at:%H:%M} UTC before fold {split} ({cfg.data.context})", flush=True)
+                return rows
+            run_cfg = copy.deepcopy(cfg)
+            run_cfg.data.fold = split
+            tensor = load_splits(run_cfg.data, run_cfg.seed)
+            matrix = tuple(ds.with_contexts(None, None) for ds in tensor)
+            for name in [*cfg.benchmark.models, *MATRIX]:
+                if (cfg.data.context, str(split), name) in done:
+                    continue
+                data = matrix if name in MATRIX else tensor
+                row = _row(run_cfg, name, split, data, cfg.benchmark.tune.get(name.removeprefix("matrix:"), {}))
+                rows.append(row)
+                out.write_text(json.dumps(rows, indent=1) + "\n")
+                print(f"[{row['context']} u{split}] {name:28s} test RMSE {row['test']['rmse']:.4f} valid "
+                      f"{row['valid']['rmse']:.4f} ({row['seconds']:.1f}s)" + (f" op={row['op']}" if "op" in row
+                                                                                else ""), flush=True)
+    return rows
+
+
+def _ms(values: list[float]) -> str:
+    m, s = mean_std(values)
+    return f"{m:.4f} +- {s:.4f}"
+
+
+def _per_split(rows, context, model) -> dict[str, dict[str, Any]]:
+    return {str(r["split"]): r for r in rows if r["context"] == context and r["model"] == model}
+
+
+def _best_fixed(rows, context, split) -> dict[str, Any]:
+    """The fixed candidate of ``split`` with the best validation RMSE."""
+    fixed = [r for r in rows if r["context"] == context and str(r["split"]) == split and r["model"].startswith(
+        "fixed:")]
+    return min(fixed, key=lambda r: r["valid"]["rmse"])
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per context a table of the models over the folds every model finished, then regret and cost."""
+    out = []
+    for context in dict.fromkeys(r["context"] for r in rows):
+        models = list(dict.fromkeys(r["model"] for r in rows if r["context"] == context))
+        per = {m: _per_split(rows, context, m) for m in models}
+        splits = sorted(set.intersection(*(set(p) for p in per.values())))
+        if not splits:
+            continue
+        out += [f"**context {context}** ({rows[0]['num_contexts'] if False else _contexts(rows, context)} values; "
+                f"folds u{', u'.join(splits)})", "",
+                "| model | test RMSE | valid RMSE | seconds (search + train) | found op / setting |",
+                "| --- | ---: | ---: | ---: | --- |"]
+        for m in models:
+            rs = [per[m][s] for s in splits]
+            extra = ", ".join(r.get("op", "") or json.dumps(r["setting"], sort_keys=True) for r in rs
+                              if r.get("op") or r["setting"])
+            out.append(f"| {m} | {_ms([r['test']['rmse'] for r in rs])} | {_ms([r['valid']['rmse'] for r in rs])}"
+                       f" | {mean_std([r['seconds'] for r in rs])[0]:.1f} | {extra} |")
+        out += ["", *_regret_and_cost(rows, per, context, splits), ""]
+    return "\n".join(out) + "\n"
+
+
+def _contexts(rows, context) -> int:
+    return max(r["num_contexts"] for r in rows if r["context"] == context)
+
+
+def _regret_and_cost(rows, per, context, splits) -> list[str]:
+    lines = []
+    for m in ("sif", "sif_random"):
+        if m not in per:
+            continue
+        best = [_best_fixed(rows, context, s) for s in splits]
+        regret = [per[m][s]["test"]["rmse"] - b["test"]["rmse"] for s, b in zip(splits, best, strict=True)]
+        lines.append(f"- {m}: regret against the validation-best fixed candidate "
+                     f"({', '.join(b['model'].removeprefix('fixed:') for b in best)}): {_ms(regret)}; "
+                     f"found {', '.join(per[m][s]['op'] for s in splits)}")
+    if "sif" in per and all(m in per for m in SYMMETRIC):
+        search = [per["sif"][s]["seconds"] for s in splits]
+        fixed5 = [sum(per[m][s]["seconds"] for m in SYMMETRIC) for s in splits]
+        ratio = [a / b for a, b in zip(search, fixed5, strict=True)]
+        lines.append(f"- cost: search + stand-alone training {mean_std(search)[0]:.1f}s against "
+                     f"{mean_std(fixed5)[0]:.1f}s for training the 5 symmetric fixed classes (ratio {_ms(ratio)})")
+    for other in ("matrix:sif", "matrix:mf", "cp", "tucker"):
+        if "sif" in per and other in per:
+            lines.append(_beats(per, "sif", other, splits))
+    return lines
+
+
+def _beats(per, a: str, b: str, splits) -> str:
+    """Target: ``a`` beats ``b`` when its mean test RMSE is lower by more than the larger of the two stds."""
+    ma, sa = mean_std([per[a][s]["test"]["rmse"] for s in splits])
+    mb, sb = mean_std([per[b][s]["test"]["rmse"] for s in splits])
+    diff = [per[b][s]["test"]["rmse"] - per[a][s]["test"]["rmse"] for s in splits]
+    verdict = ("met" if mb - ma > max(sa, sb) else "not met") if len(splits) > 1 else "n/a (one fold)"
+    return (f"- target {a} < {b} by one std: {verdict} ({mb - ma:+.4f} against std {max(sa, sb):.4f}; per fold "
+            f"{', '.join(f'{d:+.4f}' for d in diff)})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", nargs="+", default=["configs/sif_tensor_ml100k_folds.yaml",
+                                                    "configs/sif_tensor_ml100k_folds_genre.yaml"])
+    p.add_argument("--out", default="benchmarks/results/sif_tensor_ml100k.json")
+    p.add_argument("--folds", nargs="*", help="override benchmark.folds")
+    p.add_argument("--stop-at", help="HH:MM (UTC): start no new fold after it")
+    p.add_argument("--summary-only", action="store_true", help="only print the summary of --out")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stop = None
+    if args.stop_at:
+        h, m = map(int, args.stop_at.split(":"))
+        stop = datetime.now(timezone.utc).replace(hour=h, minute=m, second=0, microsecond=0)
+    rows = json.loads(out.read_text()) if args.summary_only else run(args.configs, out, args.folds, stop)
+    print(summary(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
