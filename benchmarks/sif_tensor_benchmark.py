@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from sif.cli import _fit_tuned, _train_seconds, _valid_scores
+from sif.benchmark import fit_tuned, train_seconds, valid_scores
 from sif.config import RunConfig, load_config
 from sif.data import load_splits
 from sif.evaluation import mean_std
@@ -37,10 +37,10 @@ MATRIX = ("matrix:sif", "matrix:mf")
 
 def _row(cfg: RunConfig, name: str, split, data, grid: dict) -> dict[str, Any]:
     t0 = time.perf_counter()
-    rec, setting = _fit_tuned(cfg, name.removeprefix("matrix:"), grid, data)
+    rec, setting = fit_tuned(cfg, name.removeprefix("matrix:"), grid, data)
     row = {"model": name, "context": cfg.data.context, "num_contexts": data[0].num_contexts, "split": split,
-           "test": rec.score(data[2]), "valid": _valid_scores(rec, data[1]), "seconds": time.perf_counter() - t0,
-           "seconds_train": _train_seconds(rec), "setting": setting, "epochs": rec.train_result_.best_epoch}
+           "test": rec.score(data[2]), "valid": valid_scores(rec, data[1]), "seconds": time.perf_counter() - t0,
+           "seconds_train": train_seconds(rec), "setting": setting, "epochs": rec.train_result_.best_epoch}
     if isinstance(rec, SIFRecommender):
         row.update(op=rec.op_, seconds_search=rec.search_result_.seconds,
                    search_epochs=len(rec.search_result_.history))

@@ -17,32 +17,28 @@ genotype as JSON, a picture of the found interaction function and results.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from nasp import distributed as nd
-from nasp.config import ConfigError, add_config_arguments, to_dict
+from nasp.config import ConfigError, add_config_arguments
 from nasp.search import NonFiniteLossError
 
 from .baselines import BASELINES
-from .config import ModelConfig, RunConfig, load_config
+from .benchmark import merge_benchmarks, run_benchmark, train_seconds, valid_scores  # noqa: F401 (merge: API)
+from .build import build_recommender, recommender_kwargs  # noqa: F401 (recommender_kwargs: API)
+from .config import RunConfig, load_config
 from .data import load_splits
-from .evaluation import mean_std
-from .feedback import feedback_strategy
 from .recommender import (
     SIF_VARIANTS,
     SIFRecommender,
-    constructor_params,
-    create_recommender,
     load_recommender,
     recommender_class,
 )
@@ -51,7 +47,6 @@ from .runs import RunFolderError, command_folder, data_fingerprint, fingerprint,
 __all__ = ["main", "build_recommender", "run_fit", "run_benchmark"]
 
 log = logging.getLogger("sif")
-_MODEL_DEFAULTS = ModelConfig()
 EXIT_USAGE, EXIT_NONFINITE = 2, 3          # documented in the README (command line)
 
 
@@ -71,51 +66,6 @@ def _setup_logging(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def build_recommender(cfg: RunConfig, name: str | None = None, strict: bool = True, **overrides: Any):
-    """The recommender a config describes (``name`` overrides ``cfg.model.name``).
-
-    Every constructor argument comes from the config key of the same name (:func:`recommender_kwargs`). With
-    ``strict``, a ``model.*`` setting changed from its default that this model does not take is an error (no
-    accepted key is ignored); ``sif benchmark`` runs many models from one config and passes ``strict=False``,
-    so that each model takes the settings that apply to it."""
-    name = name or cfg.model.name
-    kw = recommender_kwargs(cfg, name, strict)
-    kw.update(overrides)
-    return create_recommender(name, **kw)
-
-
-def recommender_kwargs(cfg: RunConfig, name: str, strict: bool = True) -> dict[str, Any]:
-    """The constructor arguments of recommender ``name`` from ``cfg``: ``model.<arg>``, except ``device``,
-    ``random_state`` (``seed``), ``train``, ``search`` and ``valid_fraction`` (``data.valid_fraction``); ``op``
-    and ``model`` are part of the name."""
-    taken = constructor_params(recommender_class(name))
-    special = {"device": cfg.device, "random_state": cfg.seed, "train": to_dict(cfg.train),
-               "search": {k: v for k, v in to_dict(cfg.search).items() if k != "seed"},
-               "valid_fraction": cfg.data.valid_fraction}
-    kw = {p: special[p] if p in special else getattr(cfg.model, p) for p in taken if p not in ("op", "model")}
-    if kw.get("neighbourhood") is not None and not _supports_neighbourhood(name):
-        if strict:
-            raise ConfigError(f"model.neighbourhood: model {name!r} does not take neighbourhoods")
-        kw.pop("neighbourhood")
-    if strict:
-        unused = [f"model.{f.name}" for f in fields(ModelConfig) if f.name != "name" and f.name not in taken
-                  and getattr(cfg.model, f.name) != getattr(_MODEL_DEFAULTS, f.name)]
-        if unused:
-            raise ConfigError(f"{', '.join(unused)}: not a setting of model {name!r} (only of other models)")
-        fixed = {k: v for k, v in SIF_VARIANTS.get(name, {}).items() if k != "search"}
-        clash = [f"model.{k}" for k, v in fixed.items()
-                 if getattr(cfg.model, k) not in (v, getattr(_MODEL_DEFAULTS, k))]
-        if clash:
-            raise ConfigError(f"{', '.join(clash)}: model {name!r} fixes it ({fixed}); use model.name=sif to set it")
-    return kw
-
-
-def _supports_neighbourhood(name: str) -> bool:
-    """SIF models, fixed ops and the MF-type baselines take ``model.neighbourhood``; NeuMF and bias_only do not."""
-    base = BASELINES.get(name)
-    return base is None or getattr(base, "supports_neighbourhood", False)
-
-
 def _write_config(cfg: RunConfig, run_dir: Path) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
@@ -130,8 +80,8 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None)
     t0 = time.perf_counter()
     rec.fit(train, valid, show_progress=cfg.show_progress, run_dir=run_dir)
     seconds = time.perf_counter() - t0
-    results = {"model": name or cfg.model.name, "valid": _valid_scores(rec, valid), "test": rec.score(test),
-               "seconds_total": seconds, "seconds_train": _train_seconds(rec),
+    results = {"model": name or cfg.model.name, "valid": valid_scores(rec, valid), "test": rec.score(test),
+               "seconds_total": seconds, "seconds_train": train_seconds(rec),
                "best_epoch": rec.train_result_.best_epoch, "n_train": len(train), "n_test": len(test),
                "context": cfg.data.context, "num_contexts": train.num_contexts,
                "rating_scale": list(train.rating_scale),
@@ -157,105 +107,6 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     log.info("results: %s", json.dumps(results))
     return results
-
-
-def _valid_scores(rec, valid) -> dict[str, float]:
-    """Validation scores of a fitted recommender; after a refit (which trained on valid) those of the first fit's
-    best epoch, the ones every choice was made on."""
-    return dict(rec.train_result_.best_valid) if getattr(rec, "refit", False) else rec.score(valid)
-
-
-def _train_seconds(rec) -> float:
-    """Seconds of stand-alone training: every fit of the race (the winner's included) or the one fit, and the
-    refit."""
-    extra = rec.refit_result_.seconds if getattr(rec, "refit", False) else 0.0
-    race = getattr(rec, "selection_", None)
-    return (race.seconds if race is not None else rec.train_result_.seconds) + extra
-
-
-def _fit_tuned(cfg: RunConfig, name: str, grid: dict[str, list], data) -> tuple[Any, dict[str, Any]]:
-    """Fit ``name`` for every combination in ``grid`` (model settings), keep the best on the validation metric of
-    the task (RMSE for ratings, NDCG@10 for implicit feedback)."""
-    import itertools
-
-    train, valid, _ = data
-    fb = feedback_strategy(cfg.model.task)
-    sign = -1.0 if fb.maximize else 1.0
-    best, best_score, best_setting = None, float("inf"), {}
-    keys = sorted(grid)
-    for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
-        setting = dict(zip(keys, values, strict=True))
-        run_cfg = copy.deepcopy(cfg)
-        for k, v in setting.items():
-            target = run_cfg.train if hasattr(run_cfg.train, k) else run_cfg.model
-            setattr(target, k, v)
-        rec = build_recommender(run_cfg, name, strict=False).fit(train, valid, show_progress=False)
-        r = sign * _valid_scores(rec, valid)[fb.metric]
-        if r < best_score:
-            best, best_score, best_setting = rec, r, setting
-    return best, best_setting
-
-
-def run_benchmark(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """Every model of ``cfg.benchmark.models`` on every fold (or seed); a markdown and a JSON table."""
-    rows: list[dict[str, Any]] = []
-    splits = cfg.benchmark.folds if cfg.data.split == "fold" else cfg.benchmark.seeds
-    for split_id in splits:
-        run_cfg = copy.deepcopy(cfg)
-        if cfg.data.split == "fold":
-            run_cfg.data.fold = split_id
-        else:
-            run_cfg.seed = int(split_id)
-        data = load_splits(run_cfg.data, run_cfg.seed)
-        for name in cfg.benchmark.models:
-            t0 = time.perf_counter()
-            rec, setting = _fit_tuned(run_cfg, name, cfg.benchmark.tune.get(name, {}), data)
-            row = {"model": name, "split": split_id, "test": rec.score(data[2]), "valid": _valid_scores(rec, data[1]),
-                   "seconds": time.perf_counter() - t0, "seconds_train": _train_seconds(rec), "setting": setting,
-                   "context": cfg.data.context, "num_contexts": data[0].num_contexts}
-            if isinstance(rec, SIFRecommender):
-                row.update(op=rec.op_, seconds_search=rec.search_result_.seconds)
-            rows.append(row)
-            log.info("benchmark row: %s", json.dumps(row))
-            if nd.is_main_process():
-                metric = feedback_strategy(cfg.model.task).metric
-                print(f"[{split_id}] {name:14s} test {metric}={row['test'][metric]:.4f} ({row['seconds']:.1f}s)"
-                      + (f" op={row['op']}" if "op" in row else ""), flush=True)
-                (run_dir / "benchmark.json").write_text(json.dumps(rows, indent=2) + "\n")
-    table = benchmark_table(rows)
-    if nd.is_main_process():
-        (run_dir / "benchmark.md").write_text(table)
-        print(table)
-    return {"rows": rows, "table": table}
-
-
-def merge_benchmarks(paths: list[str | Path]) -> str:
-    """One table from several benchmark.json files (e.g. folds run in parallel processes)."""
-    rows = [r for p in paths for r in json.loads(Path(p).read_text())]
-    return benchmark_table(rows)
-
-
-def benchmark_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table: mean +- std over splits of the test metrics (RMSE and MAE for ratings; NDCG@10, recall@10
-    and AUC for implicit feedback), validation metric, seconds, found ops."""
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    rating = "rmse" in rows[0]["test"]
-    tests = ("rmse", "mae") if rating else ("ndcg@10", "recall@10", "auc")
-    valid = "rmse" if rating else "ndcg@10"
-    lines = ["| model | " + " | ".join(f"test {t.upper() if rating else t}" for t in tests)
-             + f" | valid {valid.upper() if rating else valid} | search s | train s | found op / setting |",
-             "| --- | " + " | ".join("---:" for _ in tests) + " | ---: | ---: | ---: | --- |"]
-    for m in models:
-        rs = [r for r in rows if r["model"] == m]
-        cells = [f"{mean_std([r['test'][t] for r in rs])[0]:.4f} +- {mean_std([r['test'][t] for r in rs])[1]:.4f}"
-                 for t in tests]
-        vm, _ = mean_std([r["valid"][valid] for r in rs])
-        search = mean_std([r.get("seconds_search", 0.0) for r in rs])[0]
-        train = mean_std([r["seconds_train"] for r in rs])[0]
-        extra = ", ".join(sorted({r["op"] for r in rs if "op" in r})) or \
-            ", ".join(sorted({json.dumps(r["setting"], sort_keys=True) for r in rs if r["setting"]}))
-        lines.append(f"| {m} | {' | '.join(cells)} | {vm:.4f} | {search:.1f} | {train:.1f} | {extra} |")
-    return "\n".join(lines) + "\n"
 
 
 _MODELS_HELP = (f"model names (model.name): {', '.join(SIF_VARIANTS)} (sif search); fixed:<op> with op one of "
