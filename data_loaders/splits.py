@@ -124,8 +124,8 @@ def movielens_fold(root, fold: int | str = 1,
             raise FileNotFoundError(f"{root}: no {filename} (expected ML-100K's folder, its parent, or zip)")
         tables[part] = read_delimited(source, spec.fmt, spec.scale, drop_invalid and part != "data").columns
     id_source = [tables["data"]] if "data" in tables else [tables["base"], tables["test"]]
-    user_ids = np.unique(np.concatenate([t["user"] for t in id_source]))
-    item_ids = np.unique(np.concatenate([t["item"] for t in id_source]))
+    user_ids = np.unique(np.concatenate([t["user"] for t in id_source])).astype(np.int64)  # one map, shared
+    item_ids = np.unique(np.concatenate([t["item"] for t in id_source])).astype(np.int64)
     return tuple(RatingDataset.from_arrays(
         t["user"], t["item"], t["rating"], timestamps=t["timestamp"], rating_scale=spec.scale,
         name=f"ml-100k-u{fold}.{part}", user_ids=user_ids, item_ids=item_ids)
