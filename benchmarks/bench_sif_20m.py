@@ -9,20 +9,27 @@ model that learns the factors beats the mean.
 
 Each phase runs in its own subprocess (``python benchmarks/bench_sif_20m.py --phase NAME``) pinned with
 ``taskset`` to the cores given, so its peak RSS (``VmHWM`` of /proc/self/status, the high-water mark of that process
-alone) and its seconds are its own; a phase reads what the one before it saved in the scratch folder. The phases
-call the library's public path, the functions ``sif search`` uses (``sif.data.load_splits`` with a ``DataConfig``,
+alone) and its seconds are its own; a sub-step's peak is ``VmHWM`` after a reset through /proc/self/clear_refs (the
+phase's peak is the largest of them). CPU seconds are recorded next to wall seconds (a shared machine inflates
+wall time), and the load average before and after each phase. The phases call the library's public path, the
+functions ``sif search`` and ``sif train`` use (``sif.data.load_splits`` with a ``DataConfig``,
 ``sif.cli.build_recommender`` with a ``RunConfig``, ``fit``, ``score``, ``save``/``load_recommender``,
-``recommend``):
+``recommend``); every phase that needs the data reads the CSV again, as a separate command would:
 
-- ``read``: ``read_ratings_file`` of the CSV (the reader's own time, and a second time with the file cached);
-- ``split``: reading plus the random 80/10/10 split (then also ``leave_k_out_split`` and ``time_split``, timed
-  apart), the split saved as .npy for the next phases;
-- ``search``: ``sif`` (search then stand-alone training, as ``sif search`` runs it) at batch 65536;
+- ``read``: ``read_ratings_file`` of the CSV, twice (the second time the file is surely cached);
+- ``split``: one read, then ``random_split``, ``leave_k_out_split`` and ``time_split``, each timed apart;
+- ``search``: ``sif`` (search, then stand-alone training, as ``sif search`` runs them), the model saved in the
+  scratch folder;
+- ``train``: ``fixed:<the op the search found>`` trained stand-alone (the ``sif train`` path);
 - ``evaluate``: the saved model loaded, RMSE/MAE on valid and test;
 - ``recommend``: top-10 for 1000 users, already-rated items filtered.
 
+Each phase's stderr (the progress bars) is shown live and kept in ``<scratch>/phase-<name>.log``; ``bars_seen``
+names the bars found there.
+
     python benchmarks/bench_sif_20m.py [--scratch /tmp/nasp-20m] [--cpus 0] [--threads 1] [--search-epochs 2]
         [--train-epochs 1] [--batch-size 65536] [--keep-csv] [--out benchmarks/results/sif_20m.json]
+    python benchmarks/bench_sif_20m.py --phases read --reader-root /tmp/nasp-old --keep-csv --out ...   # before
 """
 
 from __future__ import annotations
@@ -114,6 +121,9 @@ def rss_gib() -> float:
     return _status_kib("VmRSS") / 2**20
 
 
+_PEAKS: list[float] = []     # VmHWM just before each reset: the phase's peak is the largest of these and the last
+
+
 def reset_peak() -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0, /proc/self/clear_refs); False when not allowed."""
     try:
@@ -126,7 +136,8 @@ def reset_peak() -> bool:
 
 def timed(fn, *args, **kwargs):
     """(result, wall seconds, {peak GiB of the call, CPU seconds of this process during it}); the peak is reset
-    before the call when the kernel allows (``peak_reset``)."""
+    before the call when the kernel allows (``peak_reset``), after noting the peak so far."""
+    _PEAKS.append(peak_gib())
     reset = reset_peak()
     t0, c0 = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
@@ -148,11 +159,16 @@ def run_config(args, csv: Path):
 
 
 def _read(args, csv: Path) -> dict:
+    import inspect
+
+    if args.reader_root:                    # another checkout's reader (e.g. before a change), for a comparison
+        sys.path.insert(0, str(Path(args.reader_root).resolve()))
     from data_loaders import read_ratings_file
 
-    out = {}
+    kw = {"show_progress": True} if "show_progress" in inspect.signature(read_ratings_file).parameters else {}
+    out = {"reader": str(Path(inspect.getfile(read_ratings_file)).parents[1])}
     for k in range(2):                      # the second read finds the file in the page cache for sure
-        ds, sec, mem = timed(read_ratings_file, csv, rating_scale=(0.5, 5.0, 0.5), show_progress=True)
+        ds, sec, mem = timed(read_ratings_file, csv, rating_scale=(0.5, 5.0, 0.5), **kw)
         out[f"read_{k + 1}_s"] = round(sec, 2)
         out.update({f"read_{k + 1}_{m}": v for m, v in mem.items()})
         del ds
@@ -254,7 +270,8 @@ def child(args) -> None:
     t0 = time.perf_counter()
     out = PHASE_FUNCS[args.phase](args, csv)
     use = resource.getrusage(resource.RUSAGE_SELF)
-    out.update(phase=args.phase, seconds=round(time.perf_counter() - t0, 2), peak_rss_gib=round(peak_gib(), 3),
+    peak = max([peak_gib(), *_PEAKS] + [v for k, v in out.items() if k.endswith("peak_rss_gib")])  # every reset
+    out.update(phase=args.phase, seconds=round(time.perf_counter() - t0, 2), peak_rss_gib=round(peak, 3),
                cpu_s=round(use.ru_utime + use.ru_stime, 1))
     (Path(args.scratch) / f"phase-{args.phase}.json").write_text(json.dumps(out) + "\n")
     print("RESULT " + json.dumps(out), flush=True)
@@ -296,7 +313,7 @@ def run_phase(args, phase: str) -> dict:
 
 def _forwarded(args) -> dict:
     keys = ("scratch", "threads", "device", "seed", "dim", "search_epochs", "train_epochs", "batch_size",
-            "recommend_users")
+            "recommend_users", "reader_root")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -325,6 +342,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ratings", type=int, default=NUM_RATINGS)
     p.add_argument("--users", type=int, default=NUM_USERS)
     p.add_argument("--items", type=int, default=NUM_ITEMS)
+    p.add_argument("--reader-root", default="", help="read phase: import data_loaders from this checkout instead "
+                                                      "(e.g. `git archive <commit> | tar -x -C DIR`), for before/after")
     p.add_argument("--phases", default=",".join(PHASES), help=f"comma list out of {', '.join(PHASES)}")
     p.add_argument("--keep-csv", action="store_true", help="leave the CSV in the scratch folder for a rerun")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sif_20m.json"))
