@@ -36,13 +36,15 @@ def _as_long(values) -> torch.Tensor:
     return _as_tensor(values, np.int64)
 
 
+_INT64_MAX = np.iinfo(np.int64).max
 _LUT_MIN_SPAN = 1 << 24     # integer ids spanning at most max(this, n) values are encoded with a lookup table
 
 
 def _as_ids(ids: np.ndarray) -> np.ndarray:
     """An id map as stored: integer ids as int64 (whatever width they were read in), others unchanged."""
     ids = np.asarray(ids)
-    return ids.astype(np.int64, copy=False) if ids.dtype.kind in "iu" else ids
+    fits = ids.dtype.kind == "i" or (ids.dtype.kind == "u" and (len(ids) == 0 or int(ids.max()) <= _INT64_MAX))
+    return ids.astype(np.int64, copy=False) if fits else ids
 
 
 def _encode_dense(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -51,7 +53,7 @@ def _encode_dense(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     if raw.dtype.kind not in "iu" or len(raw) == 0:
         return None
     low, high = int(raw.min()), int(raw.max())
-    if high - low + 1 > max(_LUT_MIN_SPAN, len(raw)):
+    if high - low + 1 > max(_LUT_MIN_SPAN, len(raw)) or high > _INT64_MAX:
         return None
     shifted = raw - raw.dtype.type(low) if low else raw    # (n,) in 0..span-1; no overflow: the span is small
     present = np.zeros(high - low + 1, dtype=bool)

@@ -166,6 +166,10 @@ def test_lookup_table_encoding_equals_factorize(dtype):
     np.testing.assert_array_equal(codes, want_codes)
     np.testing.assert_array_equal(ids, want_ids)
     assert codes.dtype == ids.dtype == np.int64
+    huge = np.array([2**64 - 1, 3, 2**64 - 1], dtype=np.uint64)     # beyond int64: kept as uint64 ids
+    codes, ids = ratings._encode(huge, None, "user")
+    np.testing.assert_array_equal(codes, [1, 0, 1])
+    assert ids.dtype == np.uint64 and ids[1] == 2**64 - 1
     wide = np.array([5, 2**40, 5, -(2**40)], dtype=np.int64)        # too wide a span for a table: factorize
     assert ratings._encode_dense(wide) is None
     np.testing.assert_array_equal(ratings._encode(wide, None, "user")[0], [1, 2, 1, 0])
