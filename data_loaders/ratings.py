@@ -36,11 +36,41 @@ def _as_long(values) -> torch.Tensor:
     return _as_tensor(values, np.int64)
 
 
+_INT64_MAX = np.iinfo(np.int64).max
+_LUT_MIN_SPAN = 1 << 24     # integer ids spanning at most max(this, n) values are encoded with a lookup table
+
+
+def _as_ids(ids: np.ndarray) -> np.ndarray:
+    """An id map as stored: integer ids as int64 (whatever width they were read in), others unchanged."""
+    ids = np.asarray(ids)
+    fits = ids.dtype.kind == "i" or (ids.dtype.kind == "u" and (len(ids) == 0 or int(ids.max()) <= _INT64_MAX))
+    return ids.astype(np.int64, copy=False) if fits else ids
+
+
+def _encode_dense(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(codes, sorted distinct ids) of integer ids in a narrow range, by a lookup table (no sort, no hash);
+    None when the ids are not integers or span too many values for a table."""
+    if raw.dtype.kind not in "iu" or len(raw) == 0:
+        return None
+    low, high = int(raw.min()), int(raw.max())
+    if high - low + 1 > max(_LUT_MIN_SPAN, len(raw)) or high > _INT64_MAX:
+        return None
+    shifted = raw - raw.dtype.type(low) if low else raw    # (n,) in 0..span-1; no overflow: the span is small
+    present = np.zeros(high - low + 1, dtype=bool)
+    present[shifted] = True
+    lut = np.cumsum(present, dtype=np.int64) - 1           # (span,) code of each present value
+    return lut[shifted], np.flatnonzero(present).astype(np.int64) + low
+
+
 def _encode(raw: np.ndarray, ids: np.ndarray | None, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, ids): contiguous codes of ``raw``; ``ids`` (sorted original ids) is built when None."""
+    """(codes, ids): contiguous int64 codes of ``raw``; ``ids`` (sorted original ids) is built when None."""
     if ids is None:
+        dense = _encode_dense(raw)
+        if dense is not None:
+            return dense
         codes, uniques = pd.factorize(raw, sort=True)
-        return codes.astype(np.int64, copy=False), np.asarray(uniques)
+        return codes.astype(np.int64, copy=False), _as_ids(uniques)
+    ids = _as_ids(ids)
     pos = np.searchsorted(ids, raw)
     if len(ids) == 0:
         missing = np.ones(len(raw), dtype=bool)
@@ -121,8 +151,13 @@ class RatingDataset:
     @classmethod
     def from_arrays(cls, users, items, ratings, *, timestamps=None, contexts=None, rating_scale=None,
                     name: str = "ratings", user_ids=None, item_ids=None, dropped=None) -> RatingDataset:
-        """Build from original ids; the id maps are the sorted distinct ids unless given."""
-        ratings = np.asarray(ratings, dtype=np.float64)
+        """Build from original ids; the id maps are the sorted distinct ids unless given (integer ids as int64).
+
+        ``ratings`` in float32 are kept as they are (no float64 copy of a large column); others become float64.
+        """
+        ratings = np.asarray(ratings)
+        if ratings.dtype != np.float32:
+            ratings = ratings.astype(np.float64, copy=False)
         u, user_ids = _encode(np.asarray(users), None if user_ids is None else np.asarray(user_ids), "user")
         i, item_ids = _encode(np.asarray(items), None if item_ids is None else np.asarray(item_ids), "item")
         c, context_ids = (None, None) if contexts is None else _encode(np.asarray(contexts), None, "context")
@@ -215,7 +250,7 @@ def _dataset_from_table(table: Table, label: str, name: str, scale: RatingScale 
 
 def read_ratings_file(path, sep: str | None = None, columns: Mapping[str, str | int | None] | None = None,
                       header: bool | None = None, rating_scale=None, drop_invalid: bool = False,
-                      name: str | None = None, encoding: str = "utf-8") -> RatingDataset:
+                      name: str | None = None, encoding: str = "utf-8", show_progress: bool = True) -> RatingDataset:
     """Read a generic rating file: CSV/TSV (by suffix, or ``sep``) or Parquet (``.parquet``/``.pq``).
 
     ``columns`` maps user/item/rating (required) and timestamp/context (optional) to header names or
@@ -226,7 +261,8 @@ def read_ratings_file(path, sep: str | None = None, columns: Mapping[str, str | 
     True/False force it. ``rating_scale`` is (low, high) or (low, high, step): every rating must lie on it;
     without it nothing is checked but finiteness and the scale is the observed (min, max), marked
     ``rating_scale_source == "inferred"`` on the result. Bad rows raise ValueError naming file and line,
-    unless ``drop_invalid``. ``encoding`` names the text encoding (e.g. "latin-1").
+    unless ``drop_invalid``. ``encoding`` names the text encoding (e.g. "latin-1"). ``show_progress``: a progress
+    bar (by bytes, on stderr) while a text file of 50 MiB or more is parsed.
     """
     source = Source(Path(path))
     columns = None if columns is None else dict(columns)
@@ -238,7 +274,7 @@ def read_ratings_file(path, sep: str | None = None, columns: Mapping[str, str | 
     else:
         sep = sep or _SUFFIX_SEPS.get(source.suffix, ",")
         fmt = TableFormat(sep=sep, header=header, columns=columns, encoding=encoding)
-        table = read_delimited(source, fmt, scale, drop_invalid)
+        table = read_delimited(source, fmt, scale, drop_invalid, show_progress=show_progress)
     return _dataset_from_table(table, source.label, name, scale)
 
 
@@ -266,7 +302,7 @@ def load_movielens(variant: str = "100k", root=None, download: bool = False,
     any member is read; releases without a known digest (latest, latest-small) need ``checksum`` or
     ``allow_unverified=True``. A failed download raises :class:`DownloadError` (a FileNotFoundError) saying
     where to put the files. Every rating is checked against the release's declared scale (``rating_scale``
-    replaces it).
+    replaces it). ``progress``: progress bars for the download and for parsing a ratings file of 50 MiB or more.
     """
     spec = get_spec(variant)
     scale = RatingScale.parse(rating_scale) or spec.scale
@@ -284,5 +320,5 @@ def load_movielens(variant: str = "100k", root=None, download: bool = False,
         except DownloadError as err:
             raise DownloadError(f"MovieLens {spec.name}: {err.args[0]}; {where_to_put(spec, root)}") from err
         source = find_file(zip_path, spec, spec.ratings_file)
-    table = read_delimited(source, spec.fmt, scale, drop_invalid)
+    table = read_delimited(source, spec.fmt, scale, drop_invalid, show_progress=progress)
     return _dataset_from_table(table, source.label, f"ml-{spec.name}", scale)

@@ -52,12 +52,21 @@ def time_split(ds: RatingDataset, fractions: Sequence[float] = (0.8, 0.1, 0.1)) 
 
 def _rank_within_user(users: np.ndarray, key: np.ndarray) -> np.ndarray:
     """(n,) 0-based rank of each row among its user's rows, ordered by ``key`` (ties by row order)."""
-    order = np.lexsort((np.arange(len(users)), key, users))  # (n,)
+    n = len(users)
+    by_key = np.argsort(key, kind="stable")  # (n,) rows by key, ties by row order
+    key_rank = np.empty(n, dtype=np.int64)
+    key_rank[by_key] = np.arange(n)  # (n,) distinct ranks: one int64 sort key with the users (no 3-key lexsort)
+    del by_key
+    if n and int(users.max()) >= np.iinfo(np.int64).max // n - 1:   # the combined key would overflow
+        order = np.lexsort((key_rank, users))
+    else:
+        order = np.argsort(users.astype(np.int64) * n + key_rank)  # (n,) by user, then key, then row
+    del key_rank
     sorted_users = users[order]
     is_start = np.r_[True, sorted_users[1:] != sorted_users[:-1]]  # (n,) first row of each user's run
     group_start = np.flatnonzero(is_start)[np.cumsum(is_start) - 1]  # (n,) position of that first row
-    rank = np.empty(len(users), dtype=np.int64)
-    rank[order] = np.arange(len(users)) - group_start
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - group_start
     return rank
 
 
@@ -124,8 +133,8 @@ def movielens_fold(root, fold: int | str = 1,
             raise FileNotFoundError(f"{root}: no {filename} (expected ML-100K's folder, its parent, or zip)")
         tables[part] = read_delimited(source, spec.fmt, spec.scale, drop_invalid and part != "data").columns
     id_source = [tables["data"]] if "data" in tables else [tables["base"], tables["test"]]
-    user_ids = np.unique(np.concatenate([t["user"] for t in id_source]))
-    item_ids = np.unique(np.concatenate([t["item"] for t in id_source]))
+    user_ids = np.unique(np.concatenate([t["user"] for t in id_source])).astype(np.int64)  # one map, shared
+    item_ids = np.unique(np.concatenate([t["item"] for t in id_source])).astype(np.int64)
     return tuple(RatingDataset.from_arrays(
         t["user"], t["item"], t["rating"], timestamps=t["timestamp"], rating_scale=spec.scale,
         name=f"ml-100k-u{fold}.{part}", user_ids=user_ids, item_ids=item_ids)
