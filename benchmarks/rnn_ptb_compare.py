@@ -12,8 +12,8 @@ the number of identity nodes) is written next to the results, to diagnose degene
 Example (the README's numbers)::
 
     NASP_DATA_DIR=/work/shared/data taskset -c 1 nice -n 5 python benchmarks/rnn_ptb_compare.py \\
-        --search-config configs/rnn_search_ptb_cpu.yaml --train-config configs/rnn_train_ptb_small.yaml \\
-        --set threads=1 search.warmup_epochs=1 --train-set threads=1 --out runs/rnn_ptb_compare
+        --search-config configs/rnn_search_ptb_cpu.yaml --train-config configs/rnn_train_ptb_cpu.yaml \\
+        --set search.warmup_epochs=1 --out runs/rnn_ptb_compare
 """
 
 from __future__ import annotations
@@ -84,10 +84,12 @@ def alpha_trajectory(log_path: str | os.PathLike, ops: list[str], init: float = 
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--search-config", default="configs/rnn_search_ptb_cpu.yaml")
-    p.add_argument("--train-config", default="configs/rnn_train_ptb_small.yaml")
+    p.add_argument("--train-config", default="configs/rnn_train_ptb_cpu.yaml")
     p.add_argument("--set", nargs="+", action="extend", default=[], help="overrides of the search run")
     p.add_argument("--train-set", nargs="+", action="extend", default=[], help="overrides of every training run")
     p.add_argument("--search-dir", default=None, help="a finished search run folder: reuse it, do not search")
+    p.add_argument("--search-epochs", type=int, default=None,
+                   help="with --search-dir: take the cell kept after this many epochs of its log")
     p.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated subset of {','.join(CELLS)}")
     p.add_argument("--random-seed", type=int, default=0, help="seed of the random cell's draw")
     p.add_argument("--out", default="runs/rnn_ptb_compare")
@@ -100,21 +102,41 @@ def _parse(argv):
     wrong = [t for t in args.transfer if not t.startswith("data.")]
     if wrong:
         p.error(f"positional overrides must be data.*=value (they go to the trainings), got {wrong}")
+    if args.search_epochs is not None and (args.search_dir is None or args.search_epochs < 1):
+        p.error(f"--search-epochs needs --search-dir and a value >= 1, got {args.search_epochs}")
     args.cells = cells
     return args
 
 
+def _cell_at_epoch(run: Path, epochs: int, out: Path) -> dict:
+    """Summary of a search folder cut after its first ``epochs`` epochs (its log.jsonl): the cell kept then, written
+    to out/found_genotype.json. With a constant weight lr nothing in the search depends on the planned epoch count,
+    so this is the cell a search of exactly ``epochs`` epochs finds."""
+    recs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    recs = [r for r in recs if "genotype" in r][:epochs]
+    if len(recs) < epochs:
+        raise ValueError(f"--search-epochs {epochs}: {run / 'log.jsonl'} logs only {len(recs)} epochs")
+    geno = RNNGenotype(tuple(tuple(x) for x in _cell_of(recs[-1]["genotype"])), tuple(range(1, len(
+        recs[-1]["genotype"]["cell"]) + 1)))
+    geno.to_json(out / "found_genotype.json")
+    return {"genotype": geno.to_dict(), "epochs": epochs, "steps": recs[-1]["step"],
+            "valid_ppl": [r.get("valid_ppl") for r in recs], "seconds": sum(r["seconds_epoch"] for r in recs),
+            "genotype_file": str(out / "found_genotype.json")}
+
+
 def _search(args, out: Path) -> tuple[Path, dict]:
-    """Run the search (or read a finished one): its folder and summary."""
+    """Run the search (or read a finished one, or the first ``--search-epochs`` epochs of one): folder, summary."""
     if args.search_dir is not None:
         run = Path(args.search_dir)
+        if args.search_epochs:
+            return run, _cell_at_epoch(run, args.search_epochs, out)
         summary_path = run / "summary.json"
         if not summary_path.is_file():
             raise FileNotFoundError(f"--search-dir {run}: no summary.json (not a finished `nasp rnn search` run)")
-        return run, json.loads(summary_path.read_text())
+        return run, {**json.loads(summary_path.read_text()), "genotype_file": str(run / "rnn_genotype.json")}
     cfg = load(RNNSearchRun, args.search_config, [*args.set, f"run_dir={out / 'search'}"])
     summary = run_rnn_search(cfg, show_progress=False)
-    return Path(cfg.run_dir), summary
+    return Path(cfg.run_dir), {**summary, "genotype_file": str(Path(cfg.run_dir) / "rnn_genotype.json")}
 
 
 def _space_of(args, search_run: Path | None):
@@ -124,10 +146,10 @@ def _space_of(args, search_run: Path | None):
     return load(RNNSearchRun, args.search_config, args.set).space
 
 
-def _genotype_arg(cell: str, search_run: Path | None, args, out: Path) -> str:
+def _genotype_arg(cell: str, search: dict | None, search_run: Path | None, args, out: Path) -> str:
     """model.genotype for one cell: a JSON file (found, random) or a published cell's name."""
     if cell == "found":
-        return str(search_run / "rnn_genotype.json")
+        return search["genotype_file"]
     if cell == "DARTS_V2":
         return "DARTS_V2"
     sp = _space_of(args, search_run)
@@ -169,9 +191,9 @@ def main(argv=None) -> dict:
         result["search"] = {k: v for k, v in search.items() if k != "pictures"}
         result["search"]["run_dir"] = str(search_run)
         sp = _space_of(args, search_run)
-        result["alpha_trajectory"] = alpha_trajectory(search_run / "log.jsonl", list(sp.ops))
+        result["alpha_trajectory"] = alpha_trajectory(search_run / "log.jsonl", list(sp.ops))[:args.search_epochs]
     result["unigram"] = _unigram(args)
-    result["cells"] = {c: _train(c, _genotype_arg(c, search_run, args, out), args, out) for c in args.cells}
+    result["cells"] = {c: _train(c, _genotype_arg(c, search, search_run, args, out), args, out) for c in args.cells}
     result["machine_after"] = machine()
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({c: {k: r[k] for k in ("valid_ppl", "test_ppl", "steps")} for c, r in result["cells"].items()},

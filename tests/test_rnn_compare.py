@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from benchmarks.rnn_ptb_compare import alpha_trajectory, main, random_genotype
+from nasp.commands.rnn import RNNSearchRun, run_rnn_search
+from nasp.config import load
 from nasp.spaces.rnn.genotypes import RNNGenotype
 
 
@@ -104,3 +106,24 @@ def test_bad_arguments_are_one_line_errors(capsys):
     with pytest.raises(SystemExit):
         main(["model.nhid=3"])
     assert "positional overrides must be data.*=value" in capsys.readouterr().err
+
+
+def test_search_cut_after_k_epochs_is_the_k_epoch_search(tmp_path):
+    """--search-dir RUN --search-epochs 2 of a 3-epoch search = a 2-epoch search (constant weight lr)."""
+    _write_corpus(tmp_path / "ptb", {s: f"ptb.{s}.txt" for s in ("train", "valid", "test")}, seed=0)
+    tiny = ["space.ninp=8", "space.nhid=8", "space.num_nodes=4", "data.batch_size=8", "data.bptt=6",
+            "data.eval_batches=3", "search.max_steps_per_epoch=4", f"data.path={tmp_path}"]
+    runs = {}
+    for n in (2, 3):
+        runs[n] = run_rnn_search(load(RNNSearchRun, "configs/rnn_search_ptb_cpu.yaml",
+                                      [*tiny, f"search.epochs={n}", f"run_dir={tmp_path / f's{n}'}"]),
+                                 show_progress=False)
+    assert runs[2]["valid_ppl"] == runs[3]["valid_ppl"][:2]
+    res = main(["--search-dir", str(tmp_path / "s3"), "--search-epochs", "2", "--cells", "found",
+                "--train-set", *tiny[3:5], "train.bptt=6", "train.epochs=1", "train.max_steps_per_epoch=2",
+                "model.ninp=8", "model.nhid=8", "--out", str(tmp_path / "cmp"), f"data.path={tmp_path}"])
+    assert res["search"]["genotype"] == runs[2]["genotype"] and res["search"]["steps"] == 8
+    assert res["cells"]["found"]["genotype"] == runs[2]["genotype"] and len(res["alpha_trajectory"]) == 2
+    with pytest.raises(ValueError, match="logs only 3 epochs"):
+        main(["--search-dir", str(tmp_path / "s3"), "--search-epochs", "4", "--cells", "found",
+              "--out", str(tmp_path / "cmp4")])
