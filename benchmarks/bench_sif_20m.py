@@ -154,7 +154,8 @@ def run_config(args, csv: Path):
     sets = [f"seed={args.seed}", f"device={args.device}", f"threads={args.threads}", "data.dataset=file",
             f"data.path={csv}", "data.rating_scale=[0.5, 5.0, 0.5]", "data.split=random",
             f"model.embedding_dim={args.dim}", f"search.epochs={args.search_epochs}",
-            f"train.max_epochs={args.train_epochs}", f"train.batch_size={args.batch_size}"]
+            f"train.max_epochs={args.train_epochs}", f"train.batch_size={args.batch_size}",
+            f"model.sparse_rows={'true' if args.sparse_rows else 'false'}"]
     return load_config(None, sets)
 
 
@@ -313,7 +314,7 @@ def run_phase(args, phase: str) -> dict:
 
 def _forwarded(args) -> dict:
     keys = ("scratch", "threads", "device", "seed", "dim", "search_epochs", "train_epochs", "batch_size",
-            "recommend_users", "reader_root")
+            "recommend_users", "reader_root", "sparse_rows")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -338,6 +339,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--search-epochs", type=int, default=2)
     p.add_argument("--train-epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=65536)
+    p.add_argument("--sparse-rows", type=int, default=0, choices=(0, 1), help="1: model.sparse_rows=true")
     p.add_argument("--recommend-users", type=int, default=1000)
     p.add_argument("--ratings", type=int, default=NUM_RATINGS)
     p.add_argument("--users", type=int, default=NUM_USERS)
