@@ -7,27 +7,15 @@ import math
 
 import pytest
 import torch
+from test_sif_fused import NI, NU, _loaders  # the same random float64 rating batches
 from torch import nn
 
 from nasp.optim import RowSparseOptimizer, clip_grad_norm_, coalesce_rows, is_row_sparse, make_optimizer
 from nasp.search import SearchConfig, Searcher
-from nasp.streams import TensorLoader
 from sif.baselines import create_baseline
 from sif.space import SIFSpace
 from sif.task import RatingTask
 from sif.train import TrainConfig, train_model
-
-NU, NI = 30, 40
-
-
-def _loaders(seed=0, n_train=640, n_valid=384, batch=64):
-    g = torch.Generator().manual_seed(seed)
-    n = n_train + n_valid
-    u, i = torch.randint(NU, (n,), generator=g), torch.randint(NI, (n,), generator=g)
-    y = torch.randn(n, generator=g, dtype=torch.float64)
-    train = TensorLoader(u[:n_train], i[:n_train], y[:n_train], batch_size=batch, seed=seed)
-    valid = TensorLoader(u[n_train:], i[n_train:], y[n_train:], batch_size=batch, seed=seed + 1)
-    return train, valid
 
 
 def _searcher(sparse, fused, opt="adagrad", run_dir=None, **cfg):
