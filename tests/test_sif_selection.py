@@ -77,6 +77,20 @@ def test_race_of_one_candidate_trains_it_to_its_stop_and_rejects_bad_input():
         race([], advance, patience=3)
 
 
+def test_an_exact_validation_tie_goes_to_the_larger_alpha_in_any_candidate_order():
+    """Two ops with the same validation curve: the race keeps the one listed first (the larger alpha, from
+    :func:`shortlist`), whatever order the alphas dict has, so a tie is never decided by float rounding."""
+    curve = _stopped_prefix(_curve(1.0, 0.92, 0.5, 200), 3)
+    full = {"max": curve, "min": list(curve), "plus": _stopped_prefix(_curve(1.0, 0.95, 0.5, 200), 3)}
+    for alphas in ({"max": 0.5004, "min": 0.5, "plus": 0.1}, {"min": 0.5, "plus": 0.1, "max": 0.5004}):
+        cands = shortlist(alphas, 1)                  # min is within alpha_tol of max: both race
+        assert cands == ["max", "min"]
+        advance, _ = _replay(full)
+        assert race(cands, advance, patience=3).winner == "max"
+        advance, _ = _replay(full)
+        assert race(list(reversed(cands)), advance, patience=3).winner == "min"    # the order decides, not floats
+
+
 def _planted(seed=0):
     ds = planted_ratings("multiply", num_users=80, num_items=100, dim=4, n=3000, noise=0.1, seed=seed)
     return random_split(ds, (0.8, 0.1, 0.1), seed=seed)
