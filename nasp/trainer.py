@@ -103,7 +103,7 @@ class TrainStep:
     def train_epoch(self, epoch: int, loop: Trainer) -> dict[str, Any]:
         """Train one epoch; call ``loop.tick()`` after each step and stop early when ``loop.out_of_time()`` if the
         step wants ``max_seconds`` honoured mid-epoch. Returns record entries, at least ``train_loss`` (float)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement train_epoch")   # abstract
 
     def evaluate(self, epoch: int) -> dict[str, Any]:
         """Validation/test metrics of the epoch as record entries (e.g. ``valid_rmse``)."""
