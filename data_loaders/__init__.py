@@ -3,7 +3,7 @@
 This package depends on nothing in ``nasp`` or ``sif``.
 """
 
-from ._parse import ROLE_ALIASES, RatingScale
+from ._format import ROLE_ALIASES, RatingScale
 from .batching import BatchIterator, to_csr
 from .download import (
     DEFAULT_BASE_URL,

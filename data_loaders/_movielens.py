@@ -6,7 +6,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._parse import RatingScale, TableFormat
+from ._format import RatingScale, TableFormat
 from ._source import Source
 
 

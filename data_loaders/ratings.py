@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ._format import RatingScale, Table, TableFormat, check_encoding
 from ._movielens import find_file, get_spec
-from ._parse import RatingScale, Table, TableFormat, check_encoding, read_delimited, read_parquet_table
+from ._parse import read_delimited, read_parquet_table
 from ._source import Source
 from .download import DEFAULT_BASE_URL, DownloadError, default_cache_dir, download_movielens
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from data_loaders import RatingDataset, _parse, load_movielens, ratings, read_ratings_file
-from data_loaders._parse import RatingScale, TableFormat, resolve_format
+from data_loaders import RatingDataset, _fast_read, _format, _parse, load_movielens, ratings, read_ratings_file
+from data_loaders._format import RatingScale, TableFormat, resolve_format
 from data_loaders._source import Source
 from data_loaders.synthetic import synthetic_ratings, write_movielens
 
@@ -20,8 +20,8 @@ from data_loaders.synthetic import synthetic_ratings, write_movielens
 @pytest.fixture
 def small_chunks(monkeypatch):
     """7 rows per pandas chunk and 16 bytes per read: every file crosses many chunk and buffer boundaries."""
-    monkeypatch.setattr(_parse, "_CHUNK_ROWS", 7)
-    monkeypatch.setattr(_parse, "_CHUNK", 16)
+    monkeypatch.setattr(_fast_read, "_CHUNK_ROWS", 7)
+    monkeypatch.setattr(_format, "_CHUNK", 16)
 
 
 def _frame(n=300, users=40, items=60, seed=0, half_stars=True, id_offset=0, continuous=False):
@@ -85,7 +85,7 @@ def test_chunked_reader_matches_careful_path(tmp_path, small_chunks, kind):
     _assert_same(ds, _expected(frame))
     fmt, layout = resolve_format(Source(path), TableFormat(",", None, None))
     careful = _parse._careful_read(Source(path), fmt, layout, None, False).columns
-    fast = _parse._fast_read(Source(path), fmt, layout)
+    fast = _fast_read.fast_read(Source(path), fmt, layout)
     for role in ("user", "item", "rating", "timestamp"):
         np.testing.assert_array_equal(fast[role].astype(careful[role].dtype), careful[role])
 
@@ -94,7 +94,7 @@ def test_lean_column_types(tmp_path, small_chunks):
     def columns(frame):
         path = _write(tmp_path / "r.csv", frame, ",", True)
         fmt, layout = resolve_format(Source(path), TableFormat(",", None, None))
-        return _parse._fast_read(Source(path), fmt, layout)
+        return _fast_read.fast_read(Source(path), fmt, layout)
 
     lean = columns(_frame())
     assert lean["user"].dtype == lean["item"].dtype == np.int32
@@ -138,7 +138,7 @@ def test_multibyte_separator_split_across_reads(tmp_path, monkeypatch):
     path = _write(tmp_path / "r.dat", frame, "::", False)
     columns = {"user": 0, "item": 1, "rating": 2, "timestamp": 3}
     for size in range(1, 6):
-        monkeypatch.setattr(_parse, "_CHUNK", size)
+        monkeypatch.setattr(_format, "_CHUNK", size)
         _assert_same(read_ratings_file(path, sep="::", columns=columns), _expected(frame))
 
 
@@ -146,9 +146,9 @@ def test_progress_bar_on_large_files_only(tmp_path, monkeypatch, capsys):
     path = _write(tmp_path / "r.csv", _frame(), ",", True)
     read_ratings_file(path)
     assert "reading r.csv" not in capsys.readouterr().err          # below 50 MiB: no bar
-    monkeypatch.setattr(_parse, "PROGRESS_MIN_BYTES", 100)
-    bars, make_bar = [], _parse._progress_bar
-    monkeypatch.setattr(_parse, "_progress_bar", lambda *a: bars.append(make_bar(*a)) or bars[-1])
+    monkeypatch.setattr(_fast_read, "PROGRESS_MIN_BYTES", 100)
+    bars, make_bar = [], _fast_read._progress_bar
+    monkeypatch.setattr(_fast_read, "_progress_bar", lambda *a: bars.append(make_bar(*a)) or bars[-1])
     ds = read_ratings_file(path)
     assert "reading r.csv" in capsys.readouterr().err and len(ds) == 300
     assert bars[0].total == path.stat().st_size and bars[0].n == bars[0].total     # advanced over every byte
