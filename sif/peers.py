@@ -3,7 +3,7 @@
 EASE (Steck 2019) is the closed-form item-item model ``B = -P / diag(P)`` with ``diag(B) = 0``, where
 ``P = (X^T X + lambda I)^-1`` and ``X`` is the users x items training matrix; a user's scores are ``X[u] @ B``.
 It is fitted by cornac's ``EASE`` on exactly the harness's training CSR matrix and scored through
-:func:`sif.ranking.evaluate_ranking` like every other model. ``cornac`` is optional: ``pip install nasp[peers]``.
+:func:`sif.ranking.evaluate_ranking` like every other model. ``cornac`` is optional: ``pip install nasp-sif[peers]``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _cornac():
     try:
         import cornac
     except ImportError as e:
-        raise ImportError("EASE needs cornac: pip install 'nasp[peers]'") from e
+        raise ImportError("EASE needs cornac: pip install 'nasp-sif[peers]'") from e
     return cornac
 
 

@@ -58,3 +58,11 @@ def test_ease_ranks_a_planted_co_occurrence_through_the_shared_evaluation():
 def test_ease_rejects_a_bad_lambda():
     with pytest.raises(ValueError, match="lamb"):
         fit_ease(sp.csr_matrix(_matrix()), lamb=0.0)
+
+
+def test_missing_cornac_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cornac", None)
+    with pytest.raises(ImportError, match=r"nasp\[peers\]"):
+        fit_ease(sp.csr_matrix(_matrix()), lamb=1.0)
