@@ -64,5 +64,5 @@ def test_missing_cornac_names_the_extra(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "cornac", None)
-    with pytest.raises(ImportError, match=r"nasp\[peers\]"):
+    with pytest.raises(ImportError, match=r"nasp-sif\[peers\]"):
         fit_ease(sp.csr_matrix(_matrix()), lamb=1.0)
