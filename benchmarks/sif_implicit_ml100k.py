@@ -29,6 +29,7 @@ from sif.evaluation import mean_std
 from sif.implicit_adapters import fit_implicit
 from sif.implicit_feedback import implicit_splits, model_score_fn
 from sif.interactions import PRIMITIVES
+from sif.peers import fit_ease
 from sif.ranking import evaluate_ranking
 from sif.recommender import create_recommender
 
@@ -38,11 +39,11 @@ except ImportError:  # run as a script
     from _machine import machine_line
 
 MODELS = ("sif", "sif_nonsep", "sif_multiply", "gmf", "ncf", "neumf", "implicit_als", "implicit_bpr", "implicit_lmf",
-          "popularity")
+          "ease", "popularity")
 LABELS = {"sif": "SIF (searched, all 5 ops)", "sif_nonsep": "SIF (searched, multiply/max/min: the bpr default)",
           "sif_multiply": "SIF with multiply fixed (not searched)", "gmf": "GMF",
           "ncf": "NCF", "neumf": "NeuMF", "implicit_als": "implicit ALS",
-          "implicit_bpr": "implicit BPR", "implicit_lmf": "implicit LMF",
+          "implicit_bpr": "implicit BPR", "implicit_lmf": "implicit LMF", "ease": "EASE (cornac)",
           "popularity": "popularity (reference, not tuned)"}
 
 
@@ -57,6 +58,9 @@ def fit(name: str, params: dict, cfg: dict, train, valid, train_m, valid_m, seed
         t0 = time.perf_counter()
         counts = torch.from_numpy(np.asarray(train_m.sum(0)).ravel().astype(np.float32)).to(device)   # (I,)
         return (lambda users: counts.expand(len(users), -1)), time.perf_counter() - t0, {}
+    if name == "ease":           # cornac's closed-form item-item model on the same training matrix
+        f = fit_ease(train_m, seed=seed, **params)
+        return f.score_fn(device), f.seconds, {}
     if name.startswith("implicit_"):
         f = fit_implicit(name.split("_", 1)[1], train_m, random_state=seed, num_threads=1, **params)
         return f.score_fn(device), f.seconds, {}
