@@ -157,7 +157,7 @@ def _pair_scores(model: nn.Module, users: Tensor, items: Tensor, view: ArchView 
         return pred, sum(r.norm() for r in rows), None
     view = model.sparse_view() if view is None else view
     emb, b, rows, neighbours = model.encode_parts(users, items, None)
-    z = model.transform(emb)
+    z = model.transform(emb, {"u": users, "v": items, "c": None})
     pred = model.interact(z, view)
     pred = pred if b is None else pred + b
     return pred, sum(e.norm() for e in rows + neighbours), (z, b)

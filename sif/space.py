@@ -39,6 +39,7 @@ from .neighbourhood import add_neighbourhoods, make_neighbourhoods
 __all__ = ["ElementwiseMLP", "Encoded", "SIFSpace", "SIDES", "build_candidates"]
 
 SIDES = ("u", "v", "c")
+UNIQUE_ROWS_FRACTION = 0.8   # g runs on a side's distinct rows when there are at most this fraction of the batch
 _HAS_FOREACH = all(hasattr(torch, f) for f in ("_foreach_norm", "_foreach_div_", "_foreach_clamp_min"))  # private
 
 
@@ -173,10 +174,38 @@ class SIFSpace(SearchSpace, RatingModule):
         emb, neighbours = add_neighbourhoods(self.neighbourhoods, rows, idx, self.neighbourhood_reg)
         return Encoded(emb, bias, list(rows.values()), neighbours)
 
-    def transform(self, emb: dict[str, Tensor]) -> dict[str, Tensor]:
-        """g applied element-wise per side (all sides in one pass)."""
+    def transform(self, emb: dict[str, Tensor], idx: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """g applied element-wise per side: (B, k) per side -> (B, k) per side.
+
+        ``idx`` (the batch's row index per side (B,)) lets g run once per distinct row: ``emb[s]`` is a function of
+        ``idx[s]`` alone (the table row plus its neighbourhood vector), so g is evaluated on one copy of each
+        distinct row and gathered back (same values up to float rounding; autograd sends each row's gradient to one
+        of its copies, whose sum over the batch is unchanged). A side goes this way only when its distinct rows are
+        at most ``UNIQUE_ROWS_FRACTION`` of the batch; otherwise (and without ``idx``) all sides run stacked."""
+        if idx is not None:
+            plans = {s: self._unique_plan(idx[s]) for s in self.sides}
+            if any(p is not None for p in plans.values()):
+                return {s: self._transform_side(i, emb[s], plans[s]) for i, s in enumerate(self.sides)}
         z = self.g(torch.stack([emb[s] for s in self.sides]))     # (S, B, k)
         return dict(zip(self.sides, z.unbind(0), strict=True))
+
+    @staticmethod
+    def _unique_plan(index: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(one batch position per distinct row (U,), each position's distinct row (B,)), or None when U is more
+        than ``UNIQUE_ROWS_FRACTION`` of the batch B (then g on every rating is as cheap)."""
+        rows, inverse = torch.unique(index, return_inverse=True)                         # (U,), (B,)
+        if rows.shape[0] > UNIQUE_ROWS_FRACTION * index.shape[0]:
+            return None
+        positions = torch.arange(index.shape[0], device=index.device)
+        first = torch.full_like(rows, index.shape[0]).scatter_reduce_(0, inverse, positions, reduce="amin")
+        return first, inverse
+
+    def _transform_side(self, side: int, emb: Tensor, plan: tuple[Tensor, Tensor] | None) -> Tensor:
+        """g of one side (B, k) -> (B, k), on its distinct rows when ``plan`` says so."""
+        if plan is None:
+            return self.g.forward_side(side, emb)
+        first, inverse = plan
+        return self.g.forward_side(side, emb.index_select(0, first)).index_select(0, inverse)  # (U, k) -> (B, k)
 
     def candidate(self, k: int, z: dict[str, Tensor]) -> Tensor:
         """Head output of candidate k on transformed embeddings: (B,)."""
@@ -195,7 +224,7 @@ class SIFSpace(SearchSpace, RatingModule):
             z, bias = self._transform_rows({"u": users, "v": items, "c": contexts})
         else:
             emb, bias = self.encode(users, items, contexts)
-            z = self.transform(emb)
+            z = self.transform(emb, {"u": users, "v": items, "c": contexts})
         pred = self.interact(z, view)
         return pred if bias is None else pred + bias
 

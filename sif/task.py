@@ -65,7 +65,7 @@ class RatingTask:
             return loss + self.reg * self._penalty(rows) if self.reg else loss
         view = model.sparse_view() if view is None else view
         emb, b, rows, neighbours = model.encode_parts(users, items, contexts)
-        z = model.transform(emb)
+        z = model.transform(emb, {"u": users, "v": items, "c": contexts})
         pred = model.interact(z, view) if b is None else model.interact(z, view) + b
         loss = torch.mean((pred - y) ** 2)
         if self.reg and self.penalty == "effective":
