@@ -189,6 +189,12 @@ class SIFSpace(SearchSpace, RatingModule):
         z = self.g(torch.stack([emb[s] for s in self.sides]))     # (S, B, k)
         return dict(zip(self.sides, z.unbind(0), strict=True))
 
+    def transform_free(self, rows: list[Tensor], idx: dict[str, Tensor]) -> dict[str, Tensor]:
+        """g of the free vectors alone (no neighbourhood vector added), (B, k) per side that has a neighbourhood:
+        ``rows`` the looked-up rows of every side (``Encoded.rows``), ``idx`` the batch's row index per side."""
+        sides = [(i, s) for i, s in enumerate(self.sides) if s in self.neighbourhoods]
+        return {s: self._transform_side(i, rows[i], self._unique_plan(idx[s])) for i, s in sides}
+
     @staticmethod
     def _unique_plan(index: Tensor) -> tuple[Tensor, Tensor] | None:
         """(one batch position per distinct row (U,), each position's distinct row (B,)), or None when U is more
@@ -252,7 +258,8 @@ class SIFSpace(SearchSpace, RatingModule):
                                                                                             strict=True))
         return z, bias
 
-    def effective_penalty(self, z: dict[str, Tensor], view: ArchView) -> Tensor:
+    def effective_penalty(self, z: dict[str, Tensor], view: ArchView, free: dict[str, Tensor] | None = None
+                          ) -> Tensor:
         """Per-rating L2 of the embeddings as the selected op's head sees them (scalar, mean over the batch).
 
         With a learned head, the head (and g, when the penalty sits on the raw embeddings) can rescale its way past
@@ -264,8 +271,15 @@ class SIFSpace(SearchSpace, RatingModule):
         for a regularised bias), on the transformed embeddings ``z = g(e)``. Under NASP and DENSE views the penalty
         of op k is weighted by its weight, like its output. Tensor case (two-stage ops of mixed degree): the plain
         per-rating L2 of ``z``.
+
+        With neighbourhoods, ``free`` holds g of each side's free vector alone, ``g(p)`` (B, k): what the head sees of a
+        side is then split into ``g(p)`` and the neighbourhood's share ``z - g(p)``, penalised ``neighbourhood_reg``
+        times as much, so that at g = identity and an all-ones head this is SVD++'s L2 ``|p|^2 + nr |n|^2`` (a plain
+        penalty on z would give the neighbourhood vectors the free vectors' coefficient).
         """
         sq = {s: z[s] * z[s] for s in self.sides}                              # (B, k) each
+        for s, f in (free or {}).items():
+            sq[s] = f * f + self.neighbourhood_reg * (z[s] - f) ** 2
         if len(self.sides) != 2:
             return sum(q.sum() for q in sq.values()) / sq["u"].shape[0]
         k = self.embedding_dim
