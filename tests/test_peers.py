@@ -201,3 +201,11 @@ def test_missing_surprise_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "surprise", None)
     with pytest.raises(ImportError, match=r"nasp-sif\[peers\]"):
         SurpriseRecommender("surprise_svd").fit(train)
+
+
+def test_sif_train_refuses_a_surprise_peer_in_one_line(capsys):
+    from sif.cli import main
+
+    assert main(["train", "--set", "model.name=surprise_svd"]) == 2
+    err = capsys.readouterr().err
+    assert "model.name='surprise_svd'" in err and "sif benchmark" in err and len(err.strip().splitlines()) == 1
