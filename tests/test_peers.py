@@ -209,3 +209,17 @@ def test_sif_train_refuses_a_surprise_peer_in_one_line(capsys):
     assert main(["train", "--set", "model.name=surprise_svd"]) == 2
     err = capsys.readouterr().err
     assert "model.name='surprise_svd'" in err and "sif benchmark" in err and len(err.strip().splitlines()) == 1
+
+
+def test_merge_reads_rows_with_their_machine_and_command(tmp_path):
+    import json
+
+    from sif.benchmark import merge_benchmarks
+
+    row = {"model": "surprise_svd", "split": 1, "test": {"rmse": 0.9, "mae": 0.7}, "valid": {"rmse": 0.91},
+           "seconds_train": 1.0, "setting": {}}
+    (tmp_path / "a.json").write_text(json.dumps([row]))
+    (tmp_path / "b.json").write_text(json.dumps({"machine": {}, "command": "sif benchmark", "rows": [
+        {**row, "split": 2, "test": {"rmse": 1.1, "mae": 0.9}}]}))
+    table = merge_benchmarks([tmp_path / "a.json", tmp_path / "b.json"])
+    assert "| surprise_svd | 1.0000 +- 0.1414 | 0.8000 +- 0.1414 |" in table
