@@ -23,7 +23,7 @@ from nasp.prox import prox_c2_
 from nasp.regularizers import normalise_costs
 from nasp.search import FusedStepUnsupported
 
-from .interactions import INTERACTIONS, PRIMITIVES
+from .interactions import INTERACTIONS, MIXTURES, PRIMITIVES
 from .space import SIFSpace
 from .task import RatingTask, unpack
 
@@ -32,7 +32,7 @@ __all__ = ["FusedSIFStep", "SUPPORTED", "check_supported"]
 #: every setting the fused step covers, with its supported values (anything else: the generic step)
 SUPPORTED = {
     "strategy": ("nasp",), "amp": (None,), "compile": (False,), "grad_sync": (None,),
-    "model": (SIFSpace,), "sides": (2,), "neighbourhoods": (0,), "ops": PRIMITIVES, "task": (RatingTask,),
+    "model": (SIFSpace,), "sides": (2,), "neighbourhoods": (0,), "ops": PRIMITIVES + MIXTURES, "task": (RatingTask,),
     "penalty": ("l2", "norm", "effective"), "on_transformed": (False, True), "train_all_heads": (False, True),
     "use_bias": (False, True), "g_skip": (False, True), "head_init": ("uniform", "ones"),
     "dtype": (torch.float32, torch.float64),
@@ -277,11 +277,12 @@ class FusedSIFStep:
         """reg * effective penalty of op ``sel`` (head ``w``); adds its gradients to ``bufs.dz`` and ``dw``."""
         op, reg, k, z = self.ops[sel], self.task.reg, self.k, bufs.z
         b, sq = z.shape[1], z * z                                                          # (2, B, k)
-        shape = (2, 1, k) if op.width == 2 else (1, 1, k)                 # concat: one half of the head per side
-        s2 = op.penalty_scale(w, k).view(shape)
+        scale = op.penalty_scale(w, k)                                                     # (width * k,)
+        # concat: one half of the head per side; other ops: every block of k sees both sides
+        s2 = scale.view(2, 1, k) if op.split_sides else scale.view(-1, k).sum(0).view(1, 1, k)
         bufs.dz.add_(z * s2 * (2 * reg / b))
         col = sq.sum(1) / b                                                                # (2, k)
-        col = col.reshape(-1) if op.width == 2 else col.sum(0)                             # (width,)
+        col = col.reshape(-1) if op.split_sides else col.sum(0).repeat(op.width)           # (width * k,)
         dw.add_(reg * col * op.penalty_scale_grad(w, k))
         return reg * ((sq * s2).sum() / b)
 

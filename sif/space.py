@@ -290,9 +290,9 @@ class SIFSpace(SearchSpace, RatingModule):
             if op is None:
                 raise ValueError(f"penalty='effective' does not know op {self.names[j]!r}")
             scale = op.penalty_scale(w, k)                                     # (width,)
-            if op.width == 2:                                                  # one half of the head per side
+            if op.split_sides:                                                 # one half of the head per side
                 return (sq["u"] @ scale[:k] + sq["v"] @ scale[k:]).mean()
-            return ((sq["u"] + sq["v"]) @ scale).mean()
+            return ((sq["u"] + sq["v"]) @ scale.view(-1, k).sum(0)).mean()     # every block sees both sides
 
         return mix(view, "interaction", 0, one, len(self.names))
 
