@@ -49,6 +49,18 @@ def test_early_stopped_follows_the_patience_rule():
     assert early_stopped([1.0, 1.0 - 5e-5, 1.0 - 9e-5], patience=2)   # below min_delta is no improvement
 
 
+def test_race_drops_nothing_by_bound_on_the_initial_plateau():
+    """Every fit sits on its initial plateau for the first rounds (no op has learned yet; the leader's own progress
+    is smaller than the others' gap to it); the one that learns later must not be dropped by a bound from noise."""
+    plateau = {"concat": [2.077, 2.073, 2.069, 2.070, 2.073, 2.080, 2.081, 2.087],
+               "plus": [2.093, 2.081, 2.073, 2.073, 2.076, 2.087, 2.085, 2.096]}
+    late = [2.089, 2.087, 2.086, 2.084] + _curve(2.06, 0.4, 0.9, 60)
+    advance, _ = _replay({**plateau, "multiply": _stopped_prefix(late, 5)})
+    res = race(["concat", "plus", "multiply"], advance, patience=5, first_budget=2, max_epochs=64)
+    assert res.winner == "multiply", res.eliminated
+    assert all(why.startswith("plateau") for _, _, why in res.eliminated)
+
+
 def test_race_waits_for_the_slow_starter_and_stays_within_the_cost_of_all_fits():
     """The planted curves of ML-100K: an additive op plateaus high after a few epochs, multiply starts worse and
     ends best, max plateaus between them late. Any comparison at equal early epochs picks the additive op."""
