@@ -26,6 +26,7 @@ from nasp.search import FusedStepUnsupported
 from .interactions import INTERACTIONS, PRIMITIVES
 from .space import SIFSpace
 from .task import RatingTask, unpack
+from .transform import HAS_CLOSED_FORM
 
 __all__ = ["FusedSIFStep", "SUPPORTED", "check_supported"]
 
@@ -42,7 +43,6 @@ SUPPORTED = {
 _WHAT = {"sides": "the tensor (user, item, context) case", "grad_sync": "data-parallel search (grad_sync)",
          "neighbourhoods": "neighbourhoods (SVD++-style implicit feedback)", "amp": "autocast (amp)",
          "compile": "torch.compile", "task": "other tasks (only sif.task.RatingTask)"}
-_TANH_BACKWARD = getattr(getattr(torch.ops, "aten", None), "tanh_backward", None)    # feature-detected
 
 
 def _settings(s) -> dict:
@@ -80,19 +80,19 @@ def check_supported(searcher) -> None:
         raise FusedStepUnsupported("row-wise updates of parameters other than the two embedding tables")
     if len({(p.dtype, p.device) for p in (*s.weight_params, *s.alpha_params, *s.extra_params)}) != 1:
         raise FusedStepUnsupported("parameters of several dtypes or devices")
-    if _TANH_BACKWARD is None or not hasattr(s.alpha_params[0], "_version") \
+    if not HAS_CLOSED_FORM or not hasattr(s.alpha_params[0], "_version") \
             or "op_priority_interaction" not in getattr(m.arch, "_buffers", {}):
         raise FusedStepUnsupported("this torch (no aten.tanh_backward, Tensor._version or Module._buffers)")
 
 
 class _Buffers:
-    """Activations of one batch size, reused by every step: x, z = g(x), dz (2, B, k) (flat views (2, 1, B*k));
+    """Activations of one batch size, reused by every step: x, z = g(x), dz (2, B, k) (flat (2, 1, B*k) views);
     h, dpre (2, H, B*k) g's hidden tanh and its gradient; feats (B, width) and outs (K, B) every op's output."""
 
     def __init__(self, b: int, k: int, hidden: int, widths: list[int], like: Tensor):
         self.x, self.dz = like.new_empty(2, b, k), like.new_empty(2, b, k)
         self.xu, self.xv = self.x.unbind(0)
-        self.flat = self.x.view(2, 1, b * k)
+        self.flat, self.dzflat = self.x.view(2, 1, b * k), self.dz.view(2, 1, b * k)
         self.h, self.dpre = like.new_empty(2, hidden, b * k), like.new_empty(2, hidden, b * k)
         self.zflat = like.new_empty(2, 1, b * k)
         self.z = self.zflat.view(2, b, k)
@@ -109,7 +109,7 @@ class FusedSIFStep:
         check_supported(searcher)
         s = self.s = searcher
         m, self.task = s.model, s.task
-        self.m, self.k, self.bias, self.skip = m, m.embedding_dim, m.use_bias, m.g.skip
+        self.m, self.k, self.bias, self.mse = m, m.embedding_dim, m.use_bias, self.task.mse_closed_form
         self.ops = [INTERACTIONS[n] for n in m.names]
         self.tables = (m.embeddings["u"].weight, m.embeddings["v"].weight)
         self.g = (m.g.w1, m.g.b1, m.g.w2, m.g.b2)
@@ -117,15 +117,14 @@ class FusedSIFStep:
         self.alpha = s.alpha_params[0]
         self.rows = s.w_opt if isinstance(s.w_opt, RowSparseOptimizer) else None       # row-wise tables
         self.w_up, self.a_up = FlatUpdate(s.w_opt.dense if self.rows else s.w_opt), FlatUpdate(s.a_opt)
-        wi, ai, hid = self.w_up.index, self.a_up.index, self.g[0].shape[2]
+        wi, ai, self.gcf = self.w_up.index, self.a_up.index, m.g.closed_form()      # g's math (sif.transform)
         self.w_pos = {"tables": [] if self.rows else [wi[id(p)] for p in self.tables],
                       "g": [wi[id(p)] for p in self.g], "heads": [wi[id(p)] for p in self.heads],
                       "bias": [wi[id(m.global_bias)]] if self.bias else []}
         a_pos = (ai[id(self.alpha)], *(ai[id(p)] for p in self.g))
         self.a_idx = tuple(sorted(a_pos))
         self.d_alpha = self.a_up.views[a_pos[0]].view(-1)                                  # (K,)
-        shapes = ((2, hid, 1), (2, hid), (2, hid, 1), (2, 1, 1))    # bmm / sum output shapes of g's gradients
-        self.g_out = {up: tuple(up.views[i].view(sh) for i, sh in zip(pos, shapes, strict=True))
+        self.g_out = {up: tuple(up.views[i].view(sh) for i, sh in zip(pos, self.gcf.grad_shapes, strict=True))
                       for up, pos in ((self.w_up, self.w_pos["g"]), (self.a_up, a_pos[1:]))}
         self.head_grads = [self.w_up.views[i].view(-1) for i in self.w_pos["heads"]]     # (width,) each
         cost, self.eta = s.op_costs.get("interaction"), s.config.eta
@@ -143,9 +142,7 @@ class FusedSIFStep:
         """Views of the parameters in the shapes the hand-written ops use (remade when a parameter moved)."""
         key = tuple(p.data_ptr() for p in (*self.tables, *self.g, *self.heads))
         if key != self._views_key:
-            w1, b1, w2, _ = self.g
-            hid = w1.shape[2]
-            self.g1 = (w1.view(2, hid, 1), b1.view(2, hid, 1), w2.view(2, 1, hid))       # (2,H,1) (2,H,1) (2,1,H)
+            self.gcf = self.m.g.closed_form()
             self.vecs = [w.view(-1) for w in self.heads]                                   # (width,) each
             self._views_key, self._bufs = key, {}
 
@@ -166,46 +163,12 @@ class FusedSIFStep:
             ru, rv, k = self.tables[0].index_select(0, users), self.tables[1].index_select(0, items), self.k
             bias = self.global_bias + (ru[:, k] + rv[:, k])                                # (B,)
             torch.stack([ru[:, :k], rv[:, :k]], out=bufs.x)
-        w1t, b1t, w2t = self.g1             # g: hidden layer (2, H, B*k), broadcasts along the contiguous B*k
-        torch.mul(w1t, bufs.flat, out=bufs.h).add_(b1t).tanh_()
-        torch.baddbmm(self.g[3], w2t, bufs.h, out=bufs.zflat)
-        if self.skip:
-            bufs.zflat.add_(bufs.flat)
+        self.gcf.forward_(bufs.flat, bufs.h, bufs.zflat)                                   # z = g(x)
         return bufs, bias, users, items, y
-
-    def _g_backward(self, bufs: _Buffers, outs: tuple[Tensor, ...], need_dx: bool) -> Tensor | None:
-        """g's four gradients from dL/dz (``bufs.dz``) into ``outs``; returns dL/dx (2, 1, B*k) when asked."""
-        w1, _, w2, _ = self.g
-        dy, dpre = bufs.dz.view(2, 1, -1), bufs.dpre
-        torch.mul(w2, dy, out=dpre)
-        _TANH_BACKWARD.grad_input(dpre, bufs.h, grad_input=dpre)                          # (2, H, BK)
-        o1, ob1, o2, ob2 = outs
-        torch.bmm(bufs.h, dy.transpose(1, 2), out=o2)
-        torch.sum(dy, 2, keepdim=True, out=ob2)
-        torch.bmm(dpre, bufs.flat.transpose(1, 2), out=o1)
-        torch.sum(dpre, 2, out=ob1)
-        if not need_dx:
-            return None
-        dx = torch.bmm(w1, dpre)
-        return dx + dy if self.skip else dx
 
     def _op_grad(self, j: int, bufs: _Buffers, dpred: Tensor) -> None:
         """dL/dz (2, B, k) of op j's head output into ``bufs.dz``, from dL/dpred (B,)."""
         torch.stack(self.ops[j].grad(bufs.zu, bufs.zv, torch.outer(dpred, self.vecs[j])), out=bufs.dz)
-
-    def _penalty(self, x: Tensor, z: Tensor, want_grad: bool):
-        """reg * ("l2" | "norm") penalty on e (or z with on_transformed) and its gradient there."""
-        t = self.task
-        r = z if t.on_transformed else x
-        if t.penalty == "norm":
-            n = torch.linalg.vector_norm(r, dim=(1, 2))                                     # (2,)
-            grad = r * (t.reg / n.clamp_min(torch.finfo(n.dtype).tiny)).view(2, 1, 1) if want_grad else None
-            return n.sum() * t.reg, grad
-        return (r * r).sum() * (t.reg / r.shape[1]), (r * (2 * t.reg / r.shape[1]) if want_grad else None)
-
-    def _mse(self, d: Tensor) -> tuple[Tensor, Tensor]:
-        """(mean(d^2), its gradient 2 d / B) of a residual d (B,)."""
-        return torch.dot(d, d) * (1.0 / d.shape[0]), d * (2.0 / d.shape[0])
 
     def alpha_step(self, batch, sel: int) -> Tensor:
         """The alpha optimiser's step on (A, g) with dL_val/dĀ, then A = prox_C2(A); returns the validation loss."""
@@ -214,17 +177,17 @@ class FusedSIFStep:
         for op, w, f, o in zip(self.ops, self.vecs, bufs.feats, bufs.outs.unbind(0), strict=True):
             torch.mv(op(bufs.zu, bufs.zv, out=f), w, out=o)                                # every op's output
         pred = bufs.outs[sel] if bias is None else bufs.outs[sel] + bias
-        loss, dpred = self._mse(pred - y)
+        loss, dpred = self.mse(pred - y)
         self._op_grad(sel, bufs, dpred)
         if t.reg and t.penalty != "effective":
-            val, grad = self._penalty(bufs.x, bufs.z, t.on_transformed)
+            val, grad = t.penalty_closed_form(bufs.z if t.on_transformed else bufs.x, t.on_transformed)
             loss = loss + val
             if grad is not None:
                 bufs.dz.add_(grad)
         torch.mv(bufs.outs, dpred, out=self.d_alpha)                                       # (K,)
         if self.costs is not None:                          # eta * sum(Ā^2 * cost), Ā one-hot
             self.d_alpha[sel] += self.eta * 2 * self.costs.to(self.d_alpha)[0, sel]
-        self._g_backward(bufs, self.g_out[self.a_up], need_dx=False)
+        self.gcf.backward_(bufs.flat, bufs.h, bufs.dzflat, bufs.dpre, self.g_out[self.a_up], need_dx=False)
         self.a_up.step(self.a_idx)
         prox_c2_(self.alpha)                # A = prox_C2(A) (ArchParameters' caches key on the version it bumps)
         return loss
@@ -236,15 +199,15 @@ class FusedSIFStep:
         x, z = bufs.x, bufs.z
         feat = self.ops[sel](bufs.zu, bufs.zv)                                             # (B, width)
         pred = torch.mv(feat, w) if bias is None else torch.mv(feat, w) + bias
-        loss, dpred = self._mse(pred - y)
+        loss, dpred = self.mse(pred - y)
         self.w_up.flat.zero_()
         dw = torch.mv(feat.t(), dpred, out=self.head_grads[sel])                          # (width,)
         self._op_grad(sel, bufs, dpred)
         dx_extra = None
         if t.reg and t.penalty == "effective":
-            loss = loss + self._effective(bufs, sel, w, dw)
+            loss = loss + SIFSpace.effective_penalty_closed_form(self.ops[sel], w, z, t.reg, bufs.dz, dw)
         elif t.reg:
-            val, grad = self._penalty(x, z, True)
+            val, grad = t.penalty_closed_form(z if t.on_transformed else x)
             loss = loss + val
             if t.on_transformed:
                 bufs.dz.add_(grad)
@@ -252,7 +215,7 @@ class FusedSIFStep:
                 dx_extra = grad
         if self.all_heads:
             loss = loss + self._other_heads(bufs, y if bias is None else y - bias, sel)
-        dx = self._g_backward(bufs, self.g_out[self.w_up], need_dx=True).view(x.shape)
+        dx = self.gcf.backward_(bufs.flat, bufs.h, bufs.dzflat, bufs.dpre, self.g_out[self.w_up], True).view(x.shape)
         dx = dx if dx_extra is None else dx + dx_extra
         looked = [(idx, r if bias is None else torch.cat([r, dpred.unsqueeze(1)], dim=1))
                   for idx, r in zip((users, items), dx.unbind(0), strict=True)]
@@ -273,25 +236,13 @@ class FusedSIFStep:
         self.m.after_weight_step()                              # the heads' projection onto their ball
         return loss
 
-    def _effective(self, bufs: _Buffers, sel: int, w: Tensor, dw: Tensor) -> Tensor:
-        """reg * effective penalty of op ``sel`` (head ``w``); adds its gradients to ``bufs.dz`` and ``dw``."""
-        op, reg, k, z = self.ops[sel], self.task.reg, self.k, bufs.z
-        b, sq = z.shape[1], z * z                                                          # (2, B, k)
-        shape = (2, 1, k) if op.width == 2 else (1, 1, k)                 # concat: one half of the head per side
-        s2 = op.penalty_scale(w, k).view(shape)
-        bufs.dz.add_(z * s2 * (2 * reg / b))
-        col = sq.sum(1) / b                                                                # (2, k)
-        col = col.reshape(-1) if op.width == 2 else col.sum(0)                             # (width,)
-        dw.add_(reg * col * op.penalty_scale_grad(w, k))
-        return reg * ((sq * s2).sum() / b)
-
     def _other_heads(self, bufs: _Buffers, target: Tensor, sel: int) -> Tensor:
         """Sum of the non-selected heads' MSE on z (no gradient to z); their gradients into the buffer."""
         total = None
         for j, (op, w) in enumerate(zip(self.ops, self.vecs, strict=True)):
             if j != sel:
                 f = op(bufs.zu, bufs.zv)
-                mse, dr = self._mse(torch.mv(f, w) - target)
+                mse, dr = self.mse(torch.mv(f, w) - target)
                 total = mse if total is None else total + mse
                 torch.mv(f.t(), dr, out=self.head_grads[j])
         return total
