@@ -1,16 +1,19 @@
 """A fused NASP step for :class:`sif.space.SIFSpace` in the matrix case (user, item): the generic step's results
 (:func:`nasp.strategies.step_nasp`, :class:`sif.task.RatingTask`) up to float rounding, computed with plain tensor
-ops and the closed-form gradients of the op records (:mod:`sif.interactions`), no autograd graph; the search's
-default wherever it applies (``SearchConfig.fused``). On ML-100K (benchmarks/README.md, "The reference code's
-protocol") it is 5x faster than the generic step; a closed-form alpha step with autograd's weight step was only
-1.8x faster, so both steps are hand-written. Alpha step: MSE (+ "l2"/"norm" penalty) on a validation batch at
-Ā = prox_C1(A), dL/dĀ_k = <dL/dpred, out_k>, g's gradients, eta * R(Ā), the alpha optimiser's step, prox_C2. Weight
-step: the selected op's (every op's with ``train_all_heads``) gradients of tables, g, heads and bias, the clip of
-``clip_grad_norm_`` (one norm over the flat buffer: rounding only), the weight optimiser's step, the heads'
-projection. Optimiser updates: :class:`nasp.optim.FlatUpdate` on the searcher's own optimisers (checkpoints resume
-across the two paths); row-wise tables (``sparse_rows``) bypass the flat buffer: their unique rows and summed row
-gradients join the clip and go to :meth:`nasp.optim.RowSparseOptimizer.step_rows`, so a step costs O(batch).
-:data:`SUPPORTED` lists what it covers; anything else raises FusedStepUnsupported.
+ops, no autograd graph, from closed forms kept next to what they compute: the op records' gradients
+(:mod:`sif.interactions`), g's forward and backward (:class:`sif.transform.MLPClosedForm`), the MSE and the
+"l2"/"norm" penalty (:mod:`sif.task`), the lookup, the effective penalty and the other heads' loss
+(:class:`SIFSpace`), the complexity term and the tie-broken argmax (:mod:`nasp.regularizers`, :mod:`nasp.prox`). The
+search's default wherever it applies (``SearchConfig.fused``); on ML-100K (benchmarks/README.md, "The reference
+code's protocol") 5x faster than the generic step (a closed-form alpha step with autograd's weight step was only 1.8x
+faster). Alpha step: MSE (+ "l2"/"norm" penalty) on a validation batch at Ā = prox_C1(A), dL/dĀ_k = <dL/dpred,
+out_k>, g's gradients, eta * R(Ā), the alpha optimiser's step, prox_C2. Weight step: the selected op's (every op's
+with ``train_all_heads``) gradients of tables, g, heads and bias, the clip of ``clip_grad_norm_`` (one norm over the
+flat buffer: rounding only), the weight optimiser's step, the heads' projection. Optimiser updates:
+:class:`nasp.optim.FlatUpdate` on the searcher's own optimisers (checkpoints resume across the two paths); row-wise
+tables (``sparse_rows``) bypass the flat buffer: their unique rows and summed row gradients join the clip and go to
+:meth:`nasp.optim.RowSparseOptimizer.step_rows`, so a step costs O(batch). :data:`SUPPORTED` lists what it covers;
+anything else raises FusedStepUnsupported.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ import torch
 from torch import Tensor
 
 from nasp.optim import FlatUpdate, RowSparseOptimizer, coalesce_rows
-from nasp.prox import prox_c2_
-from nasp.regularizers import normalise_costs
+from nasp.prox import prox_c2_, row_argmax_host
+from nasp.regularizers import complexity_grad
 from nasp.search import FusedStepUnsupported
 
 from .interactions import INTERACTIONS, PRIMITIVES
 from .space import SIFSpace
-from .task import RatingTask, unpack
+from .task import RatingTask, mse_closed_form, unpack
 from .transform import HAS_CLOSED_FORM
 
 __all__ = ["FusedSIFStep", "SUPPORTED", "check_supported"]
@@ -109,7 +112,7 @@ class FusedSIFStep:
         check_supported(searcher)
         s = self.s = searcher
         m, self.task = s.model, s.task
-        self.m, self.k, self.bias, self.mse = m, m.embedding_dim, m.use_bias, self.task.mse_closed_form
+        self.m, self.k, self.bias = m, m.embedding_dim, m.use_bias
         self.ops = [INTERACTIONS[n] for n in m.names]
         self.tables = (m.embeddings["u"].weight, m.embeddings["v"].weight)
         self.g = (m.g.w1, m.g.b1, m.g.w2, m.g.b2)
@@ -127,8 +130,8 @@ class FusedSIFStep:
         self.g_out = {up: tuple(up.views[i].view(sh) for i, sh in zip(pos, self.gcf.grad_shapes, strict=True))
                       for up, pos in ((self.w_up, self.w_pos["g"]), (self.a_up, a_pos[1:]))}
         self.head_grads = [self.w_up.views[i].view(-1) for i in self.w_pos["heads"]]     # (width,) each
-        cost, self.eta = s.op_costs.get("interaction"), s.config.eta
-        self.costs = None if self.eta == 0 or cost is None else normalise_costs(cost)       # (1, K)
+        cost, eta = s.op_costs.get("interaction"), s.config.eta
+        self.cost_grad = None if eta == 0 or cost is None else complexity_grad(cost, eta, self.alpha)[0]   # (K,)
         self.all_heads = self.task.train_all_heads and len(self.ops) > 1
         self._bufs: dict[int, _Buffers] = {}
         self._w_plans: dict[int, tuple[int, ...]] = {}
@@ -155,14 +158,7 @@ class FusedSIFStep:
         bufs = self._bufs.get(b)           # (emptied by _views when a parameter moved)
         if bufs is None:
             bufs = self._bufs[b] = _Buffers(b, self.k, self.g[0].shape[2], [w.numel() for w in self.heads], like)
-        bias = None
-        if not self.bias:                   # both lookups straight into the buffer
-            torch.index_select(self.tables[0], 0, users, out=bufs.xu)
-            torch.index_select(self.tables[1], 0, items, out=bufs.xv)
-        else:
-            ru, rv, k = self.tables[0].index_select(0, users), self.tables[1].index_select(0, items), self.k
-            bias = self.global_bias + (ru[:, k] + rv[:, k])                                # (B,)
-            torch.stack([ru[:, :k], rv[:, :k]], out=bufs.x)
+        bias = SIFSpace.encode_closed_form(self.tables, self.global_bias, users, items, (bufs.xu, bufs.xv))
         self.gcf.forward_(bufs.flat, bufs.h, bufs.zflat)                                   # z = g(x)
         return bufs, bias, users, items, y
 
@@ -177,7 +173,7 @@ class FusedSIFStep:
         for op, w, f, o in zip(self.ops, self.vecs, bufs.feats, bufs.outs.unbind(0), strict=True):
             torch.mv(op(bufs.zu, bufs.zv, out=f), w, out=o)                                # every op's output
         pred = bufs.outs[sel] if bias is None else bufs.outs[sel] + bias
-        loss, dpred = self.mse(pred - y)
+        loss, dpred = mse_closed_form(pred - y)
         self._op_grad(sel, bufs, dpred)
         if t.reg and t.penalty != "effective":
             val, grad = t.penalty_closed_form(bufs.z if t.on_transformed else bufs.x, t.on_transformed)
@@ -185,8 +181,8 @@ class FusedSIFStep:
             if grad is not None:
                 bufs.dz.add_(grad)
         torch.mv(bufs.outs, dpred, out=self.d_alpha)                                       # (K,)
-        if self.costs is not None:                          # eta * sum(Ā^2 * cost), Ā one-hot
-            self.d_alpha[sel] += self.eta * 2 * self.costs.to(self.d_alpha)[0, sel]
+        if self.cost_grad is not None:                      # d(eta * R(Ā))/dĀ, Ā one-hot
+            self.d_alpha[sel] += self.cost_grad[sel]
         self.gcf.backward_(bufs.flat, bufs.h, bufs.dzflat, bufs.dpre, self.g_out[self.a_up], need_dx=False)
         self.a_up.step(self.a_idx)
         prox_c2_(self.alpha)                # A = prox_C2(A) (ArchParameters' caches key on the version it bumps)
@@ -199,7 +195,7 @@ class FusedSIFStep:
         x, z = bufs.x, bufs.z
         feat = self.ops[sel](bufs.zu, bufs.zv)                                             # (B, width)
         pred = torch.mv(feat, w) if bias is None else torch.mv(feat, w) + bias
-        loss, dpred = self.mse(pred - y)
+        loss, dpred = mse_closed_form(pred - y)
         self.w_up.flat.zero_()
         dw = torch.mv(feat.t(), dpred, out=self.head_grads[sel])                          # (width,)
         self._op_grad(sel, bufs, dpred)
@@ -214,7 +210,8 @@ class FusedSIFStep:
             else:
                 dx_extra = grad
         if self.all_heads:
-            loss = loss + self._other_heads(bufs, y if bias is None else y - bias, sel)
+            loss = loss + SIFSpace.other_heads_loss_closed_form(self.ops, self.vecs, bufs.zu, bufs.zv,
+                                                                y if bias is None else y - bias, sel, self.head_grads)
         dx = self.gcf.backward_(bufs.flat, bufs.h, bufs.dzflat, bufs.dpre, self.g_out[self.w_up], True).view(x.shape)
         dx = dx if dx_extra is None else dx + dx_extra
         looked = [(idx, r if bias is None else torch.cat([r, dpred.unsqueeze(1)], dim=1))
@@ -236,17 +233,6 @@ class FusedSIFStep:
         self.m.after_weight_step()                              # the heads' projection onto their ball
         return loss
 
-    def _other_heads(self, bufs: _Buffers, target: Tensor, sel: int) -> Tensor:
-        """Sum of the non-selected heads' MSE on z (no gradient to z); their gradients into the buffer."""
-        total = None
-        for j, (op, w) in enumerate(zip(self.ops, self.vecs, strict=True)):
-            if j != sel:
-                f = op(bufs.zu, bufs.zv)
-                mse, dr = self.mse(torch.mv(f, w) - target)
-                total = mse if total is None else total + mse
-                torch.mv(f.t(), dr, out=self.head_grads[j])
-        return total
-
     def _selection(self) -> int:
         """The op of Ā = prox_C1(A) as :func:`nasp.prox.row_argmax` picks it (the first of the tied maxima with
         the top priority; 0 for a NaN row), read to the host once per change of A or of the priorities."""
@@ -256,10 +242,7 @@ class FusedSIFStep:
             row = a[0].tolist()                                                              # K floats, exact
             if key[2:] != self._prio_key:
                 self._prio, self._prio_key = prio[0].tolist(), key[2:]
-            top = max(row)
-            nan = any(v != v for v in row)
-            self._sel = 0 if nan else max((i for i, v in enumerate(row) if v == top), key=self._prio.__getitem__)
-            self._sel_key = key
+            self._sel, self._sel_key = row_argmax_host(row, self._prio), key
         return self._sel
 
     def __call__(self, train_batch, valid_batch, update_alpha: bool) -> dict[str, Tensor]:

@@ -35,6 +35,7 @@ from nasp.space import SearchSpace, register_space
 from .interactions import EMBEDDING_DIM, INTERACTIONS, PRIMITIVES, Interaction, out_dim, tensor_candidates
 from .model import RatingModule
 from .neighbourhood import add_neighbourhoods, make_neighbourhoods
+from .task import mse_closed_form
 from .transform import ElementwiseMLP
 
 __all__ = ["ElementwiseMLP", "Encoded", "SIFSpace", "SIDES", "build_candidates"]
@@ -132,6 +133,21 @@ class SIFSpace(SearchSpace, RatingModule):
             rows = {s: r[:, :k] for s, r in rows.items()}
         emb, neighbours = add_neighbourhoods(self.neighbourhoods, rows, idx, self.neighbourhood_reg)
         return Encoded(emb, bias, list(rows.values()), neighbours)
+
+    @staticmethod
+    def encode_closed_form(tables: tuple[Tensor, Tensor], global_bias: Tensor | None, users: Tensor, items: Tensor,
+                           out: tuple[Tensor, Tensor]) -> Tensor | None:
+        """:meth:`encode` of the matrix case without autograd, for a hand-written step (:mod:`sif.fused`): the user
+        and item embeddings into ``out`` ((B, k) each); returns the biases (B,), None when ``global_bias`` is None
+        (no ``use_bias``). A looked-up row's gradient is (dL/de, dL/dbias) (the bias: the table's last column)."""
+        if global_bias is None:                                         # both lookups straight into ``out``
+            torch.index_select(tables[0], 0, users, out=out[0])
+            torch.index_select(tables[1], 0, items, out=out[1])
+            return None
+        ru, rv, k = tables[0].index_select(0, users), tables[1].index_select(0, items), out[0].shape[1]
+        out[0].copy_(ru[:, :k])
+        out[1].copy_(rv[:, :k])
+        return global_bias + (ru[:, k] + rv[:, k])
 
     def transform(self, emb: dict[str, Tensor], idx: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """g applied element-wise per side: (B, k) per side -> (B, k) per side.
@@ -264,6 +280,21 @@ class SIFSpace(SearchSpace, RatingModule):
         zd = {s: t.detach() for s, t in z.items()}
         outs = torch.stack([self.candidate(k, zd) for k in range(len(self.names)) if k != sel])   # (K-1, B)
         return ((outs - target.detach()) ** 2).mean(dim=1).sum()
+
+    @staticmethod
+    def other_heads_loss_closed_form(ops: list[Interaction], heads: list[Tensor], zu: Tensor, zv: Tensor,
+                                     target: Tensor, sel: int, grads: list[Tensor]) -> Tensor:
+        """:meth:`other_heads_loss` of the matrix case in closed form, for a hand-written step (:mod:`sif.fused`):
+        op records ``ops`` with heads ``heads`` ((width,) each) on z = (zu, zv) (B, k); writes the non-selected
+        heads' gradients into ``grads`` ((width,) each); no gradient to z."""
+        total = None
+        for j, (op, w) in enumerate(zip(ops, heads, strict=True)):
+            if j != sel:
+                f = op(zu, zv)                                                              # (B, width)
+                mse, dr = mse_closed_form(torch.mv(f, w) - target)
+                total = mse if total is None else total + mse
+                torch.mv(f.t(), dr, out=grads[j])
+        return total
 
     # ---- hooks of the search core and of sif.model.RatingModule ----------------------------------------------
     searchable = True

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from nasp.arch import ArchView
 
-__all__ = ["RatingTask", "unpack"]
+__all__ = ["RatingTask", "unpack", "mse_closed_form"]
 
 
 def unpack(batch) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -24,6 +24,12 @@ def unpack(batch) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         return users, items, ratings, None
     users, items, ratings, contexts = batch
     return users, items, ratings, contexts
+
+
+def mse_closed_form(d: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean(d^2), its gradient 2 d / B) of a residual d (B,): the MSE of :meth:`RatingTask.loss` (and of
+    :meth:`sif.space.SIFSpace.other_heads_loss`) in closed form, for a hand-written step (:mod:`sif.fused`)."""
+    return torch.dot(d, d) * (1.0 / d.shape[0]), d * (2.0 / d.shape[0])
 
 
 class RatingTask:
@@ -65,11 +71,6 @@ class RatingTask:
             grad = r * (self.reg / n.clamp_min(torch.finfo(n.dtype).tiny)).view(-1, 1, 1) if want_grad else None
             return n.sum() * self.reg, grad
         return (r * r).sum() * (self.reg / r.shape[1]), (r * (2 * self.reg / r.shape[1]) if want_grad else None)
-
-    @staticmethod
-    def mse_closed_form(d: Tensor) -> tuple[Tensor, Tensor]:
-        """(mean(d^2), its gradient 2 d / B) of a residual d (B,): :meth:`loss`'s MSE in closed form."""
-        return torch.dot(d, d) * (1.0 / d.shape[0]), d * (2.0 / d.shape[0])
 
     def loss(self, model: nn.Module, batch, view: ArchView | None, stream: str) -> Tensor:
         users, items, y, contexts = unpack(batch)
