@@ -109,3 +109,26 @@ def test_the_time_budget_is_no_part_of_a_run_folders_fingerprint():
 
     assert differences(fp(), fp(max_seconds=60.0)) == []
     assert differences(fp(), fp(amp="bf16")) == ["train.amp (None -> 'bf16')"]
+
+
+def test_sif_train_command_resumes_a_run_stopped_by_its_budget(tmp_path, capsys):
+    import yaml
+
+    from sif.cli import main
+
+    ds = planted_ratings("multiply", num_users=25, num_items=30, n=600, seed=0)
+    rows = [f"{u},{i},{r:.4f}" for u, i, r in zip(ds.users.tolist(), ds.items.tolist(), ds.ratings.tolist(),
+                                                   strict=True)]
+    (tmp_path / "r.csv").write_text("\n".join(["user,item,rating", *rows]) + "\n")
+    cfg = {"seed": 1, "show_progress": False, "out_dir": str(tmp_path / "run"),
+           "data": {"dataset": "file", "path": str(tmp_path / "r.csv"), "split": "random", "ratios": [0.8, 0.1, 0.1]},
+           "model": {"embedding_dim": 3, "name": "mf"}, "train": {"max_epochs": 3, "batch_size": 128, "patience": 50}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "run/train-mf/train_log.jsonl"
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--set", "train.max_seconds=1e-6"]) == 0
+    assert len(log.read_text().splitlines()) == 1
+    capsys.readouterr()
+    assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 0              # a new budget: none
+    assert "resuming the run" in capsys.readouterr().err and len(log.read_text().splitlines()) == 3
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--set", "train.amp=bf16"]) == 2
+    assert "train.amp (None -> 'bf16')" in capsys.readouterr().err
