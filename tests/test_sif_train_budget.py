@@ -132,3 +132,26 @@ def test_sif_train_command_resumes_a_run_stopped_by_its_budget(tmp_path, capsys)
     assert "resuming the run" in capsys.readouterr().err and len(log.read_text().splitlines()) == 3
     assert main(["train", "--config", str(tmp_path / "c.yaml"), "--set", "train.amp=bf16"]) == 2
     assert "train.amp (None -> 'bf16')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sparse_rows", [False, True])
+def test_fp16_trains_on_cuda_close_to_float32(device, sparse_rows):
+    """fp16 with the GradScaler (dense and row-wise tables); runs only with NASP_TEST_DEVICE=cuda."""
+    if device.type != "cuda":
+        pytest.skip("CUDA-only test (set NASP_TEST_DEVICE=cuda)")
+    ds = planted_ratings("multiply", num_users=30, num_items=40, n=900, seed=3)
+    tr, va, _ = random_split(ds, (0.8, 0.1, 0.1), seed=3)
+    mean, std = float(tr.ratings.mean()), float(tr.ratings.std())
+
+    def it(d, shuffle):
+        return BatchIterator({"users": d.users, "items": d.items, "ratings": (d.ratings - mean) / std}, batch_size=64,
+                             seed=0, shuffle=shuffle, device=device, fields=("users", "items", "ratings"))
+    runs = {}
+    for amp in (None, "fp16"):
+        model = SIFSpace(tr.num_users, tr.num_items, embedding_dim=3, ops=("multiply",), use_bias=True, seed=2,
+                         sparse_rows=sparse_rows)
+        cfg = TrainConfig(max_epochs=4, patience=50, lr=0.01, amp=amp)
+        runs[amp] = train_model(model, RatingTask(mean, std), it(tr, True), it(va, False), cfg, device=device,
+                                show_progress=False)
+    assert all(math.isfinite(r["train_loss"]) for r in runs["fp16"].history)
+    assert runs["fp16"].best_valid["rmse"] == pytest.approx(runs[None].best_valid["rmse"], rel=5e-3)
