@@ -94,8 +94,10 @@ def run_benchmark(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def merge_benchmarks(paths: list[str | Path]) -> str:
-    """One table from several benchmark.json files (e.g. folds run in parallel processes)."""
-    rows = [r for p in paths for r in json.loads(Path(p).read_text())]
+    """One table from several benchmark.json files (e.g. folds run in parallel processes), or result files that
+    hold them under "rows" with their machine and command (e.g. benchmarks/results/surprise_ml100k_folds.json)."""
+    loaded = [json.loads(Path(p).read_text()) for p in paths]
+    rows = [r for d in loaded for r in (d["rows"] if isinstance(d, dict) else d)]
     return benchmark_table(rows)
 
 

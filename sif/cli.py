@@ -36,6 +36,7 @@ from .benchmark import merge_benchmarks, run_benchmark, train_seconds, valid_sco
 from .build import build_recommender, recommender_kwargs  # noqa: F401 (recommender_kwargs: API)
 from .config import RunConfig, load_config
 from .data import load_splits
+from .peers import SURPRISE_PEERS
 from .recommender import (
     SIF_VARIANTS,
     SIFRecommender,
@@ -110,7 +111,8 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None)
 
 
 _MODELS_HELP = (f"model names (model.name): {', '.join(SIF_VARIANTS)} (sif search); fixed:<op> with op one of "
-                f"plus, multiply, max, min, concat; baselines: {', '.join(sorted(BASELINES))}. Every config key is "
+                f"plus, multiply, max, min, concat; baselines: {', '.join(sorted(BASELINES))}; peers (sif benchmark "
+                f"only): {', '.join(SURPRISE_PEERS)}. Every config key is "
                 "a field of the dataclasses in sif/config.py (model, data, train, benchmark; search: "
                 "nasp.search.SearchConfig), documented there; --set section.key=value reaches each one.")
 
@@ -171,6 +173,8 @@ def _model_name(cfg: RunConfig, command: str) -> str:
     if command == "train" and name in SIF_VARIANTS:
         raise ConfigError(f"model.name={name!r}: sif train trains one fixed model: set model.name to fixed:<op> or "
                           f"a baseline (use sif search to search)")
+    if name in SURPRISE_PEERS:
+        raise ConfigError(f"model.name={name!r}: the Surprise peers run in sif benchmark only (benchmark.models)")
     recommender_class(name)                   # an unknown name fails here, before any run folder is made
     return name
 

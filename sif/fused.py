@@ -26,7 +26,7 @@ from nasp.prox import prox_c2_, row_argmax_host
 from nasp.regularizers import complexity_grad
 from nasp.search import FusedStepUnsupported
 
-from .interactions import INTERACTIONS, PRIMITIVES
+from .interactions import INTERACTIONS, MIXTURES, PRIMITIVES
 from .space import SIFSpace
 from .task import RatingTask, mse_closed_form, unpack
 from .transform import HAS_CLOSED_FORM
@@ -36,7 +36,7 @@ __all__ = ["FusedSIFStep", "SUPPORTED", "check_supported"]
 #: every setting the fused step covers, with its supported values (anything else: the generic step)
 SUPPORTED = {
     "strategy": ("nasp",), "amp": (None,), "compile": (False,), "grad_sync": (None,),
-    "model": (SIFSpace,), "sides": (2,), "neighbourhoods": (0,), "ops": PRIMITIVES, "task": (RatingTask,),
+    "model": (SIFSpace,), "sides": (2,), "neighbourhoods": (0,), "ops": PRIMITIVES + MIXTURES, "task": (RatingTask,),
     "penalty": ("l2", "norm", "effective"), "on_transformed": (False, True), "train_all_heads": (False, True),
     "use_bias": (False, True), "g_skip": (False, True), "head_init": ("uniform", "ones"),
     "dtype": (torch.float32, torch.float64),

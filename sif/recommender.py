@@ -29,6 +29,7 @@ from nasp.search import SearchConfig
 from .baselines import BASELINES, create_baseline
 from .config import ModelConfig, SIFSearchConfig
 from .estimator import RECOMMENDERS, BaseRecommender, constructor_params, register
+from .peers import SURPRISE_PEERS, SurpriseRecommender
 from .selection import race_fit
 from .space import SIFSpace
 from .train import train_model
@@ -215,16 +216,18 @@ SIF_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def recommender_class(name: str) -> type[BaseRecommender]:
+def recommender_class(name: str) -> type[BaseRecommender] | type[SurpriseRecommender]:
     """The class behind a short name (see :func:`create_recommender`)."""
+    if name in SURPRISE_PEERS:
+        return SurpriseRecommender
     if name in SIF_VARIANTS:
         return SIFRecommender
     if name.startswith("fixed:"):
         return FixedInteractionRecommender
     if name in BASELINES:
         return BaselineRecommender
-    raise KeyError(f"unknown recommender {name!r}: use {', '.join(SIF_VARIANTS)}, fixed:<op> or one of "
-                   f"{', '.join(sorted(BASELINES))}")
+    raise KeyError(f"unknown recommender {name!r}: use {', '.join(SIF_VARIANTS)}, fixed:<op>, one of "
+                   f"{', '.join(sorted(BASELINES))} or a peer ({', '.join(SURPRISE_PEERS)})")
 
 
 def create_recommender(name: str, **kwargs) -> BaseRecommender:
@@ -232,9 +235,11 @@ def create_recommender(name: str, **kwargs) -> BaseRecommender:
     alpha, :func:`sif.selection.race_fit`), "sif_search" (the search's own choice, no race), "sif_random" (random
     search over the same space),
     "sif_noval" (the no-validation-split ablation), "sif_noheads" (only the selected head trains during the
-    search), "sif_last" (last prox instead of the best epoch), "fixed:<op>", or a baseline name ("mf",
-    "gmf", ...)."""
+    search), "sif_last" (last prox instead of the best epoch), "fixed:<op>", a baseline name ("mf",
+    "gmf", ...), or a Surprise peer ("surprise_svd", "surprise_svdpp", "surprise_baseline": :mod:`sif.peers`)."""
     cls = recommender_class(name)
+    if cls is SurpriseRecommender:
+        return SurpriseRecommender(model=name, **kwargs)
     if issubclass(cls, SIFRecommender):
         variant = SIF_VARIANTS[name]
         if "search" in variant:

@@ -164,6 +164,12 @@ class SIFSpace(SearchSpace, RatingModule):
         z = self.g(torch.stack([emb[s] for s in self.sides]))     # (S, B, k)
         return dict(zip(self.sides, z.unbind(0), strict=True))
 
+    def transform_free(self, rows: list[Tensor], idx: dict[str, Tensor]) -> dict[str, Tensor]:
+        """g of the free vectors alone (no neighbourhood vector added), (B, k) per side that has a neighbourhood:
+        ``rows`` the looked-up rows of every side (``Encoded.rows``), ``idx`` the batch's row index per side."""
+        sides = [(i, s) for i, s in enumerate(self.sides) if s in self.neighbourhoods]
+        return {s: self._transform_side(i, rows[i], self._unique_plan(idx[s])) for i, s in sides}
+
     @staticmethod
     def _unique_plan(index: Tensor) -> tuple[Tensor, Tensor] | None:
         """(one batch position per distinct row (U,), each position's distinct row (B,)), or None when U is more
@@ -227,7 +233,8 @@ class SIFSpace(SearchSpace, RatingModule):
                                                                                             strict=True))
         return z, bias
 
-    def effective_penalty(self, z: dict[str, Tensor], view: ArchView) -> Tensor:
+    def effective_penalty(self, z: dict[str, Tensor], view: ArchView, free: dict[str, Tensor] | None = None
+                          ) -> Tensor:
         """Per-rating L2 of the embeddings as the selected op's head sees them (scalar, mean over the batch).
 
         With a learned head, the head (and g, when the penalty sits on the raw embeddings) can rescale its way past
@@ -239,8 +246,15 @@ class SIFSpace(SearchSpace, RatingModule):
         for a regularised bias), on the transformed embeddings ``z = g(e)``. Under NASP and DENSE views the penalty
         of op k is weighted by its weight, like its output. Tensor case (two-stage ops of mixed degree): the plain
         per-rating L2 of ``z``.
+
+        With neighbourhoods, ``free`` holds g of each side's free vector alone, ``g(p)`` (B, k): what the head sees of a
+        side is then split into ``g(p)`` and the neighbourhood's share ``z - g(p)``, penalised ``neighbourhood_reg``
+        times as much, so that at g = identity and an all-ones head this is SVD++'s L2 ``|p|^2 + nr |n|^2`` (a plain
+        penalty on z would give the neighbourhood vectors the free vectors' coefficient).
         """
         sq = {s: z[s] * z[s] for s in self.sides}                              # (B, k) each
+        for s, f in (free or {}).items():
+            sq[s] = f * f + self.neighbourhood_reg * (z[s] - f) ** 2
         if len(self.sides) != 2:
             return sum(q.sum() for q in sq.values()) / sq["u"].shape[0]
         k = self.embedding_dim
@@ -251,9 +265,9 @@ class SIFSpace(SearchSpace, RatingModule):
             if op is None:
                 raise ValueError(f"penalty='effective' does not know op {self.names[j]!r}")
             scale = op.penalty_scale(w, k)                                     # (width,)
-            if op.width == 2:                                                  # one half of the head per side
+            if op.split_sides:                                                 # one half of the head per side
                 return (sq["u"] @ scale[:k] + sq["v"] @ scale[k:]).mean()
-            return ((sq["u"] + sq["v"]) @ scale).mean()
+            return ((sq["u"] + sq["v"]) @ scale.view(-1, k).sum(0)).mean()     # every block sees both sides
 
         return mix(view, "interaction", 0, one, len(self.names))
 
@@ -262,12 +276,14 @@ class SIFSpace(SearchSpace, RatingModule):
                                       dw: Tensor) -> Tensor:
         """``reg *`` :meth:`effective_penalty` of one matrix-case op (record ``op``, head ``w`` (width,)) on the
         stacked sides ``z`` (2, B, k), in closed form for a hand-written step (:mod:`sif.fused`): returns the value
-        and adds its gradients to ``dz`` (2, B, k) and ``dw`` (width,)."""
+        and adds its gradients to ``dz`` (2, B, k) and ``dw`` (width * k,)."""
         b, k, sq = z.shape[1], z.shape[2], z * z                                            # (2, B, k)
-        s2 = op.penalty_scale(w, k).view((2, 1, k) if op.width == 2 else (1, 1, k))  # concat: half a head per side
+        scale = op.penalty_scale(w, k)                                                      # (width * k,)
+        # concat: one half of the head per side; other ops: every block of k sees both sides
+        s2 = scale.view(2, 1, k) if op.split_sides else scale.view(-1, k).sum(0).view(1, 1, k)
         dz.add_(z * s2 * (2 * reg / b))
         col = sq.sum(1) / b                                                                 # (2, k)
-        col = col.reshape(-1) if op.width == 2 else col.sum(0)                              # (width,)
+        col = col.reshape(-1) if op.split_sides else col.sum(0).repeat(op.width)            # (width * k,)
         dw.add_(reg * col * op.penalty_scale_grad(w, k))
         return reg * ((sq * s2).sum() / b)
 

@@ -80,14 +80,14 @@ class RatingTask:
             return loss + self.reg * self._penalty(rows) if self.reg else loss
         view = model.sparse_view() if view is None else view
         emb, b, rows, neighbours = model.encode_parts(users, items, contexts)
-        z = model.transform(emb, {"u": users, "v": items, "c": contexts})
+        idx = {"u": users, "v": items, "c": contexts}
+        z = model.transform(emb, idx)
         pred = model.interact(z, view) if b is None else model.interact(z, view) + b
         loss = torch.mean((pred - y) ** 2)
         if self.reg and self.penalty == "effective":
             if stream == "train":     # op-dependent: in the alpha step it would bias the choice toward small heads
-                loss = loss + self.reg * model.effective_penalty(z, view)
-                if neighbours:
-                    loss = loss + self.reg * self._penalty(neighbours)
+                free = model.transform_free(rows, idx) if neighbours else None
+                loss = loss + self.reg * model.effective_penalty(z, view, free)
         elif self.reg:
             loss = loss + self.reg * self._penalty((list(z.values()) if self.on_transformed else rows) + neighbours)
         if self.train_all_heads and stream == "train":

@@ -9,7 +9,7 @@ from nasp.search import SearchConfig, Searcher
 from nasp.streams import TensorLoader
 from sif.baselines import CP, GMF, NCF, BiasedMF
 from sif.fused import FusedSIFStep
-from sif.interactions import INTERACTIONS, PRIMITIVES, tensor_candidates
+from sif.interactions import INTERACTIONS, MIXTURES, PRIMITIVES, mixture, tensor_candidates
 from sif.space import SIFSpace
 from sif.task import RatingTask
 
@@ -25,11 +25,20 @@ def _inputs(seed, shape=(7, 4), ties=False):
 
 
 def test_registry_holds_the_primitives_with_their_widths():
-    assert tuple(INTERACTIONS) == PRIMITIVES
+    assert tuple(INTERACTIONS) == PRIMITIVES + MIXTURES
     a, b = _inputs(0)
     for name, op in INTERACTIONS.items():
         assert op.name == name
-        assert op.out_dim(4) == (8 if name == "concat" else 4) == op(a, b).shape[1]
+        assert op.out_dim(4) == (8 if name == "concat" or "+" in name else 4) == op(a, b).shape[1]
+        assert op.split_sides == (name == "concat")
+
+
+def test_mixture_is_its_parts_side_by_side():
+    a, b = _inputs(6)
+    mix = INTERACTIONS["multiply+max"]
+    torch.testing.assert_close(mix(a, b), torch.cat([a * b, torch.maximum(a, b)], dim=-1))
+    with pytest.raises(ValueError, match="element-wise"):
+        mixture("multiply", "concat")
 
 
 @pytest.mark.parametrize("ties", [False, True])

@@ -12,6 +12,7 @@ import torch
 from nasp.search import FusedStepUnsupported, SearchConfig, Searcher
 from nasp.streams import TensorLoader
 from sif.fused import FusedSIFStep
+from sif.interactions import MIXTURES, PRIMITIVES
 from sif.space import SIFSpace
 from sif.task import RatingTask
 
@@ -107,7 +108,7 @@ def test_short_last_batches_get_their_own_buffers(use_bias):
 
 
 @pytest.mark.parametrize("penalty", ["norm", "effective"])
-@pytest.mark.parametrize("op", ["plus", "multiply", "max", "min", "concat"])
+@pytest.mark.parametrize("op", PRIMITIVES + MIXTURES)
 def test_every_op_selected_in_both_paths(op, penalty):
     """Each op is the selected one (A starts with it ahead), so its hand-written backward (and its effective
     penalty) is exercised."""
@@ -118,7 +119,8 @@ def test_every_op_selected_in_both_paths(op, penalty):
 
     runs = []
     for fused in (False, True):
-        s = prefer(_searcher(fused, {"use_bias": True}, {"train_all_heads": True, "penalty": penalty}, a_lr=1e-4))
+        s = prefer(_searcher(fused, {"use_bias": True, "ops": PRIMITIVES + MIXTURES},
+                             {"train_all_heads": True, "penalty": penalty}, a_lr=1e-4))
         s.fit(*_loaders())
         runs.append(s)
     assert runs[0].model.genotype().choices("interaction")[0].op == op

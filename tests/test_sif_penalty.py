@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sif.interactions import PRIMITIVES
+from sif.interactions import MIXTURES, PRIMITIVES
 from sif.space import SIFSpace
 from sif.task import RatingTask
 
@@ -34,9 +34,14 @@ def test_effective_penalty_values():
     assert m.effective_penalty(z, _onehot_view(m, "plus")).item() == pytest.approx(60.0)
     # concat (w_u = [1, -2], w_v = [0.5, 3]): 2 * (1*1 + 4*4 + 0.25*9 + 9*1) = 56.5
     assert m.effective_penalty(z, _onehot_view(m, "concat")).item() == pytest.approx(56.5)
+    # multiply+max (w_mul = [1, -2], w_max = [0.5, 3]): (|w_mul| + k w_max^2) . (u^2 + v^2) = 1.5*10 + 20*5 = 115
+    mix = SIFSpace(3, 3, embedding_dim=2, ops=("multiply+max",))
+    with torch.no_grad():
+        mix.heads[0].weight.copy_(torch.tensor([1.0, -2.0, 0.5, 3.0]))
+    assert mix.effective_penalty(z, mix.sparse_view()).item() == pytest.approx(115.0)
 
 
-@pytest.mark.parametrize("op", PRIMITIVES)
+@pytest.mark.parametrize("op", PRIMITIVES + MIXTURES)
 def test_effective_penalty_is_invariant_to_head_rescaling(op):
     """Scaling the head up and the embeddings down leaves prediction AND penalty unchanged (no escape route)."""
     m = SIFSpace(3, 3, embedding_dim=3, ops=(op,), g_skip=True)
@@ -45,7 +50,10 @@ def test_effective_penalty_is_invariant_to_head_rescaling(op):
     c = 3.0
     p0, out0 = m.effective_penalty(z, view), m.interact(z, view)
     with torch.no_grad():
-        m.heads[0].weight.mul_(c * c if op == "multiply" else c)
+        w = m.heads[0].weight.view(-1, 3)                  # one block of k = 3 per part (a mixture has two)
+        parts = op.split("+") if "+" in op else [op] * w.shape[0]
+        for part, block in zip(parts, w, strict=True):
+            block.mul_(c * c if part == "multiply" else c)
     zs = {s: t / c for s, t in z.items()}
     torch.testing.assert_close(m.interact(zs, view), out0)
     torch.testing.assert_close(m.effective_penalty(zs, view), p0)
