@@ -10,7 +10,8 @@ row maximum the one with the highest op priority wins; among rows whose maximum 
 highest row priority wins. Without priorities the lowest index wins (the reference behaviour, which favours
 op 0 and is kept only as the fallback for pure-function use).
 
-No function here loops over entries or syncs with the host.
+No function here loops over entries or syncs with the host, except :func:`row_argmax_host`: the choice of
+:func:`row_argmax` for one row already read to the host (plain floats).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["prox_c1", "prox_c2", "prox_c2_", "row_argmax", "keep_rows", "random_c1"]
+__all__ = ["prox_c1", "prox_c2", "prox_c2_", "row_argmax", "row_argmax_host", "keep_rows", "random_c1"]
 
 
 def _default_priority(n: int, device: torch.device) -> Tensor:
@@ -36,6 +37,15 @@ def row_argmax(a: Tensor, op_priority: Tensor | None = None) -> Tensor:
     is_max = a == a.max(dim=1, keepdim=True).values                      # (rows, ops)
     score = torch.where(is_max, op_priority.to(a.device, torch.float32).expand_as(a), -1.0)
     return score.argmax(dim=1)
+
+
+def row_argmax_host(row: list[float], op_priority: list[float]) -> int:
+    """:func:`row_argmax` of one row on the host: the first of the tied maxima with the top priority (priorities
+    > -1); 0 for a row with a NaN (no entry equals a NaN maximum)."""
+    if any(v != v for v in row):
+        return 0
+    top = max(row)
+    return max((i for i, v in enumerate(row) if v == top), key=op_priority.__getitem__)
 
 
 def keep_rows(row_score: Tensor, groups: Tensor | None, k: int, row_priority: Tensor | None = None) -> Tensor:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["count_params", "cost_matrix", "complexity", "normalise_costs"]
+__all__ = ["count_params", "cost_matrix", "complexity", "complexity_grad", "normalise_costs"]
 
 
 def count_params(modules: nn.Module | Iterable[nn.Module] | None) -> int:
@@ -42,3 +42,9 @@ def complexity(weights: dict[str, Tensor], costs: dict[str, Tensor], eta: float)
     terms = [(w.pow(2) * normalise_costs(costs[n]).to(w.device, w.dtype)).sum()
              for n, w in weights.items() if n in costs]
     return eta * torch.stack(terms).sum() if terms else None
+
+
+def complexity_grad(cost: Tensor, eta: float, like: Tensor) -> Tensor:
+    """dR/dw / w = 2 eta normalised_cost for one cost matrix (rows, ops), on ``like``'s device and dtype: the
+    gradient of :func:`complexity` at a one-hot row w is this tensor's entry at the selected op (closed form)."""
+    return normalise_costs(cost).to(like.device, like.dtype) * (2 * eta)

@@ -36,6 +36,9 @@ def recommender_kwargs(cfg: RunConfig, name: str, strict: bool = True) -> dict[s
     ``random_state`` (``seed``), ``train``, ``search`` and ``valid_fraction`` (``data.valid_fraction``); ``op``
     and ``model`` are part of the name."""
     taken = constructor_params(recommender_class(name))
+    if cfg.train.amp == "fp16" and not str(cfg.device).startswith("cuda"):     # refused before any search or fit
+        raise ConfigError(f"train.amp='fp16' needs a CUDA device (fp16 with a GradScaler runs on CUDA only), got "
+                          f"device {cfg.device!r}; use train.amp=bf16 or null")
     special = {"device": cfg.device, "random_state": cfg.seed, "train": to_dict(cfg.train),
                "search": {k: v for k, v in to_dict(cfg.search).items() if k != "seed"},
                "valid_fraction": cfg.data.valid_fraction}

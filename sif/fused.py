@@ -1,16 +1,19 @@
 """A fused NASP step for :class:`sif.space.SIFSpace` in the matrix case (user, item): the generic step's results
 (:func:`nasp.strategies.step_nasp`, :class:`sif.task.RatingTask`) up to float rounding, computed with plain tensor
-ops and the closed-form gradients of the op records (:mod:`sif.interactions`), no autograd graph; the search's
-default wherever it applies (``SearchConfig.fused``). On ML-100K (benchmarks/README.md, "The reference code's
-protocol") it is 5x faster than the generic step; a closed-form alpha step with autograd's weight step was only
-1.8x faster, so both steps are hand-written. Alpha step: MSE (+ "l2"/"norm" penalty) on a validation batch at
-Ā = prox_C1(A), dL/dĀ_k = <dL/dpred, out_k>, g's gradients, eta * R(Ā), the alpha optimiser's step, prox_C2. Weight
-step: the selected op's (every op's with ``train_all_heads``) gradients of tables, g, heads and bias, the clip of
-``clip_grad_norm_`` (one norm over the flat buffer: rounding only), the weight optimiser's step, the heads'
-projection. Optimiser updates: :class:`nasp.optim.FlatUpdate` on the searcher's own optimisers (checkpoints resume
-across the two paths); row-wise tables (``sparse_rows``) bypass the flat buffer: their unique rows and summed row
-gradients join the clip and go to :meth:`nasp.optim.RowSparseOptimizer.step_rows`, so a step costs O(batch).
-:data:`SUPPORTED` lists what it covers; anything else raises FusedStepUnsupported.
+ops, no autograd graph, from closed forms kept next to what they compute: the op records' gradients
+(:mod:`sif.interactions`), g's forward and backward (:class:`sif.transform.MLPClosedForm`), the MSE and the
+"l2"/"norm" penalty (:mod:`sif.task`), the lookup, the effective penalty and the other heads' loss
+(:class:`SIFSpace`), the complexity term and the tie-broken argmax (:mod:`nasp.regularizers`, :mod:`nasp.prox`). The
+search's default wherever it applies (``SearchConfig.fused``); on ML-100K (benchmarks/README.md, "The reference
+code's protocol") 5x faster than the generic step (a closed-form alpha step with autograd's weight step was only 1.8x
+faster). Alpha step: MSE (+ "l2"/"norm" penalty) on a validation batch at Ā = prox_C1(A), dL/dĀ_k = <dL/dpred,
+out_k>, g's gradients, eta * R(Ā), the alpha optimiser's step, prox_C2. Weight step: the selected op's (every op's
+with ``train_all_heads``) gradients of tables, g, heads and bias, the clip of ``clip_grad_norm_`` (one norm over the
+flat buffer: rounding only), the weight optimiser's step, the heads' projection. Optimiser updates:
+:class:`nasp.optim.FlatUpdate` on the searcher's own optimisers (checkpoints resume across the two paths); row-wise
+tables (``sparse_rows``) bypass the flat buffer: their unique rows and summed row gradients join the clip and go to
+:meth:`nasp.optim.RowSparseOptimizer.step_rows`, so a step costs O(batch). :data:`SUPPORTED` lists what it covers;
+anything else raises FusedStepUnsupported.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import torch
 from torch import Tensor
 
 from nasp.optim import FlatUpdate, RowSparseOptimizer, coalesce_rows
-from nasp.prox import prox_c2_
-from nasp.regularizers import normalise_costs
+from nasp.prox import prox_c2_, row_argmax_host
+from nasp.regularizers import complexity_grad
 from nasp.search import FusedStepUnsupported
 
 from .interactions import INTERACTIONS, MIXTURES, PRIMITIVES
 from .space import SIFSpace
-from .task import RatingTask, unpack
+from .task import RatingTask, mse_closed_form, unpack
+from .transform import HAS_CLOSED_FORM
 
 __all__ = ["FusedSIFStep", "SUPPORTED", "check_supported"]
 
@@ -42,7 +46,6 @@ SUPPORTED = {
 _WHAT = {"sides": "the tensor (user, item, context) case", "grad_sync": "data-parallel search (grad_sync)",
          "neighbourhoods": "neighbourhoods (SVD++-style implicit feedback)", "amp": "autocast (amp)",
          "compile": "torch.compile", "task": "other tasks (only sif.task.RatingTask)"}
-_TANH_BACKWARD = getattr(getattr(torch.ops, "aten", None), "tanh_backward", None)    # feature-detected
 
 
 def _settings(s) -> dict:
@@ -80,19 +83,19 @@ def check_supported(searcher) -> None:
         raise FusedStepUnsupported("row-wise updates of parameters other than the two embedding tables")
     if len({(p.dtype, p.device) for p in (*s.weight_params, *s.alpha_params, *s.extra_params)}) != 1:
         raise FusedStepUnsupported("parameters of several dtypes or devices")
-    if _TANH_BACKWARD is None or not hasattr(s.alpha_params[0], "_version") \
+    if not HAS_CLOSED_FORM or not hasattr(s.alpha_params[0], "_version") \
             or "op_priority_interaction" not in getattr(m.arch, "_buffers", {}):
         raise FusedStepUnsupported("this torch (no aten.tanh_backward, Tensor._version or Module._buffers)")
 
 
 class _Buffers:
-    """Activations of one batch size, reused by every step: x, z = g(x), dz (2, B, k) (flat views (2, 1, B*k));
+    """Activations of one batch size, reused by every step: x, z = g(x), dz (2, B, k) (flat (2, 1, B*k) views);
     h, dpre (2, H, B*k) g's hidden tanh and its gradient; feats (B, width) and outs (K, B) every op's output."""
 
     def __init__(self, b: int, k: int, hidden: int, widths: list[int], like: Tensor):
         self.x, self.dz = like.new_empty(2, b, k), like.new_empty(2, b, k)
         self.xu, self.xv = self.x.unbind(0)
-        self.flat = self.x.view(2, 1, b * k)
+        self.flat, self.dzflat = self.x.view(2, 1, b * k), self.dz.view(2, 1, b * k)
         self.h, self.dpre = like.new_empty(2, hidden, b * k), like.new_empty(2, hidden, b * k)
         self.zflat = like.new_empty(2, 1, b * k)
         self.z = self.zflat.view(2, b, k)
@@ -109,7 +112,7 @@ class FusedSIFStep:
         check_supported(searcher)
         s = self.s = searcher
         m, self.task = s.model, s.task
-        self.m, self.k, self.bias, self.skip = m, m.embedding_dim, m.use_bias, m.g.skip
+        self.m, self.k, self.bias = m, m.embedding_dim, m.use_bias
         self.ops = [INTERACTIONS[n] for n in m.names]
         self.tables = (m.embeddings["u"].weight, m.embeddings["v"].weight)
         self.g = (m.g.w1, m.g.b1, m.g.w2, m.g.b2)
@@ -117,19 +120,18 @@ class FusedSIFStep:
         self.alpha = s.alpha_params[0]
         self.rows = s.w_opt if isinstance(s.w_opt, RowSparseOptimizer) else None       # row-wise tables
         self.w_up, self.a_up = FlatUpdate(s.w_opt.dense if self.rows else s.w_opt), FlatUpdate(s.a_opt)
-        wi, ai, hid = self.w_up.index, self.a_up.index, self.g[0].shape[2]
+        wi, ai, self.gcf = self.w_up.index, self.a_up.index, m.g.closed_form()      # g's math (sif.transform)
         self.w_pos = {"tables": [] if self.rows else [wi[id(p)] for p in self.tables],
                       "g": [wi[id(p)] for p in self.g], "heads": [wi[id(p)] for p in self.heads],
                       "bias": [wi[id(m.global_bias)]] if self.bias else []}
         a_pos = (ai[id(self.alpha)], *(ai[id(p)] for p in self.g))
         self.a_idx = tuple(sorted(a_pos))
         self.d_alpha = self.a_up.views[a_pos[0]].view(-1)                                  # (K,)
-        shapes = ((2, hid, 1), (2, hid), (2, hid, 1), (2, 1, 1))    # bmm / sum output shapes of g's gradients
-        self.g_out = {up: tuple(up.views[i].view(sh) for i, sh in zip(pos, shapes, strict=True))
+        self.g_out = {up: tuple(up.views[i].view(sh) for i, sh in zip(pos, self.gcf.grad_shapes, strict=True))
                       for up, pos in ((self.w_up, self.w_pos["g"]), (self.a_up, a_pos[1:]))}
         self.head_grads = [self.w_up.views[i].view(-1) for i in self.w_pos["heads"]]     # (width,) each
-        cost, self.eta = s.op_costs.get("interaction"), s.config.eta
-        self.costs = None if self.eta == 0 or cost is None else normalise_costs(cost)       # (1, K)
+        cost, eta = s.op_costs.get("interaction"), s.config.eta
+        self.cost_grad = None if eta == 0 or cost is None else complexity_grad(cost, eta, self.alpha)[0]   # (K,)
         self.all_heads = self.task.train_all_heads and len(self.ops) > 1
         self._bufs: dict[int, _Buffers] = {}
         self._w_plans: dict[int, tuple[int, ...]] = {}
@@ -143,9 +145,7 @@ class FusedSIFStep:
         """Views of the parameters in the shapes the hand-written ops use (remade when a parameter moved)."""
         key = tuple(p.data_ptr() for p in (*self.tables, *self.g, *self.heads))
         if key != self._views_key:
-            w1, b1, w2, _ = self.g
-            hid = w1.shape[2]
-            self.g1 = (w1.view(2, hid, 1), b1.view(2, hid, 1), w2.view(2, 1, hid))       # (2,H,1) (2,H,1) (2,1,H)
+            self.gcf = self.m.g.closed_form()
             self.vecs = [w.view(-1) for w in self.heads]                                   # (width,) each
             self._views_key, self._bufs = key, {}
 
@@ -158,54 +158,13 @@ class FusedSIFStep:
         bufs = self._bufs.get(b)           # (emptied by _views when a parameter moved)
         if bufs is None:
             bufs = self._bufs[b] = _Buffers(b, self.k, self.g[0].shape[2], [w.numel() for w in self.heads], like)
-        bias = None
-        if not self.bias:                   # both lookups straight into the buffer
-            torch.index_select(self.tables[0], 0, users, out=bufs.xu)
-            torch.index_select(self.tables[1], 0, items, out=bufs.xv)
-        else:
-            ru, rv, k = self.tables[0].index_select(0, users), self.tables[1].index_select(0, items), self.k
-            bias = self.global_bias + (ru[:, k] + rv[:, k])                                # (B,)
-            torch.stack([ru[:, :k], rv[:, :k]], out=bufs.x)
-        w1t, b1t, w2t = self.g1             # g: hidden layer (2, H, B*k), broadcasts along the contiguous B*k
-        torch.mul(w1t, bufs.flat, out=bufs.h).add_(b1t).tanh_()
-        torch.baddbmm(self.g[3], w2t, bufs.h, out=bufs.zflat)
-        if self.skip:
-            bufs.zflat.add_(bufs.flat)
+        bias = SIFSpace.encode_closed_form(self.tables, self.global_bias, users, items, (bufs.xu, bufs.xv))
+        self.gcf.forward_(bufs.flat, bufs.h, bufs.zflat)                                   # z = g(x)
         return bufs, bias, users, items, y
-
-    def _g_backward(self, bufs: _Buffers, outs: tuple[Tensor, ...], need_dx: bool) -> Tensor | None:
-        """g's four gradients from dL/dz (``bufs.dz``) into ``outs``; returns dL/dx (2, 1, B*k) when asked."""
-        w1, _, w2, _ = self.g
-        dy, dpre = bufs.dz.view(2, 1, -1), bufs.dpre
-        torch.mul(w2, dy, out=dpre)
-        _TANH_BACKWARD.grad_input(dpre, bufs.h, grad_input=dpre)                          # (2, H, BK)
-        o1, ob1, o2, ob2 = outs
-        torch.bmm(bufs.h, dy.transpose(1, 2), out=o2)
-        torch.sum(dy, 2, keepdim=True, out=ob2)
-        torch.bmm(dpre, bufs.flat.transpose(1, 2), out=o1)
-        torch.sum(dpre, 2, out=ob1)
-        if not need_dx:
-            return None
-        dx = torch.bmm(w1, dpre)
-        return dx + dy if self.skip else dx
 
     def _op_grad(self, j: int, bufs: _Buffers, dpred: Tensor) -> None:
         """dL/dz (2, B, k) of op j's head output into ``bufs.dz``, from dL/dpred (B,)."""
         torch.stack(self.ops[j].grad(bufs.zu, bufs.zv, torch.outer(dpred, self.vecs[j])), out=bufs.dz)
-
-    def _penalty(self, x: Tensor, z: Tensor, want_grad: bool):
-        """reg * ("l2" | "norm") penalty on e (or z with on_transformed) and its gradient there."""
-        t = self.task
-        r = z if t.on_transformed else x
-        if t.penalty == "norm":
-            n = torch.linalg.vector_norm(r, dim=(1, 2))                                     # (2,)
-            grad = r * (t.reg / n.clamp_min(torch.finfo(n.dtype).tiny)).view(2, 1, 1) if want_grad else None
-            return n.sum() * t.reg, grad
-        return (r * r).sum() * (t.reg / r.shape[1]), (r * (2 * t.reg / r.shape[1]) if want_grad else None)
-
-    def _mse(self, d: Tensor) -> tuple[Tensor, Tensor]:
-        """(mean(d^2), its gradient 2 d / B) of a residual d (B,)."""
-        return torch.dot(d, d) * (1.0 / d.shape[0]), d * (2.0 / d.shape[0])
 
     def alpha_step(self, batch, sel: int) -> Tensor:
         """The alpha optimiser's step on (A, g) with dL_val/dĀ, then A = prox_C2(A); returns the validation loss."""
@@ -214,17 +173,17 @@ class FusedSIFStep:
         for op, w, f, o in zip(self.ops, self.vecs, bufs.feats, bufs.outs.unbind(0), strict=True):
             torch.mv(op(bufs.zu, bufs.zv, out=f), w, out=o)                                # every op's output
         pred = bufs.outs[sel] if bias is None else bufs.outs[sel] + bias
-        loss, dpred = self._mse(pred - y)
+        loss, dpred = mse_closed_form(pred - y)
         self._op_grad(sel, bufs, dpred)
         if t.reg and t.penalty != "effective":
-            val, grad = self._penalty(bufs.x, bufs.z, t.on_transformed)
+            val, grad = t.penalty_closed_form(bufs.z if t.on_transformed else bufs.x, t.on_transformed)
             loss = loss + val
             if grad is not None:
                 bufs.dz.add_(grad)
         torch.mv(bufs.outs, dpred, out=self.d_alpha)                                       # (K,)
-        if self.costs is not None:                          # eta * sum(Ā^2 * cost), Ā one-hot
-            self.d_alpha[sel] += self.eta * 2 * self.costs.to(self.d_alpha)[0, sel]
-        self._g_backward(bufs, self.g_out[self.a_up], need_dx=False)
+        if self.cost_grad is not None:                      # d(eta * R(Ā))/dĀ, Ā one-hot
+            self.d_alpha[sel] += self.cost_grad[sel]
+        self.gcf.backward_(bufs.flat, bufs.h, bufs.dzflat, bufs.dpre, self.g_out[self.a_up], need_dx=False)
         self.a_up.step(self.a_idx)
         prox_c2_(self.alpha)                # A = prox_C2(A) (ArchParameters' caches key on the version it bumps)
         return loss
@@ -236,23 +195,24 @@ class FusedSIFStep:
         x, z = bufs.x, bufs.z
         feat = self.ops[sel](bufs.zu, bufs.zv)                                             # (B, width)
         pred = torch.mv(feat, w) if bias is None else torch.mv(feat, w) + bias
-        loss, dpred = self._mse(pred - y)
+        loss, dpred = mse_closed_form(pred - y)
         self.w_up.flat.zero_()
         dw = torch.mv(feat.t(), dpred, out=self.head_grads[sel])                          # (width,)
         self._op_grad(sel, bufs, dpred)
         dx_extra = None
         if t.reg and t.penalty == "effective":
-            loss = loss + self._effective(bufs, sel, w, dw)
+            loss = loss + SIFSpace.effective_penalty_closed_form(self.ops[sel], w, z, t.reg, bufs.dz, dw)
         elif t.reg:
-            val, grad = self._penalty(x, z, True)
+            val, grad = t.penalty_closed_form(z if t.on_transformed else x)
             loss = loss + val
             if t.on_transformed:
                 bufs.dz.add_(grad)
             else:
                 dx_extra = grad
         if self.all_heads:
-            loss = loss + self._other_heads(bufs, y if bias is None else y - bias, sel)
-        dx = self._g_backward(bufs, self.g_out[self.w_up], need_dx=True).view(x.shape)
+            loss = loss + SIFSpace.other_heads_loss_closed_form(self.ops, self.vecs, bufs.zu, bufs.zv,
+                                                                y if bias is None else y - bias, sel, self.head_grads)
+        dx = self.gcf.backward_(bufs.flat, bufs.h, bufs.dzflat, bufs.dpre, self.g_out[self.w_up], True).view(x.shape)
         dx = dx if dx_extra is None else dx + dx_extra
         looked = [(idx, r if bias is None else torch.cat([r, dpred.unsqueeze(1)], dim=1))
                   for idx, r in zip((users, items), dx.unbind(0), strict=True)]
@@ -273,30 +233,6 @@ class FusedSIFStep:
         self.m.after_weight_step()                              # the heads' projection onto their ball
         return loss
 
-    def _effective(self, bufs: _Buffers, sel: int, w: Tensor, dw: Tensor) -> Tensor:
-        """reg * effective penalty of op ``sel`` (head ``w``); adds its gradients to ``bufs.dz`` and ``dw``."""
-        op, reg, k, z = self.ops[sel], self.task.reg, self.k, bufs.z
-        b, sq = z.shape[1], z * z                                                          # (2, B, k)
-        scale = op.penalty_scale(w, k)                                                     # (width * k,)
-        # concat: one half of the head per side; other ops: every block of k sees both sides
-        s2 = scale.view(2, 1, k) if op.split_sides else scale.view(-1, k).sum(0).view(1, 1, k)
-        bufs.dz.add_(z * s2 * (2 * reg / b))
-        col = sq.sum(1) / b                                                                # (2, k)
-        col = col.reshape(-1) if op.split_sides else col.sum(0).repeat(op.width)           # (width * k,)
-        dw.add_(reg * col * op.penalty_scale_grad(w, k))
-        return reg * ((sq * s2).sum() / b)
-
-    def _other_heads(self, bufs: _Buffers, target: Tensor, sel: int) -> Tensor:
-        """Sum of the non-selected heads' MSE on z (no gradient to z); their gradients into the buffer."""
-        total = None
-        for j, (op, w) in enumerate(zip(self.ops, self.vecs, strict=True)):
-            if j != sel:
-                f = op(bufs.zu, bufs.zv)
-                mse, dr = self._mse(torch.mv(f, w) - target)
-                total = mse if total is None else total + mse
-                torch.mv(f.t(), dr, out=self.head_grads[j])
-        return total
-
     def _selection(self) -> int:
         """The op of Ā = prox_C1(A) as :func:`nasp.prox.row_argmax` picks it (the first of the tied maxima with
         the top priority; 0 for a NaN row), read to the host once per change of A or of the priorities."""
@@ -306,10 +242,7 @@ class FusedSIFStep:
             row = a[0].tolist()                                                              # K floats, exact
             if key[2:] != self._prio_key:
                 self._prio, self._prio_key = prio[0].tolist(), key[2:]
-            top = max(row)
-            nan = any(v != v for v in row)
-            self._sel = 0 if nan else max((i for i, v in enumerate(row) if v == top), key=self._prio.__getitem__)
-            self._sel_key = key
+            self._sel, self._sel_key = row_argmax_host(row, self._prio), key
         return self._sel
 
     def __call__(self, train_batch, valid_batch, update_alpha: bool) -> dict[str, Tensor]:

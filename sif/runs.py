@@ -1,12 +1,13 @@
 """Run folders that know what made them.
 
 Every command writes into its own subfolder of ``out_dir`` (``search/``, ``train-<model>/``, ``benchmark/``), with
-``fingerprint.json``: the resolved configuration (less the keys that cannot change a result: progress bars,
-thread counts, the folder itself) and the data, as the sha256 of the ratings actually read and of every split.
-A rerun into a folder compares fingerprints. The same fingerprint resumes (checkpoints continue exactly); any
+``fingerprint.json``: the resolved configuration (less the keys that cannot change a result: progress bars, thread
+counts, the folder itself; and the wall-time budget ``train.max_seconds``, see :data:`BUDGETS`) and the data, as the
+sha256 of the ratings actually read and of every split. A rerun into a folder compares fingerprints. The same
+fingerprint resumes (checkpoints continue exactly; a run stopped by its time budget continues under a new one); any
 difference is refused in one line naming the differing keys, unless ``fresh``: the old folder is then moved aside
-(``<folder>.old-<n>``, never deleted) and the run starts over. A folder with content but no fingerprint was not
-made by this library version's command lines and is refused too.
+(``<folder>.old-<n>``, never deleted) and the run starts over. A folder with content but no fingerprint was not made
+by this library version's command lines and is refused too.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ __all__ = ["RunFolderError", "command_folder", "fingerprint", "differences", "pr
 
 # keys that change no number of a run (where it is written, how it is shown, how many threads compute it)
 NON_SEMANTIC = ("out_dir", "show_progress", "threads", "search.log_every")
+# wall-time budgets: where a run stopped depends on the machine's speed, not on what made it, and a run stopped by
+# its budget continues under a larger one (as in nasp.trainer.RESUMABLE_CHANGES), so they are left out as well
+BUDGETS = ("train.max_seconds",)
 
 
 class RunFolderError(ConfigError):
@@ -74,7 +78,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def fingerprint(config: dict[str, Any], splits: dict[str, RatingDataset], command: str) -> dict[str, Any]:
     """What made a run: the command, its semantic settings (flattened dotted keys) and its data."""
-    settings = {k: v for k, v in _flatten(config).items() if k not in NON_SEMANTIC}
+    settings = {k: v for k, v in _flatten(config).items() if k not in NON_SEMANTIC + BUDGETS}
     return {"command": command, "config": settings, "data": data_fingerprint(splits)}
 
 

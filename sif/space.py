@@ -32,9 +32,11 @@ from nasp.optim import mark_row_sparse
 from nasp.regularizers import cost_matrix
 from nasp.space import SearchSpace, register_space
 
-from .interactions import EMBEDDING_DIM, INTERACTIONS, PRIMITIVES, out_dim, tensor_candidates
+from .interactions import EMBEDDING_DIM, INTERACTIONS, PRIMITIVES, Interaction, out_dim, tensor_candidates
 from .model import RatingModule
 from .neighbourhood import add_neighbourhoods, make_neighbourhoods
+from .task import mse_closed_form
+from .transform import ElementwiseMLP
 
 __all__ = ["ElementwiseMLP", "Encoded", "SIFSpace", "SIDES", "build_candidates"]
 
@@ -52,48 +54,6 @@ class Encoded(NamedTuple):
     bias: Tensor | None
     rows: list[Tensor]
     neighbours: list[Tensor]
-
-
-class ElementwiseMLP(nn.Module):
-    """g: a tiny MLP 1 -> hidden -> 1 (tanh) applied to every scalar of its input, one MLP per side.
-
-    The sides' MLPs are stored stacked (sides, hidden) and evaluated in one pass over a stacked input
-    (sides, B, k); ``skip`` makes g residual (x + mlp(x)).
-    """
-
-    def __init__(self, sides: int, hidden: int = 8, skip: bool = False):
-        super().__init__()
-        self.w1 = nn.Parameter(torch.empty(sides, 1, hidden))
-        self.b1 = nn.Parameter(torch.empty(sides, 1, hidden))
-        self.w2 = nn.Parameter(torch.empty(sides, hidden, 1))
-        self.b2 = nn.Parameter(torch.zeros(sides, 1, 1))
-        self.skip = skip
-        self.reset_parameters(torch.Generator().manual_seed(0))
-
-    @torch.no_grad()
-    def reset_parameters(self, g: torch.Generator) -> None:
-        """Random MLP (the paper); with ``skip`` the output layer starts at zero, so g starts as the identity
-        and learns a residual non-linearity (measured on ML-100K u1: a random g costs about 0.02 RMSE)."""
-        self.w1.copy_(torch.randn(self.w1.shape, generator=g))
-        self.b1.copy_(0.1 * torch.randn(self.b1.shape, generator=g))
-        w2 = torch.randn(self.w2.shape, generator=g) / math.sqrt(self.w2.shape[1])
-        self.w2.copy_(torch.zeros_like(w2) if self.skip else w2)
-        self.b2.zero_()
-
-    def forward(self, x: Tensor) -> Tensor:                     # (S, B, k) -> (S, B, k)
-        return self._mlp(x, self.w1, self.b1, self.w2, self.b2)
-
-    def forward_side(self, side: int, x: Tensor) -> Tensor:     # (N, k) -> (N, k), side ``side``'s MLP only
-        one = slice(side, side + 1)
-        return self._mlp(x.unsqueeze(0), self.w1[one], self.b1[one], self.w2[one], self.b2[one]).squeeze(0)
-
-    def _mlp(self, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:   # (S', B, k), S' sides
-        # the hidden layer is laid out (S', hidden, B*k): its broadcasts run along the contiguous B*k axis
-        # (measured on the 2-core CPU: the forward 2-3.4x faster than in the (S', B*k, hidden) layout)
-        flat = x.reshape(x.shape[0], 1, -1)                                             # (S', 1, B*k)
-        h = torch.tanh(torch.baddbmm(b1.transpose(1, 2), w1.transpose(1, 2), flat))    # (S', hidden, B*k)
-        y = torch.baddbmm(b2, w2.transpose(1, 2), h).view_as(x)                        # (S', B, k)
-        return x + y if self.skip else y
 
 
 @register_space("sif")
@@ -173,6 +133,21 @@ class SIFSpace(SearchSpace, RatingModule):
             rows = {s: r[:, :k] for s, r in rows.items()}
         emb, neighbours = add_neighbourhoods(self.neighbourhoods, rows, idx, self.neighbourhood_reg)
         return Encoded(emb, bias, list(rows.values()), neighbours)
+
+    @staticmethod
+    def encode_closed_form(tables: tuple[Tensor, Tensor], global_bias: Tensor | None, users: Tensor, items: Tensor,
+                           out: tuple[Tensor, Tensor]) -> Tensor | None:
+        """:meth:`encode` of the matrix case without autograd, for a hand-written step (:mod:`sif.fused`): the user
+        and item embeddings into ``out`` ((B, k) each); returns the biases (B,), None when ``global_bias`` is None
+        (no ``use_bias``). A looked-up row's gradient is (dL/de, dL/dbias) (the bias: the table's last column)."""
+        if global_bias is None:                                         # both lookups straight into ``out``
+            torch.index_select(tables[0], 0, users, out=out[0])
+            torch.index_select(tables[1], 0, items, out=out[1])
+            return None
+        ru, rv, k = tables[0].index_select(0, users), tables[1].index_select(0, items), out[0].shape[1]
+        out[0].copy_(ru[:, :k])
+        out[1].copy_(rv[:, :k])
+        return global_bias + (ru[:, k] + rv[:, k])
 
     def transform(self, emb: dict[str, Tensor], idx: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """g applied element-wise per side: (B, k) per side -> (B, k) per side.
@@ -296,6 +271,22 @@ class SIFSpace(SearchSpace, RatingModule):
 
         return mix(view, "interaction", 0, one, len(self.names))
 
+    @staticmethod
+    def effective_penalty_closed_form(op: Interaction, w: Tensor, z: Tensor, reg: float, dz: Tensor,
+                                      dw: Tensor) -> Tensor:
+        """``reg *`` :meth:`effective_penalty` of one matrix-case op (record ``op``, head ``w`` (width,)) on the
+        stacked sides ``z`` (2, B, k), in closed form for a hand-written step (:mod:`sif.fused`): returns the value
+        and adds its gradients to ``dz`` (2, B, k) and ``dw`` (width * k,)."""
+        b, k, sq = z.shape[1], z.shape[2], z * z                                            # (2, B, k)
+        scale = op.penalty_scale(w, k)                                                      # (width * k,)
+        # concat: one half of the head per side; other ops: every block of k sees both sides
+        s2 = scale.view(2, 1, k) if op.split_sides else scale.view(-1, k).sum(0).view(1, 1, k)
+        dz.add_(z * s2 * (2 * reg / b))
+        col = sq.sum(1) / b                                                                 # (2, k)
+        col = col.reshape(-1) if op.split_sides else col.sum(0).repeat(op.width)            # (width * k,)
+        dw.add_(reg * col * op.penalty_scale_grad(w, k))
+        return reg * ((sq * s2).sum() / b)
+
     def other_heads_loss(self, z: dict[str, Tensor], target: Tensor, view: ArchView) -> Tensor | None:
         """MSE of every non-selected head on detached features (the heads learn, nothing else does), so that the
         alpha step judges unselected ops with trained heads. ``target`` is the rating minus the (detached) bias."""
@@ -305,6 +296,21 @@ class SIFSpace(SearchSpace, RatingModule):
         zd = {s: t.detach() for s, t in z.items()}
         outs = torch.stack([self.candidate(k, zd) for k in range(len(self.names)) if k != sel])   # (K-1, B)
         return ((outs - target.detach()) ** 2).mean(dim=1).sum()
+
+    @staticmethod
+    def other_heads_loss_closed_form(ops: list[Interaction], heads: list[Tensor], zu: Tensor, zv: Tensor,
+                                     target: Tensor, sel: int, grads: list[Tensor]) -> Tensor:
+        """:meth:`other_heads_loss` of the matrix case in closed form, for a hand-written step (:mod:`sif.fused`):
+        op records ``ops`` with heads ``heads`` ((width,) each) on z = (zu, zv) (B, k); writes the non-selected
+        heads' gradients into ``grads`` ((width,) each); no gradient to z."""
+        total = None
+        for j, (op, w) in enumerate(zip(ops, heads, strict=True)):
+            if j != sel:
+                f = op(zu, zv)                                                              # (B, width)
+                mse, dr = mse_closed_form(torch.mv(f, w) - target)
+                total = mse if total is None else total + mse
+                torch.mv(f.t(), dr, out=grads[j])
+        return total
 
     # ---- hooks of the search core and of sif.model.RatingModule ----------------------------------------------
     searchable = True

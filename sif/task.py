@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from nasp.arch import ArchView
 
-__all__ = ["RatingTask", "unpack"]
+__all__ = ["RatingTask", "unpack", "mse_closed_form"]
 
 
 def unpack(batch) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -24,6 +24,12 @@ def unpack(batch) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         return users, items, ratings, None
     users, items, ratings, contexts = batch
     return users, items, ratings, contexts
+
+
+def mse_closed_form(d: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean(d^2), its gradient 2 d / B) of a residual d (B,): the MSE of :meth:`RatingTask.loss` (and of
+    :meth:`sif.space.SIFSpace.other_heads_loss`) in closed form, for a hand-written step (:mod:`sif.fused`)."""
+    return torch.dot(d, d) * (1.0 / d.shape[0]), d * (2.0 / d.shape[0])
 
 
 class RatingTask:
@@ -56,6 +62,15 @@ class RatingTask:
         if self.penalty == "norm":
             return sum(r.norm() for r in rows)
         return sum((r * r).sum() for r in rows) / rows[0].shape[0]
+
+    def penalty_closed_form(self, r: Tensor, want_grad: bool = True) -> tuple[Tensor, Tensor | None]:
+        """(reg * the "l2" | "norm" penalty of the stacked sides ``r`` (S, B, k), its gradient w.r.t. r or None):
+        :meth:`loss`'s penalty in closed form, for a hand-written step (:mod:`sif.fused`)."""
+        if self.penalty == "norm":
+            n = torch.linalg.vector_norm(r, dim=(1, 2))                                     # (S,)
+            grad = r * (self.reg / n.clamp_min(torch.finfo(n.dtype).tiny)).view(-1, 1, 1) if want_grad else None
+            return n.sum() * self.reg, grad
+        return (r * r).sum() * (self.reg / r.shape[1]), (r * (2 * self.reg / r.shape[1]) if want_grad else None)
 
     def loss(self, model: nn.Module, batch, view: ArchView | None, stream: str) -> Tensor:
         users, items, y, contexts = unpack(batch)

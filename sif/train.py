@@ -4,7 +4,8 @@ Early stopping on the task's validation metric (``task.metric``, lower is better
 the rating task) with patience; the best state is restored at the end. The loop is the one stand-alone loop of
 the library, :class:`nasp.trainer.Trainer`: with a ``run_dir`` an atomic checkpoint (``train_checkpoint.pt``) is
 written after every epoch and a killed run resumes from it to the same result; a NaN stops with the last good
-state. This module supplies the epoch step (:class:`SIFStep`) and the settings.
+state; ``max_seconds`` bounds the wall time; ``amp`` is the loop's one set of mixed-precision values
+(:mod:`nasp.amp`). This module supplies the epoch step (:class:`SIFStep`) and the settings.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from nasp import distributed as nd
+from nasp.amp import autocast, check_amp, grad_scaler
 from nasp.loop import to_device
 from nasp.optim import clip_grad_norm_
 from nasp.optim import make_optimizer as build_optimizer
@@ -51,6 +53,10 @@ class TrainConfig:
     compile_backend: str = "inductor"
     init_from: str | None = None    # a train_checkpoint.pt (or a saved model.pt): start from its weights, e.g.
     #                                 the last good state of a run that diverged, with new settings
+    amp: str | None = None          # None | "bf16" | "fp16" (fp16: CUDA only, with a GradScaler): autocast of the
+    #                                 training steps; evaluation (early stopping's metric) stays in full precision
+    max_seconds: float | None = None    # stop once the run (all processes of a resumed run) used this much wall
+    #                                     time: checked after every step (data-parallel: after every epoch)
 
     def __post_init__(self):
         if self.optimizer not in ("adagrad", "adam", "sgd"):
@@ -62,6 +68,9 @@ class TrainConfig:
         for name in ("lr", "g_lr_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        check_amp(self.amp)
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0 or null, got {self.max_seconds}")
 
 
 @dataclass
@@ -70,6 +79,7 @@ class TrainResult:
     best_valid: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    stopped_by: str = "epochs"      # epochs | early_stopping | callback | max_seconds (nasp.trainer.LoopResult)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -89,8 +99,11 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, slow: Iterable[
 
 
 class SIFStep(TrainStep):
-    """One epoch of a rating model for :class:`nasp.trainer.Trainer`: the task loss, gradient clipping, the
-    optimiser step, ``model.after_weight_step()`` and, data-parallel, the gradient average over ranks."""
+    """One epoch of a rating model for :class:`nasp.trainer.Trainer`: the task loss (under ``amp``'s autocast),
+    gradient clipping, the optimiser step (fp16: through a GradScaler), ``model.after_weight_step()`` and,
+    data-parallel, the gradient average over ranks. A single process stops mid-epoch once ``max_seconds`` is
+    spent; data-parallel ranks stop together at an epoch's end (the Trainer's check), so none waits in a collective.
+    """
 
     kind = "sif"
     advice = ("Lower the learning rate or check the data; to continue from the last good state with new settings, "
@@ -104,6 +117,7 @@ class SIFStep(TrainStep):
         self.params = trainable_parameters(model)
         self.sif_model = isinstance(model, RatingModule)      # else a plain module: no hooks
         self.opt = make_optimizer(self.params, cfg, model.slow_parameters() if self.sif_model else ())
+        self.scaler = grad_scaler(device, cfg.amp)          # disabled (a pass-through) unless fp16
         self.view = model.sparse_view() if self.sif_model else None
         self.loss_fn = torch.compile(task.loss, backend=cfg.compile_backend) if cfg.compile else task.loss
         self.metric = getattr(task, "metric", "rmse")
@@ -114,24 +128,29 @@ class SIFStep(TrainStep):
     def train_epoch(self, epoch: int, loop: Trainer) -> dict[str, Any]:
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(epoch)
-        model, params, opt, cfg = self.model, self.params, self.opt, self.cfg
+        model, params, opt, cfg, scaler = self.model, self.params, self.opt, self.cfg, self.scaler
         total, n = torch.zeros((), device=self.device), 0
         model.train()
         for batch in self.train_loader:
             batch = to_device(batch, self.device)
             opt.zero_grad(set_to_none=True)
-            loss = self.loss_fn(model, batch, self.view, "train")
-            loss.backward()
+            with autocast(self.device, cfg.amp):
+                loss = self.loss_fn(model, batch, self.view, "train")
+            scaler.scale(loss).backward()
             if self.sync:                             # data parallel: average the gradients of all ranks
                 nd.allreduce_grads_(params)
             if cfg.grad_clip:
+                scaler.unscale_(opt)
                 clip_grad_norm_(params, cfg.grad_clip)          # torch's; also takes row-sparse tables
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             if self.sif_model:
                 model.after_weight_step()
             total += loss.detach()
             n += 1
             loop.tick()
+            if not self.sync and loop.out_of_time():
+                break
         mean = total / max(n, 1)
         return {"train_loss": nd.allreduce_mean_scalar(mean, self.device) if self.sync else mean.item()}
 
@@ -144,10 +163,12 @@ class SIFStep(TrainStep):
         return {"loss": f"{record['train_loss']:.4f}", key: f"{record[key]:.4f}"}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.opt.state_dict()}
+        return {"optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):                    # fp16 only (an older checkpoint has none)
+            self.scaler.load_state_dict(state["scaler"])
 
 
 def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, config: TrainConfig | None = None,
@@ -157,7 +178,8 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
     """Train ``model`` until the validation ``task.metric`` (RMSE for the rating task) stops improving for
     ``patience`` epochs; restore the best state. ``select_best=False``: train exactly ``max_epochs`` epochs and keep
     the last state (a refit on train + valid, where the validation metric is in-sample). The loop is
-    :class:`nasp.trainer.Trainer` (checkpoint ``run_dir/train_checkpoint.pt``, resume, divergence stop).
+    :class:`nasp.trainer.Trainer` (checkpoint ``run_dir/train_checkpoint.pt``, resume, divergence stop,
+    ``max_seconds``; the result's ``stopped_by`` says what ended it).
 
     ``callback(epoch, elapsed, record)`` is called after every epoch; a True return stops training.
     ``data_parallel`` (default: on inside a torch.distributed group of several ranks, see :mod:`nasp.distributed`):
@@ -175,8 +197,8 @@ def train_model(model: nn.Module, task: RatingTask, train_loader, valid_loader, 
     early = EarlyStopping(f"valid_{step.metric}", bool(getattr(task, "maximize", False)), cfg.patience,
                           cfg.min_delta) if select_best else None
     loop = Trainer(model, step, epochs=cfg.max_epochs, seed=cfg.seed, device=device, run_dir=run_dir, resume=resume,
-                   callback=callback, show_progress=show_progress, early_stopping=early, init_from=cfg.init_from,
-                   config=asdict(cfg), data_parallel=sync)
+                   callback=callback, show_progress=show_progress, max_seconds=cfg.max_seconds, early_stopping=early,
+                   init_from=cfg.init_from, config=asdict(cfg), data_parallel=sync)
     out = loop.fit()
     best_valid = {k[len("valid_"):]: v for k, v in out.best.items() if k.startswith("valid_")}
-    return TrainResult(out.best_epoch, best_valid, out.history, out.seconds)
+    return TrainResult(out.best_epoch, best_valid, out.history, out.seconds, out.stopped_by)

@@ -212,3 +212,37 @@ def test_embedding_dim_has_one_default_everywhere():
     for name, cls in BASELINES.items():
         default = inspect.signature(cls.__init__).parameters["embedding_dim"].default
         assert default == EMBEDDING_DIM or name == "bias_only", name       # bias_only has no embeddings
+
+
+@pytest.mark.parametrize("via", ["set", "yaml"])
+def test_sif_training_time_budget_and_amp_reach_the_loop(via, tmp_path, monkeypatch):
+    """train.max_seconds and train.amp are used, not only accepted: SIF's stand-alone training hands the budget to
+    the shared loop (nasp.trainer.Trainer) and runs its steps under the amp value's autocast (nasp.amp)."""
+    import sif.train as st
+    from data_loaders import random_split
+    from sif.synthetic import planted_ratings
+
+    seen, real_trainer, real_autocast = {}, st.Trainer, st.autocast
+
+    def trainer(*args, **kw):
+        seen["max_seconds"] = kw["max_seconds"]
+        return real_trainer(*args, **kw)
+
+    def autocast(device, amp):
+        seen["amp"] = amp
+        return real_autocast(device, amp)
+
+    monkeypatch.setattr(st, "Trainer", trainer)
+    monkeypatch.setattr(st, "autocast", autocast)
+    train = {"max_seconds": 3600.0, "amp": "bf16", "max_epochs": 1}
+    model = {"name": "mf", "embedding_dim": 2}
+    if via == "set":
+        cfg = load_config(None, [f"{section}.{k}={v}" for section, d in (("model", model), ("train", train))
+                                 for k, v in d.items()])
+    else:
+        f = tmp_path / "c.yaml"
+        f.write_text(yaml.safe_dump({"model": model, "train": train}))
+        cfg = load_config(f)
+    tr, va, _ = random_split(planted_ratings("multiply", num_users=15, num_items=20, n=200, seed=0), (0.8, 0.1, 0.1))
+    build_recommender(cfg).fit(tr, va, show_progress=False)
+    assert seen == {"max_seconds": 3600.0, "amp": "bf16"}

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nasp.arch import AlphaSpec, ArchParameters
-from nasp.prox import keep_rows, prox_c1, prox_c2, random_c1, row_argmax
+from nasp.prox import keep_rows, prox_c1, prox_c2, random_c1, row_argmax, row_argmax_host
 
 
 def _groups(sizes):
@@ -93,3 +93,15 @@ def test_alphas_are_parameters_in_state_dict():
     sd = arch.state_dict()
     assert "alphas.normal" in sd and "op_priority_normal" in sd and "row_priority_normal" in sd
     assert isinstance(arch.alphas["normal"], torch.nn.Parameter)
+
+
+def test_host_argmax_is_row_argmax():
+    """row_argmax_host (one row already on the host) picks what row_argmax picks: ties, priorities, NaN."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        a = torch.randint(3, (1, 5), generator=g).float()          # many ties
+        if torch.rand((), generator=g) < 0.1:
+            a[0, int(torch.randint(5, (), generator=g))] = float("nan")
+        prio = torch.argsort(torch.rand(1, 5, generator=g), dim=1).float()
+        assert row_argmax_host(a[0].tolist(), prio[0].tolist()) == int(row_argmax(a, prio)[0])
+
