@@ -104,3 +104,21 @@ def test_autocast_uses_the_per_node_path():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert space._fused(view, "cpu") is None
     assert space._fused(space.arch.softmax_view(), "cpu") is None
+
+
+def test_alpha_only_backward_skips_the_weight_gradients(monkeypatch):
+    """autograd.grad w.r.t. Ā alone (the NASP alpha step) computes no weight gradients in the fused backward;
+    asking for W_j as well computes it (and only what is asked)."""
+    from nasp.spaces.rnn import fused
+
+    seen = []
+    orig = fused._needed
+    monkeypatch.setattr(fused, "_needed", lambda ctx: seen.append(orig(ctx)) or seen[-1])
+    space = _space()
+    onehot = _onehot(space, seed=1)
+    x = torch.randint(V, (4, 3))
+    h = space.init_hidden(3)
+    view = space.arch.nasp_view({"cell": onehot})
+    torch.autograd.grad(space(x, h, view)[0].sum(), [view.weights["cell"]])
+    torch.autograd.grad(space(x, h, view)[0].sum(), [view.weights["cell"], space.lm.cell.Ws])
+    assert seen == [(False, False, False, False, True, False, False), (False, False, False, True, True, False, False)]

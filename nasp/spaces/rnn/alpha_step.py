@@ -95,12 +95,16 @@ class AlphaStore:
         s: (K,) (K = H * time steps * batch rows)."""
         A = torch.sigmoid(c).mul_(G)
         base = torch.mv(G, s) - torch.mv(A, s)                                 # <G - A, s>  (succ,)
-        A3 = A.unsqueeze(1)
         for k, op in enumerate(self.ops):
             if op == "none":
                 continue
-            f = g if op == "identity" else ACTIVATIONS[op](g)
-            out[:, k] += base + torch.bmm(A3, f.unsqueeze(2)).view(-1)         # + <A, f_k(g)>
+            if op == "identity":
+                d = torch.linalg.vecdot(A, g)
+            elif op == "tanh":      # tanh(g) = 2 sigmoid(2g) - 1: sigmoid is several times cheaper than tanh on CPUs
+                d = torch.linalg.vecdot(A, torch.sigmoid(g * 2)).mul_(2).sub_(A.sum(1))
+            else:
+                d = torch.linalg.vecdot(A, ACTIVATIONS[op](g))
+            out[:, k] += base + d                                              # + <A, f_k(g)>
 
 
 def contract_alpha_grad(ops: tuple[str, ...], Ws: Tensor, pairs: list[tuple[int, int]], states: Tensor,

@@ -68,6 +68,24 @@ def _act_grad(name: str, f: Tensor) -> Tensor | None:
     return None
 
 
+def _needed(ctx) -> tuple[bool, ...]:
+    """Which inputs this backward pass needs gradients for: ``needs_input_grad``, narrowed by the engine's plan
+    for the current pass where it can tell (autograd.grad w.r.t. Ā only, as in the NASP alpha step, needs no
+    weight gradients). The weights enter through views (see :func:`sparse_cell`) because the engine cannot say
+    this for leaves inside autograd.grad."""
+    need = list(ctx.needs_input_grad)
+    will = getattr(torch._C, "_will_engine_execute_node", None)
+    if will is None:
+        return tuple(need)
+    for k, (fn, _) in enumerate(ctx.next_functions):
+        if need[k] and fn is not None:
+            try:
+                need[k] = bool(will(fn))
+            except RuntimeError:            # a leaf inside autograd.grad: cannot tell, keep it
+                pass
+    return tuple(need)
+
+
 class _SparseCell(torch.autograd.Function):
 
     @staticmethod
@@ -194,7 +212,7 @@ class _SparseCell(torch.autograd.Function):
             back = torch.mm(dz0, w_hT)
             carry = torch.mul(ds0, oma[t, 0])
             carry = carry.add_(back) if mask_h is None else carry.addcmul_(back, mask_h)
-        need = ctx.needs_input_grad
+        need = _needed(ctx)
         d_xw = DZ0 if need[0] else None
         d_h0 = carry if need[1] else None
         d_wh = d_Ws = d_alpha = None
@@ -220,5 +238,9 @@ def sparse_cell(xw: Tensor, h0: Tensor, w_h: Tensor, Ws: Tensor, alpha: Tensor, 
                 plan: CellPlan) -> tuple[Tensor, Tensor]:
     """xw: (T, B, 2H) input projections x_t W_x of all time steps; h0 (B, H); w_h (H, 2H); Ws (N, H, 2H);
     alpha: Ā (rows, ops) (its gradient is computed when ``plan.alpha``). Returns (outputs (T, B, H), last (B, H))."""
+    if Ws.requires_grad:
+        Ws = Ws.view_as(Ws)                 # a non-leaf, so that the backward can ask whether it is needed
+    if w_h.requires_grad:
+        w_h = w_h.view_as(w_h)
     outs = _SparseCell.apply(xw, h0, w_h, Ws, alpha, mask_h, plan)
     return outs, outs[-1]
