@@ -27,7 +27,7 @@ from .cell import ACTIVATIONS
 
 __all__ = ["AlphaStore", "alpha_leaf", "node_tap", "contract_alpha_grad"]
 
-CHUNK_ELEMENTS = 1 << 24        # columns of T*B per matmul chunk: at most ~16M gate values (64 MB in float32)
+CHUNK_ELEMENTS = 1 << 20        # columns of T*B per matmul chunk: at most ~1M gate values (4 MB in float32)
 
 
 class AlphaStore:
