@@ -3,7 +3,9 @@
 Every strategy runs in a fresh subprocess (so peak memory is its own) on the same model (same seed, same
 initial weights and alphas) and the same sequence of training/validation batches; the parent prints a
 markdown table with the ratios of one run. ``nasp_graph`` is NASP with the older alpha step (every candidate at
-every time step, the non-selected ones without graphs; ``RNNSearchSpace(nasp_alpha_step="graph")``).
+every time step, the non-selected ones without graphs; ``RNNSearchSpace(nasp_alpha_step="graph")``);
+``nasp_nofuse`` is NASP with the one-hot cell run node by node through autograd instead of the fused cell
+(``RNNSearchSpace(fused_cell=False)``, the implementation before the fused cell).
 A step is what the shared search loop does per training batch:
 for NASP the proximal alpha step + the sparse weight step, for DARTS the (unrolled) alpha step + the dense
 weight step. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps, on CPU the peak
@@ -37,7 +39,8 @@ from nasp.spaces.rnn import PRIMITIVES_DARTS, LanguageModelTask, RNNSearchSpace 
 from nasp.strategies import STRATEGIES  # noqa: E402
 
 STRATEGY_NAMES = ("nasp", "darts1", "darts2")
-VARIANTS = {"nasp_graph": ("nasp", "graph")}       # benchmark name -> (strategy, nasp_alpha_step)
+# benchmark name -> (strategy, nasp_alpha_step, fused_cell)
+VARIANTS = {"nasp_graph": ("nasp", "graph", True), "nasp_nofuse": ("nasp", "contract", False)}
 
 
 def _args(argv=None):
@@ -73,9 +76,10 @@ def worker(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    name, alpha_step = VARIANTS.get(args.worker, (args.worker, "contract"))
+    name, alpha_step, fused_cell = VARIANTS.get(args.worker, (args.worker, "contract", True))
     space = RNNSearchSpace(args.vocab, args.hidden, args.hidden, ops=PRIMITIVES_DARTS, seed=0,
-                           alpha_init="darts" if name.startswith("darts") else "nasp", nasp_alpha_step=alpha_step)
+                           alpha_init="darts" if name.startswith("darts") else "nasp", nasp_alpha_step=alpha_step,
+                           fused_cell=fused_cell)
     config = SearchConfig(strategy=name, epochs=1, w_lr=20.0, w_lr_schedule="constant", w_momentum=0.0,
                           w_weight_decay=5e-7, grad_clip=0.25, a_lr=3e-3, a_betas=(0.9, 0.999))
     s = Searcher(space, LanguageModelTask(), config, device=device, show_progress=False)
