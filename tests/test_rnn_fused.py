@@ -81,6 +81,21 @@ def test_fused_cell_equals_per_node_autograd(mode, batchnorm, cell):
     assert got[2][-1].abs().max() > 1e-3                       # non-trivial (dL/dh, or dL/dĀ in NASP mode)
 
 
+@pytest.mark.parametrize("mode", ["sparse", "nasp"])
+def test_fused_cell_equals_per_node_autograd_in_eval_mode(mode):
+    """No dropout masks; batch norm still on the batch statistics."""
+    fused, plain = _space().eval(), _space(fused=False).eval()
+    plain.load_state_dict(fused.state_dict())
+    onehot = _onehot(fused, seed=2, none_nodes=(5,))
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randint(V, (5, 3), generator=g), torch.randint(V, (5, 3), generator=g)
+    h = torch.randn(3, H, generator=g, dtype=torch.float64)
+    got, want = _run(fused, mode, onehot, x, y, h, seed=0), _run(plain, mode, onehot, x, y, h, seed=0)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-9, atol=1e-9)
+    for a, b in zip(got[2], want[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
 def test_fused_nasp_alpha_grad_equals_dense_onehot_autograd_in_eval_mode():
     """No dropout masks (eval mode): the fused alpha step against autograd through the dense one-hot mixture."""
     space = _space().eval()

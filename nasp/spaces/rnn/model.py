@@ -8,7 +8,8 @@ activation runs and W_j is applied to that predecessor only. NASP alpha step (``
 (the default) runs the sparse forward and computes dL/dĀ of every candidate in the backward pass, batched over
 all time steps, without a graph (exact, see :mod:`.alpha_step`); "graph" runs the kept edge with a graph and
 every other edge (W_j on the other predecessors included) without one, time step by time step. DENSE (DARTS):
-everything with graphs.
+everything with graphs. One-hot cells (SPARSE, and NASP with "contract") run by default as one autograd function
+over the whole sequence with a hand-written backward (:mod:`.fused`, ``fused_cell=True``); DENSE never does.
 """
 
 from __future__ import annotations
