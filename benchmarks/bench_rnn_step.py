@@ -8,7 +8,9 @@ every time step, the non-selected ones without graphs; ``RNNSearchSpace(nasp_alp
 (``RNNSearchSpace(fused_cell=False)``, the implementation before the fused cell).
 A step is what the shared search loop does per training batch:
 for NASP the proximal alpha step + the sparse weight step, for DARTS the (unrolled) alpha step + the dense
-weight step. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps, on CPU the peak
+weight step. CPU s/step: the main thread's CPU time per step (``time.thread_time``; on a shared machine it
+moves much less with the load than the wall time; with more than one torch thread it undercounts). Peak
+memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps, on CPU the peak
 resident set size (``ru_maxrss``) of the subprocess.
 
 Examples::
@@ -89,20 +91,22 @@ def worker(args) -> dict:
     step = STRATEGIES[name]
     rss_before = (torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda"
                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    times = []
+    times, cpu = [], []
     for i in range(n):
         if i == args.warmup and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         out = step(s, train[i], valid[i], True)
         _sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
     loss = float(out["train_loss"])
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"strategy": args.worker, "median_s": statistics.median(times), "min_s": min(times), "steps": len(times),
+            "median_cpu_s": statistics.median(cpu),
             "peak_mib": peak, "rss_before_steps_mib": rss_before, "final_train_loss": loss,
             "memory": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (ru_maxrss)"}
 
@@ -128,10 +132,12 @@ def main(argv=None) -> list[dict]:
     print(f"device={args.device} torch={torch.__version__} threads={args.threads or torch.get_num_threads()} "
           f"vocab={args.vocab} hidden={args.hidden} batch={args.batch} bptt={args.bptt} "
           f"steps={args.steps} (median) warmup={args.warmup}")
-    print("| strategy | median s/step | x NASP time | peak memory MiB | x NASP memory | peak - before steps MiB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| strategy | median s/step | x NASP time | median CPU s/step | x NASP CPU | peak memory MiB | x NASP memory "
+          "| peak - before steps MiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         print(f"| {r['strategy']} | {r['median_s']:.3f} | {r['median_s'] / ref['median_s']:.2f} | "
+              f"{r['median_cpu_s']:.3f} | {r['median_cpu_s'] / ref['median_cpu_s']:.2f} | "
               f"{r['peak_mib']:.0f} | {r['peak_mib'] / ref['peak_mib']:.2f} | "
               f"{r['peak_mib'] - r['rss_before_steps_mib']:.0f} |")
     info = {"args": vars(args), "command": _command(), "machine": machine(), "load_average_before": load_before,
