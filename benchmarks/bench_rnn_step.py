@@ -3,10 +3,14 @@
 Every strategy runs in a fresh subprocess (so peak memory is its own) on the same model (same seed, same
 initial weights and alphas) and the same sequence of training/validation batches; the parent prints a
 markdown table with the ratios of one run. ``nasp_graph`` is NASP with the older alpha step (every candidate at
-every time step, the non-selected ones without graphs; ``RNNSearchSpace(nasp_alpha_step="graph")``).
+every time step, the non-selected ones without graphs; ``RNNSearchSpace(nasp_alpha_step="graph")``);
+``nasp_nofuse`` is NASP with the one-hot cell run node by node through autograd instead of the fused cell
+(``RNNSearchSpace(fused_cell=False)``, the implementation before the fused cell).
 A step is what the shared search loop does per training batch:
 for NASP the proximal alpha step + the sparse weight step, for DARTS the (unrolled) alpha step + the dense
-weight step. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps, on CPU the peak
+weight step. CPU s/step: the main thread's CPU time per step (``time.thread_time``; on a shared machine it
+moves much less with the load than the wall time; with more than one torch thread it undercounts). Peak
+memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps, on CPU the peak
 resident set size (``ru_maxrss``) of the subprocess.
 
 Examples::
@@ -37,7 +41,8 @@ from nasp.spaces.rnn import PRIMITIVES_DARTS, LanguageModelTask, RNNSearchSpace 
 from nasp.strategies import STRATEGIES  # noqa: E402
 
 STRATEGY_NAMES = ("nasp", "darts1", "darts2")
-VARIANTS = {"nasp_graph": ("nasp", "graph")}       # benchmark name -> (strategy, nasp_alpha_step)
+# benchmark name -> (strategy, nasp_alpha_step, fused_cell)
+VARIANTS = {"nasp_graph": ("nasp", "graph", True), "nasp_nofuse": ("nasp", "contract", False)}
 
 
 def _args(argv=None):
@@ -73,9 +78,10 @@ def worker(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    name, alpha_step = VARIANTS.get(args.worker, (args.worker, "contract"))
+    name, alpha_step, fused_cell = VARIANTS.get(args.worker, (args.worker, "contract", True))
     space = RNNSearchSpace(args.vocab, args.hidden, args.hidden, ops=PRIMITIVES_DARTS, seed=0,
-                           alpha_init="darts" if name.startswith("darts") else "nasp", nasp_alpha_step=alpha_step)
+                           alpha_init="darts" if name.startswith("darts") else "nasp", nasp_alpha_step=alpha_step,
+                           fused_cell=fused_cell)
     config = SearchConfig(strategy=name, epochs=1, w_lr=20.0, w_lr_schedule="constant", w_momentum=0.0,
                           w_weight_decay=5e-7, grad_clip=0.25, a_lr=3e-3, a_betas=(0.9, 0.999))
     s = Searcher(space, LanguageModelTask(), config, device=device, show_progress=False)
@@ -85,20 +91,22 @@ def worker(args) -> dict:
     step = STRATEGIES[name]
     rss_before = (torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda"
                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    times = []
+    times, cpu = [], []
     for i in range(n):
         if i == args.warmup and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         out = step(s, train[i], valid[i], True)
         _sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
     loss = float(out["train_loss"])
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"strategy": args.worker, "median_s": statistics.median(times), "min_s": min(times), "steps": len(times),
+            "median_cpu_s": statistics.median(cpu),
             "peak_mib": peak, "rss_before_steps_mib": rss_before, "final_train_loss": loss,
             "memory": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (ru_maxrss)"}
 
@@ -124,10 +132,12 @@ def main(argv=None) -> list[dict]:
     print(f"device={args.device} torch={torch.__version__} threads={args.threads or torch.get_num_threads()} "
           f"vocab={args.vocab} hidden={args.hidden} batch={args.batch} bptt={args.bptt} "
           f"steps={args.steps} (median) warmup={args.warmup}")
-    print("| strategy | median s/step | x NASP time | peak memory MiB | x NASP memory | peak - before steps MiB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| strategy | median s/step | x NASP time | median CPU s/step | x NASP CPU | peak memory MiB | x NASP memory "
+          "| peak - before steps MiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         print(f"| {r['strategy']} | {r['median_s']:.3f} | {r['median_s'] / ref['median_s']:.2f} | "
+              f"{r['median_cpu_s']:.3f} | {r['median_cpu_s'] / ref['median_cpu_s']:.2f} | "
               f"{r['peak_mib']:.0f} | {r['peak_mib'] / ref['peak_mib']:.2f} | "
               f"{r['peak_mib'] - r['rss_before_steps_mib']:.0f} |")
     info = {"args": vars(args), "command": _command(), "machine": machine(), "load_average_before": load_before,

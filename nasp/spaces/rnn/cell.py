@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fused import CellPlan, sparse_cell
+
 __all__ = ["ACTIVATIONS", "RecurrentCell", "LanguageModelShell", "edge_output", "locked_mask", "embedded_dropout"]
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -71,9 +73,11 @@ class RecurrentCell(nn.Module):
             states = states * mask_h
         return (states @ self.Ws[j - 1]).chunk(2, dim=-1)
 
-    def forward(self, x: Tensor, h: Tensor, node_fn: NodeFn, concat: tuple[int, ...] | None = None
-                ) -> tuple[Tensor, Tensor]:
-        """x: (T, B, ninp) embedded inputs; h: (B, H). Returns (outputs (T, B, H), last hidden (B, H))."""
+    def forward(self, x: Tensor, h: Tensor, node_fn: NodeFn | None, concat: tuple[int, ...] | None = None,
+                fused: tuple[CellPlan, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """x: (T, B, ninp) embedded inputs; h: (B, H). Returns (outputs (T, B, H), last hidden (B, H)).
+        fused: (plan, Ā) of a one-hot cell to run as :func:`.fused.sparse_cell` instead of ``node_fn`` per node
+        (the same dropout masks, drawn in the same order)."""
         T, B = x.shape[:2]
         mask_x = locked_mask(x, (B, self.ninp), self.dropout_x, self.training)
         mask_h = locked_mask(x, (B, self.nhid), self.dropout_h, self.training)
@@ -81,6 +85,8 @@ class RecurrentCell(nn.Module):
         if self.training and self.weight_drop > 0:
             w_h = F.dropout(w_h, self.weight_drop, training=True)
         xw = (x if mask_x is None else x * mask_x) @ w_x                  # (T, B, 2H), all steps at once
+        if fused is not None:
+            return sparse_cell(xw, h, w_h, self.Ws, fused[1], mask_h, fused[0])
         concat = concat or tuple(range(1, self.num_nodes + 1))
         outs = []
         for t in range(T):
@@ -118,11 +124,11 @@ class LanguageModelShell(nn.Module):
         w = self.encoder.weight
         return torch.zeros(batch_size, self.nhid, device=device or w.device, dtype=w.dtype)
 
-    def forward(self, x: Tensor, hidden: Tensor, node_fn: NodeFn, concat: tuple[int, ...] | None = None
-                ) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, hidden: Tensor, node_fn: NodeFn | None, concat: tuple[int, ...] | None = None,
+                fused: tuple[CellPlan, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         emb = embedded_dropout(self.encoder, x, self.dropout_e, self.training)      # (T, B, ninp)
         m_i = locked_mask(emb, (1, emb.shape[1], self.ninp), self.dropout_i, self.training)
-        raw, hidden = self.cell(emb if m_i is None else emb * m_i, hidden, node_fn, concat)
+        raw, hidden = self.cell(emb if m_i is None else emb * m_i, hidden, node_fn, concat, fused)
         m_o = locked_mask(raw, (1, raw.shape[1], self.nhid), self.dropout, self.training)
         out = raw if m_o is None else raw * m_o
         weight = self.encoder.weight if self.decoder_weight is None else self.decoder_weight
