@@ -4,6 +4,7 @@ outputs, every weight gradient, the input gradient and (NASP alpha step) dL/dĀ.
 import pytest
 import torch
 import torch.nn.functional as F
+from test_rnn_alpha_step import _onehot  # the same random one-hot C1 points
 
 from nasp.arch import DENSE, ArchView
 from nasp.spaces.rnn import PRIMITIVES_DARTS, PRIMITIVES_NASP, RNNSearchSpace
@@ -20,17 +21,6 @@ def _space(ops=PRIMITIVES_DARTS, batchnorm=True, fused=True):
         space.lm.cell.Ws.normal_(0, 0.4)
         space.lm.cell.W0.normal_(0, 0.3)
     return space
-
-
-def _onehot(space, seed, none_nodes=()):
-    g = torch.Generator().manual_seed(seed)
-    a = torch.zeros(len(space.pairs), len(space.ops), dtype=torch.float64)
-    real = [k for k, o in enumerate(space.ops) if o != "none"]
-    for j in range(1, space.num_nodes + 1):
-        r, _ = space.rows_of[j][int(torch.randint(j, (1,), generator=g))]
-        k = space.ops.index("none") if j in none_nodes else real[int(torch.randint(len(real), (1,), generator=g))]
-        a[r, k] = 1.0
-    return a
 
 
 def _chain(space):

@@ -9,6 +9,7 @@ import math
 from dataclasses import replace
 
 import pytest
+from test_trainer import _ratings  # the same tiny planted rating loaders
 
 from data_loaders import BatchIterator, random_split
 from nasp.config import ConfigError
@@ -19,17 +20,6 @@ from sif.space import SIFSpace
 from sif.synthetic import planted_ratings
 from sif.task import RatingTask
 from sif.train import TrainConfig, train_model
-
-
-def _ratings():
-    ds = planted_ratings("multiply", num_users=30, num_items=40, n=900, seed=3)
-    tr, va, _ = random_split(ds, (0.8, 0.1, 0.1), seed=3)
-    mean, std = float(tr.ratings.mean()), float(tr.ratings.std())
-
-    def it(d, shuffle):
-        return BatchIterator({"users": d.users, "items": d.items, "ratings": (d.ratings - mean) / std},
-                             batch_size=64, seed=0, shuffle=shuffle, fields=("users", "items", "ratings"))
-    return tr, it(tr, True), it(va, False), RatingTask(mean, std)
 
 
 def _model(tr):
