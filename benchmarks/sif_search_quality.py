@@ -190,7 +190,7 @@ def evaluate(records: dict, split: str, setting: str, warmup: int, patience: int
     row("equal-epoch halving, all 5", r["op"], r["train_seconds"], r["epochs"])
     for k in (2, 3, 5):
         cands = shortlist(final, k, alpha_tol)
-        for horizon in (1.0, 0.5):
+        for horizon in (1.0, 0.5, 3.0):
             r = replay_race(fixed, cands, patience, horizon=horizon)
             row(f"race top-{k} (horizon {horizon})", r["op"], r["train_seconds"], r["epochs"], cands)
     return rows

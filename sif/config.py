@@ -85,11 +85,11 @@ class ModelConfig:
     refit: bool = False             # retrain on train + valid for the epochs early stopping chose (rating task)
     num_negatives: int = 4          # bpr/bce: sampled negatives per positive
     positive_threshold: float | None = None  # bpr/bce: ratings >= this are positives (None: every rating)
-    race_k: int = 5                 # SIF: ops raced as stand-alone fits after the search (top race_k by alpha,
+    race_k: int = 6                 # SIF: ops raced as stand-alone fits after the search (top race_k by alpha,
     #                                 sif.selection); 0: no race, the search's own choice (``select``)
     alpha_tol: float = 1e-3         # SIF race: alphas this close to the race_k-th are a tie and join the race
     race_first_budget: int = 2      # SIF race: epochs of the first race round (doubling after)
-    race_horizon: float = 1.0       # SIF race: how far (x epochs trained) a candidate's recent rate is continued
+    race_horizon: float = 3.0       # SIF race: how far (x epochs trained) a candidate's recent rate is continued
     sparse_rows: bool = False       # row-wise table updates: a step costs O(batch), not O(table) (Adam: lazy Adam;
     #                                 nasp.optim.RowSparseOptimizer, benchmarks/README.md "SIF at scale")
 

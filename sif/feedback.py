@@ -34,7 +34,7 @@ class RatingFeedback:
     metric, maximize = "rmse", False       # what tuning and the benchmark choose by (validation)
     head_init = "ones"                     # the SIF heads' start where head_init=None: multiply = a dot product
     supports_refit = True
-    default_ops = None                     # every primitive
+    default_ops = None                     # the space's own (sif.interactions.SEARCH_SPACE; tensors: all 53)
 
     def prepare(self, rec, train: RatingDataset, valid: RatingDataset) -> None:
         """Fit-time state the task needs (nothing beyond the scaler, which every recommender fits)."""

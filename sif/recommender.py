@@ -98,14 +98,17 @@ class SIFRecommender(BaseRecommender):
     bpr/bce uniform(+-1/sqrt(width)) (the paper), inside an L2 ball of radius sqrt(embedding_dim); the paper's
     uniform heads in the unit ball trained fixed multiply to 0.9357 on ML-100K u1 against 0.9293 with all-ones
     heads (benchmarks/README.md), while under BPR all-ones heads cost 0.02 NDCG@10. ops: the candidate ops (None:
-    all five for ratings; for the implicit tasks only multiply, max and min, since plus and concat cannot
-    personalise a ranking, see ``search_ops``).
+    for ratings the five primitives and the learned mixture multiply+max, ``sif.interactions.SEARCH_SPACE``; for
+    the implicit tasks only multiply, max and min, since plus and concat cannot personalise a ranking, see
+    ``search_ops``).
     race_k: after the search, the ``race_k`` ops with the largest final alpha (ties within ``alpha_tol`` join)
     race as stand-alone fits on the validation split (:func:`sif.selection.race_fit`: rounds of
     ``race_first_budget`` epochs, doubling; a fit is dropped once it has plateaued behind the leader or cannot
     reach it at its recent rate continued for ``race_horizon`` x its epochs), and the winner's fit is the model.
-    Default 5 (every op): on ML-100K (6 splits) it picked the validation-best op on 6 of 6 at 0.78x the cost of
-    training the five fixed ops; the search's own choice (``race_k=0``, then ``select``) picked it on 0 of 6.
+    Default 6 (every op of the default space): on ML-100K (6 splits, the five primitives) it picked the
+    validation-best op on 6 of 6 at 0.78x the cost of training the five fixed ops; the search's own choice
+    (``race_k=0``, then ``select``) picked it on 0 of 6. ``race_horizon`` 3 (1 until 2026-12-04) keeps a slow but
+    steady learner such as multiply+max in the race (benchmarks/README.md, "The quick start with neighbourhoods").
     """
 
     def __init__(self, search: Any = None, select: str = _M.select, search_on: str = _M.search_on,

@@ -32,7 +32,7 @@ from nasp.optim import mark_row_sparse
 from nasp.regularizers import cost_matrix
 from nasp.space import SearchSpace, register_space
 
-from .interactions import EMBEDDING_DIM, INTERACTIONS, PRIMITIVES, Interaction, out_dim, tensor_candidates
+from .interactions import EMBEDDING_DIM, INTERACTIONS, SEARCH_SPACE, Interaction, out_dim, tensor_candidates
 from .model import RatingModule
 from .neighbourhood import add_neighbourhoods, make_neighbourhoods
 from .task import mse_closed_form
@@ -60,8 +60,9 @@ class Encoded(NamedTuple):
 class SIFSpace(SearchSpace, RatingModule):
     """Supernet over interaction functions. ``forward(users, items, contexts=None, view=None) -> (B,)``.
 
-    ops: candidate names (default: the 5 primitives for matrices, all 53 two-stage candidates for tensors; a
-    single name gives a fixed interaction function). With ``view=None`` the current discrete architecture runs.
+    ops: candidate names (default: the 5 primitives and the mixtures for matrices, ``SEARCH_SPACE``; all 53
+    two-stage candidates for tensors; a single name gives a fixed interaction function). With ``view=None`` the
+    current discrete architecture runs.
     """
 
     def __init__(self, num_users: int, num_items: int, num_contexts: int = 0, embedding_dim: int = EMBEDDING_DIM,
@@ -371,7 +372,7 @@ def build_candidates(ops: Iterable[str] | str | None, k: int, tensor: bool):
                 raise ValueError(f"unknown tensor interaction(s) {unknown}; known: {sorted(by_name)}")
             cands = tuple(by_name[o] for o in ops)
         return tuple(c.name for c in cands), list(cands), [c.out_dim(k) for c in cands]
-    names = PRIMITIVES if ops is None else ops
+    names = SEARCH_SPACE if ops is None else ops
     unknown = [o for o in names if o not in INTERACTIONS]
     if unknown:
         raise ValueError(f"unknown interaction(s) {unknown}; known: {sorted(INTERACTIONS)}")

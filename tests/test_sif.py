@@ -9,7 +9,7 @@ from nasp.arch import DENSE, ArchView
 from nasp.search import SearchConfig, Searcher
 from sif.baselines import BASELINES, create_baseline
 from sif.evaluation import mae, mean_std, paired_t_test, rmse
-from sif.interactions import INTERACTIONS, PRIMITIVES, tensor_candidates
+from sif.interactions import INTERACTIONS, PRIMITIVES, SEARCH_SPACE, tensor_candidates
 from sif.recommender import (
     BaselineRecommender,
     FixedInteractionRecommender,
@@ -55,7 +55,7 @@ def test_space_forward_shapes_and_sparse_equals_dense():
         space = SIFSpace(10, 12, ctx, embedding_dim=3, use_bias=True)
         u, i = torch.randint(0, 10, (6,)), torch.randint(0, 12, (6,))
         c = torch.randint(0, 4, (6,)) if ctx else None
-        assert len(space.names) == (53 if ctx else 5)
+        assert len(space.names) == (53 if ctx else len(SEARCH_SPACE))
         for k in range(len(space.names)):
             onehot = torch.zeros(1, len(space.names))
             onehot[0, k] = 1.0

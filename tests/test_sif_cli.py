@@ -7,6 +7,7 @@ import yaml
 from nasp.config import ConfigError
 from sif.cli import main
 from sif.config import RunConfig, apply_override, load_config
+from sif.interactions import SEARCH_SPACE
 from sif.synthetic import planted_ratings
 
 
@@ -43,9 +44,9 @@ def test_cli_search_then_evaluate_end_to_end(tmp_path, ratings_csv, capsys):
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["search"]["epochs"] == 3 and resolved["model"]["embedding_dim"] == 3
     results = json.loads((run / "results.json").read_text())
-    assert results["op"] in ("plus", "multiply", "max", "min", "concat")
+    assert results["op"] in SEARCH_SPACE
     race = results["race"]          # the default: every op raced as a stand-alone fit, checkpointed per op
-    assert race["winner"] == results["op"] and set(race["candidates"]) == {"plus", "multiply", "max", "min", "concat"}
+    assert race["winner"] == results["op"] and set(race["candidates"]) == set(SEARCH_SPACE)
     assert all((run / "race" / op / "train_checkpoint.pt").is_file() for op in race["candidates"])
     assert race["epochs"] == sum(race["epochs_per_candidate"].values()) and race["seconds"] > 0
     assert len((run / "search/log.jsonl").read_text().splitlines()) == 3

@@ -263,7 +263,7 @@ def test_host_selection_matches_row_argmax_with_ties_and_nan():
     ties broken by the op priorities, 0 for a NaN row."""
     from nasp.prox import row_argmax
 
-    s = _searcher(True)
+    s = _searcher(True, {"ops": PRIMITIVES})
     step = FusedSIFStep(s)
     arch = s.model.arch
     rows = [[0.2, 0.9, 0.9, 0.1, 0.9], [1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.3],

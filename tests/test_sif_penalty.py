@@ -60,7 +60,7 @@ def test_effective_penalty_is_invariant_to_head_rescaling(op):
 
 
 def test_effective_penalty_weights_ops_under_nasp_view():
-    m = SIFSpace(3, 3, embedding_dim=2)
+    m = SIFSpace(3, 3, embedding_dim=2, ops=PRIMITIVES)
     z = _z(dim=2)
     onehot = torch.zeros(1, 5)
     onehot[0, 1] = 1.0
