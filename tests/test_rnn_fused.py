@@ -253,3 +253,22 @@ def test_buffer_pool_is_not_copied_and_releases_sizes():
     assert pool.empty((5, 3), torch.float64, torch.device("cpu")).data_ptr() == ptr      # free again: reused
     pool.clear()
     assert pool.held_bytes() == 0
+
+
+@pytest.mark.parametrize("mode", ["sparse", "nasp"])
+@pytest.mark.parametrize("steps", [1, 4])
+def test_backward_factor_blocks_do_not_change_results(monkeypatch, mode, steps):
+    """The backward's derivative factors formed for blocks of 1 or 4 of the 6 time steps (as at large sizes)
+    instead of all at once: bit for bit the same outputs and gradients."""
+    from nasp.spaces.rnn import fused
+
+    space = _space()
+    onehot = _onehot(space, seed=5, none_nodes=(6,))
+    x, y, h = _inputs(30)
+    loss, leaves = _forward(space, mode, onehot, x, y, h, seed=0)
+    want = [loss] + _grads(loss, leaves)
+    per_step = (space.num_nodes + 1) * 4 * H * 8                    # bytes of one time step's factors (float64)
+    monkeypatch.setattr(fused, "FACTOR_BYTES", steps * per_step)
+    loss, leaves = _forward(space, mode, onehot, x, y, h, seed=0)
+    for a, b in zip([loss] + _grads(loss, leaves), want, strict=True):
+        assert torch.equal(a, b)

@@ -10,11 +10,12 @@ tests/test_rnn_fused.py), with far fewer operator calls:
 
 - forward: per time step one matmul and three fused elementwise calls (sigmoid, activation, lerp) per node plus
   its batch norm, written into preallocated (T, nodes, B, H) buffers; no autograd graph;
-- backward: per time step the activation and gate derivatives of all nodes are formed in a few calls (into
-  small buffers reused across time steps, while still in cache); then per node only the batch-norm backward,
-  two products into the gate-gradient buffer, one matmul back to the predecessor and two fused multiply-adds
-  remain; the weight gradients of W_h and every W_j are ONE matmul each over all time steps and batch rows
-  (instead of one per time step); the gate gradients are kept for all time steps only when these are asked for;
+- backward: the activation and gate derivatives of all nodes are formed in a few calls per block of time steps
+  (all of them at small sizes, one at the DARTS search size: while still in cache); then per time step and
+  node only the batch-norm backward, two products into the gate-gradient buffer, one matmul back to the
+  predecessor and two fused multiply-adds remain; the weight gradients of W_h and every W_j are ONE matmul each
+  over all time steps and batch rows (instead of one per time step); the gate gradients are kept for all time
+  steps only when these are asked for;
 - NASP alpha step: dL/d(node output) of every node and time step falls out of the backward directly and goes to
   the graph-free contraction of :mod:`.alpha_step` (every candidate of every node at once);
 - buffers: the large (T, ...) work buffers of the forward and the backward come from the calling module's
@@ -127,6 +128,27 @@ def _act_grad(name: str, f: Tensor) -> Tensor | None:
     return None
 
 
+FACTOR_BYTES = 1 << 22      # the backward's derivative factors are formed for time steps of at most this many bytes
+
+
+def _factors(plan: CellPlan, ops: list[str | None], A: Tensor, F: Tensor, S: Tensor, Hprev: Tensor, oma: Tensor,
+             dc_f: Tensor, dg_f: Tensor) -> None:
+    """The derivative factors of every node over a block of time steps (k, N + 1, B, H): d y / d s = 1 - a,
+    d y / d c = (f - s) a (1 - a), d y / d g = a f'(g) (zeros for 'none' nodes)."""
+    for j, op in enumerate(ops):
+        if op is None:
+            dc_f[:, j].zero_()
+            dg_f[:, j].zero_()
+            continue
+        torch.sub(F[:, j], Hprev if j == 0 else S[:, plan.kept[j - 1][1]], out=dc_f[:, j])
+        d = _act_grad(op, F[:, j])
+        if d is None:
+            dg_f[:, j].copy_(A[:, j])
+        else:
+            torch.mul(A[:, j], d, out=dg_f[:, j])
+    dc_f.mul_(A).mul_(torch.mul(A, -1, out=oma).add_(1))
+
+
 def _needed(ctx) -> tuple[bool, ...]:
     """Which inputs this backward pass needs gradients for: ``needs_input_grad``, narrowed by the engine's plan
     for the current pass where it can tell (autograd.grad w.r.t. Ā only, as in the NASP alpha step, needs no
@@ -195,9 +217,8 @@ class _SparseCell(torch.autograd.Function):
                     torch.lerp(s, f, a, out=St[j])
                 else:
                     y = torch.lerp(s, f, a, out=Y[t, j - 1])
-                    mean, invstd = zero.new_empty(0), zero.new_empty(0)
-                    torch.ops.aten.native_batch_norm.out(y, None, None, None, None, True, 0.0, plan.bn_eps,
-                                                         out=St[j], save_mean=mean, save_invstd=invstd)
+                    sj, mean, invstd = torch.native_batch_norm(y, None, None, None, None, True, 0.0, plan.bn_eps)
+                    St[j].copy_(sj)
                     bn_stats.append((mean, invstd))
             if all_nodes:
                 torch.mean(St[1:], 0, out=out[t])
@@ -229,32 +250,28 @@ class _SparseCell(torch.autograd.Function):
         # ('none' nodes' slots unused); else one time step's, overwritten
         DZ = _empty(pool, (T if need[3] else 1, N, B, 2 * H), dt, dev)
         DZ0 = _empty(pool, (T if need[0] or need[2] else 1, B, 2 * H), dt, dev)
-        # dL/d(node j's output y_j) of every time step, laid out (N, H, T, B) for the alpha contraction
-        G = _empty(pool, (N, H, T, B), dt, dev) if plan.alpha else None
+        # dL/d(node j's output y_j) of every time step
+        G = _empty(pool, (T, N, B, H), dt, dev) if plan.alpha else None
         n_cat = len(plan.concat)
         carry = None
         zero = torch.zeros(B, H, dtype=dt, device=dev)
-        oma, dc_f, dg_f = _empty(pool, (3, N + 1, B, H), dt, dev)      # one time step's factors
+        # derivative factors of every node, formed for a block of K time steps at a time (all of them when small,
+        # else one: while still in cache, and no (T, ...) buffers)
+        K = max(1, min(T, FACTOR_BYTES // ((N + 1) * B * H * A.element_size())))
+        factors = _empty(pool, (3, K, N + 1, B, H), dt, dev)
+        t0 = T
         for t in range(T - 1, -1, -1):
-            # derivative factors of every node at time t: d y / d s = 1 - a, d y / d c = (f - s) a (1 - a),
-            # d y / d g = a f'(g) (formed per time step, where they are used: no (T, ...) buffers)
-            for j, op in enumerate(ops):
-                if op is None:
-                    dc_f[j].zero_()
-                    dg_f[j].zero_()
-                    continue
-                torch.sub(F[t, j], Hprev[t] if j == 0 else S[t, plan.kept[j - 1][1]], out=dc_f[j])
-                d = _act_grad(op, F[t, j])
-                if d is None:
-                    dg_f[j].copy_(A[t, j])
-                else:
-                    torch.mul(A[t, j], d, out=dg_f[j])
-            dc_f.mul_(A[t]).mul_(torch.mul(A[t], -1, out=oma).add_(1))
+            if t < t0:
+                t0 = max(0, t + 1 - K)
+                block = factors[:, : t + 1 - t0]
+                _factors(plan, ops, A[t0:t + 1], F[t0:t + 1], S[t0:t + 1], Hprev[t0:t + 1], *block.unbind(0))
+            oma, dc_f, dg_f = block[:, t - t0].unbind(0)
             dh = dout[t] if carry is None else dout[t] + carry
             base = dh / n_cat
             dS: list[Tensor | None] = [None] * (N + 1)
             for c in plan.concat:
                 dS[c] = base
+            G_t: list[Tensor] = [zero] * N
             for j in range(N, 0, -1):
                 _, i, op = plan.kept[j - 1]
                 ds = dS[j]
@@ -266,8 +283,7 @@ class _SparseCell(torch.autograd.Function):
                         ds, Y[t, j - 1], None, None, None, mean, invstd, True, plan.bn_eps, [True, False, False])[0]
                 else:
                     dm = ds
-                if G is not None:
-                    G[j - 1, :, t].copy_(dm.t())
+                G_t[j - 1] = dm
                 if op is None:
                     continue
                 dz = DZ[t if need[3] else 0, j - 1]
@@ -277,6 +293,8 @@ class _SparseCell(torch.autograd.Function):
                 prev = dS[i]
                 prev = torch.mul(dm, oma[j]) if prev is None else torch.addcmul(prev, dm, oma[j])
                 dS[i] = prev.add_(back) if mask_h is None else prev.addcmul_(back, mask_h)
+            if G is not None:
+                torch.stack(G_t, out=G[t])
             ds0 = dS[0] if dS[0] is not None else zero
             dz0 = DZ0[t if DZ0.shape[0] == T else 0]
             torch.mul(ds0, dc_f[0], out=dz0[:, :H])
@@ -299,7 +317,8 @@ class _SparseCell(torch.autograd.Function):
                 torch.mm(sm.reshape(T * B, H).t(), DZ[:, j - 1].reshape(T * B, 2 * H), out=d_Ws[j - 1])
         if plan.alpha and need[4]:
             from .alpha_step import contract_alpha_grad
-            d_alpha = contract_alpha_grad(plan.ops, Ws.detach(), list(plan.pairs), S[:, :N], mask_h, G,
+            G_nhtb = _empty(pool, (N, H, T, B), dt, dev).copy_(G.permute(1, 3, 0, 2))
+            d_alpha = contract_alpha_grad(plan.ops, Ws.detach(), list(plan.pairs), S[:, :N], mask_h, G_nhtb,
                                           g_nhtb=True).to(Ws.dtype)
         return d_xw, d_h0, d_wh, d_Ws, d_alpha, None, None, None
 
