@@ -126,4 +126,139 @@ def test_alpha_only_backward_skips_the_weight_gradients(monkeypatch):
     view = space.arch.nasp_view({"cell": onehot})
     torch.autograd.grad(space(x, h, view)[0].sum(), [view.weights["cell"]])
     torch.autograd.grad(space(x, h, view)[0].sum(), [view.weights["cell"], space.lm.cell.Ws])
-    assert seen == [(False, False, False, False, True, False, False), (False, False, False, True, True, False, False)]
+    assert seen == [(False, False, False, False, True, False, False, False),
+                    (False, False, False, True, True, False, False, False)]
+
+
+def _forward(space, mode, onehot, x, y, h, seed):
+    """(loss, leaves) of one forward: every weight, h and (NASP mode) Ā."""
+    view = space.arch.sparse_view({"cell": onehot}) if mode == "sparse" else space.arch.nasp_view({"cell": onehot})
+    h = h.clone().requires_grad_(True)
+    torch.manual_seed(seed)
+    logits, hidden, raw = space(x, h, view)
+    loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1)) + 0.3 * hidden.pow(2).sum() + raw[-1].sum()
+    return loss, list(space.weights()) + [h] + ([view.weights["cell"]] if mode == "nasp" else [])
+
+
+def _grads(loss, leaves, retain=False):
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True, retain_graph=retain)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves, strict=True)]
+
+
+def _poison(pool):
+    """Overwrite every storage the pool may hand out (referenced by the pool alone) with NaN bytes: whatever a
+    reused buffer held must not matter."""
+    from nasp.spaces.rnn.fused import _use_count
+
+    for stores in pool._free.values():
+        for st in stores:
+            if _use_count(st._cdata) == 1:
+                torch.empty(0, dtype=torch.uint8).set_(st).fill_(255)
+
+
+def _inputs(seed, T=6, B=4):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(V, (T, B), generator=g), torch.randint(V, (T, B), generator=g),
+            torch.randn(B, H, generator=g, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("mode", ["sparse", "nasp"])
+def test_reused_buffers_give_the_same_results_as_fresh_ones(mode):
+    """Two consecutive forward/backward passes on pooled buffers (the second on the first's storages, poisoned
+    in between) give bit for bit the outputs and gradients of the cell with freshly allocated buffers."""
+    from nasp.spaces.rnn.fused import BufferPool
+
+    pooled, fresh = _space(), _space()
+    fresh.load_state_dict(pooled.state_dict())
+    pool = pooled.lm.cell.buffer_pool = BufferPool(min_bytes=0)
+    fresh.lm.cell.buffer_pool = None
+    onehots = [_onehot(pooled, seed=1, none_nodes=(4,)), _onehot(pooled, seed=2)]
+    sizes = []
+    for k, onehot in enumerate(onehots):
+        x, y, h = _inputs(10 + k)
+        loss, leaves = _forward(pooled, mode, onehot, x, y, h, seed=k)
+        got = [loss] + _grads(loss, leaves)
+        loss, leaves = _forward(fresh, mode, onehot, x, y, h, seed=k)
+        want = [loss] + _grads(loss, leaves)
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
+        sizes.append(sum(len(v) for v in pool._free.values()))
+        _poison(pool)
+    assert sizes[0] > 0 and sizes[1] == sizes[0]                 # the second pass ran on the first's storages
+
+
+@pytest.mark.parametrize("mode", ["sparse", "nasp"])
+@pytest.mark.parametrize("order", ["lifo", "fifo"])
+def test_two_forwards_before_their_backwards_do_not_share_buffers(mode, order):
+    """Two graphs in flight at once (as the alpha step's and the weight step's may be), backwards in either
+    order, and a graph kept for a second backward (retain_graph) while a third forward runs: each equals its
+    own run on fresh buffers."""
+    from nasp.spaces.rnn.fused import BufferPool
+
+    pooled, fresh = _space(), _space()
+    fresh.load_state_dict(pooled.state_dict())
+    pool = pooled.lm.cell.buffer_pool = BufferPool(min_bytes=0)
+    fresh.lm.cell.buffer_pool = None
+    onehots = [_onehot(pooled, seed=3, none_nodes=(2,)), _onehot(pooled, seed=4)]
+    inputs = [_inputs(20), _inputs(21)]
+    want = []
+    for k in range(2):
+        loss, leaves = _forward(fresh, mode, onehots[k], *inputs[k], seed=k)
+        want.append([loss] + _grads(loss, leaves))
+    _forward(pooled, mode, onehots[1], *inputs[1], seed=5)           # a finished call: its storages are free
+    _poison(pool)
+    runs = [_forward(pooled, mode, onehots[k], *inputs[k], seed=k) for k in range(2)]
+    for k in ([1, 0] if order == "lifo" else [0, 1]):
+        loss, leaves = runs[k]
+        got = [loss] + _grads(loss, leaves, retain=k == 0)
+        for a, b in zip(got, want[k], strict=True):
+            assert torch.equal(a, b)
+    _poison(pool)                                                    # graph 0 is retained: its buffers are busy
+    loss2, leaves2 = _forward(pooled, mode, onehots[1], *inputs[1], seed=1)
+    _poison(pool)
+    loss, leaves = runs[0]
+    for a, b in zip(_grads(loss, leaves), want[0][1:], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip([loss2] + _grads(loss2, leaves2), want[1], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_buffer_pool_is_not_copied_and_releases_sizes():
+    import copy
+    import pickle
+
+    from nasp.spaces.rnn.fused import BufferPool
+
+    space = _space()
+    pool = space.lm.cell.buffer_pool = BufferPool(min_bytes=0, max_sizes=2)
+    loss, leaves = _forward(space, "sparse", _onehot(space, seed=1), *_inputs(1), seed=0)
+    _grads(loss, leaves)
+    assert pool.held_bytes() > 0 and len(pool._free) <= 2
+    assert copy.deepcopy(space).lm.cell.buffer_pool.held_bytes() == 0
+    assert pickle.loads(pickle.dumps(pool)).held_bytes() == 0
+    busy = pool.empty((3, 5), torch.float64, torch.device("cpu"))
+    assert pool.empty((3, 5), torch.float64, torch.device("cpu")).data_ptr() != busy.data_ptr()
+    ptr = busy.data_ptr()
+    del busy
+    assert pool.empty((5, 3), torch.float64, torch.device("cpu")).data_ptr() == ptr      # free again: reused
+    pool.clear()
+    assert pool.held_bytes() == 0
+
+
+@pytest.mark.parametrize("mode", ["sparse", "nasp"])
+@pytest.mark.parametrize("steps", [1, 4])
+def test_backward_factor_blocks_do_not_change_results(monkeypatch, mode, steps):
+    """The backward's derivative factors formed for blocks of 1 or 4 of the 6 time steps (as at large sizes)
+    instead of all at once: bit for bit the same outputs and gradients."""
+    from nasp.spaces.rnn import fused
+
+    space = _space()
+    onehot = _onehot(space, seed=5, none_nodes=(6,))
+    x, y, h = _inputs(30)
+    loss, leaves = _forward(space, mode, onehot, x, y, h, seed=0)
+    want = [loss] + _grads(loss, leaves)
+    per_step = (space.num_nodes + 1) * 4 * H * 8                    # bytes of one time step's factors (float64)
+    monkeypatch.setattr(fused, "FACTOR_BYTES", steps * per_step)
+    loss, leaves = _forward(space, mode, onehot, x, y, h, seed=0)
+    for a, b in zip([loss] + _grads(loss, leaves), want, strict=True):
+        assert torch.equal(a, b)

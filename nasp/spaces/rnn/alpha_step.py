@@ -108,13 +108,14 @@ class AlphaStore:
 
 
 def contract_alpha_grad(ops: tuple[str, ...], Ws: Tensor, pairs: list[tuple[int, int]], states: Tensor,
-                        mask_h: Tensor | None, G: Tensor) -> Tensor:
+                        mask_h: Tensor | None, G: Tensor, g_nhtb: bool = False) -> Tensor:
     """(rows, ops) dL/dĀ from all states at once: states (T, N, B, H) = s_0..s_{N-1}, G (T, N, B, H) =
-    dL/d(mixed output of node j = 1..N); the same contraction as the store's (used by :mod:`.fused`)."""
+    dL/d(mixed output of node j = 1..N), or with ``g_nhtb`` already laid out (N, H, T, B) contiguous; the same
+    contraction as the store's (used by :mod:`.fused`)."""
     store = AlphaStore(ops, Ws, pairs)
     store.states = [states[:, i] for i in range(states.shape[1])]
     store.mask_h = mask_h
-    store.G = G.permute(1, 3, 0, 2).contiguous()                             # (N, H, T, B)
+    store.G = G if g_nhtb else G.permute(1, 3, 0, 2).contiguous()             # (N, H, T, B)
     return store.alpha_grad(G.dtype)
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fused import CellPlan, sparse_cell
+from .fused import BufferPool, CellPlan, sparse_cell
 
 __all__ = ["ACTIVATIONS", "RecurrentCell", "LanguageModelShell", "edge_output", "locked_mask", "embedded_dropout"]
 
@@ -66,6 +66,7 @@ class RecurrentCell(nn.Module):
         self.dropout_x, self.dropout_h, self.weight_drop = dropout_x, dropout_h, weight_drop
         self.W0 = nn.Parameter(torch.empty(ninp + nhid, 2 * nhid).uniform_(-init_range, init_range))
         self.Ws = nn.Parameter(torch.empty(num_nodes, nhid, 2 * nhid).uniform_(-init_range, init_range))
+        self.buffer_pool = BufferPool()     # the fused cell's work buffers, reused across steps
 
     def gates(self, j: int, states: Tensor, mask_h: Tensor | None) -> tuple[Tensor, Tensor]:
         """(c, g) of node j's shared linear map on predecessor states (..., B, H) -> two (..., B, H)."""
@@ -86,7 +87,7 @@ class RecurrentCell(nn.Module):
             w_h = F.dropout(w_h, self.weight_drop, training=True)
         xw = (x if mask_x is None else x * mask_x) @ w_x                  # (T, B, 2H), all steps at once
         if fused is not None:
-            return sparse_cell(xw, h, w_h, self.Ws, fused[1], mask_h, fused[0])
+            return sparse_cell(xw, h, w_h, self.Ws, fused[1], mask_h, fused[0], self.buffer_pool)
         concat = concat or tuple(range(1, self.num_nodes + 1))
         outs = []
         for t in range(T):

@@ -10,12 +10,18 @@ tests/test_rnn_fused.py), with far fewer operator calls:
 
 - forward: per time step one matmul and three fused elementwise calls (sigmoid, activation, lerp) per node plus
   its batch norm, written into preallocated (T, nodes, B, H) buffers; no autograd graph;
-- backward: the activation and gate derivatives of all time steps are formed up front in a few batched calls;
-  per time step and node only the batch-norm backward, two products into the gate-gradient buffer, one matmul
-  back to the predecessor and two fused multiply-adds remain; the weight gradients of W_h and every W_j are ONE
-  matmul each over all time steps and batch rows (instead of one per time step);
+- backward: the activation and gate derivatives of all nodes are formed in a few calls per block of time steps
+  (all of them at small sizes, one at the DARTS search size: while still in cache); then per time step and
+  node only the batch-norm backward, two products into the gate-gradient buffer, one matmul back to the
+  predecessor and two fused multiply-adds remain; the weight gradients of W_h and every W_j are ONE matmul each
+  over all time steps and batch rows (instead of one per time step); the gate gradients are kept for all time
+  steps only when these are asked for;
 - NASP alpha step: dL/d(node output) of every node and time step falls out of the backward directly and goes to
-  the graph-free contraction of :mod:`.alpha_step` (every candidate of every node at once).
+  the graph-free contraction of :mod:`.alpha_step` (every candidate of every node at once);
+- buffers: the large (T, ...) work buffers of the forward and the backward come from the calling module's
+  :class:`BufferPool` on CPU, reused across calls (a fresh one of ~100 MB is a fresh mapping whose first write
+  faults in every page: ~30 ms against ~4 ms to refill reused memory at the DARTS search size). Which results
+  this gives: bit for bit those of freshly allocated buffers (tests/test_rnn_fused.py).
 
 The kept entries of Ā are exactly 1 (prox_C1's one-hot), so the node outputs are not multiplied by them.
 Autocast (mixed precision) is not handled here: the space falls back to the per-node path under autocast.
@@ -23,12 +29,66 @@ Autocast (mixed precision) is not handled here: the space falls back to the per-
 
 from __future__ import annotations
 
+import math
+import threading
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["CellPlan", "sparse_cell"]
+__all__ = ["BufferPool", "CellPlan", "sparse_cell"]
+
+_use_count = getattr(torch._C, "_storage_Use_Count", None)     # references to a storage (C++ and Python)
+
+
+class BufferPool:
+    """Storages of the fused cell's large CPU work buffers, reused across calls instead of freshly allocated.
+
+    The pool keeps one reference to each storage and hands a storage out again only while that is its only
+    reference (torch's storage use count is 1). Anything that may still read a buffer holds a reference: a tensor
+    saved for a backward that has not run yet (or for a retained graph), a view, a gradient returned from it. So
+    two forwards before their backwards get different buffers, and nothing still readable is overwritten; a
+    buffer comes back once its graph is freed. Buffers under ``min_bytes`` and off-CPU tensors (CUDA has its
+    caching allocator) are allocated as usual. At most ``max_per_size`` storages per size and ``max_sizes``
+    sizes are kept (the least recently used size is dropped); :meth:`clear` releases them all. Copies and
+    pickles of the owning module get an empty pool."""
+
+    def __init__(self, min_bytes: int = 1 << 20, max_sizes: int = 16, max_per_size: int = 16):
+        self.min_bytes, self.max_sizes, self.max_per_size = min_bytes, max_sizes, max_per_size
+        self._free: dict[int, list] = {}              # nbytes -> storages; most recently used size last
+        self._lock = threading.Lock()
+
+    def __reduce__(self):
+        return type(self), (self.min_bytes, self.max_sizes, self.max_per_size)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+    def held_bytes(self) -> int:
+        return sum(n * len(v) for n, v in self._free.items())
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised contiguous tensor, on a pooled storage where possible."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        if device.type != "cpu" or _use_count is None or nbytes < self.min_bytes:
+            return torch.empty(shape, dtype=dtype, device=device)
+        with self._lock:
+            stores = self._free.pop(nbytes, [])
+            self._free[nbytes] = stores
+            for st in stores:
+                if _use_count(st._cdata) == 1:
+                    return torch.empty(0, dtype=dtype, device=device).set_(st, 0, shape)
+            out = torch.empty(shape, dtype=dtype, device=device)
+            if len(stores) < self.max_per_size:
+                stores.append(out.untyped_storage())
+            while len(self._free) > self.max_sizes:
+                del self._free[next(iter(self._free))]
+            return out
+
+
+def _empty(pool: BufferPool | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.empty(shape, dtype=dtype, device=device) if pool is None else pool.empty(shape, dtype, device)
 
 
 @dataclass(frozen=True)
@@ -68,6 +128,27 @@ def _act_grad(name: str, f: Tensor) -> Tensor | None:
     return None
 
 
+FACTOR_BYTES = 1 << 22      # the backward's derivative factors are formed for time steps of at most this many bytes
+
+
+def _factors(plan: CellPlan, ops: list[str | None], A: Tensor, F: Tensor, S: Tensor, Hprev: Tensor, oma: Tensor,
+             dc_f: Tensor, dg_f: Tensor) -> None:
+    """The derivative factors of every node over a block of time steps (k, N + 1, B, H): d y / d s = 1 - a,
+    d y / d c = (f - s) a (1 - a), d y / d g = a f'(g) (zeros for 'none' nodes)."""
+    for j, op in enumerate(ops):
+        if op is None:
+            dc_f[:, j].zero_()
+            dg_f[:, j].zero_()
+            continue
+        torch.sub(F[:, j], Hprev if j == 0 else S[:, plan.kept[j - 1][1]], out=dc_f[:, j])
+        d = _act_grad(op, F[:, j])
+        if d is None:
+            dg_f[:, j].copy_(A[:, j])
+        else:
+            torch.mul(A[:, j], d, out=dg_f[:, j])
+    dc_f.mul_(A).mul_(torch.mul(A, -1, out=oma).add_(1))
+
+
 def _needed(ctx) -> tuple[bool, ...]:
     """Which inputs this backward pass needs gradients for: ``needs_input_grad``, narrowed by the engine's plan
     for the current pass where it can tell (autograd.grad w.r.t. Ā only, as in the NASP alpha step, needs no
@@ -90,38 +171,42 @@ class _SparseCell(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xw: Tensor, h0: Tensor, w_h: Tensor, Ws: Tensor, alpha: Tensor, mask_h: Tensor | None,
-                plan: CellPlan):
+                plan: CellPlan, pool: BufferPool | None):
         T, B, H2 = xw.shape
         H = H2 // 2
         N = len(plan.kept)
         dt, dev = xw.dtype, xw.device
-        A = torch.empty(T, N + 1, B, H, dtype=dt, device=dev)      # sigmoid gates (slot 0: the highway)
-        F = torch.empty(T, N + 1, B, H, dtype=dt, device=dev)      # activation outputs (slot 0: tanh(g0))
-        Y = torch.empty(T, N, B, H, dtype=dt, device=dev) if plan.bn_eps is not None else None   # pre-BN
+        A = _empty(pool, (T, N + 1, B, H), dt, dev)                # sigmoid gates (slot 0: the highway)
+        F = _empty(pool, (T, N + 1, B, H), dt, dev)                # activation outputs (slot 0: tanh(g0))
+        S = _empty(pool, (T, N + 1, B, H), dt, dev)                # node states s_0..s_N
+        Y = _empty(pool, (T, N, B, H), dt, dev) if plan.bn_eps is not None else None   # pre-BN
+        out = torch.empty(T, B, H, dtype=dt, device=dev)          # h_t (returned: not pooled)
         bn_stats: list[tuple[Tensor, Tensor] | None] = []          # [t * N + j - 1] -> (mean, invstd)
-        S_t, outs = [], []                                          # per t: (N + 1, B, H) states; h_t
         zero = torch.zeros(B, H, dtype=dt, device=dev)
         zero_bn = None
         all_nodes = plan.concat == tuple(range(1, N + 1))
         h = h0
         for t in range(T):
+            St = S[t]
             hm = h if mask_h is None else h * mask_h
             z0 = torch.addmm(xw[t], hm, w_h)
             torch.sigmoid(z0[:, :H], out=A[t, 0])
             torch.tanh(z0[:, H:], out=F[t, 0])
-            states = [torch.lerp(h, F[t, 0], A[t, 0])]
+            torch.lerp(h, F[t, 0], A[t, 0], out=St[0])
             masked: dict[int, Tensor] = {}
             for j, (_, i, op) in enumerate(plan.kept, start=1):
                 if op is None:
+                    A[t, j].zero_()                                  # unused; defined values (pooled memory)
+                    F[t, j].zero_()
                     if plan.bn_eps is not None:
                         Y[t, j - 1].zero_()
                         if zero_bn is None:
                             zero_bn = torch.native_batch_norm(zero, None, None, None, None, True, 0.0,
                                                               plan.bn_eps)[1:]
                         bn_stats.append(zero_bn)
-                    states.append(zero)
+                    St[j].zero_()
                     continue
-                s = states[i]
+                s = St[i]
                 sm = masked.get(i)
                 if sm is None:
                     sm = masked[i] = s if mask_h is None else s * mask_h
@@ -129,20 +214,22 @@ class _SparseCell(torch.autograd.Function):
                 a = torch.sigmoid(z[:, :H], out=A[t, j])
                 f = _act_out(op, z[:, H:], F[t, j])
                 if plan.bn_eps is None:
-                    states.append(torch.lerp(s, f, a))
+                    torch.lerp(s, f, a, out=St[j])
                 else:
                     y = torch.lerp(s, f, a, out=Y[t, j - 1])
-                    out, mean, invstd = torch.native_batch_norm(y, None, None, None, None, True, 0.0, plan.bn_eps)
+                    sj, mean, invstd = torch.native_batch_norm(y, None, None, None, None, True, 0.0, plan.bn_eps)
+                    St[j].copy_(sj)
                     bn_stats.append((mean, invstd))
-                    states.append(out)
-            St = torch.stack(states)
-            S_t.append(St)
-            h = St[1:].mean(0) if all_nodes else torch.stack([states[c] for c in plan.concat]).mean(0)
-            outs.append(h)
-        S = torch.stack(S_t)                                        # (T, N + 1, B, H)
-        out = torch.stack(outs)                                     # (T, B, H)
-        Hprev = torch.cat([h0.unsqueeze(0), out[:-1]])              # (T, B, H): h_{t-1}
+            if all_nodes:
+                torch.mean(St[1:], 0, out=out[t])
+            else:
+                torch.mean(torch.stack([St[c] for c in plan.concat]), 0, out=out[t])
+            h = out[t]
+        Hprev = _empty(pool, (T, B, H), dt, dev)                   # h_{t-1}
+        Hprev[0].copy_(h0)
+        Hprev[1:].copy_(out[:-1])
         ctx.plan = plan
+        ctx.pool = pool
         ctx.bn_stats = bn_stats
         ctx.save_for_backward(w_h, Ws, mask_h, A, F, Y, S, Hprev)
         return out
@@ -151,31 +238,34 @@ class _SparseCell(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         plan: CellPlan = ctx.plan
         w_h, Ws, mask_h, A, F, Y, S, Hprev = ctx.saved_tensors
+        pool: BufferPool | None = ctx.pool
         T, N1, B, H = A.shape
         N = N1 - 1
-        dt = A.dtype
-        # derivative factors of every node and time step, batched: d y / d s = 1 - a, d y / d c = (f - s) a (1 - a),
-        # d y / d g = a f'(g)
-        oma = 1 - A
-        pred = torch.stack([Hprev] + [S[:, i] if op is not None else Hprev for _, i, op in plan.kept], 1)
-        dc_f = (F - pred).mul_(A).mul_(oma)                          # (T, N + 1, B, H)
-        dg_f = A.clone()
-        for j, op in enumerate(["tanh"] + [op for _, _, op in plan.kept]):
-            if op is None:
-                continue
-            d = _act_grad(op, F[:, j])
-            if d is not None:
-                dg_f[:, j].mul_(d)
-        del pred
+        dt, dev = A.dtype, A.device
+        need = _needed(ctx)
+        ops = ["tanh"] + [op for _, _, op in plan.kept]
         WT = Ws.detach().transpose(1, 2).contiguous()                # (N, 2H, H)
         w_hT = w_h.detach().t().contiguous()
-        DZ = torch.zeros(T, N, B, 2 * H, dtype=dt, device=A.device)   # d(c, g) of every node
-        DZ0 = torch.empty(T, B, 2 * H, dtype=dt, device=A.device)
-        Gs: list[Tensor] = []                                        # [t][j - 1]: dL/d(node j's output y_j)
+        # d(c, g) of every node and of the highway: kept over all time steps only for the weight gradients
+        # ('none' nodes' slots unused); else one time step's, overwritten
+        DZ = _empty(pool, (T if need[3] else 1, N, B, 2 * H), dt, dev)
+        DZ0 = _empty(pool, (T if need[0] or need[2] else 1, B, 2 * H), dt, dev)
+        # dL/d(node j's output y_j) of every time step
+        G = _empty(pool, (T, N, B, H), dt, dev) if plan.alpha else None
         n_cat = len(plan.concat)
         carry = None
-        zero = torch.zeros(B, H, dtype=dt, device=A.device)
+        zero = torch.zeros(B, H, dtype=dt, device=dev)
+        # derivative factors of every node, formed for a block of K time steps at a time (all of them when small,
+        # else one: while still in cache, and no (T, ...) buffers)
+        K = max(1, min(T, FACTOR_BYTES // ((N + 1) * B * H * A.element_size())))
+        factors = _empty(pool, (3, K, N + 1, B, H), dt, dev)
+        t0 = T
         for t in range(T - 1, -1, -1):
+            if t < t0:
+                t0 = max(0, t + 1 - K)
+                block = factors[:, : t + 1 - t0]
+                _factors(plan, ops, A[t0:t + 1], F[t0:t + 1], S[t0:t + 1], Hprev[t0:t + 1], *block.unbind(0))
+            oma, dc_f, dg_f = block[:, t - t0].unbind(0)
             dh = dout[t] if carry is None else dout[t] + carry
             base = dh / n_cat
             dS: list[Tensor | None] = [None] * (N + 1)
@@ -196,23 +286,22 @@ class _SparseCell(torch.autograd.Function):
                 G_t[j - 1] = dm
                 if op is None:
                     continue
-                dz = DZ[t, j - 1]
-                torch.mul(dm, dc_f[t, j], out=dz[:, :H])
-                torch.mul(dm, dg_f[t, j], out=dz[:, H:])
+                dz = DZ[t if need[3] else 0, j - 1]
+                torch.mul(dm, dc_f[j], out=dz[:, :H])
+                torch.mul(dm, dg_f[j], out=dz[:, H:])
                 back = torch.mm(dz, WT[j - 1])
                 prev = dS[i]
-                prev = torch.mul(dm, oma[t, j]) if prev is None else torch.addcmul(prev, dm, oma[t, j])
+                prev = torch.mul(dm, oma[j]) if prev is None else torch.addcmul(prev, dm, oma[j])
                 dS[i] = prev.add_(back) if mask_h is None else prev.addcmul_(back, mask_h)
-            if plan.alpha:
-                Gs.append(torch.stack(G_t))
+            if G is not None:
+                torch.stack(G_t, out=G[t])
             ds0 = dS[0] if dS[0] is not None else zero
-            dz0 = DZ0[t]
-            torch.mul(ds0, dc_f[t, 0], out=dz0[:, :H])
-            torch.mul(ds0, dg_f[t, 0], out=dz0[:, H:])
+            dz0 = DZ0[t if DZ0.shape[0] == T else 0]
+            torch.mul(ds0, dc_f[0], out=dz0[:, :H])
+            torch.mul(ds0, dg_f[0], out=dz0[:, H:])
             back = torch.mm(dz0, w_hT)
-            carry = torch.mul(ds0, oma[t, 0])
+            carry = torch.mul(ds0, oma[0])
             carry = carry.add_(back) if mask_h is None else carry.addcmul_(back, mask_h)
-        need = _needed(ctx)
         d_xw = DZ0 if need[0] else None
         d_h0 = carry if need[1] else None
         d_wh = d_Ws = d_alpha = None
@@ -228,19 +317,20 @@ class _SparseCell(torch.autograd.Function):
                 torch.mm(sm.reshape(T * B, H).t(), DZ[:, j - 1].reshape(T * B, 2 * H), out=d_Ws[j - 1])
         if plan.alpha and need[4]:
             from .alpha_step import contract_alpha_grad
-            G = torch.stack(Gs[::-1])                                  # (T, N, B, H)
-            d_alpha = contract_alpha_grad(plan.ops, Ws.detach(), list(plan.pairs), S[:, :N], mask_h, G
-                                          ).to(Ws.dtype)
-        return d_xw, d_h0, d_wh, d_Ws, d_alpha, None, None
+            G_nhtb = _empty(pool, (N, H, T, B), dt, dev).copy_(G.permute(1, 3, 0, 2))
+            d_alpha = contract_alpha_grad(plan.ops, Ws.detach(), list(plan.pairs), S[:, :N], mask_h, G_nhtb,
+                                          g_nhtb=True).to(Ws.dtype)
+        return d_xw, d_h0, d_wh, d_Ws, d_alpha, None, None, None
 
 
 def sparse_cell(xw: Tensor, h0: Tensor, w_h: Tensor, Ws: Tensor, alpha: Tensor, mask_h: Tensor | None,
-                plan: CellPlan) -> tuple[Tensor, Tensor]:
+                plan: CellPlan, pool: BufferPool | None = None) -> tuple[Tensor, Tensor]:
     """xw: (T, B, 2H) input projections x_t W_x of all time steps; h0 (B, H); w_h (H, 2H); Ws (N, H, 2H);
-    alpha: Ā (rows, ops) (its gradient is computed when ``plan.alpha``). Returns (outputs (T, B, H), last (B, H))."""
+    alpha: Ā (rows, ops) (its gradient is computed when ``plan.alpha``); pool: where the large work buffers come
+    from (None: freshly allocated). Returns (outputs (T, B, H), last (B, H))."""
     if Ws.requires_grad:
         Ws = Ws.view_as(Ws)                 # a non-leaf, so that the backward can ask whether it is needed
     if w_h.requires_grad:
         w_h = w_h.view_as(w_h)
-    outs = _SparseCell.apply(xw, h0, w_h, Ws, alpha, mask_h, plan)
+    outs = _SparseCell.apply(xw, h0, w_h, Ws, alpha, mask_h, plan, pool)
     return outs, outs[-1]
