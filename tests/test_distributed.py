@@ -16,6 +16,7 @@ from nasp import distributed as nd
 from nasp.search import SearchConfig, Searcher
 from nasp.spaces.toy import ToySpace, ToyTask, make_toy_data, random_planted
 from nasp.streams import ResumableStream, TensorLoader
+from sif.interactions import SEARCH_SPACE
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "dist_worker.py"
@@ -194,7 +195,7 @@ def test_torchrun_sif_cli_search_writes_one_run_folder(two_rank_run):
     run = out / "cli" / "search"
     assert (out / "cli_rc_0.txt").read_text() == "0" and (out / "cli_rc_1.txt").read_text() == "0"
     results = json.loads((run / "results.json").read_text())
-    assert results["world_size"] == 2 and results["op"] in ("plus", "multiply", "max", "min", "concat")
+    assert results["world_size"] == 2 and results["op"] in SEARCH_SPACE
     for name in ("config.yaml", "run.log", "genotype.json", "model/model.pt", "search/checkpoint.pt",
                  f"race/{results['op']}/train_checkpoint.pt"):
         assert (run / name).is_file(), name
