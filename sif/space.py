@@ -150,26 +150,35 @@ class SIFSpace(SearchSpace, RatingModule):
         out[1].copy_(rv[:, :k])
         return global_bias + (ru[:, k] + rv[:, k])
 
-    def transform(self, emb: dict[str, Tensor], idx: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    def transform(self, emb: dict[str, Tensor], idx: dict[str, Tensor] | None = None,
+                  plans: dict[str, tuple[Tensor, Tensor] | None] | None = None) -> dict[str, Tensor]:
         """g applied element-wise per side: (B, k) per side -> (B, k) per side.
 
         ``idx`` (the batch's row index per side (B,)) lets g run once per distinct row: ``emb[s]`` is a function of
         ``idx[s]`` alone (the table row plus its neighbourhood vector), so g is evaluated on one copy of each
         distinct row and gathered back (same values up to float rounding; autograd sends each row's gradient to one
         of its copies, whose sum over the batch is unchanged). A side goes this way only when its distinct rows are
-        at most ``UNIQUE_ROWS_FRACTION`` of the batch; otherwise (and without ``idx``) all sides run stacked."""
-        if idx is not None:
-            plans = {s: self._unique_plan(idx[s]) for s in self.sides}
+        at most ``UNIQUE_ROWS_FRACTION`` of the batch; otherwise (and without ``idx``) all sides run stacked.
+        ``plans``: :meth:`unique_plans` of ``idx``, when the caller needs them twice (``idx`` is then not needed)."""
+        if plans is None and idx is not None:
+            plans = self.unique_plans(idx)
+        if plans is not None:
             if any(p is not None for p in plans.values()):
                 return {s: self._transform_side(i, emb[s], plans[s]) for i, s in enumerate(self.sides)}
         z = self.g(torch.stack([emb[s] for s in self.sides]))     # (S, B, k)
         return dict(zip(self.sides, z.unbind(0), strict=True))
 
-    def transform_free(self, rows: list[Tensor], idx: dict[str, Tensor]) -> dict[str, Tensor]:
+    def transform_free(self, rows: list[Tensor], plans: dict[str, tuple[Tensor, Tensor] | None]
+                       ) -> dict[str, Tensor]:
         """g of the free vectors alone (no neighbourhood vector added), (B, k) per side that has a neighbourhood:
-        ``rows`` the looked-up rows of every side (``Encoded.rows``), ``idx`` the batch's row index per side."""
+        ``rows`` the looked-up rows of every side (``Encoded.rows``), ``plans`` the batch's :meth:`unique_plans`."""
         sides = [(i, s) for i, s in enumerate(self.sides) if s in self.neighbourhoods]
-        return {s: self._transform_side(i, rows[i], self._unique_plan(idx[s])) for i, s in sides}
+        return {s: self._transform_side(i, rows[i], plans[s]) for i, s in sides}
+
+    def unique_plans(self, idx: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor] | None]:
+        """:meth:`_unique_plan` of every side's batch index (B,), computed once for :meth:`transform` and
+        :meth:`transform_free`."""
+        return {s: self._unique_plan(idx[s]) for s in self.sides}
 
     @staticmethod
     def _unique_plan(index: Tensor) -> tuple[Tensor, Tensor] | None:

@@ -81,12 +81,13 @@ class RatingTask:
         view = model.sparse_view() if view is None else view
         emb, b, rows, neighbours = model.encode_parts(users, items, contexts)
         idx = {"u": users, "v": items, "c": contexts}
-        z = model.transform(emb, idx)
+        plans = model.unique_plans(idx)                 # once per batch: g of the rows, and of the free vectors
+        z = model.transform(emb, plans=plans)
         pred = model.interact(z, view) if b is None else model.interact(z, view) + b
         loss = torch.mean((pred - y) ** 2)
         if self.reg and self.penalty == "effective":
             if stream == "train":     # op-dependent: in the alpha step it would bias the choice toward small heads
-                free = model.transform_free(rows, idx) if neighbours else None
+                free = model.transform_free(rows, plans) if neighbours else None
                 loss = loss + self.reg * model.effective_penalty(z, view, free)
         elif self.reg:
             loss = loss + self.reg * self._penalty((list(z.values()) if self.on_transformed else rows) + neighbours)
