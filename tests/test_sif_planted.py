@@ -18,11 +18,12 @@ free embeddings, so it changes no class):
 
 Data (``RECOVERY_DATA``): one planted dimension, 60 users x 80 items, 4,000 ratings (53 per user, 40 per item),
 noise 0.05 against rating stds of 0.5-2.0 (max: 0.54-1.04). The model (``RECOVERY_FIT``) has 2 dimensions:
-over-parameterised, because with as many model as planted dimensions a max fit stalls in a local minimum (measured,
-100 x 150 users x items, 12,000 ratings, dimension 4, a max model without penalty: train RMSE 0.26 from a random
-start, 0.10 from the planted values). Its L2 is 1e-4: the default 0.1 is for ML-100K's noise, and on near-noiseless
-data it shrinks max's embeddings (effective penalty k w^2) harder than multiply's. benchmarks/README.md ("Planted
-interaction functions") has the measured table, each fixed op trained alone, and what fails at the older sizes.
+over-parameterised, because with as many model as planted dimensions a max fit stalls in a local minimum (in
+exploration, not recorded: 100 x 150 users x items, 12,000 ratings, dimension 4, a max model without penalty: train
+RMSE 0.26 from a random start, 0.10 from the planted values). Its L2 is 1e-4: the default 0.1 is for ML-100K's
+noise, and on near-noiseless data it shrinks max's embeddings (effective penalty k w^2) harder than multiply's.
+benchmarks/README.md ("Planted interaction functions") has the measured table, each fixed op trained alone, and what
+fails at the older sizes (max 0/5, not identifiable there) and at noise 0.1 (max 4/5: the mixture, by 0.0003).
 """
 
 from __future__ import annotations
