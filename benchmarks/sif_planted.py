@@ -9,9 +9,9 @@ settings of ``sif.synthetic.RECOVERY_DATA``, splits it 80/10/10 (seed = the data
 ``sif.synthetic.RECOVERY_FIT`` (the library's defaults but for the size- and noise-bound settings named there) and
 records the op found, its class (``sif.synthetic.OP_CLASS``), whether it is the planted class, the race's curves and
 eliminations, and test RMSE. ``--fixed`` also trains every op of the default space stand-alone with the same
-settings (each to its own early stop), so that the table says which op is validation-best when trained alone: whether
-the planted class is identifiable at this size and noise. Writes the rows, the machine (load included) and the
-command to ``--out``.
+settings (``--fixed-fit`` overrides them for these fits only; each to its own early stop), so that the table says
+which op is validation-best when trained alone: whether the planted class is identifiable at this size and noise.
+Writes the rows, the machine (load included) and the command to ``--out``.
 """
 
 from __future__ import annotations
