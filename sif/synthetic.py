@@ -9,7 +9,26 @@ from data_loaders import RatingDataset
 
 from .interactions import INTERACTIONS, tensor_candidates
 
-__all__ = ["planted_ratings"]
+__all__ = ["planted_ratings", "OP_CLASS", "RECOVERY_DATA", "RECOVERY_FIT"]
+
+#: the function class of each op of the default space (SEARCH_SPACE) inside the SIF model
+#: ``y = b + b_u + b_v + w^T o(g(u), g(v))`` with free embeddings and biases (see the README's "Planted interaction
+#: functions" for the reasoning): plus and concat are both a user score plus an item score (additive; the biases
+#: alone span it); max and min are one class (min(a, b) = -max(-a, -b): negate the embeddings and the head);
+#: multiply is a rank-k product; the mixture multiply+max strictly contains both multiply and max.
+OP_CLASS: dict[str, str] = {"plus": "additive", "concat": "additive", "multiply": "product", "max": "max/min",
+                            "min": "max/min", "multiply+max": "product+max"}
+
+#: planted data of the recovery tests and benchmark (tests/test_sif_planted.py, benchmarks/sif_planted.py): one
+#: planted dimension, 53 ratings per user and 40 per item, noise 0.05 against rating stds of 0.5-2.0; at this size
+#: and noise every planted class is the validation-best fixed op on 5 of 5 seeds (benchmarks/README.md)
+RECOVERY_DATA = {"num_users": 60, "num_items": 80, "dim": 1, "n": 4000, "noise": 0.05}
+#: SIFRecommender settings of the recovery tests: the defaults but for the size- and noise-bound ones: 2 model
+#: dimensions (over-parameterised: with as many as planted, max's fit stalls in a local minimum), L2 1e-4 (a
+#: Gaussian prior's reg, noise variance over prior variance and ratings per user, on these scaled ratings; the
+#: default 0.1 is ML-100K's), a larger learning rate and a smaller batch for 3,200 training ratings, 2 search epochs
+RECOVERY_FIT = {"embedding_dim": 2, "reg": 1e-4, "search": {"epochs": 2, "w_lr": 0.01},
+                "train": {"max_epochs": 200, "patience": 5, "batch_size": 256, "lr": 0.01}}
 
 
 def planted_ratings(op: str = "multiply", num_users: int = 200, num_items: int = 300, num_contexts: int = 0,
