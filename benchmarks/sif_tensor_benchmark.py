@@ -136,23 +136,31 @@ def summary(rows: list[dict[str, Any]]) -> str:
     """Markdown: per context a table of the models over the folds every model finished, then regret and cost."""
     out = []
     for context in dict.fromkeys(r["context"] for r in rows):
-        models = list(dict.fromkeys(r["model"] for r in rows if r["context"] == context))
+        models = sorted(dict.fromkeys(r["model"] for r in rows if r["context"] == context), key=_order)
         per = {m: _per_split(rows, context, m) for m in models}
         splits = sorted(set.intersection(*(set(p) for p in per.values())))
         if not splits:
             continue
         out += [f"**context {context}** ({rows[0]['num_contexts'] if False else _contexts(rows, context)} values; "
                 f"folds u{', u'.join(splits)})", "",
-                "| model | test RMSE | valid RMSE | seconds (search + train) | found op / setting |",
-                "| --- | ---: | ---: | ---: | --- |"]
+                "| model | test RMSE | valid RMSE | seconds (search + train) | run | found op / setting |",
+                "| --- | ---: | ---: | ---: | --- | --- |"]
         for m in models:
             rs = [per[m][s] for s in splits]
             extra = ", ".join(r.get("op", "") or json.dumps(r["setting"], sort_keys=True) for r in rs
                               if r.get("op") or r["setting"])
             out.append(f"| {m} | {_ms([r['test']['rmse'] for r in rs])} | {_ms([r['valid']['rmse'] for r in rs])}"
-                       f" | {mean_std([r['seconds'] for r in rs])[0]:.1f} | {extra} |")
+                       f" | {mean_std([r['seconds'] for r in rs])[0]:.1f} | "
+                       f"{', '.join(sorted({r.get('run', '') for r in rs}))} | {extra} |")
         out += ["", *_regret_and_cost(rows, per, context, splits), ""]
     return "\n".join(out) + "\n"
+
+
+def _order(model: str) -> int:
+    """Table order: the searched rows, the fixed candidates, CP and TuckER, the context-free rows."""
+    kind = model.partition("@")[0]
+    return next((i for i, k in enumerate(("sif", "sif_search", "sif_random", "fixed:", "cp", "tucker", "matrix:"))
+                 if kind == k or (k.endswith(":") and kind.startswith(k))), 7)
 
 
 def _contexts(rows, context) -> int:
