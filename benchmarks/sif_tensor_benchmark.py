@@ -141,8 +141,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
         splits = sorted(set.intersection(*(set(p) for p in per.values())))
         if not splits:
             continue
-        out += [f"**context {context}** ({rows[0]['num_contexts'] if False else _contexts(rows, context)} values; "
-                f"folds u{', u'.join(splits)})", "",
+        where = f"seeds {', '.join(splits)}" if context.startswith("planted:") else f"folds u{', u'.join(splits)}"
+        out += [f"**context {context}** ({_contexts(rows, context)} values; {where})", "",
                 "| model | test RMSE | valid RMSE | seconds (search + train) | run | found op / setting |",
                 "| --- | ---: | ---: | ---: | --- | --- |"]
         for m in models:
