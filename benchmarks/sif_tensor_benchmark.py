@@ -174,7 +174,8 @@ def _searched(per) -> list[str]:
 
 def _regret_and_cost(rows, per, context, splits) -> list[str]:
     lines = []
-    for m in _searched(per):
+    fixed = {str(r["split"]) for r in rows if r["context"] == context and r["model"].startswith("fixed:")}
+    for m in _searched(per) if fixed.issuperset(splits) else []:
         best = [_best_fixed(rows, context, s) for s in splits]
         regret = [per[m][s]["test"]["rmse"] - b["test"]["rmse"] for s, b in zip(splits, best, strict=True)]
         lines.append(f"- {m}: regret against the validation-best fixed candidate "
