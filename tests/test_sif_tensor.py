@@ -189,3 +189,33 @@ def test_ml100k_contexts_from_the_shared_data():
     cfg = load_config(None, ["data.split=fold", "data.context=genre"])
     train, _, test = load_splits(cfg.data, 0)
     assert train.num_contexts == 19 and test.num_contexts == 19 and "Drama" in set(train.context_ids)
+
+
+# ---- benchmarks/sif_tensor_benchmark.py -----------------------------------------------------------------------
+def _rows(model, rmses, valid=None):
+    return [{"model": model, "context": "planted:x", "num_contexts": 8, "split": s, "test": {"rmse": t},
+             "valid": {"rmse": valid[s] if valid else t}, "seconds": 1.0, "setting": {}, "op": "multiply_multiply"}
+            for s, t in enumerate(rmses)]
+
+
+def test_tensor_benchmark_row_names_and_planted_splits():
+    from benchmarks.sif_tensor_benchmark import _grid, planted_splits
+
+    cfg = load_config("configs/sif_tensor_ml100k_folds.yaml")
+    assert _grid(cfg, "sif@race_k=53") == ("sif", {"race_k": [53]})
+    assert _grid(cfg, "matrix:mf") == ("mf", {"reg": [0.03, 0.1]})
+    tr, va, te = planted_splits("multiply_multiply", 3, num_users=20, num_items=30, n=1000)
+    assert (len(tr), len(va), len(te)) == (800, 100, 100) and tr.num_contexts == 8
+
+
+def test_tensor_benchmark_targets_and_regret():
+    from benchmarks.sif_tensor_benchmark import summary
+
+    rows = (_rows("sif", [1.00, 1.01, 0.99]) + _rows("cp", [1.20, 1.21, 1.19]) + _rows("matrix:mf", [1.00, 1.02, 0.98])
+            + _rows("fixed:multiply_multiply", [0.98, 0.99, 0.97], valid=[0.9, 0.9, 0.9])
+            + _rows("fixed:plus_plus", [0.5, 0.5, 0.5], valid=[1.5, 1.5, 1.5]))
+    text = summary(rows)
+    assert "target sif < cp by one std: met (+0.2000" in text
+    assert "target sif < matrix:mf by one std: not met" in text
+    # the regret is against the fixed candidate best on validation (multiply_multiply), not the best on test
+    assert "(multiply_multiply, multiply_multiply, multiply_multiply): 0.0200 +- 0.0000" in text
