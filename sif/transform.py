@@ -57,22 +57,28 @@ class ElementwiseMLP(nn.Module):
         y = torch.baddbmm(b2, w2.transpose(1, 2), h).view_as(x)                        # (S', B, k)
         return x + y if self.skip else y
 
-    def closed_form(self) -> MLPClosedForm:
-        """g's closed form on the current parameters (remake it when a parameter moved)."""
-        return MLPClosedForm(self)
+    def closed_form(self, side: int | None = None) -> MLPClosedForm:
+        """g's closed form on the current parameters (remake it when a parameter moved): every side stacked, or
+        side ``side``'s MLP alone."""
+        return MLPClosedForm(self, side)
 
 
 class MLPClosedForm:
     """g's forward and backward without autograd, for S sides on N = B*k scalars each, laid out (S, 1, N) with
-    the hidden layer (S, H, N) (the same values as :meth:`ElementwiseMLP.forward` up to float rounding).
+    the hidden layer (S, H, N) (the same values as :meth:`ElementwiseMLP.forward` up to float rounding); with
+    ``side``, that side's MLP alone (S = 1), so that the sides can run on different numbers of scalars.
 
     Holds views of g's parameters in the shapes the hand-written ops use; ``grad_shapes`` are the shapes in which
     :meth:`backward_` writes the gradients of (w1, b1, w2, b2) (views of a flat buffer, say)."""
 
-    def __init__(self, mlp: ElementwiseMLP):
-        self.skip, (s, _, hid) = mlp.skip, mlp.w1.shape
-        self.w1, self.w2, self.b2 = mlp.w1, mlp.w2, mlp.b2                                   # (S,1,H) (S,H,1) (S,1,1)
-        self.w1t, self.b1t, self.w2t = mlp.w1.view(s, hid, 1), mlp.b1.view(s, hid, 1), mlp.w2.view(s, 1, hid)
+    def __init__(self, mlp: ElementwiseMLP, side: int | None = None):
+        params = (mlp.w1, mlp.b1, mlp.w2, mlp.b2)
+        if side is not None:                                     # one side's MLP: views of its slices (S = 1)
+            params = tuple(p[side:side + 1] for p in params)
+        w1, b1, w2, b2 = params
+        self.skip, (s, _, hid) = mlp.skip, w1.shape
+        self.w1, self.w2, self.b2 = w1, w2, b2                                               # (S,1,H) (S,H,1) (S,1,1)
+        self.w1t, self.b1t, self.w2t = w1.view(s, hid, 1), b1.view(s, hid, 1), w2.view(s, 1, hid)
         self.grad_shapes = ((s, hid, 1), (s, hid), (s, hid, 1), (s, 1, 1))   # bmm / sum output shapes
 
     def forward_(self, x: Tensor, h: Tensor, z: Tensor) -> None:
