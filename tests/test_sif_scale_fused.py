@@ -71,3 +71,46 @@ def test_fused_equals_generic_with_and_without_distinct_rows(nu, ni, sparse, tas
         for key in ("train_loss", "alpha_loss", "valid_rmse"):
             assert math.isclose(hg[key], hf[key], rel_tol=1e-9), (key, hg[key], hf[key])
         assert hg["genotype"] == hf["genotype"]
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_g_through_the_closed_form_equals_plain_torch_ops(monkeypatch, skip):
+    """g under autograd on the CPU runs MLPClosedForm (numpy's tanh, the hand-written backward): its output and
+    every gradient equal those of g in plain torch ops (float64, 1e-12), and gradcheck passes."""
+    from sif import transform
+
+    g = transform.ElementwiseMLP(2, hidden=4, skip=skip).double()
+    with torch.no_grad():
+        g.w2.normal_(generator=torch.Generator().manual_seed(1))          # a non-zero output layer with skip too
+    x = torch.randn(2, 7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    dz = torch.randn(2, 7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+    def run():
+        out = g(x)
+        grads = torch.autograd.grad(out, [x, *g.parameters()], dz)
+        return out.detach(), grads
+
+    out, grads = run()
+    assert transform._closed_form_ok(x.reshape(2, 1, -1), g.w1)
+    monkeypatch.setattr(transform, "_closed_form_ok", lambda *a: False)
+    ref_out, ref_grads = run()
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    monkeypatch.undo()
+    fn = transform._MLPFunction.apply
+    assert torch.autograd.gradcheck(lambda *t: fn(*t, skip), (x.detach().reshape(2, 1, -1).requires_grad_(),
+                                                             *(p.detach().requires_grad_() for p in g.parameters())))
+
+
+def test_tanh_is_torch_tanh_up_to_rounding():
+    from sif.transform import tanh
+
+    x = torch.cat([torch.randn(1000, dtype=torch.float64) * s for s in (1e-8, 0.1, 1, 5, 40)])
+    for dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-15)):
+        t = x.to(dtype)
+        torch.testing.assert_close(tanh(t), torch.tanh(t), rtol=tol, atol=tol)
+        torch.testing.assert_close(tanh(t.clone(), inplace=True), torch.tanh(t), rtol=tol, atol=tol)
+    assert tanh(torch.tensor([float("nan")])).isnan().all()
+    bf = x.to(torch.bfloat16)
+    assert torch.equal(tanh(bf), torch.tanh(bf))                   # other dtypes: torch's own
