@@ -214,10 +214,10 @@ class FusedSIFStep:
         self.term_src, self.term_dst = torch.cat(src).to(dev), torch.cat(dst).to(dev)
         self.widths = [w.numel() for w in self.heads]
 
-    def _side(self, side: int, index: Tensor, z_all: Tensor) -> _Side:
+    def _side(self, side: int, index: Tensor, x_all: Tensor, z_all: Tensor) -> _Side:
         """Look up one side and run g on it: on its distinct rows when they are few (on the CPU, see
         :meth:`SIFSpace.distinct_rows`; then gathered back into ``z_all`` (B, k)), else on every rating straight
-        into ``z_all``."""
+        from ``x_all`` (B, k) into ``z_all``."""
         sc, k, table = self.scratch, self.k, self.tables[side]
         distinct = positions = inverse = None
         if index.device.type == "cpu" or self.rows is not None:    # (on CUDA torch.unique syncs: not for g alone)
@@ -226,7 +226,7 @@ class FusedSIFStep:
                 inverse = positions
         rows = index if inverse is None else distinct
         n = rows.shape[0]
-        x = sc.take(f"x{side}", n, k)
+        x = x_all if inverse is None else sc.take(f"x{side}", n, k)
         SIFSpace.lookup_closed_form(table, rows, x)
         z = z_all if inverse is None else sc.take(f"z{side}", n, k)
         h = sc.take(f"h{side}", 1, self.g[0].shape[2], n * k)
@@ -242,17 +242,17 @@ class FusedSIFStep:
             raise ValueError("the fused SIF step takes (users, items, ratings) batches")
         b, sc = users.shape[0], self.scratch
         z = sc.take("basis", len(self.bases), b, self.k)[:2]            # u, v: the first two bases of _outputs
-        sides = (self._side(0, users, z[0]), self._side(1, items, z[1]))
+        x = sc.take("x", 2, b, self.k)                                  # e at every rating (see _x_all)
+        sides = (self._side(0, users, x[0], z[0]), self._side(1, items, x[1], z[1]))
         bias = SIFSpace.bias_closed_form(self.tables, self.global_bias, users, items) if self.bias else None
         return _Batch(sides, z, sc.take("dz", 2, b, self.k), bias, y)
 
     def _x_all(self, enc: _Batch) -> Tensor:
-        """The looked-up embeddings at every rating (2, B, k) (what the "l2"/"norm" penalty on e sees)."""
+        """The looked-up embeddings at every rating (2, B, k) (what the "l2"/"norm" penalty on e sees; a side that
+        went through g on every rating was looked up into it already)."""
         x = self.scratch.take("x", *enc.z.shape)
         for side, xs in zip(enc.sides, x.unbind(0), strict=True):
-            if side.inverse is None:
-                xs.copy_(side.x)
-            else:
+            if side.inverse is not None:
                 torch.index_select(side.x, 0, side.inverse, out=xs)
         return x
 

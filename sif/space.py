@@ -140,10 +140,7 @@ class SIFSpace(SearchSpace, RatingModule):
         """:meth:`encode`'s lookup of one side without autograd, for a hand-written step (:mod:`sif.fused`): the
         embeddings of table rows ``rows`` (n,) into ``out`` (n, k); with biases the table's last column (k) is the
         bias, left out here (:meth:`bias_closed_form`). A looked-up row's gradient is (dL/de, dL/dbias)."""
-        if table.shape[1] == out.shape[1]:
-            torch.index_select(table, 0, rows, out=out)
-        else:
-            out.copy_(table.index_select(0, rows)[:, :out.shape[1]])
+        torch.index_select(table[:, :out.shape[1]], 0, rows, out=out)
 
     @staticmethod
     def bias_closed_form(tables: tuple[Tensor, Tensor], global_bias: Tensor, users: Tensor, items: Tensor

@@ -99,7 +99,7 @@ def test_g_through_the_closed_form_equals_plain_torch_ops(monkeypatch, skip):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     monkeypatch.undo()
     fn = transform._MLPFunction.apply
-    assert torch.autograd.gradcheck(lambda *t: fn(*t, skip), (x.detach().reshape(2, 1, -1).requires_grad_(),
+    assert torch.autograd.gradcheck(lambda *t: fn(*t, skip, g.pool), (x.detach().reshape(2, 1, -1).requires_grad_(),
                                                              *(p.detach().requires_grad_() for p in g.parameters())))
 
 
