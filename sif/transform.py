@@ -77,8 +77,9 @@ class ElementwiseMLP(nn.Module):
         self.w2 = nn.Parameter(torch.empty(sides, hidden, 1))
         self.b2 = nn.Parameter(torch.zeros(sides, 1, 1))
         self.skip = skip
-        self.pool = BufferPool()        # the hidden layers of the autograd path, reused across steps (CPU): a fresh
-        #                                 (S, H, B*k) allocation costs ~5x the addcmul that fills it (page faults)
+        # the hidden layers of the autograd path, reused across steps (CPU): a fresh (S, H, B*k) allocation costs
+        # ~5x the addcmul that fills it (page faults); few sizes (_pooled rounds them up), so it holds little
+        self.pool = BufferPool(max_sizes=4, max_per_size=4)
         self.reset_parameters(torch.Generator().manual_seed(0))
 
     @torch.no_grad()
@@ -165,6 +166,14 @@ class MLPClosedForm:
         return dx.add_(dz) if self.skip else dx
 
 
+def _pooled(pool: BufferPool, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """An uninitialised contiguous tensor of ``shape`` on a pooled storage whose size is rounded up to a multiple of
+    1/8 of its leading power of two, so that batches with slightly different numbers of distinct rows share one."""
+    n = math.prod(shape)
+    step = 1 << max(n.bit_length() - 4, 0)
+    return pool.empty((-(-n // step) * step,), like.dtype, like.device)[:n].view(shape)
+
+
 class _MLPFunction(torch.autograd.Function):
     """g under autograd through :class:`MLPClosedForm`: (x (S, 1, N), w1, b1, w2, b2, skip, pool) -> z (S, 1, N);
     saves x and the hidden tanh (S, H, N) only (first-order gradients); the large buffers come from ``pool``
@@ -175,8 +184,7 @@ class _MLPFunction(torch.autograd.Function):
                 pool: BufferPool) -> Tensor:
         x = x.contiguous()
         cf = MLPClosedForm(w1, b1, w2, b2, skip)
-        h = pool.empty((x.shape[0], w1.shape[2], x.shape[2]), x.dtype, x.device)
-        z = pool.empty(tuple(x.shape), x.dtype, x.device)
+        h, z = _pooled(pool, (x.shape[0], w1.shape[2], x.shape[2]), x), _pooled(pool, tuple(x.shape), x)
         cf.forward_(x, h, z)
         ctx.save_for_backward(x, h, w1, b1, w2, b2)
         ctx.skip, ctx.pool = skip, pool
@@ -188,7 +196,7 @@ class _MLPFunction(torch.autograd.Function):
         x, h, w1, b1, w2, b2 = ctx.saved_tensors
         cf = MLPClosedForm(w1, b1, w2, b2, ctx.skip)
         grads = tuple(x.new_empty(shape) for shape in cf.grad_shapes)
-        dpre = ctx.pool.empty(tuple(h.shape), h.dtype, h.device)
+        dpre = _pooled(ctx.pool, tuple(h.shape), h)
         dx = cf.backward_(x, h, dz.contiguous(), dpre, grads, ctx.needs_input_grad[0])
         o1, ob1, o2, ob2 = grads
         return dx, o1.view(w1.shape), ob1.view(b1.shape), o2.view(w2.shape), ob2.view(b2.shape), None, None
