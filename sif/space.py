@@ -128,10 +128,10 @@ class SIFSpace(SearchSpace, RatingModule):
         else:
             rows = {s: self.embeddings[s].weight.index_select(0, idx[s]) for s in self.sides}
         bias = None
-        if self.use_bias:
-            k = self.embedding_dim
-            bias = self.global_bias + sum(r[:, k] for r in rows.values())
-            rows = {s: r[:, :k] for s, r in rows.items()}
+        if self.use_bias:            # one split per row block: its backward is one cat, not two zero-filled copies
+            parts = {s: r.split([self.embedding_dim, 1], dim=1) for s, r in rows.items()}
+            bias = self.global_bias + sum(p[1].squeeze(1) for p in parts.values())
+            rows = {s: p[0] for s, p in parts.items()}
         emb, neighbours = add_neighbourhoods(self.neighbourhoods, rows, idx, self.neighbourhood_reg)
         return Encoded(emb, bias, list(rows.values()), neighbours)
 
