@@ -7,7 +7,10 @@ replacement, since at 1k users a batch of 65536 exceeds the 200k distinct pairs)
 SIF's search defaults (NASP, Adam lr 0.002, the fused step where it applies, every head trained) for one epoch of
 ``--steps`` batches; training: ``sif.train.train_model`` of the multiply model with the default training settings
 (Adam, clip 5) for one epoch. A step's time is the interval between two batches drawn by the loop (the loader is
-wrapped), so it is the loop's own step, warm-up steps dropped; ratings/s = batch / median step.
+wrapped), so it is the loop's own step, warm-up steps dropped; ratings/s = batch / median step. The CPU seconds of
+the process over the same intervals (``time.process_time``) are recorded next to them (``cpu_step_s``,
+``ratings_per_cpu_s``): on a shared machine the wall time of a pinned process grows with the load, its CPU time
+much less.
 
     taskset -c 1 python benchmarks/bench_sif_scale.py --threads 1        # writes benchmarks/results/sif_scale.json
 
@@ -39,7 +42,7 @@ class _Timed:
     """Forwards a loader (``set_epoch``/``iter_from``/``len``) and records the time at which each batch is drawn."""
 
     def __init__(self, loader):
-        self.loader, self.stamps = loader, []
+        self.loader, self.stamps, self.cpu_stamps = loader, [], []
 
     def set_epoch(self, epoch: int) -> None:
         self.loader.set_epoch(epoch)
@@ -50,6 +53,7 @@ class _Timed:
     def iter_from(self, start: int):
         for batch in self.loader.iter_from(start):
             self.stamps.append(time.perf_counter())
+            self.cpu_stamps.append(time.process_time())
             yield batch
 
     def __iter__(self):
@@ -106,11 +110,13 @@ def _worker(a) -> dict:
         path = "train loop"
     wall = time.perf_counter() - t0
     steps = [b - a_ for a_, b in zip(train.stamps, train.stamps[1:], strict=False)][a.warmup:]
-    step = statistics.median(steps)
+    cpu = [b - a_ for a_, b in zip(train.cpu_stamps, train.cpu_stamps[1:], strict=False)][a.warmup:]
+    step, cpu_step = statistics.median(steps), statistics.median(cpu)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2          # KiB -> GiB
     return {"users": a.users, "items": items, "batch": a.batch, "phase": a.phase, "sparse_rows": a.sparse,
             "device": a.device, "amp": a.amp, "path": path, "steps_timed": len(steps), "step_s": step,
-            "step_s_all": steps, "ratings_per_s": a.batch / step, "peak_rss_gib": rss, "wall_s": wall}
+            "step_s_all": steps, "ratings_per_s": a.batch / step, "cpu_step_s": cpu_step, "cpu_step_s_all": cpu,
+            "ratings_per_cpu_s": a.batch / cpu_step, "peak_rss_gib": rss, "wall_s": wall}
 
 
 def _run(users: int, batch: int, phase: str, sparse: bool, args) -> dict:
@@ -128,13 +134,17 @@ def _summary(rows: list[dict]) -> dict:
     search's ratings/s at the largest batch."""
     key = {(r["users"], r["batch"], r["phase"], r["sparse_rows"]): r for r in rows}
     lo, hi = min(r["users"] for r in rows), max(r["users"] for r in rows)
-    ratios = {f"{p} batch {b} {'sparse' if sp else 'dense'}":
-              key[(hi, b, p, sp)]["step_s"] / key[(lo, b, p, sp)]["step_s"]
-              for (u, b, p, sp) in key if u == lo and (hi, b, p, sp) in key}
+    def ratios(field):
+        return {f"{p} batch {b} {'sparse' if sp else 'dense'}": key[(hi, b, p, sp)][field] / key[(lo, b, p, sp)][field]
+                for (u, b, p, sp) in key if u == lo and (hi, b, p, sp) in key and field in key[(lo, b, p, sp)]}
+
     big = max(r["batch"] for r in rows)
     rate = {f"{u} users {'sparse' if sp else 'dense'}": r["ratings_per_s"]
             for (u, b, p, sp), r in key.items() if b == big and p == "search"}
-    return {f"step_ratio_{hi}_vs_{lo}": ratios, f"search_ratings_per_s_batch_{big}": rate}
+    cpu_rate = {f"{u} users {'sparse' if sp else 'dense'}": r["ratings_per_cpu_s"]
+                for (u, b, p, sp), r in key.items() if b == big and p == "search" and "ratings_per_cpu_s" in r}
+    return {f"step_ratio_{hi}_vs_{lo}": ratios("step_s"), f"cpu_step_ratio_{hi}_vs_{lo}": ratios("cpu_step_s"),
+            f"search_ratings_per_s_batch_{big}": rate, f"search_ratings_per_cpu_s_batch_{big}": cpu_rate}
 
 
 def _merge(paths: list[str], out: Path) -> None:
@@ -196,6 +206,7 @@ def main() -> None:
                     rows.append(r)
                     print(f"{phase:6s} users {users:8d} batch {batch:6d} {tables:6s} {r['path']:10s} "
                           f"{r['step_s'] * 1e3:9.2f} ms/step {r['ratings_per_s']:11.0f} ratings/s "
+                          f"{r['cpu_step_s'] * 1e3:9.2f} CPU ms/step {r['ratings_per_cpu_s']:11.0f} ratings/CPU s "
                           f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
                     _write(out, args, load_before, rows)          # after every row: a stopped run keeps its rows
     print(json.dumps(_summary(rows), indent=2))

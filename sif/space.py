@@ -128,27 +128,27 @@ class SIFSpace(SearchSpace, RatingModule):
         else:
             rows = {s: self.embeddings[s].weight.index_select(0, idx[s]) for s in self.sides}
         bias = None
-        if self.use_bias:
-            k = self.embedding_dim
-            bias = self.global_bias + sum(r[:, k] for r in rows.values())
-            rows = {s: r[:, :k] for s, r in rows.items()}
+        if self.use_bias:            # one split per row block: its backward is one cat, not two zero-filled copies
+            parts = {s: r.split([self.embedding_dim, 1], dim=1) for s, r in rows.items()}
+            bias = self.global_bias + sum(p[1].squeeze(1) for p in parts.values())
+            rows = {s: p[0] for s, p in parts.items()}
         emb, neighbours = add_neighbourhoods(self.neighbourhoods, rows, idx, self.neighbourhood_reg)
         return Encoded(emb, bias, list(rows.values()), neighbours)
 
     @staticmethod
-    def encode_closed_form(tables: tuple[Tensor, Tensor], global_bias: Tensor | None, users: Tensor, items: Tensor,
-                           out: tuple[Tensor, Tensor]) -> Tensor | None:
-        """:meth:`encode` of the matrix case without autograd, for a hand-written step (:mod:`sif.fused`): the user
-        and item embeddings into ``out`` ((B, k) each); returns the biases (B,), None when ``global_bias`` is None
-        (no ``use_bias``). A looked-up row's gradient is (dL/de, dL/dbias) (the bias: the table's last column)."""
-        if global_bias is None:                                         # both lookups straight into ``out``
-            torch.index_select(tables[0], 0, users, out=out[0])
-            torch.index_select(tables[1], 0, items, out=out[1])
-            return None
-        ru, rv, k = tables[0].index_select(0, users), tables[1].index_select(0, items), out[0].shape[1]
-        out[0].copy_(ru[:, :k])
-        out[1].copy_(rv[:, :k])
-        return global_bias + (ru[:, k] + rv[:, k])
+    def lookup_closed_form(table: Tensor, rows: Tensor, out: Tensor) -> None:
+        """:meth:`encode`'s lookup of one side without autograd, for a hand-written step (:mod:`sif.fused`): the
+        embeddings of table rows ``rows`` (n,) into ``out`` (n, k); with biases the table's last column (k) is the
+        bias, left out here (:meth:`bias_closed_form`). A looked-up row's gradient is (dL/de, dL/dbias)."""
+        torch.index_select(table[:, :out.shape[1]], 0, rows, out=out)
+
+    @staticmethod
+    def bias_closed_form(tables: tuple[Tensor, Tensor], global_bias: Tensor, users: Tensor, items: Tensor
+                         ) -> Tensor:
+        """:meth:`encode`'s biases (B,) of the matrix case without autograd: the global bias plus the last column
+        of each table at the batch's rows."""
+        k = tables[0].shape[1] - 1
+        return global_bias + (tables[0][:, k].index_select(0, users) + tables[1][:, k].index_select(0, items))
 
     def transform(self, emb: dict[str, Tensor], idx: dict[str, Tensor] | None = None,
                   plans: dict[str, tuple[Tensor, Tensor] | None] | None = None) -> dict[str, Tensor]:
@@ -181,11 +181,19 @@ class SIFSpace(SearchSpace, RatingModule):
         return {s: self._unique_plan(idx[s]) for s in self.sides}
 
     @staticmethod
-    def _unique_plan(index: Tensor) -> tuple[Tensor, Tensor] | None:
-        """(one batch position per distinct row (U,), each position's distinct row (B,)), or None when U is more
-        than ``UNIQUE_ROWS_FRACTION`` of the batch B (then g on every rating is as cheap)."""
+    def distinct_rows(index: Tensor) -> tuple[Tensor, Tensor, bool]:
+        """(the distinct rows of a batch index (U,) sorted, each rating's position among them (B,), whether g
+        should run on the distinct rows: U at most ``UNIQUE_ROWS_FRACTION`` of the batch B, else g on every rating
+        is as cheap). The one home of that choice (the generic step's :meth:`unique_plans`, the fused step)."""
         rows, inverse = torch.unique(index, return_inverse=True)                         # (U,), (B,)
-        if rows.shape[0] > UNIQUE_ROWS_FRACTION * index.shape[0]:
+        return rows, inverse, rows.shape[0] <= UNIQUE_ROWS_FRACTION * index.shape[0]
+
+    @staticmethod
+    def _unique_plan(index: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(one batch position per distinct row (U,), each position's distinct row (B,)), or None when g should
+        run on every rating (:meth:`distinct_rows`)."""
+        rows, inverse, few = SIFSpace.distinct_rows(index)
+        if not few:
             return None
         positions = torch.arange(index.shape[0], device=index.device)
         first = torch.full_like(rows, index.shape[0]).scatter_reduce_(0, inverse, positions, reduce="amin")
