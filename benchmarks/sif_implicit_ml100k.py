@@ -38,12 +38,15 @@ try:
 except ImportError:  # run as a script
     from _machine import machine_line
 
-MODELS = ("sif", "sif_nonsep", "sif_multiply", "gmf", "ncf", "neumf", "implicit_als", "implicit_bpr", "implicit_lmf",
-          "ease", "popularity")
+MODELS = ("sif", "sif_nonsep", "sif_multiply", "sif_softmax", "sif_multiply_softmax", "gmf", "ncf", "neumf",
+          "implicit_als", "implicit_bpr", "implicit_lmf", "implicit_als_wide", "ease", "popularity")
 LABELS = {"sif": "SIF (searched, all 5 ops)", "sif_nonsep": "SIF (searched, multiply/max/min: the bpr default)",
-          "sif_multiply": "SIF with multiply fixed (not searched)", "gmf": "GMF",
+          "sif_multiply": "SIF with multiply fixed (not searched)",
+          "sif_softmax": "SIF (searched, multiply/max/min), sampled softmax, user neighbourhood",
+          "sif_multiply_softmax": "SIF with multiply fixed, sampled softmax, user neighbourhood", "gmf": "GMF",
           "ncf": "NCF", "neumf": "NeuMF", "implicit_als": "implicit ALS",
-          "implicit_bpr": "implicit BPR", "implicit_lmf": "implicit LMF", "ease": "EASE (cornac)",
+          "implicit_bpr": "implicit BPR", "implicit_lmf": "implicit LMF",
+          "implicit_als_wide": "implicit ALS, wider grid", "ease": "EASE (cornac)",
           "popularity": "popularity (reference, not tuned)"}
 
 
@@ -62,24 +65,28 @@ def fit(name: str, params: dict, cfg: dict, train, valid, train_m, valid_m, seed
         f = fit_ease(train_m, seed=seed, **params)
         return f.score_fn(device), f.seconds, {}
     if name.startswith("implicit_"):
-        f = fit_implicit(name.split("_", 1)[1], train_m, random_state=seed, num_threads=1, **params)
+        f = fit_implicit(name.split("_")[1], train_m, random_state=seed, num_threads=1, **params)
         return f.score_fn(device), f.seconds, {}
-    n = cfg["neural"]
-    kw = dict(task=n["task"], num_negatives=n["num_negatives"], train=dict(n["train"]), device=device,
-              random_state=seed, use_bias=name.startswith("sif"), **params)
-    if name in ("sif", "sif_nonsep"):
+    n, params = cfg["neural"], dict(params)
+    model_kw = dict(cfg.get("neural_overrides", {}).get(name, {}))   # e.g. task, num_negatives, neighbourhood
+    train_kw = {**n["train"], **model_kw.pop("train", {}), **params.pop("train", {})}
+    kw = dict(task=n["task"], num_negatives=n["num_negatives"], device=device, random_state=seed,
+              use_bias=name.startswith("sif"))
+    kw.update(model_kw, train=train_kw, **params)
+    if name in ("sif", "sif_nonsep", "sif_softmax"):
         kw["search"] = dict(n["sif_search"])
     if name == "sif":            # the paper's five primitives, plus and concat included
         kw["ops"] = list(PRIMITIVES)
     if name == "sif_nonsep":     # only the ops whose score is not a sum of a user term and an item term (the
         kw["ops"] = list(n["sif_nonseparable_ops"])      # library's default search space for bpr and bce)
-    model = {"sif_nonsep": "sif", "sif_multiply": "fixed:multiply"}.get(name, name)
+    model = {"sif_nonsep": "sif", "sif_softmax": "sif", "sif_multiply": "fixed:multiply",
+             "sif_multiply_softmax": "fixed:multiply"}.get(name, name)
     rec = create_recommender(model, **kw)
     t0 = time.perf_counter()
     rec.fit(train, valid, show_progress=False)
     seconds = time.perf_counter() - t0
     info = {"epochs": len(rec.train_result_.history), "best_epoch": rec.train_result_.best_epoch}
-    if name in ("sif", "sif_nonsep"):
+    if model == "sif":
         info["op"] = rec.op_
     return model_score_fn(rec.model_), seconds, info
 

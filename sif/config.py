@@ -62,16 +62,16 @@ class ModelConfig:
     ``valid_fraction`` is ``data.valid_fraction``."""
 
     name: str = "sif"
-    task: str = "rating"            # rating | bpr | bce (implicit feedback: top-N metrics)
+    task: str = "rating"            # rating | bpr | bce | softmax (implicit feedback: top-N metrics)
     embedding_dim: int = EMBEDDING_DIM
     use_bias: bool = True
     reg: float = 0.1
     penalty: str = "effective"      # effective (SIF: L2 as the head sees the embeddings; l2 for baselines)
     #                                 | l2 (per-rating squared norms) | norm (the reference's ||U_b|| + ||V_b||)
     penalize_transformed: bool = False  # baselines: put the L2 penalty on the transformed embeddings
-    ops: list[str] | None = None    # SIF search: candidate ops (None: all five; multiply/max/min for bpr/bce)
+    ops: list[str] | None = None    # SIF search: candidate ops (None: all five; multiply/max/min for implicit tasks)
     head_init: str | None = None    # SIF heads: ones (multiply = a dot product) | uniform(+-1/sqrt(width)) (paper);
-    #                                 None: the task's (ones for ratings, uniform for bpr/bce; sif.feedback)
+    #                                 None: the task's (ones for ratings, uniform for implicit tasks; sif.feedback)
     head_radius: float | None = None    # L2 ball of the heads; None: sqrt(embedding_dim) (holds the all-ones head)
     g_hidden: int = 8
     g_skip: bool = True             # g starts as the identity and learns a residual (paper: random MLP)
@@ -83,8 +83,8 @@ class ModelConfig:
     neighbourhood: str | None = None    # SVD++-style implicit feedback: user | item | both (models that support it)
     neighbourhood_reg: float = 0.5      # its L2 coefficient relative to reg
     refit: bool = False             # retrain on train + valid for the epochs early stopping chose (rating task)
-    num_negatives: int = 4          # bpr/bce: sampled negatives per positive
-    positive_threshold: float | None = None  # bpr/bce: ratings >= this are positives (None: every rating)
+    num_negatives: int = 4          # implicit tasks: sampled negatives per positive
+    positive_threshold: float | None = None  # implicit tasks: ratings >= this are positives (None: every rating)
     race_k: int = 6                 # SIF: ops raced as stand-alone fits after the search (top race_k by alpha,
     #                                 sif.selection); 0: no race, the search's own choice (``select``)
     alpha_tol: float = 1e-3         # SIF race: alphas this close to the race_k-th are a tie and join the race
@@ -97,7 +97,7 @@ class ModelConfig:
         _positive(self, "embedding_dim", "g_hidden", "num_negatives", "race_first_budget")
         _non_negative(self, "race_k", "alpha_tol", "race_horizon")
         _non_negative(self, "reg", "neighbourhood_reg")
-        _one_of(self, "task", ("rating", "bpr", "bce"))
+        _one_of(self, "task", ("rating", "bpr", "bce", "softmax"))
         _one_of(self, "penalty", ("l2", "norm", "effective"))
         _one_of(self, "head_init", (None, "uniform", "ones"))
         _one_of(self, "select", ("best", "last"))

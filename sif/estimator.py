@@ -157,7 +157,7 @@ class BaseRecommender:
 
     @property
     def feedback(self) -> RatingFeedback | ImplicitFeedback:
-        """The task's strategy (:mod:`sif.feedback`): ratings, or implicit feedback for "bpr"/"bce"."""
+        """The task's strategy (:mod:`sif.feedback`): ratings, or implicit feedback for "bpr"/"bce"/"softmax"."""
         return feedback_strategy(self.task)
 
     def _task(self, **kw) -> RatingTask | ImplicitTask:

@@ -76,7 +76,8 @@ class RatingFeedback:
 
 class ImplicitFeedback:
     """Implicit feedback: the ratings >= ``positive_threshold`` are positives, ``num_negatives`` sampled negatives
-    per positive, loss ``bpr`` or ``bce``; ranking metrics (K=10, AUC) with the training positives filtered."""
+    per positive, loss ``bpr``, ``bce`` or ``softmax``; ranking metrics (K=10, AUC) with the training positives
+    filtered."""
 
     metric, maximize = "ndcg@10", True
     head_init = "uniform"                 # ML-100K BPR, fixed multiply, seeds 0/1: test NDCG@10 0.202/0.198 against
@@ -113,11 +114,12 @@ class ImplicitFeedback:
 
 
 FEEDBACK: dict[str, RatingFeedback | ImplicitFeedback] = {
-    "rating": RatingFeedback(), "bpr": ImplicitFeedback("bpr"), "bce": ImplicitFeedback("bce")}
+    "rating": RatingFeedback(), "bpr": ImplicitFeedback("bpr"), "bce": ImplicitFeedback("bce"),
+    "softmax": ImplicitFeedback("softmax")}
 
 
 def feedback_strategy(task: str) -> RatingFeedback | ImplicitFeedback:
-    """The strategy of ``task`` ("rating", "bpr" or "bce")."""
+    """The strategy of ``task`` ("rating", "bpr", "bce" or "softmax")."""
     if task not in FEEDBACK:
         raise ValueError(f"task must be one of {', '.join(FEEDBACK)}, got {task!r}")
     return FEEDBACK[task]

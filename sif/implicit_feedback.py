@@ -10,13 +10,17 @@ Losses (``s`` = model score, a logit):
 - ``"bpr"``: ``-log sigmoid(s(u, i) - s(u, j))`` for each positive ``i`` and each of ``num_negatives`` sampled
   negatives ``j`` (Rendle et al.'s pairwise loss), averaged;
 - ``"bce"``: binary cross-entropy with label 1 on the positive and 0 on each sampled negative (NCF's pointwise
-  loss), averaged over the ``1 + num_negatives`` terms.
+  loss), averaged over the ``1 + num_negatives`` terms;
+- ``"softmax"``: sampled softmax, the cross-entropy of the positive against its ``num_negatives`` sampled
+  negatives, ``-s(u, i) + log(exp s(u, i) + sum_j exp s(u, j))``, averaged over positives (a listwise loss: each
+  negative is weighted by how high it scores, where BPR weights every pair alike).
 
-Both add ``reg * (sum of the norms of the batch's embedding rows)`` as the rating task does.
+All three add ``reg * (sum of the norms of the batch's embedding rows)`` as the rating task does.
 
-SIF defaults for these tasks (:class:`sif.recommender.SIFRecommender` with ``task="bpr"``/``"bce"``): heads in an L2
-ball of radius sqrt(embedding_dim) instead of the paper's unit ball (which kept BPR scores so small that SIF sat at
-the popularity level on ML-100K), and a search over :data:`RANKING_OPS` only (see benchmarks/README.md, implicit).
+SIF defaults for these tasks (:class:`sif.recommender.SIFRecommender` with ``task="bpr"``, ``"bce"`` or
+``"softmax"``): heads in an L2 ball of radius sqrt(embedding_dim) instead of the paper's unit ball (which kept BPR
+scores so small that SIF sat at the popularity level on ML-100K), and a search over :data:`RANKING_OPS` only (see
+benchmarks/README.md, implicit).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ __all__ = ["LOSSES", "NegativeSampler", "RankingData", "ImplicitTask", "positive
            "score_all_items", "model_score_fn", "positive_iterator", "split_matrices",
            "implicit_splits", "RANKING_OPS"]
 
-LOSSES = ("bpr", "bce")
+LOSSES = ("bpr", "bce", "softmax")
 
 # The matrix interaction functions that can rank items differently for different users. ``plus`` and ``concat``
 # give a head output ``a(u) + b(v)`` (a user term plus an item term), so every user gets the same item order: for
@@ -227,7 +231,7 @@ def model_score_fn(model: nn.Module, view: ArchView | None = None,
 class ImplicitTask:
     """Task adapter for the nasp Searcher and :func:`sif.train.train_model` on implicit feedback.
 
-    loss: "bpr" or "bce"; num_negatives: sampled negatives per positive; samplers: {"train": sampler of the
+    loss: "bpr", "bce" or "softmax"; num_negatives: sampled negatives per positive; samplers: {"train": sampler of the
     training positives, "valid": sampler of training + validation positives} (the valid stream drives the alpha
     steps; its negatives avoid both sets); metric: a key of :meth:`evaluate` (default "ndcg@10", maximised);
     train_all_heads: in training steps, also train every non-selected SIF head on detached features with the
@@ -254,6 +258,8 @@ class ImplicitTask:
         if self.loss_name == "bpr":
             return -F.logsigmoid(pos.unsqueeze(1) - neg).mean()
         logits = torch.cat([pos.unsqueeze(1), neg], dim=1)                        # (B, 1 + n)
+        if self.loss_name == "softmax":                                           # the positive is class 0
+            return (torch.logsumexp(logits, dim=1) - pos).mean()
         labels = torch.zeros_like(logits)
         labels[:, 0] = 1.0
         return F.binary_cross_entropy_with_logits(logits, labels)

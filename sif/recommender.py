@@ -5,7 +5,7 @@ baselines, all on :class:`sif.estimator.BaseRecommender` (``fit`` / ``predict`` 
 Indices are the dataset's contiguous user/item indices (``RatingDataset.users``); ``user_ids``/``item_ids``
 of the training dataset map them back to original ids.
 
-``task="bpr"`` or ``"bce"`` trains on implicit feedback instead of ratings (see :mod:`sif.feedback`): the
+``task="bpr"``, ``"bce"`` or ``"softmax"`` trains on implicit feedback instead of ratings (see :mod:`sif.feedback`): the
 positives are the ratings >= ``positive_threshold`` (every rating when None), ``num_negatives`` sampled negatives
 per positive, early stopping (and SIF's architecture choice) on validation NDCG@10 with the user's training
 positives filtered; ``predict`` then returns scores (logits), not ratings.

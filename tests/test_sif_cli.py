@@ -135,3 +135,14 @@ def test_cli_benchmark_on_implicit_feedback(tmp_path, ratings_csv):
     assert all(0.0 <= r["test"]["ndcg@10"] <= 1.0 and "rmse" not in r["test"] for r in rows)
     table = (tmp_path / "bench/benchmark/benchmark.md").read_text()
     assert "test ndcg@10" in table and "| gmf |" in table
+
+
+def test_cli_search_with_sampled_softmax_and_a_user_neighbourhood(tmp_path, ratings_csv):
+    """The top-N setting of benchmarks/README.md ("Sampled softmax and a user neighbourhood") through the command
+    line: task softmax, 16 negatives, SVD++'s user neighbourhood; the run reports ranking metrics only."""
+    cfg = _config(tmp_path, ratings_csv)
+    assert main(["search", "--config", str(cfg), "--set", "model.task=softmax", "model.num_negatives=16",
+                 "model.neighbourhood=user", f"out_dir={tmp_path / 'run'}"]) == 0
+    results = json.loads((tmp_path / "run/search/results.json").read_text())
+    assert 0.0 <= results["test"]["ndcg@10"] <= 1.0 and "rmse" not in results["test"]
+    assert results["op"] in ("multiply", "max", "min")          # the ops that can personalise a ranking
