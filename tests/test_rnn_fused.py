@@ -148,7 +148,7 @@ def _grads(loss, leaves, retain=False):
 def _poison(pool):
     """Overwrite every storage the pool may hand out (referenced by the pool alone) with NaN bytes: whatever a
     reused buffer held must not matter."""
-    from nasp.spaces.rnn.fused import _use_count
+    from nasp.buffers import _use_count
 
     for stores in pool._free.values():
         for st in stores:
@@ -166,7 +166,7 @@ def _inputs(seed, T=6, B=4):
 def test_reused_buffers_give_the_same_results_as_fresh_ones(mode):
     """Two consecutive forward/backward passes on pooled buffers (the second on the first's storages, poisoned
     in between) give bit for bit the outputs and gradients of the cell with freshly allocated buffers."""
-    from nasp.spaces.rnn.fused import BufferPool
+    from nasp.buffers import BufferPool
 
     pooled, fresh = _space(), _space()
     fresh.load_state_dict(pooled.state_dict())
@@ -193,7 +193,7 @@ def test_two_forwards_before_their_backwards_do_not_share_buffers(mode, order):
     """Two graphs in flight at once (as the alpha step's and the weight step's may be), backwards in either
     order, and a graph kept for a second backward (retain_graph) while a third forward runs: each equals its
     own run on fresh buffers."""
-    from nasp.spaces.rnn.fused import BufferPool
+    from nasp.buffers import BufferPool
 
     pooled, fresh = _space(), _space()
     fresh.load_state_dict(pooled.state_dict())
@@ -227,7 +227,7 @@ def test_buffer_pool_is_not_copied_and_releases_sizes():
     import copy
     import pickle
 
-    from nasp.spaces.rnn.fused import BufferPool
+    from nasp.buffers import BufferPool
 
     space = _space()
     pool = space.lm.cell.buffer_pool = BufferPool(min_bytes=0, max_sizes=2)

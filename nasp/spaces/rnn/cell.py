@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fused import BufferPool, CellPlan, sparse_cell
+from nasp.buffers import BufferPool
+
+from .fused import CellPlan, sparse_cell
 
 __all__ = ["ACTIVATIONS", "RecurrentCell", "LanguageModelShell", "edge_output", "locked_mask", "embedded_dropout"]
 
