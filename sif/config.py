@@ -65,6 +65,7 @@ class ModelConfig:
     task: str = "rating"            # rating | bpr | bce | softmax (implicit feedback: top-N metrics)
     embedding_dim: int = EMBEDDING_DIM
     use_bias: bool = True
+    init_std: float = 0.1           # std of the Gaussian start of every embedding table (SIF and the baselines)
     reg: float = 0.1
     penalty: str = "effective"      # effective (SIF: L2 as the head sees the embeddings; l2 for baselines)
     #                                 | l2 (per-rating squared norms) | norm (the reference's ||U_b|| + ||V_b||)
@@ -94,7 +95,7 @@ class ModelConfig:
     #                                 nasp.optim.RowSparseOptimizer, benchmarks/README.md "SIF at scale")
 
     def __post_init__(self):
-        _positive(self, "embedding_dim", "g_hidden", "num_negatives", "race_first_budget")
+        _positive(self, "embedding_dim", "init_std", "g_hidden", "num_negatives", "race_first_budget")
         _non_negative(self, "race_k", "alpha_tol", "race_horizon")
         _non_negative(self, "reg", "neighbourhood_reg")
         _one_of(self, "task", ("rating", "bpr", "bce", "softmax"))
