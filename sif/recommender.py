@@ -111,8 +111,9 @@ class SIFRecommender(BaseRecommender):
     steady learner such as multiply+max in the race (benchmarks/README.md, "The quick start with neighbourhoods").
     On tensor data (53 two-stage candidates) ``tensor_race_k`` (4) replaces ``race_k`` (0 still means no race),
     one op per function class races, and no race round trains beyond ``tensor_race_cap`` (8) epochs, chosen on
-    validation to bring the search and race below the cost of training the five symmetric fixed classes
-    (benchmarks/README.md, "SIF tensor search").
+    validation to bring the search and race below the cost of training the five symmetric fixed classes: on
+    ML-100K (4 contexts x 5 folds) 0.86-0.97x in CPU seconds (about 1.5x before), at a regret of 0.0047 against the
+    validation-best fixed candidate (0.0029 before; benchmarks/README.md, "SIF tensor search").
     """
 
     def __init__(self, search: Any = None, select: str = _M.select, search_on: str = _M.search_on,
