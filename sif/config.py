@@ -65,6 +65,7 @@ class ModelConfig:
     task: str = "rating"            # rating | bpr | bce | softmax (implicit feedback: top-N metrics)
     embedding_dim: int = EMBEDDING_DIM
     use_bias: bool = True
+    init_std: float = 0.1           # std of the Gaussian start of every embedding table (SIF and the baselines)
     reg: float = 0.1
     penalty: str = "effective"      # effective (SIF: L2 as the head sees the embeddings; l2 for baselines)
     #                                 | l2 (per-rating squared norms) | norm (the reference's ||U_b|| + ||V_b||)
@@ -90,11 +91,15 @@ class ModelConfig:
     alpha_tol: float = 1e-3         # SIF race: alphas this close to the race_k-th are a tie and join the race
     race_first_budget: int = 2      # SIF race: epochs of the first race round (doubling after)
     race_horizon: float = 3.0       # SIF race: how far (x epochs trained) a candidate's recent rate is continued
+    tensor_race_k: int = 4          # SIF race on (user, item, context) data: race_k for the 53 two-stage candidates
+    #                                 (one op per function class races; sif.selection.function_class)
+    tensor_race_cap: int | None = 8  # SIF race on tensor data: no race round trains beyond this many epochs; the
+    #                                 leader then wins and trains on to its own early stop (null: no cap)
     sparse_rows: bool = False       # row-wise table updates: a step costs O(batch), not O(table) (Adam: lazy Adam;
     #                                 nasp.optim.RowSparseOptimizer, benchmarks/README.md "SIF at scale")
 
     def __post_init__(self):
-        _positive(self, "embedding_dim", "g_hidden", "num_negatives", "race_first_budget")
+        _positive(self, "embedding_dim", "init_std", "g_hidden", "num_negatives", "race_first_budget", "tensor_race_k")
         _non_negative(self, "race_k", "alpha_tol", "race_horizon")
         _non_negative(self, "reg", "neighbourhood_reg")
         _one_of(self, "task", ("rating", "bpr", "bce", "softmax"))
@@ -103,6 +108,8 @@ class ModelConfig:
         _one_of(self, "select", ("best", "last"))
         _one_of(self, "search_on", ("valid", "train"))
         _one_of(self, "neighbourhood", (None, "user", "item", "both"))
+        if self.tensor_race_cap is not None and self.tensor_race_cap < 1:
+            raise ValueError(f"tensor_race_cap must be >= 1 (or null), got {self.tensor_race_cap}")
         if self.head_radius is not None and not self.head_radius > 0:
             raise ValueError(f"head_radius must be > 0 (or null), got {self.head_radius}")
 

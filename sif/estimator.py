@@ -66,7 +66,8 @@ class BaseRecommender:
     interactions (:mod:`sif.neighbourhood`; models without the option raise), with L2 ``neighbourhood_reg * reg``.
     refit: after the fit, train a fresh model of the fitted kind on train + valid for the epochs early stopping
     chose (rating task; ``train_result_`` keeps the first fit and its validation scores, ``refit_result_`` the
-    refit). sparse_rows: row-wise updates of the embedding tables (only the batch's rows and their optimiser state
+    refit). init_std: the std of the Gaussian start of the embedding tables (SIF and baselines). sparse_rows:
+    row-wise updates of the embedding tables (only the batch's rows and their optimiser state
     change; Adagrad exact, Adam lazy: :class:`nasp.optim.RowSparseOptimizer`)."""
 
     def __init__(self, embedding_dim: int = _M.embedding_dim, use_bias: bool = _M.use_bias, reg: float = _M.reg,
@@ -75,8 +76,11 @@ class BaseRecommender:
                  device: str = "cpu", random_state: int = 0, task: str = _M.task,
                  num_negatives: int = _M.num_negatives, positive_threshold: float | None = _M.positive_threshold,
                  neighbourhood: str | None = _M.neighbourhood, neighbourhood_reg: float = _M.neighbourhood_reg,
-                 refit: bool = _M.refit, sparse_rows: bool = _M.sparse_rows):
+                 refit: bool = _M.refit, sparse_rows: bool = _M.sparse_rows, init_std: float = _M.init_std):
         feedback_strategy(task)                     # validates the name
+        if not init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {init_std}")
+        self.init_std = init_std
         self.task, self.num_negatives, self.positive_threshold = task, num_negatives, positive_threshold
         self.embedding_dim, self.use_bias, self.reg, self.train = embedding_dim, use_bias, reg, train
         self.penalty, self.penalize_transformed = penalty, penalize_transformed
@@ -191,7 +195,8 @@ class BaseRecommender:
 
     def _model_kwargs(self) -> dict[str, Any]:
         kw = dict(num_users=self.num_users_, num_items=self.num_items_, num_contexts=self.num_contexts_,
-                  embedding_dim=self.embedding_dim, use_bias=self.use_bias, seed=self.random_state,
+                  embedding_dim=self.embedding_dim, use_bias=self.use_bias, init_std=self.init_std,
+                  seed=self.random_state,
                   neighbourhood_reg=self.neighbourhood_reg, sparse_rows=self.sparse_rows)
         return kw if self.neighbourhood is None else {**kw, "neighbourhood": self.neighbourhood}
 

@@ -28,15 +28,19 @@ from pathlib import Path
 from torch import nn
 
 from .config import ModelConfig
+from .interactions import tensor_candidates
 from .train import TrainResult, train_model
 
-__all__ = ["SELECTION_DEFAULTS", "RaceResult", "shortlist", "race", "early_stopped", "race_fit"]
+__all__ = ["SELECTION_DEFAULTS", "RaceResult", "shortlist", "function_class", "distinct_classes", "race",
+           "early_stopped", "race_fit"]
 
 log = logging.getLogger("sif.selection")
 
 _M = ModelConfig()       # the one home of the race's defaults
 SELECTION_DEFAULTS = {"race_k": _M.race_k, "alpha_tol": _M.alpha_tol, "first_budget": _M.race_first_budget,
-                      "horizon": _M.race_horizon, "window": None}
+                      "horizon": _M.race_horizon, "window": None, "cap": None}
+_TENSOR = {c.name: c for c in tensor_candidates()}
+_ADDITIVE = ("plus", "concat")
 
 
 @dataclass
@@ -75,6 +79,25 @@ def shortlist(alphas: Mapping[str, float], k: int, alpha_tol: float = SELECTION_
     return order[:k] + [op for op in order[k:] if float(alphas[op]) >= cut - alpha_tol]
 
 
+def function_class(op: str) -> str:
+    """The function class of a two-stage tensor candidate in the SIF model with biases and free embeddings: every
+    candidate of only plus and concat is one class ("additive": a sum of per-side scores, which the biases span),
+    and ``X_concat(z)`` is ``X_plus(z)`` (``w^T [X, g(z)]`` and ``w^T (X + g(z))`` both add a free score of z to
+    ``w^T X``). Any other name (a matrix op, a mixture) is its own class."""
+    cand = _TENSOR.get(op)
+    if cand is None:
+        return op
+    if cand.op1 in _ADDITIVE and cand.op2 in _ADDITIVE:
+        return "additive"
+    return op.replace("_concat(", "_plus(") if cand.op2 == "concat" else op
+
+
+def distinct_classes(ops: Sequence[str]) -> list[str]:
+    """``ops`` without the later members of a :func:`function_class` already listed (order kept)."""
+    seen: set[str] = set()
+    return [op for op in ops if not (function_class(op) in seen or seen.add(function_class(op)))]
+
+
 def early_stopped(curve: Sequence[float], patience: int, min_delta: float = 1e-4) -> bool:
     """True when a fit with this validation curve (lower is better) has stopped itself: ``patience`` epochs in a row
     without an improvement of more than ``min_delta`` on the best so far (the rule of :func:`sif.train.train_model`)."""
@@ -110,8 +133,8 @@ def _evidence(leader: Sequence[float], value: float) -> bool:
 
 def race(candidates: Sequence[str], advance: Callable[[str, int], Sequence[float]], patience: int,
          min_delta: float = 1e-4, first_budget: int = SELECTION_DEFAULTS["first_budget"], max_epochs: int = 200,
-         horizon: float = SELECTION_DEFAULTS["horizon"], window: int | None = SELECTION_DEFAULTS["window"]
-         ) -> RaceResult:
+         horizon: float = SELECTION_DEFAULTS["horizon"], window: int | None = SELECTION_DEFAULTS["window"],
+         cap: int | None = SELECTION_DEFAULTS["cap"]) -> RaceResult:
     """Race stand-alone fits of ``candidates`` on the validation split; returns the :class:`RaceResult`.
 
     advance(op, epochs) trains op's fit (resuming it) until it has run ``epochs`` epochs in all or stopped itself,
@@ -121,28 +144,34 @@ def race(candidates: Sequence[str], advance: Callable[[str, int], Sequence[float
     eliminated when (a) it has reached its plateau (:func:`early_stopped` with ``patience``) or (b) its optimistic
     bound (see ``_floor``) is above the leader's value and the lead is evidence (``_evidence``: the leader has
     improved since its first epoch by more than the candidate trails it). The race ends when one candidate is left
-    or every one left has stopped; the winner's fit is then advanced to its own early stop.
+    or every one left has stopped; the winner's fit is then advanced to its own early stop. ``cap`` (None: no cap)
+    caps the rounds' budget: a candidate that has trained ``cap`` epochs counts as stopped, so that the leader at
+    ``cap`` epochs wins (and is then trained on to its own early stop).
     """
     if not candidates:
         raise ValueError("race: no candidates")
-    if first_budget < 1 or patience < 1 or max_epochs < 1:
-        raise ValueError(f"race: first_budget, patience and max_epochs must be >= 1, got {first_budget}, {patience}, "
-                         f"{max_epochs}")
-    alive, curves, eliminated, budget = list(candidates), {}, [], min(first_budget, max_epochs)
+    if first_budget < 1 or patience < 1 or max_epochs < 1 or (cap is not None and cap < 1):
+        raise ValueError(f"race: first_budget, patience, max_epochs and cap must be >= 1, got {first_budget}, "
+                         f"{patience}, {max_epochs}, {cap}")
+    limit = max_epochs if cap is None else min(cap, max_epochs)
+    alive, curves, eliminated, budget = list(candidates), {}, [], min(first_budget, limit)
     done: dict[str, bool] = {}
+    own: dict[str, bool] = {}         # stopped by itself (or at max_epochs), not by the cap
     while True:
         for op in alive:
             if not done.get(op):
                 curves[op] = list(advance(op, budget))
                 if not curves[op]:
                     raise RuntimeError(f"race: advance({op!r}, {budget}) returned an empty curve")
-                done[op] = (len(curves[op]) < budget or len(curves[op]) >= max_epochs
-                            or early_stopped(curves[op], patience, min_delta))
+                own[op] = (len(curves[op]) < budget or len(curves[op]) >= max_epochs
+                           or early_stopped(curves[op], patience, min_delta))
+                done[op] = own[op] or len(curves[op]) >= limit
         leader = min(alive, key=lambda op: (min(curves[op]), alive.index(op)))
         lead = min(curves[leader])
         for op in [o for o in alive if o != leader]:
             if done[op]:
-                eliminated.append((op, len(curves[op]), f"plateau {min(curves[op]):.4f} > {lead:.4f} ({leader})"))
+                why = "plateau" if own[op] else f"cap {limit}:"
+                eliminated.append((op, len(curves[op]), f"{why} {min(curves[op]):.4f} > {lead:.4f} ({leader})"))
             elif _floor(curves[op], window, horizon) > lead and _evidence(curves[leader], min(curves[op])):
                 eliminated.append((op, len(curves[op]), f"bound {_floor(curves[op], window, horizon):.4f} > "
                                                         f"{lead:.4f} ({leader})"))
@@ -151,9 +180,9 @@ def race(candidates: Sequence[str], advance: Callable[[str, int], Sequence[float
             alive.remove(op)
         if len(alive) == 1 or all(done[o] for o in alive):
             break
-        budget = min(2 * budget, max_epochs)
+        budget = min(2 * budget, limit)
     winner = min(alive, key=lambda op: (min(curves[op]), alive.index(op)))
-    if not done[winner]:
+    if not own[winner]:
         curves[winner] = list(advance(winner, max_epochs))
     return RaceResult(winner, tuple(candidates), curves, sum(len(c) for c in curves.values()), eliminated)
 
@@ -162,12 +191,16 @@ def race_fit(rec, space, train_it, eval_it, run_dir: str | Path | None = None) -
     """The race stage of :class:`sif.recommender.SIFRecommender` (``race_k`` >= 1): the ``race_k`` ops with the
     largest final alpha of ``space``'s search (ties within ``alpha_tol`` join) race as stand-alone fits on the
     validation split (:func:`race`, on the task's metric, negated where larger is better); the winner's fit, trained
-    to its own early stop, is returned as (model, train result). Sets ``rec.selection_`` (:class:`RaceResult`),
+    to its own early stop, is returned as (model, train result). On tensor data (user, item, context) the shortlist
+    is the ``tensor_race_k`` largest alphas, one op per :func:`function_class` (the larger alpha races), and the
+    race's rounds stop at ``tensor_race_cap`` epochs. Sets ``rec.selection_`` (:class:`RaceResult`),
     ``rec.op_`` and ``rec.genotype_``. Each fit resumes from its checkpoint in ``run_dir/<op>`` (a temporary
     folder when None), so a killed run resumes to the same race; the fits call no ``callback``."""
     names = list(space.names)
     final = dict(zip(names, rec.search_result_.history[-1]["alphas"]["interaction"][0], strict=True))
-    cands = shortlist(final, rec.race_k, rec.alpha_tol)
+    tensor = len(space.sides) == 3
+    cands = shortlist(final, rec.tensor_race_k if tensor else rec.race_k, rec.alpha_tol)
+    cands = distinct_classes(cands) if tensor else cands
     metric, sign = rec.task_.metric, (-1.0 if getattr(rec.task_, "maximize", False) else 1.0)
     cfg, fits = rec.train_config_, {}
     with tempfile.TemporaryDirectory(prefix="sif-race-") as tmp:
@@ -181,7 +214,7 @@ def race_fit(rec, space, train_it, eval_it, run_dir: str | Path | None = None) -
             return [sign * h[f"valid_{metric}"] for h in res.history][:epochs]   # a resumed fit may have run longer
 
         rec.selection_ = race(cands, advance, cfg.patience, cfg.min_delta, rec.race_first_budget, cfg.max_epochs,
-                              rec.race_horizon)
+                              rec.race_horizon, cap=rec.tensor_race_cap if tensor else None)
     rec.selection_.seconds = sum(res.seconds for _, res in fits.values())
     rec.op_ = rec.selection_.winner
     best = rec.search_result_.best_genotype

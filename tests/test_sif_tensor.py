@@ -157,9 +157,9 @@ def test_cli_writes_the_context_into_results(tmp_path):
 # ---- planted tensor functions -------------------------------------------------------------------------------
 # The weight-sharing search alone (model "sif") found a planted multiply_multiply on only 3 of 5 seeds of this
 # kind of data (measured): the triple product starts at a saddle (embeddings of std 0.1) and learns slowly through
-# shared weights. The selection race over all 53 candidates (race_k=53) judges each candidate by its own
-# stand-alone validation curve and recovers it on every seed.
-_RACE = {"reg": 1e-4, "use_bias": False, "race_k": 53, "search": {"epochs": 1},
+# shared weights. The selection race over all 53 candidates (tensor_race_k=53, one per function class, no cap)
+# judges each candidate by its own stand-alone validation curve and recovers it on every seed.
+_RACE = {"reg": 1e-4, "use_bias": False, "tensor_race_k": 53, "tensor_race_cap": None, "search": {"epochs": 1},
          "train": {"max_epochs": 30, "patience": 3, "lr": 0.03, "batch_size": 128}}
 # w^T [u*v, c] and w^T (u*v + c) are one function class (c is learned): either recovers the planted mixed op
 _SAME = {"multiply_multiply": {"multiply_multiply"},
@@ -219,3 +219,51 @@ def test_tensor_benchmark_targets_and_regret():
     assert "target sif < matrix:mf by one std: not met" in text
     # the regret is against the fixed candidate best on validation (multiply_multiply), not the best on test
     assert "(multiply_multiply, multiply_multiply, multiply_multiply): 0.0200 +- 0.0000" in text
+
+
+# ---- the tensor race: one op per function class, the round cap ---------------------------------------------
+def test_function_classes_of_tensor_candidates():
+    from sif.selection import distinct_classes, function_class
+
+    assert {function_class(op) for op in ("plus_plus", "concat_concat", "plus(u,v)_concat(c)",
+                                          "plus(u,c)_concat(v)")} == {"additive"}
+    assert function_class("multiply(u,v)_concat(c)") == function_class("multiply(u,v)_plus(c)")
+    assert function_class("multiply(u,v)_max(c)") == "multiply(u,v)_max(c)"
+    assert function_class("plus") == "plus" and function_class("concat") == "concat"     # matrix ops: untouched
+    ops = ["plus_plus", "min(u,c)_concat(v)", "concat_concat", "min(u,c)_plus(v)", "multiply_multiply"]
+    assert distinct_classes(ops) == ["plus_plus", "min(u,c)_concat(v)", "multiply_multiply"]
+
+
+def test_race_cap_stops_the_rounds_and_trains_the_winner_on():
+    from sif.selection import race
+
+    # "slow" learns steadily and is best after 12 epochs; "fast" leads up to epoch 8, then plateaus at 0.90
+    curves = {"fast": [1.0, 0.95, 0.92, 0.91, 0.905, 0.902, 0.901, 0.9005] + [0.9004] * 12,
+              "slow": [1.0 - 0.012 * e for e in range(20)]}
+
+    def advance(op, epochs):
+        return curves[op][:epochs]
+
+    free = race(["fast", "slow"], advance, patience=2, max_epochs=20)
+    capped = race(["fast", "slow"], advance, patience=2, max_epochs=20, cap=4)
+    assert free.winner == "slow" and capped.winner == "fast"
+    assert len(capped.curves["slow"]) == 4 and "cap 4" in capped.eliminated[0][2]
+    assert len(capped.curves["fast"]) > 4          # the winner trained on to its own early stop
+    assert race(["fast", "slow"], advance, patience=2, max_epochs=20, cap=None).curves == free.curves
+    with pytest.raises(ValueError, match="cap"):
+        race(["fast"], advance, patience=2, cap=0)
+
+
+def test_tensor_race_uses_its_own_k_classes_and_cap():
+    ds = planted_ratings("multiply(u,v)_plus(c)", num_users=20, num_items=25, num_contexts=3, dim=2, n=1200, seed=0)
+    tr, va, _ = random_split(ds, (0.8, 0.2, 0.0), seed=0)
+    rec = create_recommender("sif", embedding_dim=2, race_k=1, tensor_race_k=3, tensor_race_cap=2, alpha_tol=0.0,
+                             search={"epochs": 1}, train={"max_epochs": 6, "patience": 2}).fit(tr, va,
+                                                                                               show_progress=False)
+    from sif.selection import function_class
+
+    cands = rec.selection_.candidates
+    assert 1 <= len(cands) <= 3 and len({function_class(c) for c in cands}) == len(cands)
+    assert all(len(c) <= 2 for op, c in rec.selection_.curves.items() if op != rec.op_)
+    with pytest.raises(ValueError, match="tensor_race_k"):
+        create_recommender("sif", tensor_race_k=0)
