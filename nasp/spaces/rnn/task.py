@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...arch import ArchView
@@ -67,9 +66,8 @@ class LanguageModelTask:
         """(mean NLL over the batch's tokens, raw outputs (T, B, H)); advances the stream's hidden state."""
         x, y = batch[0], batch[1]
         start = self._start(model, stream, batch, x.shape[1], x.device)
-        logits, hidden, raw = model(x, start, view)
+        nll, hidden, raw = model(x, start, view, targets=y)       # decoder + cross-entropy fused (decoder.py)
         self._state[stream]["end"] = hidden.detach()
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         return nll, raw
 
     def loss(self, model: nn.Module, batch, view: ArchView | None, stream: str) -> Tensor:
