@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nasp import fastmath
 from nasp.buffers import BufferPool
 
 __all__ = ["CellPlan", "sparse_cell", "needed_grads"]
@@ -58,7 +59,7 @@ class CellPlan:
 
 def _act_out(name: str, g: Tensor, out: Tensor) -> Tensor:
     if name == "tanh":
-        return torch.tanh(g, out=out)
+        return fastmath.tanh_into(g, out)            # numpy's on CPU (nasp.fastmath)
     if name == "sigmoid":
         return torch.sigmoid(g, out=out)
     if name == "relu":
@@ -142,7 +143,7 @@ class _SparseCell(torch.autograd.Function):
             hm = h if mask_h is None else h * mask_h
             z0 = torch.addmm(xw[t], hm, w_h)
             torch.sigmoid(z0[:, :H], out=A[t, 0])
-            torch.tanh(z0[:, H:], out=F[t, 0])
+            fastmath.tanh_into(z0[:, H:], F[t, 0])
             torch.lerp(h, F[t, 0], A[t, 0], out=St[0])
             masked: dict[int, Tensor] = {}
             for j, (_, i, op) in enumerate(plan.kept, start=1):
