@@ -1,12 +1,14 @@
-"""numpy's vectorised tanh for CPU tensors (:func:`tanh_`, :func:`tanh_into`, differentiable :func:`tanh`).
+"""numpy's vectorised tanh for CPU tensors, in place (:func:`tanh_`) or into a buffer (:func:`tanh_into`), no autograd.
 
 torch 2.13's CPU float32 tanh is several times slower than numpy's on the machines measured (the 2-core AMD
 EPYC, torch 2.13.0+cpu, numpy 2.4.6, 1 thread: 4M scalars 1.6 ms against 26.8 ms in float32, 15 ms against
 47 ms in float64; a (32, 128) block read with a stride, as the RNN cell's gates are, 5.5 us against 14.7 us).
 numpy's result is within 1.4 ulp of the exact value (torch: 0.5 ulp): the same up to float rounding. Used by
-SIF's g (:mod:`sif.transform`) and by the RNN cell: the fused one-hot cell and its alpha contraction (NASP) and
-the autograd path (DARTS' dense cell, the evaluation model), so that every strategy gets it. Sigmoid is not
-routed: torch's is as fast as numpy's exp-based form there.
+SIF's g (:mod:`sif.transform`) and by the RNN cell's hand-written paths: the fused one-hot cell and NASP's alpha
+contraction. Not by the autograd path (DARTS' dense cell, the evaluation model): wrapped in an autograd Function
+(numpy forward, dy (1 - y^2) backward) it cost as much as it saved there (2-core AMD EPYC, 1 thread, forward +
+backward of a (n, 32, 128) strided block: n = 1: 158 us against torch's 96; n = 4: 190 against 159; n = 8: 235
+against 236), and made DARTS' step slower. Sigmoid is not routed: torch's is as fast as numpy's exp-based form.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["numpy_ok", "tanh", "tanh_", "tanh_into"]
+__all__ = ["numpy_ok", "tanh_", "tanh_into"]
 
 _NUMPY_DTYPES = (torch.float32, torch.float64)
 _AS_NUMPY = torch.Tensor.numpy     # a zero-copy view of CPU memory (only ever called on CPU tensors, numpy_ok), so
@@ -47,24 +49,3 @@ def tanh_into(x: Tensor, out: Tensor) -> Tensor:
         return out
     return torch.tanh(x, out=out)
 
-
-class _Tanh(torch.autograd.Function):
-    """tanh with numpy's forward (:func:`tanh_into`) and torch's backward formula (dy (1 - y^2))."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        y = tanh_into(x, torch.empty(x.shape, dtype=x.dtype))
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy: Tensor) -> Tensor:
-        (y,) = ctx.saved_tensors
-        return dy * (1 - y * y)
-
-
-def tanh(x: Tensor) -> Tensor:
-    """Differentiable tanh: numpy's forward where :func:`numpy_ok` (any strides), else ``torch.tanh``."""
-    if numpy_ok(x, contiguous=False):
-        return _Tanh.apply(x)
-    return torch.tanh(x)

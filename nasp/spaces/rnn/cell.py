@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nasp import fastmath
 from nasp.buffers import BufferPool
 
 from .decoder import decoder_nll
@@ -30,7 +29,7 @@ from .fused import CellPlan, sparse_cell
 __all__ = ["ACTIVATIONS", "RecurrentCell", "LanguageModelShell", "edge_output", "locked_mask", "embedded_dropout"]
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "tanh": fastmath.tanh,          # numpy's forward on CPU (several times torch's speed there), torch's elsewhere
+    "tanh": torch.tanh,     # not nasp.fastmath's: through autograd its Function costs as much as it saves
     "relu": torch.relu,
     "sigmoid": torch.sigmoid,
     "identity": lambda x: x,
@@ -97,7 +96,7 @@ class RecurrentCell(nn.Module):
         for t in range(T):
             hm = h if mask_h is None else h * mask_h
             c0, g0 = (xw[t] + hm @ w_h).chunk(2, dim=-1)
-            states = [h + torch.sigmoid(c0) * (fastmath.tanh(g0) - h)]    # s_0 (B, H)
+            states = [h + torch.sigmoid(c0) * (torch.tanh(g0) - h)]       # s_0 (B, H)
             for j in range(1, self.num_nodes + 1):
                 states.append(node_fn(j, states, mask_h))
             h = torch.stack([states[c] for c in concat]).mean(0)          # (B, H)
