@@ -2,13 +2,14 @@
 
 torch 2.13's CPU float32 tanh is several times slower than numpy's on the machines measured (the 2-core AMD
 EPYC, torch 2.13.0+cpu, numpy 2.4.6, 1 thread: 4M scalars 1.6 ms against 26.8 ms in float32, 15 ms against
-47 ms in float64; a (32, 128) block read with a stride, as the RNN cell's gates are, 5.5 us against 14.7 us).
+47 ms in float64; a (32, 128) block read with a stride, as the RNN cell's gates are, 9.1 us against 14.6 us:
+benchmarks/results/rnn_parts.json).
 numpy's result is within 1.4 ulp of the exact value (torch: 0.5 ulp): the same up to float rounding. Used by
 SIF's g (:mod:`sif.transform`) and by the RNN cell's hand-written paths: the fused one-hot cell and NASP's alpha
 contraction. Not by the autograd path (DARTS' dense cell, the evaluation model): wrapped in an autograd Function
-(numpy forward, dy (1 - y^2) backward) it cost as much as it saved there (2-core AMD EPYC, 1 thread, forward +
-backward of a (n, 32, 128) strided block: n = 1: 158 us against torch's 96; n = 4: 190 against 159; n = 8: 235
-against 236), and made DARTS' step slower. Sigmoid is not routed: torch's is as fast as numpy's exp-based form.
+(numpy forward, dy (1 - y^2) backward) it cost as much as it saved there (forward + backward of an (n, 32, 128)
+strided block: n = 1: 144 us against torch's 89; n = 4: 180 against 152; n = 8: 220 against 227, same JSON),
+and made DARTS' step slower. Sigmoid is not routed: torch's is as fast as numpy's exp-based form.
 """
 
 from __future__ import annotations
