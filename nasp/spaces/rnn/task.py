@@ -27,7 +27,9 @@ class LanguageModelTask:
 
     ar / tar: activation and temporal activation regularisation weights (AWD-LSTM; DARTS uses ar=0,
     tar=1e-3), added to the "train" stream's loss only. metric "ppl" (perplexity, lower is better).
-    max_eval_batches: evaluate on at most this many batches (None: the whole loader).
+    max_eval_batches: evaluate on at most this many batches (None: the whole loader). The model is called as
+    ``model(x, hidden, view, targets=y)`` and returns (mean NLL, hidden, raw outputs) (the decoder and its
+    cross-entropy fused, :mod:`.decoder`).
     """
 
     metric, maximize = "ppl", False
