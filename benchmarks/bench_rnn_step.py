@@ -5,7 +5,11 @@ initial weights and alphas) and the same sequence of training/validation batches
 markdown table with the ratios of one run. ``nasp_graph`` is NASP with the older alpha step (every candidate at
 every time step, the non-selected ones without graphs; ``RNNSearchSpace(nasp_alpha_step="graph")``);
 ``nasp_nofuse`` is NASP with the one-hot cell run node by node through autograd instead of the fused cell
-(``RNNSearchSpace(fused_cell=False)``, the implementation before the fused cell).
+(``RNNSearchSpace(fused_cell=False)``, the implementation before the fused cell). ``<strategy>_before``
+(``nasp_before``, ``darts1_before``, ``darts2_before``) is that strategy as the code ran before the session of
+2026-12-05: the decoder and its cross-entropy through ``F.linear`` + ``F.cross_entropy``
+(``LanguageModelShell.fused_decoder = False``, not :mod:`nasp.spaces.rnn.decoder`) and torch's tanh everywhere
+(:func:`nasp.fastmath.numpy_ok` answering False), so that before and after run in one invocation.
 A step is what the shared search loop does per training batch:
 for NASP the proximal alpha step + the sparse weight step, for DARTS the (unrolled) alpha step + the dense
 weight step. CPU s/step: the main thread's CPU time per step (``time.thread_time``; on a shared machine it
@@ -36,13 +40,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._machine import machine  # noqa: E402
+from nasp import fastmath  # noqa: E402
 from nasp.search import SearchConfig, Searcher  # noqa: E402
 from nasp.spaces.rnn import PRIMITIVES_DARTS, LanguageModelTask, RNNSearchSpace  # noqa: E402
 from nasp.strategies import STRATEGIES  # noqa: E402
 
 STRATEGY_NAMES = ("nasp", "darts1", "darts2")
-# benchmark name -> (strategy, nasp_alpha_step, fused_cell)
-VARIANTS = {"nasp_graph": ("nasp", "graph", True), "nasp_nofuse": ("nasp", "contract", False)}
+# benchmark name -> (strategy, nasp_alpha_step, fused_cell, fused_decoder)
+VARIANTS = {"nasp_graph": ("nasp", "graph", True, True), "nasp_nofuse": ("nasp", "contract", False, True),
+            **{f"{n}_before": (n, "contract", True, False) for n in STRATEGY_NAMES}}
 
 
 def _args(argv=None):
@@ -78,10 +84,13 @@ def worker(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    name, alpha_step, fused_cell = VARIANTS.get(args.worker, (args.worker, "contract", True))
+    name, alpha_step, fused_cell, fused_decoder = VARIANTS.get(args.worker, (args.worker, "contract", True, True))
     space = RNNSearchSpace(args.vocab, args.hidden, args.hidden, ops=PRIMITIVES_DARTS, seed=0,
                            alpha_init="darts" if name.startswith("darts") else "nasp", nasp_alpha_step=alpha_step,
                            fused_cell=fused_cell)
+    space.lm.fused_decoder = fused_decoder
+    if not fused_decoder:                             # "_before": torch's tanh everywhere too
+        fastmath.numpy_ok = lambda t, contiguous=True: False
     config = SearchConfig(strategy=name, epochs=1, w_lr=20.0, w_lr_schedule="constant", w_momentum=0.0,
                           w_weight_decay=5e-7, grad_clip=0.25, a_lr=3e-3, a_betas=(0.9, 0.999))
     s = Searcher(space, LanguageModelTask(), config, device=device, show_progress=False)

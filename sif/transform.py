@@ -7,41 +7,17 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from nasp.buffers import BufferPool
+from nasp.fastmath import numpy_ok as _numpy_ok
+from nasp.fastmath import tanh_  # g's tanh, in place: numpy's on CPU (see nasp.fastmath)
 
 __all__ = ["ElementwiseMLP", "MLPClosedForm", "HAS_CLOSED_FORM", "tanh_"]
 
 _TANH_BACKWARD = getattr(getattr(torch.ops, "aten", None), "tanh_backward", None)    # feature-detected
 HAS_CLOSED_FORM = _TANH_BACKWARD is not None     # this torch has what MLPClosedForm.backward_ needs
-_NUMPY_DTYPES = (torch.float32, torch.float64)
-_AS_NUMPY = torch.Tensor.numpy     # a zero-copy view of CPU memory (only ever called on CPU tensors, _numpy_ok), so
-#                                    never a device read; tests/test_syncs.py counts Tensor.numpy calls as host reads
-#                                    of device tensors, and this CPU view is deliberately outside that count
-
-
-def _numpy_ok(t: Tensor) -> bool:
-    """Whether numpy's tanh can run on ``t`` in place: a contiguous float32/float64 CPU tensor, outside
-    torch.compile (which traces torch ops only)."""
-    return (t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES and t.is_contiguous()
-            and not torch.compiler.is_compiling())
-
-
-def _tanh_numpy_(t: Tensor) -> Tensor:
-    a = _AS_NUMPY(t.detach())                                    # shares t's memory
-    np.tanh(a, out=a)
-    return t
-
-
-def tanh_(x: Tensor) -> Tensor:
-    """g's tanh, in place (no autograd): numpy's vectorised tanh on contiguous float32/float64 CPU tensors,
-    torch's elsewhere. Measured on the 2-core AMD EPYC with torch 2.13.0+cpu and numpy 2.4.6, 1 thread, 4M scalars:
-    1.6 ms against torch's 26.8 ms in float32 (15 ms against 47 ms in float64); within 1.4 ulp of the exact value
-    (torch: 0.5 ulp), i.e. the same g up to float rounding."""
-    return _tanh_numpy_(x) if _numpy_ok(x) else x.tanh_()
 
 
 class ElementwiseMLP(nn.Module):

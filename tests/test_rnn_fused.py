@@ -117,8 +117,8 @@ def test_alpha_only_backward_skips_the_weight_gradients(monkeypatch):
     from nasp.spaces.rnn import fused
 
     seen = []
-    orig = fused._needed
-    monkeypatch.setattr(fused, "_needed", lambda ctx: seen.append(orig(ctx)) or seen[-1])
+    orig = fused.needed_grads
+    monkeypatch.setattr(fused, "needed_grads", lambda ctx: seen.append(orig(ctx)) or seen[-1])
     space = _space()
     onehot = _onehot(space, seed=1)
     x = torch.randint(V, (4, 3))

@@ -23,12 +23,13 @@ from torch import Tensor, nn
 
 from nasp.buffers import BufferPool
 
+from .decoder import decoder_nll
 from .fused import CellPlan, sparse_cell
 
 __all__ = ["ACTIVATIONS", "RecurrentCell", "LanguageModelShell", "edge_output", "locked_mask", "embedded_dropout"]
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "tanh": torch.tanh,
+    "tanh": torch.tanh,     # not nasp.fastmath's: through autograd its Function costs as much as it saves
     "relu": torch.relu,
     "sigmoid": torch.sigmoid,
     "identity": lambda x: x,
@@ -106,7 +107,10 @@ class RecurrentCell(nn.Module):
 class LanguageModelShell(nn.Module):
     """Embedding (tied with the decoder), input/output dropouts and the recurrent cell.
 
-    forward(x (T, B) int64, hidden (B, H), node_fn) -> (logits (T, B, V), hidden (B, H), raw outputs (T, B, H)).
+    forward(x (T, B) int64, hidden (B, H), node_fn) -> (logits (T, B, V), hidden (B, H), raw outputs (T, B, H));
+    with ``targets`` (T, B) int64 the first item is instead the mean NLL of the targets (scalar, float32 at least),
+    through :func:`.decoder.decoder_nll` (the logits are never returned; their buffers come from the cell's pool;
+    ``fused_decoder = False``: through ``F.linear`` + ``F.cross_entropy`` instead, the same values).
     """
 
     def __init__(self, vocab_size: int, ninp: int, nhid: int, num_nodes: int = 8, dropout: float = 0.75,
@@ -122,17 +126,23 @@ class LanguageModelShell(nn.Module):
         self.cell = RecurrentCell(ninp, nhid, num_nodes, dropout_x, dropout_h, weight_drop, init_range)
         self.decoder_weight = None if tie_weights else nn.Parameter(torch.empty(vocab_size, nhid).uniform_(-0.1, 0.1))
         self.decoder_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.fused_decoder = True
 
     def init_hidden(self, batch_size: int, device=None) -> Tensor:
         w = self.encoder.weight
         return torch.zeros(batch_size, self.nhid, device=device or w.device, dtype=w.dtype)
 
     def forward(self, x: Tensor, hidden: Tensor, node_fn: NodeFn | None, concat: tuple[int, ...] | None = None,
-                fused: tuple[CellPlan, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                fused: tuple[CellPlan, Tensor] | None = None, targets: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
         emb = embedded_dropout(self.encoder, x, self.dropout_e, self.training)      # (T, B, ninp)
         m_i = locked_mask(emb, (1, emb.shape[1], self.ninp), self.dropout_i, self.training)
         raw, hidden = self.cell(emb if m_i is None else emb * m_i, hidden, node_fn, concat, fused)
         m_o = locked_mask(raw, (1, raw.shape[1], self.nhid), self.dropout, self.training)
         out = raw if m_o is None else raw * m_o
         weight = self.encoder.weight if self.decoder_weight is None else self.decoder_weight
+        if targets is not None:
+            nll = decoder_nll(out.reshape(-1, out.shape[-1]), weight, self.decoder_bias, targets.reshape(-1),
+                              self.cell.buffer_pool, self.fused_decoder)
+            return nll, hidden, raw
         return F.linear(out, weight, self.decoder_bias), hidden, raw

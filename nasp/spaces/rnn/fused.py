@@ -34,9 +34,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nasp import fastmath
 from nasp.buffers import BufferPool
 
-__all__ = ["CellPlan", "sparse_cell"]
+__all__ = ["CellPlan", "sparse_cell", "needed_grads"]
 
 def _empty(pool: BufferPool | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.empty(shape, dtype=dtype, device=device) if pool is None else pool.empty(shape, dtype, device)
@@ -58,7 +59,7 @@ class CellPlan:
 
 def _act_out(name: str, g: Tensor, out: Tensor) -> Tensor:
     if name == "tanh":
-        return torch.tanh(g, out=out)
+        return fastmath.tanh_into(g, out)            # numpy's on CPU (nasp.fastmath)
     if name == "sigmoid":
         return torch.sigmoid(g, out=out)
     if name == "relu":
@@ -100,7 +101,7 @@ def _factors(plan: CellPlan, ops: list[str | None], A: Tensor, F: Tensor, S: Ten
     dc_f.mul_(A).mul_(torch.mul(A, -1, out=oma).add_(1))
 
 
-def _needed(ctx) -> tuple[bool, ...]:
+def needed_grads(ctx) -> tuple[bool, ...]:
     """Which inputs this backward pass needs gradients for: ``needs_input_grad``, narrowed by the engine's plan
     for the current pass where it can tell (autograd.grad w.r.t. Ā only, as in the NASP alpha step, needs no
     weight gradients). The weights enter through views (see :func:`sparse_cell`) because the engine cannot say
@@ -142,7 +143,7 @@ class _SparseCell(torch.autograd.Function):
             hm = h if mask_h is None else h * mask_h
             z0 = torch.addmm(xw[t], hm, w_h)
             torch.sigmoid(z0[:, :H], out=A[t, 0])
-            torch.tanh(z0[:, H:], out=F[t, 0])
+            fastmath.tanh_into(z0[:, H:], F[t, 0])
             torch.lerp(h, F[t, 0], A[t, 0], out=St[0])
             masked: dict[int, Tensor] = {}
             for j, (_, i, op) in enumerate(plan.kept, start=1):
@@ -193,7 +194,7 @@ class _SparseCell(torch.autograd.Function):
         T, N1, B, H = A.shape
         N = N1 - 1
         dt, dev = A.dtype, A.device
-        need = _needed(ctx)
+        need = needed_grads(ctx)
         ops = ["tanh"] + [op for _, _, op in plan.kept]
         WT = Ws.detach().transpose(1, 2).contiguous()                # (N, 2H, H)
         w_hT = w_h.detach().t().contiguous()

@@ -99,9 +99,11 @@ class RNNSearchSpace(SearchSpace):
     def init_hidden(self, batch_size: int, device=None) -> Tensor:
         return self.lm.init_hidden(batch_size, device)
 
-    def forward(self, x: Tensor, hidden: Tensor, view: ArchView) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, hidden: Tensor, view: ArchView, targets: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """targets (T, B): return the mean NLL instead of the logits (see :class:`.cell.LanguageModelShell`)."""
         fused = self._fused(view, x.device.type)
-        return self.lm(x, hidden, None if fused else self._node_fn(view), fused=fused)
+        return self.lm(x, hidden, None if fused else self._node_fn(view), fused=fused, targets=targets)
 
     def _fused(self, view: ArchView, device_type: str) -> tuple[CellPlan, Tensor] | None:
         """(plan, Ā) for :func:`.fused.sparse_cell` when this view runs a one-hot cell that it covers, else None."""
@@ -234,5 +236,7 @@ class RNNModel(nn.Module):
         c, g = self.lm.cell.gates(j, states[pred], mask_h)
         return edge_output(states[pred], c, g, act)
 
-    def forward(self, x: Tensor, hidden: Tensor, view: ArchView | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        return self.lm(x, hidden, self._node, self.genotype.concat)
+    def forward(self, x: Tensor, hidden: Tensor, view: ArchView | None = None, targets: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """targets (T, B): return the mean NLL instead of the logits (see :class:`.cell.LanguageModelShell`)."""
+        return self.lm(x, hidden, self._node, self.genotype.concat, targets=targets)

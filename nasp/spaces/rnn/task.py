@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...arch import ArchView
@@ -28,7 +27,9 @@ class LanguageModelTask:
 
     ar / tar: activation and temporal activation regularisation weights (AWD-LSTM; DARTS uses ar=0,
     tar=1e-3), added to the "train" stream's loss only. metric "ppl" (perplexity, lower is better).
-    max_eval_batches: evaluate on at most this many batches (None: the whole loader).
+    max_eval_batches: evaluate on at most this many batches (None: the whole loader). The model is called as
+    ``model(x, hidden, view, targets=y)`` and returns (mean NLL, hidden, raw outputs) (the decoder and its
+    cross-entropy fused, :mod:`.decoder`).
     """
 
     metric, maximize = "ppl", False
@@ -67,9 +68,8 @@ class LanguageModelTask:
         """(mean NLL over the batch's tokens, raw outputs (T, B, H)); advances the stream's hidden state."""
         x, y = batch[0], batch[1]
         start = self._start(model, stream, batch, x.shape[1], x.device)
-        logits, hidden, raw = model(x, start, view)
+        nll, hidden, raw = model(x, start, view, targets=y)       # decoder + cross-entropy fused (decoder.py)
         self._state[stream]["end"] = hidden.detach()
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         return nll, raw
 
     def loss(self, model: nn.Module, batch, view: ArchView | None, stream: str) -> Tensor:

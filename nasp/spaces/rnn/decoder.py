@@ -1,0 +1,87 @@
+"""The tied decoder and its cross-entropy as one autograd function (:func:`decoder_nll`), for every strategy.
+
+``nll = mean_n( logsumexp(z_n) - z_n[y_n] )`` with ``z = out W^T + b`` over a 10,000-word vocabulary is most of a
+search step on a CPU at small hidden sizes. Through ``F.linear`` + ``F.cross_entropy`` autograd writes and reads
+the (rows, V) logits several times: a bias pre-fill, the log-softmax, a zero-filled one-hot gradient from the NLL,
+the log-softmax backward (another exp pass). Here: one matmul into a reused buffer, then per block of rows while
+still in cache the bias, the row maximum, the exp, the row sum and the softmax; the backward is
+``(softmax - onehot) * dL / rows`` applied through the products it needs (no exp, no (rows, V) pass besides
+the products: the one-hot part is a gather / scatter of rows). What is asked for decides what
+the backward computes (the NASP alpha step needs only dL/d(out), not the decoder's weight gradient; autograd
+skipped it there already, and this function does too). Same values as the autograd path up to float rounding
+(float64 to 1e-12 in tests/test_rnn_decoder.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nasp.buffers import BufferPool
+
+from .fused import needed_grads
+
+__all__ = ["decoder_nll", "decoder_fused_ok"]
+
+BLOCK_BYTES = 1 << 19       # rows of the (rows, V) logits handled per block: at most this many bytes (in L2)
+
+
+def decoder_fused_ok(out: Tensor) -> bool:
+    """Whether :func:`decoder_nll` runs fused for ``out``: CPU float32/float64, no autocast, not compiling."""
+    return (out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+
+
+def _empty(pool: BufferPool | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    return torch.empty(shape, dtype=like.dtype) if pool is None else pool.empty(shape, like.dtype, like.device)
+
+
+class _DecoderNLL(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, out: Tensor, weight: Tensor, bias: Tensor, y: Tensor, pool: BufferPool | None) -> Tensor:
+        n, V = out.shape[0], weight.shape[0]
+        P = torch.mm(out, weight.t(), out=_empty(pool, (n, V), out))         # logits, then softmax, in place
+        rows = max(1, BLOCK_BYTES // (V * P.element_size()))
+        nll = out.new_empty(n)
+        for a in range(0, n, rows):
+            b = min(n, a + rows)
+            z = P[a:b].add_(bias)
+            zy = z.gather(1, y[a:b, None]).squeeze(1)
+            m = z.amax(1)
+            z.sub_(m[:, None]).exp_()
+            s = z.sum(1)
+            z.div_(s[:, None])
+            torch.sub(s.log_().add_(m), zy, out=nll[a:b])
+        ctx.save_for_backward(out, weight, y, P)
+        return nll.mean()
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        """dL/dz = (softmax - onehot(y)) g / n, applied through the products without forming it:
+        d_out = (P W - W[y]) g / n, d_W = (P^T out - scatter of out rows to y) g / n, d_b = (sum P - counts) g / n."""
+        out, weight, y, P = ctx.saved_tensors
+        need = needed_grads(ctx)
+        scale = g / P.shape[0]
+        d_out = torch.mm(P, weight).sub_(weight[y]).mul_(scale) if need[0] else None
+        d_w = torch.mm(P.t(), out).index_add_(0, y, out, alpha=-1).mul_(scale) if need[1] else None
+        d_b = None
+        if need[2]:
+            d_b = P.sum(0).sub_(torch.bincount(y, minlength=P.shape[1]).to(P.dtype)).mul_(scale)
+        return d_out, d_w, d_b, None, None
+
+
+def decoder_nll(out: Tensor, weight: Tensor, bias: Tensor, y: Tensor, pool: BufferPool | None = None,
+                fused: bool = True) -> Tensor:
+    """Mean cross-entropy of ``out @ weight.T + bias`` against ``y``: out (n, H), weight (V, H), bias (V,),
+    y (n,) int64 -> scalar (float32 at least). Fused (see the module) when ``fused`` and
+    :func:`decoder_fused_ok`, else ``F.linear`` + ``F.cross_entropy``; pool: where the (n, V) buffers come from
+    (None: allocated)."""
+    if not fused or not decoder_fused_ok(out) or out.dtype != weight.dtype:
+        return F.cross_entropy(F.linear(out, weight, bias).float(), y)
+    if weight.requires_grad:
+        weight = weight.view_as(weight)     # a non-leaf, so that the backward can ask whether it is needed
+    if bias.requires_grad:
+        bias = bias.view_as(bias)
+    return _DecoderNLL.apply(out, weight, bias, y, pool)
