@@ -65,8 +65,8 @@ class RNNSpaceConfig:
     dropout_i: float = 0.2
     dropout_e: float = 0.0
     # batch norm (no affine) of every node's state. DARTS' search cell needs it to bound the dense mixture; NASP's
-    # forward is one-hot, and there it slowed the weights' training (same fixed cell, 260 steps: train loss 7.67
-    # with, 6.74 without; benchmarks/README.md). None: on for the darts strategies, off for nasp and random.
+    # forward is one-hot, and there it slowed the weights' training (one fixed cell, 300 steps on PTB: validation
+    # perplexity 1500 with, 366 without; benchmarks/README.md). None: on for the darts strategies, off otherwise.
     batchnorm: bool | None = None
 
     def resolved_batchnorm(self, strategy: str) -> bool:
