@@ -64,6 +64,14 @@ class RNNSpaceConfig:
     dropout_x: float = 0.75
     dropout_i: float = 0.2
     dropout_e: float = 0.0
+    # batch norm (no affine) of every node's state. DARTS' search cell needs it to bound the dense mixture; NASP's
+    # forward is one-hot, and there it slowed the weights' training (one fixed cell, 300 steps on PTB: validation
+    # perplexity 1500 with, 366 without; benchmarks/README.md). None: on for the darts strategies, off otherwise.
+    batchnorm: bool | None = None
+
+    def resolved_batchnorm(self, strategy: str) -> bool:
+        """The batch-norm setting a search with ``strategy`` uses."""
+        return self.batchnorm if self.batchnorm is not None else strategy.startswith("darts")
 
 
 @dataclass
@@ -165,6 +173,7 @@ def run_rnn_search(cfg: RNNSearchRun, show_progress: bool = True) -> dict:
     space = RNNSearchSpace(len(corpus.vocab), ninp=sp.ninp, nhid=sp.nhid, num_nodes=sp.num_nodes, ops=tuple(sp.ops),
                            dropout=sp.dropout, dropout_h=sp.dropout_h, dropout_x=sp.dropout_x,
                            dropout_i=sp.dropout_i, dropout_e=sp.dropout_e,
+                           batchnorm=sp.resolved_batchnorm(cfg.search.strategy),
                            alpha_init=cfg.search.resolved_alpha_init, seed=cfg.seed)
     task = LanguageModelTask(max_eval_batches=cfg.data.eval_batches or None)
     t0 = time.perf_counter()
