@@ -122,9 +122,11 @@ def _worker(a) -> dict:
         train_model(model, task, train, valid, cfg, a.device, show_progress=False)
         path = "train loop"
     wall = time.perf_counter() - t0
+    top = None
     if prof:
         prof.disable()
         prof.dump_stats(a.profile)
+        top = _top_calls(a.profile, a.steps + a.warmup)
     steps = [b - a_ for a_, b in zip(train.stamps, train.stamps[1:], strict=False)][a.warmup:]
     cpu = [b - a_ for a_, b in zip(train.cpu_stamps, train.cpu_stamps[1:], strict=False)][a.warmup:]
     step, cpu_step = statistics.median(steps), statistics.median(cpu)
@@ -133,7 +135,28 @@ def _worker(a) -> dict:
             "batch": a.batch, "phase": a.phase, "sparse_rows": a.sparse,
             "device": a.device, "amp": a.amp, "path": path, "steps_timed": len(steps), "step_s": step,
             "step_s_all": steps, "ratings_per_s": a.batch / step, "cpu_step_s": cpu_step, "cpu_step_s_all": cpu,
-            "ratings_per_cpu_s": a.batch / cpu_step, "peak_rss_gib": rss, "wall_s": wall}
+            "ratings_per_cpu_s": a.batch / cpu_step, "peak_rss_gib": rss, "wall_s": wall,
+            **({"profile_top": top} if top else {})}
+
+
+def _top_calls(path: str, steps: int, n: int = 16) -> list[dict]:
+    """The C-level calls (torch ops, numpy) made directly from the library's code (sif/, nasp/) in a cProfile dump,
+    largest first: {call, caller, cpu_ms_per_step, calls_per_step} over ``steps`` steps (one-time work such as
+    the optimiser state's creation included)."""
+    import pstats
+
+    agg: dict[tuple[str, str], list[float]] = {}
+    for (fn, _, name), (*_, callers) in pstats.Stats(path).stats.items():
+        if fn != "~":                                               # C functions only
+            continue
+        for (cfn, _, cname), (_, calls, _, cum) in callers.items():
+            if ("/sif/" in cfn or "/nasp/" in cfn) and cname != "<module>":          # not imports
+                key = (name, f"{Path(cfn).parent.name}/{Path(cfn).name}:{cname}")
+                acc = agg.setdefault(key, [0.0, 0])
+                acc[0], acc[1] = acc[0] + cum, acc[1] + calls
+    rows = sorted(agg.items(), key=lambda kv: -kv[1][0])[:n]
+    return [{"call": c, "caller": w, "cpu_ms_per_step": round(1e3 * t / steps, 3), "calls_per_step": k / steps}
+            for (c, w), (t, k) in rows]
 
 
 def _run(users: int, batch: int, phase: str, sparse: bool, args, active: int = 0) -> dict:
