@@ -147,8 +147,9 @@ def timed(fn, *args, **kwargs):
 
 
 # ------------------------------------------------------------------------------------------- phases
-def run_config(args, csv: Path):
-    """The RunConfig ``sif search`` would read for this CSV (a file data set, random 80/10/10 split)."""
+def run_config(args, csv: Path, search: bool = True):
+    """The RunConfig ``sif search`` would read for this CSV (a file data set, random 80/10/10 split); ``search``
+    False: without the search-only keys (``--race-k``), for ``sif train``'s fixed model."""
     from sif.config import load_config
 
     sets = [f"seed={args.seed}", f"device={args.device}", f"threads={args.threads}", "data.dataset=file",
@@ -156,6 +157,8 @@ def run_config(args, csv: Path):
             f"model.embedding_dim={args.dim}", f"search.epochs={args.search_epochs}",
             f"train.max_epochs={args.train_epochs}", f"train.batch_size={args.batch_size}",
             f"model.sparse_rows={'true' if args.sparse_rows else 'false'}"]
+    if search and args.race_k is not None:                   # else the library's default race
+        sets.append(f"model.race_k={args.race_k}")
     return load_config(None, sets)
 
 
@@ -216,7 +219,7 @@ def _train(args, csv: Path) -> dict:
     from sif.cli import build_recommender
     from sif.data import load_splits
 
-    cfg = run_config(args, csv)
+    cfg = run_config(args, csv, search=False)
     op = json.loads((Path(args.scratch) / "phase-search.json").read_text())["op"]
     (train, valid, _), sec, _ = timed(load_splits, cfg.data, cfg.seed)
     rec = build_recommender(cfg, f"fixed:{op}")
@@ -292,7 +295,7 @@ def run_phase(args, phase: str) -> dict:
     import threading
 
     cmd = ["taskset", "-c", args.cpus, sys.executable, str(Path(__file__).resolve()), "--phase", phase,
-           *[f"--{k.replace('_', '-')}={v}" for k, v in _forwarded(args).items()]]
+           *[f"--{k.replace('_', '-')}={v}" for k, v in _forwarded(args).items() if v is not None]]
     log_path = Path(args.scratch) / f"phase-{phase}.log"
     load_before = os.getloadavg()
     with open(log_path, "wb") as log:
@@ -314,7 +317,7 @@ def run_phase(args, phase: str) -> dict:
 
 def _forwarded(args) -> dict:
     keys = ("scratch", "threads", "device", "seed", "dim", "search_epochs", "train_epochs", "batch_size",
-            "recommend_users", "reader_root", "sparse_rows")
+            "recommend_users", "reader_root", "sparse_rows", "race_k")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -340,6 +343,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=65536)
     p.add_argument("--sparse-rows", type=int, default=0, choices=(0, 1), help="1: model.sparse_rows=true")
+    p.add_argument("--race-k", type=int, default=None, help="model.race_k (default: the library's; 0: no race, "
+                   "the search's own choice, then one stand-alone training)")
     p.add_argument("--recommend-users", type=int, default=1000)
     p.add_argument("--ratings", type=int, default=NUM_RATINGS)
     p.add_argument("--users", type=int, default=NUM_USERS)

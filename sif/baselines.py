@@ -5,8 +5,8 @@ Every model is an ``nn.Module`` with ``forward(users, items, contexts=None) -> (
 Fixed SIF interaction functions are :class:`sif.space.SIFSpace` with a single op; where a classic model combines
 embeddings with one of SIF's ops (MF and GMF: multiply, NCF: concat, CP: multiply_multiply) it calls that op's
 record in :data:`sif.interactions.INTERACTIONS`. ``sparse_rows=True`` gives every table (embeddings, biases,
-NeuMF's MLP embeddings) row-sparse gradients and row-wise optimiser updates (:class:`nasp.optim.RowSparseOptimizer`;
-the neighbourhood vectors stay dense).
+NeuMF's MLP embeddings, the neighbourhood vectors) row-sparse gradients and row-wise optimiser updates
+(:class:`nasp.optim.RowSparseOptimizer`).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class RatingModel(RatingModule):
         if use_bias:
             self.user_bias, self.item_bias = _zero_embedding(num_users, sp), _zero_embedding(num_items, sp)
             self.global_bias = nn.Parameter(torch.zeros(()))
-        self.neighbourhoods = make_neighbourhoods(neighbourhood, num_users, num_items, k)
+        self.neighbourhoods = make_neighbourhoods(neighbourhood, num_users, num_items, k, sp)
         self.neighbourhood_reg = float(neighbourhood_reg)
 
     def bias(self, users: Tensor, items: Tensor) -> Tensor | float:

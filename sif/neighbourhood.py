@@ -15,6 +15,13 @@ every row (no host read, work proportional to all interactions). "auto" takes th
 the CPU unless the batch's neighbours are fewer than a quarter of all interactions (on ML-100K at batch 1024 the
 batch's neighbours outnumber the interactions, and the product with its cached transpose took 4.5 ms forward and
 backward per side against 50-76 ms for the bag, measured under load).
+
+Row-wise (``sparse=True``, what ``model.sparse_rows`` sets): the weight is marked with
+:func:`nasp.optim.mark_row_sparse` and its gradient is a sparse COO tensor over the neighbours of the batch's
+distinct ids only (the bag over the distinct ids, gathered back to the batch), so a step reads and updates
+O(batch neighbours) rows and their optimiser state, never the whole table (the product's gradient is dense over
+every row, so row-wise neighbourhoods always take the bag). Same semantics as the embedding tables' row-wise
+updates: Adagrad and SGD without momentum or weight decay equal the dense path; Adam becomes lazy Adam.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from nasp.optim import mark_row_sparse
 
 __all__ = ["Neighbourhood", "neighbour_lists", "make_neighbourhoods", "add_neighbourhoods", "set_neighbours"]
 
@@ -66,16 +75,19 @@ class Neighbourhood(nn.Module):
     num_rows: ids of this side; num_cols: ids of the other side (the rows of ``weight``, shape (num_cols, k));
     indptr/indices: CSR neighbour lists from :func:`neighbour_lists` (None: empty lists, filled later by
     :meth:`set_lists` or ``load_state_dict``). mode: "bag" (per batch), "matmul" (all rows) or "auto" (the rule of
-    the module docstring).
+    the module docstring). sparse: row-wise updates of ``weight`` (the module docstring; the bag over the batch's
+    distinct ids, so mode "matmul" is refused).
     """
 
     def __init__(self, num_rows: int, num_cols: int, k: int, indptr: Tensor | None = None,
                  indices: Tensor | None = None, init_std: float = 0.0, generator: torch.Generator | None = None,
-                 mode: str = "auto"):
+                 mode: str = "auto", sparse: bool = False):
         super().__init__()
         if mode not in ("auto", "bag", "matmul"):
             raise ValueError(f"mode must be 'auto', 'bag' or 'matmul', got {mode!r}")
-        self.mode, self.num_rows, self.num_cols = mode, num_rows, num_cols
+        if sparse and mode == "matmul":
+            raise ValueError("row-wise neighbourhoods (sparse=True) take the bag: mode 'matmul' has dense gradients")
+        self.mode, self.num_rows, self.num_cols, self.sparse = mode, num_rows, num_cols, bool(sparse)
         if indptr is None:
             indptr, indices = torch.zeros(num_rows + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         if indptr.shape != (num_rows + 1,):
@@ -86,6 +98,8 @@ class Neighbourhood(nn.Module):
         if init_std:
             with torch.no_grad():
                 self.weight.copy_(init_std * torch.randn(num_cols, k, generator=generator))
+        if self.sparse:
+            mark_row_sparse(self.weight)
 
     def set_lists(self, indptr: Tensor, indices: Tensor) -> None:
         """Replace the neighbour lists (CSR from :func:`neighbour_lists`, e.g. rebuilt from train + valid)."""
@@ -115,7 +129,7 @@ class Neighbourhood(nn.Module):
         offsets = torch.cumsum(lengths, 0) - lengths                                      # (B,) exclusive
         seg = torch.repeat_interleave(torch.arange(ids.numel(), device=ids.device), lengths, output_size=total)
         pos = torch.arange(total, device=ids.device) - offsets[seg] + starts[seg]        # (total,)
-        sums = F.embedding_bag(self.indices[pos], self.weight, offsets, mode="sum")       # (B, k)
+        sums = F.embedding_bag(self.indices[pos], self.weight, offsets, mode="sum", sparse=self.sparse)   # (B, k)
         return sums * _inv_sqrt_degree(lengths, self.weight.dtype).unsqueeze(-1)
 
     def _adjacency(self) -> tuple[Tensor, Tensor]:
@@ -137,9 +151,18 @@ class Neighbourhood(nn.Module):
         adj, adj_t = self._adjacency()
         return _CSRMatmul.apply(self.weight, adj, adj_t).index_select(0, ids)            # (B, k)
 
+    def _rows(self, ids: Tensor) -> Tensor:
+        """Row-wise: the bag over the distinct ids (U,), gathered back to the batch (B, k); its gradient is a sparse
+        COO tensor over the distinct ids' neighbours."""
+        distinct, inverse = torch.unique(ids, return_inverse=True)                       # (U,), (B,)
+        lengths = self.indptr[distinct + 1] - self.indptr[distinct]                        # (U,)
+        return self._bag(distinct, lengths, int(lengths.sum())).index_select(0, inverse)
+
     def forward(self, ids: Tensor) -> Tensor:
         if self.nnz == 0:
             return self.weight.new_zeros(ids.shape[0], self.weight.shape[1])
+        if self.sparse:
+            return self._rows(ids)
         if self.mode == "matmul" or (self.mode == "auto" and ids.device.type != "cpu"):    # no host read
             return self._matmul(ids)
         lengths = self.indptr[ids + 1] - self.indptr[ids]                                 # (B,)
@@ -149,20 +172,23 @@ class Neighbourhood(nn.Module):
         return self._bag(ids, lengths, total)
 
     def extra_repr(self) -> str:
-        return f"rows={self.num_rows}, cols={self.num_cols}, k={self.weight.shape[1]}, nnz={self.nnz}"
+        return (f"rows={self.num_rows}, cols={self.num_cols}, k={self.weight.shape[1]}, nnz={self.nnz}"
+                + (", sparse=True" if self.sparse else ""))
 
 
 NEIGHBOURHOOD_SIDES = {None: (), "none": (), "user": ("u",), "item": ("v",), "both": ("u", "v")}
 
 
-def make_neighbourhoods(which: str | None, num_users: int, num_items: int, k: int) -> nn.ModuleDict:
+def make_neighbourhoods(which: str | None, num_users: int, num_items: int, k: int, sparse: bool = False
+                        ) -> nn.ModuleDict:
     """Empty neighbourhoods for the sides ``which`` names ("user", "item", "both" or None); fill them with
-    :func:`set_neighbours`. Their vectors start at zero, so the model starts as the one without them."""
+    :func:`set_neighbours`. Their vectors start at zero, so the model starts as the one without them. sparse:
+    row-wise updates of their vectors (the model's ``sparse_rows``)."""
     if which not in NEIGHBOURHOOD_SIDES:
         raise ValueError(f"neighbourhood must be one of {sorted(k for k in NEIGHBOURHOOD_SIDES if k)} or None, "
                          f"got {which!r}")
     sizes = {"u": (num_users, num_items), "v": (num_items, num_users)}
-    return nn.ModuleDict({s: Neighbourhood(*sizes[s], k) for s in NEIGHBOURHOOD_SIDES[which]})
+    return nn.ModuleDict({s: Neighbourhood(*sizes[s], k, sparse=sparse) for s in NEIGHBOURHOOD_SIDES[which]})
 
 
 def set_neighbours(neighbourhoods: nn.ModuleDict, users: Tensor, items: Tensor) -> None:

@@ -12,9 +12,10 @@ radius of the heads' L2 ball (the paper: 1; ``math.inf``: no projection). With r
 dimension k has weights of about 1/sqrt(k), so scores stay small unless the embeddings grow; radius sqrt(k) holds
 the all-ones head, i.e. a plain dot product. ``neighbourhood`` ("user", "item" or "both") adds SVD++-style
 implicit-feedback vectors to the embeddings (:mod:`sif.neighbourhood`), penalised with ``neighbourhood_reg``
-times the embeddings' L2 coefficient. ``sparse_rows``: the embedding tables get row-sparse gradients and row-wise
-optimiser updates (:class:`nasp.optim.RowSparseOptimizer`: only the batch's rows and their state change; Adagrad
-and plain SGD exact, Adam lazy), in the generic step, the fused step and stand-alone training.
+times the embeddings' L2 coefficient. ``sparse_rows``: the embedding tables (and the neighbourhood vectors) get
+row-sparse gradients and row-wise optimiser updates (:class:`nasp.optim.RowSparseOptimizer`: only the batch's rows
+and their state change; Adagrad and plain SGD exact, Adam lazy), in the generic step, the fused step and
+stand-alone training.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class SIFSpace(SearchSpace, RatingModule):
         self.g = ElementwiseMLP(len(self.sides), g_hidden, g_skip)
         self.heads = nn.ModuleList(nn.Linear(w, 1, bias=False) for w in widths)
         self.global_bias = nn.Parameter(torch.zeros(())) if use_bias else None
-        self.neighbourhoods = make_neighbourhoods(neighbourhood, num_users, num_items, embedding_dim)
+        self.neighbourhoods = make_neighbourhoods(neighbourhood, num_users, num_items, embedding_dim,
+                                                  self.sparse_rows)
         self.neighbourhood_reg = float(neighbourhood_reg)
         self._init_weights(g, init_std)
         spec = AlphaSpec("interaction", self.names, ("*".join(self.sides),))

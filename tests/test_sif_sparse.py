@@ -1,7 +1,8 @@
 """Row-wise sparse updates of embedding tables (``sparse_rows``, nasp.optim.RowSparseOptimizer): where the
 semantics coincide (Adagrad, SGD without momentum or weight decay) the sparse path equals the dense one in float64,
 in the generic and the fused search step and in stand-alone training; lazy Adam changes only the batch's rows and
-their state (and equals torch's SparseAdam); checkpoints with row-wise state resume exactly."""
+their state (and equals torch's SparseAdam); checkpoints with row-wise state resume exactly. The neighbourhood
+vectors (SVD++-style, sif.neighbourhood) follow ``sparse_rows`` too: the same equalities with neighbourhoods."""
 
 import math
 
@@ -13,6 +14,7 @@ from torch import nn
 from nasp.optim import RowSparseOptimizer, clip_grad_norm_, coalesce_rows, is_row_sparse, make_optimizer
 from nasp.search import SearchConfig, Searcher
 from sif.baselines import create_baseline
+from sif.neighbourhood import Neighbourhood, neighbour_lists, set_neighbours
 from sif.space import SIFSpace
 from sif.task import RatingTask
 from sif.train import TrainConfig, train_model
@@ -248,3 +250,76 @@ def test_recommender_setting_builds_row_wise_tables_with_the_dense_result():
     users, items = ds.users[:200], ds.items[:200]
     a, b = (r.predict(users, items, ids="index") for r in recs)
     assert abs(a - b).max() < 1e-4 and recs[1].train_result_.best_valid["rmse"] < 1.5 * ds.ratings.std()
+
+
+# ---- row-wise neighbourhood vectors -----------------------------------------------------------------------------
+def _with_neighbours(model: nn.Module) -> nn.Module:
+    """``model`` with its neighbour lists from the training ratings of :func:`_loaders`."""
+    u, i, _ = _loaders()[0].tensors
+    set_neighbours(model.neighbourhoods, u, i)
+    return model
+
+
+def test_row_wise_neighbourhood_matches_the_dense_one_and_touches_only_the_batch_neighbours():
+    g = torch.Generator().manual_seed(4)
+    rows, cols = torch.randint(0, 12, (60,), generator=g), torch.randint(0, 25, (60,), generator=g)
+    indptr, indices = neighbour_lists(rows, cols, 12)
+    dense, sparse = (Neighbourhood(12, 25, 3, indptr, indices, init_std=0.5, generator=torch.Generator().manual_seed(0),
+                                   sparse=sp).double() for sp in (False, True))
+    assert is_row_sparse(sparse.weight) and not is_row_sparse(dense.weight)
+    ids = torch.tensor([3, 1, 3, 7, 1])
+    target = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    for nb in (dense, sparse):
+        ((nb(ids) - target) ** 2).sum().backward()
+    assert sparse.weight.grad.is_sparse and not dense.weight.grad.is_sparse
+    torch.testing.assert_close(sparse.weight.grad.to_dense(), dense.weight.grad, rtol=1e-12, atol=1e-12)
+    touched = torch.unique(sparse.weight.grad.coalesce().indices()[0])
+    expected = torch.unique(torch.cat([indices[indptr[x]:indptr[x + 1]] for x in torch.unique(ids).tolist()]))
+    assert touched.tolist() == expected.tolist()                  # the batch's neighbours, not the table
+    opt = make_optimizer("adam", sparse.parameters(), 0.01)
+    before = sparse.weight.detach().clone()
+    opt.step()
+    changed = (sparse.weight.detach() != before).any(1).nonzero().view(-1)
+    assert changed.tolist() == expected.tolist()
+    with pytest.raises(ValueError, match="matmul"):
+        Neighbourhood(12, 25, 3, indptr, indices, mode="matmul", sparse=True)
+
+
+@pytest.mark.parametrize("opt", ["adagrad", "sgd"])
+def test_search_with_row_wise_neighbourhoods_equals_the_dense_search(opt):
+    init = 0.1 * torch.randn(max(NU, NI), 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    runs = []
+    for sparse in (False, True):
+        base = _searcher(sparse, False, opt)                          # neighbourhoods take the generic step
+        space = SIFSpace(NU, NI, embedding_dim=3, seed=0, use_bias=True, g_skip=True, sparse_rows=sparse,
+                         neighbourhood="both").double()
+        with torch.no_grad():                               # nonzero vectors: they matter from the first step
+            for nb in space.neighbourhoods.values():
+                nb.weight.copy_(init[:nb.num_cols])
+        s = Searcher(_with_neighbours(space), base.task, base.config, show_progress=False)
+        result = s.fit(*_loaders())
+        assert all(is_row_sparse(nb.weight) == sparse for nb in space.neighbourhoods.values())
+        assert not torch.equal(space.neighbourhoods["u"].weight.detach(), init[:NI])            # trained
+        runs.append((s, result))
+    (d, rd), (s, rs) = runs
+    _close(d.model.state_dict(), s.model.state_dict())
+    for hd, hs in zip(rd.history, rs.history, strict=True):
+        assert math.isclose(hd["valid_rmse"], hs["valid_rmse"], rel_tol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["sif", "svdpp"])
+def test_training_with_row_wise_neighbourhoods_equals_dense_training(name):
+    def build(sparse):
+        if name == "sif":
+            model = SIFSpace(NU, NI, embedding_dim=3, ops=("multiply",), use_bias=True, sparse_rows=sparse,
+                             neighbourhood="both")
+        else:
+            model = create_baseline(name, num_users=NU, num_items=NI, embedding_dim=3, sparse_rows=sparse)
+        return _with_neighbours(model.double())
+
+    dense, sparse = build(False), build(True)
+    assert all(is_row_sparse(nb.weight) for nb in sparse.neighbourhoods.values())
+    rd, rs = _train(dense), _train(sparse)
+    _close(dense.state_dict(), sparse.state_dict())
+    assert sparse.neighbourhoods["u"].weight.abs().sum() > 0                  # trained away from zero
+    assert math.isclose(rd.best_valid["rmse"], rs.best_valid["rmse"], rel_tol=1e-10)
