@@ -187,7 +187,7 @@ class SIFRecommender(BaseRecommender):
         space = self._search(train_it, valid_it, eval_it, show_progress, run_dir)
         if self.race_k:
             race_dir = Path(run_dir) / "race" if run_dir is not None else None
-            return race_fit(self, space, train_it, eval_it, race_dir)
+            return race_fit(self, space, train_it, eval_it, race_dir, show_progress)
         genotype = self.search_result_.best_genotype if self.select == "best" else self.search_result_.genotype
         self.genotype_ = genotype
         self.op_ = genotype.choices("interaction")[0].op

@@ -187,7 +187,8 @@ def race(candidates: Sequence[str], advance: Callable[[str, int], Sequence[float
     return RaceResult(winner, tuple(candidates), curves, sum(len(c) for c in curves.values()), eliminated)
 
 
-def race_fit(rec, space, train_it, eval_it, run_dir: str | Path | None = None) -> tuple[nn.Module, TrainResult]:
+def race_fit(rec, space, train_it, eval_it, run_dir: str | Path | None = None,
+             show_progress: bool = False) -> tuple[nn.Module, TrainResult]:
     """The race stage of :class:`sif.recommender.SIFRecommender` (``race_k`` >= 1): the ``race_k`` ops with the
     largest final alpha of ``space``'s search (ties within ``alpha_tol`` join) race as stand-alone fits on the
     validation split (:func:`race`, on the task's metric, negated where larger is better); the winner's fit, trained
@@ -195,7 +196,8 @@ def race_fit(rec, space, train_it, eval_it, run_dir: str | Path | None = None) -
     is the ``tensor_race_k`` largest alphas, one op per :func:`function_class` (the larger alpha races), and the
     race's rounds stop at ``tensor_race_cap`` epochs. Sets ``rec.selection_`` (:class:`RaceResult`),
     ``rec.op_`` and ``rec.genotype_``. Each fit resumes from its checkpoint in ``run_dir/<op>`` (a temporary
-    folder when None), so a killed run resumes to the same race; the fits call no ``callback``."""
+    folder when None), so a killed run resumes to the same race; the fits call no ``callback``. show_progress: each
+    fit of each round shows the training bars, and the round is logged (which op, to how many epochs)."""
     names = list(space.names)
     final = dict(zip(names, rec.search_result_.history[-1]["alphas"]["interaction"][0], strict=True))
     tensor = len(space.sides) == 3
@@ -208,8 +210,9 @@ def race_fit(rec, space, train_it, eval_it, run_dir: str | Path | None = None) -
 
         def advance(op: str, epochs: int) -> list[float]:
             model = fits[op][0] if op in fits else rec._race_model(op, space)
+            log.info("race: %s to %d epochs", op, epochs)
             res = train_model(model, rec.task_, train_it, eval_it, replace(cfg, max_epochs=epochs), rec.device,
-                              run_dir=root / op, show_progress=False)
+                              run_dir=root / op, show_progress=show_progress)
             fits[op] = (model, res)
             return [sign * h[f"valid_{metric}"] for h in res.history][:epochs]   # a resumed fit may have run longer
 

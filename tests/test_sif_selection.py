@@ -165,3 +165,20 @@ def test_race_resumes_from_its_run_folder_to_the_same_winner(tmp_path):
     assert again.op_ == first.op_ and again.selection_.curves == first.selection_.curves
     np.testing.assert_array_equal(again.predict(te.users, te.items, ids="index"),
                                   first.predict(te.users, te.items, ids="index"))
+
+
+def test_the_race_shows_progress_and_logs_each_round(capsys, caplog):
+    """A user watching a fit sees the race's stand-alone fits train (their bars) and which op each round trains;
+    with show_progress=False nothing is drawn."""
+    tr, va, _ = _planted()
+    common = dict(embedding_dim=4, random_state=0, ops=["plus", "multiply"], search={"epochs": 1},
+                  train={"max_epochs": 3, "patience": 2, "batch_size": 256})
+    with caplog.at_level("INFO", logger="sif.selection"):
+        rec = SIFRecommender(**common).fit(tr, va, show_progress=True)
+    messages = [r.getMessage() for r in caplog.records]
+    rounds = [m for m in messages if m.startswith("race: ") and " to " in m]
+    assert {m.split()[1] for m in rounds} == set(rec.selection_.candidates)
+    shown = capsys.readouterr().err
+    assert "train" in shown and shown.count("\r") > 2 * len(rounds)
+    SIFRecommender(**common).fit(tr, va, show_progress=False)
+    assert capsys.readouterr().err == ""
