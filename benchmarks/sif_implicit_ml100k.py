@@ -38,12 +38,16 @@ try:
 except ImportError:  # run as a script
     from _machine import machine_line
 
-MODELS = ("sif", "sif_nonsep", "sif_multiply", "sif_softmax", "sif_multiply_softmax", "gmf", "ncf", "neumf",
+MODELS = ("sif", "sif_nonsep", "sif_multiply", "sif_softmax", "sif_multiply_softmax", "sif_softmax_both",
+          "sif_multiply_softmax_both", "gmf", "ncf", "neumf",
           "implicit_als", "implicit_bpr", "implicit_lmf", "implicit_als_wide", "ease", "popularity")
 LABELS = {"sif": "SIF (searched, all 5 ops)", "sif_nonsep": "SIF (searched, multiply/max/min: the bpr default)",
           "sif_multiply": "SIF with multiply fixed (not searched)",
           "sif_softmax": "SIF (searched, multiply/max/min), sampled softmax, user neighbourhood",
-          "sif_multiply_softmax": "SIF with multiply fixed, sampled softmax, user neighbourhood", "gmf": "GMF",
+          "sif_multiply_softmax": "SIF with multiply fixed, sampled softmax, user neighbourhood",
+          "sif_softmax_both": "SIF (searched, multiply/max/min), sampled softmax, user and item neighbourhoods",
+          "sif_multiply_softmax_both": "SIF with multiply fixed, sampled softmax, user and item neighbourhoods",
+          "gmf": "GMF",
           "ncf": "NCF", "neumf": "NeuMF", "implicit_als": "implicit ALS",
           "implicit_bpr": "implicit BPR", "implicit_lmf": "implicit LMF",
           "implicit_als_wide": "implicit ALS, wider grid", "ease": "EASE (cornac)",
@@ -73,14 +77,14 @@ def fit(name: str, params: dict, cfg: dict, train, valid, train_m, valid_m, seed
     kw = dict(task=n["task"], num_negatives=n["num_negatives"], device=device, random_state=seed,
               use_bias=name.startswith("sif"))
     kw.update(model_kw, train=train_kw, **params)
-    if name in ("sif", "sif_nonsep", "sif_softmax"):
+    if name in ("sif", "sif_nonsep", "sif_softmax", "sif_softmax_both"):
         kw["search"] = dict(n["sif_search"])
     if name == "sif":            # the paper's five primitives, plus and concat included
         kw["ops"] = list(PRIMITIVES)
     if name == "sif_nonsep":     # only the ops whose score is not a sum of a user term and an item term (the
         kw["ops"] = list(n["sif_nonseparable_ops"])      # library's default search space for bpr and bce)
-    model = {"sif_nonsep": "sif", "sif_softmax": "sif", "sif_multiply": "fixed:multiply",
-             "sif_multiply_softmax": "fixed:multiply"}.get(name, name)
+    model = {"sif_nonsep": "sif", "sif_softmax": "sif", "sif_softmax_both": "sif", "sif_multiply": "fixed:multiply",
+             "sif_multiply_softmax": "fixed:multiply", "sif_multiply_softmax_both": "fixed:multiply"}.get(name, name)
     rec = create_recommender(model, **kw)
     t0 = time.perf_counter()
     rec.fit(train, valid, show_progress=False)
@@ -98,6 +102,8 @@ def splits(ds, cfg: dict, seed: int):
 
 
 def tune(name: str, cfg: dict, ds, device: str, log) -> tuple[dict, list]:
+    if len(cfg["grids"][name]) == 1:      # nothing to choose: no tuning fit
+        return cfg["grids"][name][0], []
     seed = cfg["tune_seed"]
     (train, valid, _), (tr, va, _) = splits(ds, cfg, seed)
     trials = []
