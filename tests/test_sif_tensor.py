@@ -160,9 +160,10 @@ def test_cli_writes_the_context_into_results(tmp_path):
 # size of this data (1,920 training ratings are 15 batches of 128, so one search epoch is 15 alpha steps; ML-100K's
 # 4-epoch search makes about 280): L2 1e-4 and no biases (noise 0.1, no offsets planted), lr 0.03, and a search of
 # 30 epochs at the stand-alone lr with alpha lr 0.003, so that the alphas can travel about as far as on ML-100K's
-# longer search. With the 1-epoch search of the earlier (slow, 53-candidate race) version of this test, the planted
-# ops had alpha ranks 24-39 of 40 function classes and the default race found them on 0 and 2 of 5 seeds; with this
-# search, 10 of 10 seeds each (benchmarks/README.md, SIF tensor search, 2026-12-05 (2)).
+# longer search. With the 1-epoch search of the earlier (slow, 53-candidate race) version of this test, the triple
+# product had alpha rank 38-39 of 40 function classes on these seeds, and the default race found it on 0 of 5 and
+# the mixed op on 2 of 5; with this search on 10 of 10 seeds each (0-9), on 5 of the 20 through alphas tied at the
+# bound 1, which widen the race (benchmarks/README.md, SIF tensor search, 2026-12-05 (2)).
 _FIT = {"reg": 1e-4, "use_bias": False, "search": {"epochs": 30, "w_lr": 0.03, "a_lr": 0.003},
         "train": {"max_epochs": 30, "patience": 3, "lr": 0.03, "batch_size": 128}}
 # w^T [u*v, c] and w^T (u*v + c) are one function class (c is learned): either recovers the planted mixed op
