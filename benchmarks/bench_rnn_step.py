@@ -61,6 +61,8 @@ def _args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=7, help="timed steps; the median is reported")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--amp", default=None, choices=["bf16"],
+                   help="the search's amp setting, for every strategy (bf16: the decoder's products in bfloat16)")
     p.add_argument("--strategies", default=",".join(STRATEGY_NAMES))
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -92,7 +94,7 @@ def worker(args) -> dict:
     if not fused_decoder:                             # "_before": torch's tanh everywhere too
         fastmath.numpy_ok = lambda t, contiguous=True: False
     config = SearchConfig(strategy=name, epochs=1, w_lr=20.0, w_lr_schedule="constant", w_momentum=0.0,
-                          w_weight_decay=5e-7, grad_clip=0.25, a_lr=3e-3, a_betas=(0.9, 0.999))
+                          w_weight_decay=5e-7, grad_clip=0.25, a_lr=3e-3, a_betas=(0.9, 0.999), amp=args.amp)
     s = Searcher(space, LanguageModelTask(), config, device=device, show_progress=False)
     n = args.warmup + args.steps
     train = [tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in b) for b in _batches(args, n, 1)]
@@ -125,7 +127,7 @@ def main(argv=None) -> list[dict]:
     if args.worker:
         print(json.dumps(worker(args)))
         return []
-    keys = ("device", "vocab", "hidden", "batch", "bptt", "warmup", "steps", "threads")
+    keys = ("device", "vocab", "hidden", "batch", "bptt", "warmup", "steps", "threads", "amp")
     base = [f"--{k}={getattr(args, k)}" for k in keys if getattr(args, k) is not None]
     if args.threads:
         torch.set_num_threads(args.threads)           # so the recorded machine description shows the workers'
@@ -140,7 +142,7 @@ def main(argv=None) -> list[dict]:
     ref = next((r for r in results if r["strategy"] == "nasp"), results[0])
     print(f"device={args.device} torch={torch.__version__} threads={args.threads or torch.get_num_threads()} "
           f"vocab={args.vocab} hidden={args.hidden} batch={args.batch} bptt={args.bptt} "
-          f"steps={args.steps} (median) warmup={args.warmup}")
+          f"steps={args.steps} (median) warmup={args.warmup} amp={args.amp}")
     print("| strategy | median s/step | x NASP time | median CPU s/step | x NASP CPU | peak memory MiB | x NASP memory "
           "| peak - before steps MiB |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
