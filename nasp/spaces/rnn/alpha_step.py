@@ -94,21 +94,26 @@ class AlphaStore:
 
     def _contract(self, out: Tensor, G: Tensor, c: Tensor, g: Tensor, s: Tensor) -> None:
         """out[:, k] += <G, s + sigmoid(c) (f_k(g) - s)> per successor: out (succ, ops); G, c, g: (succ, K);
-        s: (K,) (K = H * time steps * batch rows)."""
-        A = torch.sigmoid(c).mul_(G)
-        base = torch.mv(G, s) - torch.mv(A, s)                                 # <G - A, s>  (succ,)
+        s: (K,) (K = H * time steps * batch rows). Overwrites c; one scratch buffer for f_k(g) and the products."""
+        A = torch.sigmoid(c, out=c).mul_(G)                                    # c is not needed again
+        base = torch.mv(G, s).sub_(torch.mv(A, s))                             # <G - A, s>  (succ,)
+        f = torch.empty_like(g)
         for k, op in enumerate(self.ops):
             if op == "none":
                 continue
             if op == "identity":
-                d = torch.linalg.vecdot(A, g)
+                src = g
             elif op == "tanh" and fastmath.numpy_ok(g, contiguous=False):     # numpy's tanh (nasp.fastmath)
-                d = torch.linalg.vecdot(A, fastmath.tanh_into(g, g.new_empty(g.shape)))
+                src = fastmath.tanh_into(g, f)
             elif op == "tanh":      # tanh(g) = 2 sigmoid(2g) - 1: sigmoid is several times cheaper than torch's tanh
-                d = torch.linalg.vecdot(A, torch.sigmoid(g * 2)).mul_(2).sub_(A.sum(1))
+                d = torch.mul(torch.sigmoid(torch.mul(g, 2, out=f), out=f), A, out=f).sum(1).mul_(2).sub_(A.sum(1))
+                out[:, k] += base + d
+                continue
+            elif op == "relu":
+                src = torch.clamp(g, min=0, out=f)
             else:
-                d = torch.linalg.vecdot(A, ACTIVATIONS[op](g))
-            out[:, k] += base + d                                              # + <A, f_k(g)>
+                src = ACTIVATIONS[op](g)
+            out[:, k] += base + torch.mul(A, src, out=f).sum(1)                # + <A, f_k(g)>
 
 
 def contract_alpha_grad(ops: tuple[str, ...], Ws: Tensor, pairs: list[tuple[int, int]], states: Tensor,
