@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["numpy_ok", "tanh_", "tanh_into", "exp_"]
+__all__ = ["numpy_ok", "tanh_", "tanh_into"]
 
 _NUMPY_DTYPES = (torch.float32, torch.float64)
 _AS_NUMPY = torch.Tensor.numpy     # a zero-copy view of CPU memory (only ever called on CPU tensors, numpy_ok), so
@@ -51,11 +51,3 @@ def tanh_into(x: Tensor, out: Tensor) -> Tensor:
     return torch.tanh(x, out=out)
 
 
-
-def exp_(x: Tensor) -> Tensor:
-    """exp in place (no autograd): numpy's on contiguous float32/float64 CPU tensors, torch's elsewhere."""
-    if numpy_ok(x):
-        a = _AS_NUMPY(x.detach())                                # shares x's memory
-        np.exp(a, out=a)
-        return x
-    return x.exp_()

@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nasp import fastmath
 from nasp.buffers import BufferPool
 
 from .fused import needed_grads
 
 __all__ = ["decoder_nll", "decoder_fused_ok", "low_linear"]
 
+LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
 BLOCK_BYTES = 1 << 19       # rows of the (rows, V) logits handled per block: at most this many bytes (in L2)
 
 
@@ -59,18 +59,19 @@ class _DecoderNLL(torch.autograd.Function):
         rows = max(1, BLOCK_BYTES // (V * out.element_size()))
         nll = out.new_empty(n)
         block = None if low is None else out.new_empty(rows, V)              # float32 copy of a low block
+        bias2 = bias.detach().to(out.dtype) * LOG2E
         for a in range(0, n, rows):
             b = min(n, a + rows)
             z = P[a:b] if low is None else block[: b - a].copy_(P[a:b])
-            z.add_(bias)
+            torch.add(bias2, z, alpha=LOG2E, out=z)             # (logits + bias) log2(e): exp2 is cheaper than exp
             zy = z.gather(1, y[a:b, None]).squeeze(1)
             m = z.amax(1)
-            fastmath.exp_(z.sub_(m[:, None]))
+            z.sub_(m[:, None]).exp2_()
             s = z.sum(1)
             z.mul_(s.reciprocal()[:, None])                     # (a multiply is several times cheaper than div_)
             if low is not None:
                 P[a:b].copy_(z)
-            torch.sub(s.log_().add_(m), zy, out=nll[a:b])
+            torch.sub(s.log2_().add_(m), zy, out=nll[a:b]).mul_(LN2)
         ctx.save_for_backward(out, weight, y, P, out_l, w_l)
         return nll.mean()
 
