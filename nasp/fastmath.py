@@ -50,4 +50,3 @@ def tanh_into(x: Tensor, out: Tensor) -> Tensor:
         return out
     return torch.tanh(x, out=out)
 
-
