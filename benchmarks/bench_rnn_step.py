@@ -65,6 +65,8 @@ def _args(argv=None):
                    help="the search's amp setting, for every strategy (bf16: the decoder's products in bfloat16)")
     p.add_argument("--strategies", default=",".join(STRATEGY_NAMES))
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the parts of a step (CPU ms per step: decoder, fused cell, alpha contraction, ...)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -100,6 +102,7 @@ def worker(args) -> dict:
     train = [tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in b) for b in _batches(args, n, 1)]
     valid = [tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in b) for b in _batches(args, n, 2)]
     step = STRATEGIES[name]
+    parts = _time_parts(s) if args.breakdown else None
     rss_before = (torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda"
                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     times, cpu = [], []
@@ -108,6 +111,8 @@ def worker(args) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
         t0, c0 = time.perf_counter(), time.thread_time()
+        if parts is not None and i == args.warmup:
+            parts.clear()
         out = step(s, train[i], valid[i], True)
         _sync(device)
         if i >= args.warmup:
@@ -119,7 +124,46 @@ def worker(args) -> dict:
     return {"strategy": args.worker, "median_s": statistics.median(times), "min_s": min(times), "steps": len(times),
             "median_cpu_s": statistics.median(cpu),
             "peak_mib": peak, "rss_before_steps_mib": rss_before, "final_train_loss": loss,
-            "memory": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (ru_maxrss)"}
+            "memory": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (ru_maxrss)",
+            **({} if parts is None else {"parts_cpu_ms_per_step": {k: round(v * 1e3 / len(cpu), 2)
+                                                                 for k, v in parts.items()}})}
+
+
+def _time_parts(s) -> dict[str, float]:
+    """Wrap the parts of a step so that their main-thread CPU seconds add up in the returned dict (nested parts
+    count in both: the fused cell's backward includes the alpha contraction, the alpha step everything in it)."""
+    from nasp import strategies
+    from nasp.spaces.rnn import alpha_step, decoder, fused
+
+    acc: dict[str, float] = {}
+
+    def wrap(owner, attr: str, key: str, static: bool = False) -> None:
+        f = getattr(owner, attr)
+
+        def timed(*a, **k):
+            c = time.thread_time()
+            try:
+                return f(*a, **k)
+            finally:
+                acc[key] = acc.get(key, 0.0) + time.thread_time() - c
+        setattr(owner, attr, staticmethod(timed) if static else timed)
+
+    for owner, attr, key, static in (
+            (strategies, "nasp_alpha_grads", "alpha step: gradients", False),
+            (strategies, "darts_alpha_grads", "alpha step: gradients", False),
+            (strategies, "unrolled_alpha_grads", "alpha step: gradients", False),
+            (strategies, "_alpha_update", "alpha step: Adam", False),
+            (strategies, "weight_step", "weight step", False),
+            (strategies, "clip_grad_norm_", "weight step: clip", False),
+            (decoder._DecoderNLL, "forward", "decoder + softmax forward", True),
+            (decoder._DecoderNLL, "backward", "decoder backward", True),
+            (fused._SparseCell, "forward", "fused cell forward", True),
+            (fused._SparseCell, "backward", "fused cell backward (incl. alpha contraction)", True),
+            (alpha_step, "contract_alpha_grad", "alpha contraction", False),
+            (s.w_opt, "step", "weight step: SGD", False),
+            (s.model.arch, "prox_c2_", "alpha step: prox_C2", False)):
+        wrap(owner, attr, key, static)
+    return acc
 
 
 def main(argv=None) -> list[dict]:
@@ -129,6 +173,7 @@ def main(argv=None) -> list[dict]:
         return []
     keys = ("device", "vocab", "hidden", "batch", "bptt", "warmup", "steps", "threads", "amp")
     base = [f"--{k}={getattr(args, k)}" for k in keys if getattr(args, k) is not None]
+    base += ["--breakdown"] if args.breakdown else []
     if args.threads:
         torch.set_num_threads(args.threads)           # so the recorded machine description shows the workers'
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
