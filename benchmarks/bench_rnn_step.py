@@ -10,6 +10,9 @@ every time step, the non-selected ones without graphs; ``RNNSearchSpace(nasp_alp
 2026-12-05: the decoder and its cross-entropy through ``F.linear`` + ``F.cross_entropy``
 (``LanguageModelShell.fused_decoder = False``, not :mod:`nasp.spaces.rnn.decoder`) and torch's tanh everywhere
 (:func:`nasp.fastmath.numpy_ok` answering False), so that before and after run in one invocation.
+``--amp bf16``: the search's ``amp`` setting for every strategy (on the recurrent models: the tied decoder's
+products in bfloat16, the cell in float32; :mod:`nasp.spaces.rnn.decoder`). ``--breakdown``: also the CPU ms per
+step of the decoder, the fused cell, the alpha contraction and the optimiser steps (in the JSON).
 A step is what the shared search loop does per training batch:
 for NASP the proximal alpha step + the sparse weight step, for DARTS the (unrolled) alpha step + the dense
 weight step. CPU s/step: the main thread's CPU time per step (``time.thread_time``; on a shared machine it

@@ -17,14 +17,16 @@ tests/test_rnn_fused.py), with far fewer operator calls:
   over all time steps and batch rows (instead of one per time step); the gate gradients are kept for all time
   steps only when these are asked for;
 - NASP alpha step: dL/d(node output) of every node and time step falls out of the backward directly and goes to
-  the graph-free contraction of :mod:`.alpha_step` (every candidate of every node at once);
+  the graph-free contraction of :mod:`.alpha_step` (every candidate of every node at once), together with the
+  kept edges' gates (c, g), which the forward writes into a buffer so that the contraction does not redo them;
 - buffers: the large (T, ...) work buffers of the forward and the backward come from the calling module's
   :class:`BufferPool` on CPU, reused across calls (a fresh one of ~100 MB is a fresh mapping whose first write
   faults in every page: ~30 ms against ~4 ms to refill reused memory at the DARTS search size). Which results
   this gives: bit for bit those of freshly allocated buffers (tests/test_rnn_fused.py).
 
 The kept entries of Ā are exactly 1 (prox_C1's one-hot), so the node outputs are not multiplied by them.
-Autocast (mixed precision) is not handled here: the space falls back to the per-node path under autocast.
+Autocast (mixed precision) is not handled here: the recurrent models run the cell with autocast off (only their
+decoder takes the autocast dtype, see :class:`.cell.LanguageModelShell`).
 """
 
 from __future__ import annotations
