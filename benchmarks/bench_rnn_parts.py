@@ -4,7 +4,9 @@
 - tanh through autograd: torch's against a Function with numpy's forward and dy (1 - y^2) backward (the variant
   that was tried for DARTS' dense cell and not kept), forward + backward of an (n, B, H) strided block;
 - the decoder + cross-entropy per loss evaluation: ``F.linear`` + ``F.cross_entropy`` against
-  :func:`nasp.spaces.rnn.decoder.decoder_nll`, with all gradients (weight step) and dL/d(out) only (alpha step);
+  :func:`nasp.spaces.rnn.decoder.decoder_nll` (float32, and with bfloat16 products: the search's ``amp: bf16``),
+  with all gradients (weight step), dL/d(out) only (alpha step) and the forward alone; its three products alone
+  in float32 and bfloat16;
 - NASP's alpha contraction alone (:func:`nasp.spaces.rnn.alpha_step.contract_alpha_grad`), with numpy's tanh
   and as before (``2 sigmoid(2g) - 1``).
 
@@ -91,12 +93,24 @@ def _decoder(r: int, rows: int, hidden: int, vocab: int) -> dict:
     pool = BufferPool()
     out = torch.randn(rows, hidden, requires_grad=True)
 
-    def run(fused, everything):
-        loss = decoder_nll(out, w, b, y, pool, fused) if fused else F.cross_entropy(F.linear(out, w, b), y)
+    def run(fused, everything, low=None):
+        loss = (decoder_nll(out, w, b, y, pool, fused, low) if fused
+                else F.cross_entropy(F.linear(out, w, b), y))
         torch.autograd.grad(loss, [out, w, b] if everything else [out])
-    return {f"{'all_grads' if e else 'd_out_only'}": {"before": _ms(lambda e=e: run(False, e), 5, r),
-                                                     "fused": _ms(lambda e=e: run(True, e), 5, r)}
-            for e in (True, False)}
+    res = {f"{'all_grads' if e else 'd_out_only'}": {"before": _ms(lambda e=e: run(False, e), 5, r),
+                                                    "fused": _ms(lambda e=e: run(True, e), 5, r),
+                                                    "fused_bf16": _ms(lambda e=e: run(True, e, torch.bfloat16), 5, r)}
+           for e in (True, False)}
+    with torch.no_grad():
+        res["forward_only"] = {"fused": _ms(lambda: decoder_nll(out, w, b, y, pool), 5, r),
+                               "fused_bf16": _ms(lambda: decoder_nll(out, w, b, y, pool, low=torch.bfloat16), 5, r)}
+        P = torch.rand(rows, vocab)
+        for dt in (torch.float32, torch.bfloat16):      # the three products alone
+            o, ww, pp = out.detach().to(dt), w.detach().to(dt), P.to(dt)
+            res[f"products_{str(dt)[6:]}"] = {"out_Wt": _ms(lambda o=o, ww=ww: o @ ww.t(), 5, r),
+                                              "P_W": _ms(lambda pp=pp, ww=ww: pp @ ww, 5, r),
+                                              "Pt_out": _ms(lambda pp=pp, o=o: pp.t() @ o, 5, r)}
+    return res
 
 
 def _contraction(r: int, hidden: int, batch: int, bptt: int) -> dict:

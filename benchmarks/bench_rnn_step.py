@@ -10,6 +10,9 @@ every time step, the non-selected ones without graphs; ``RNNSearchSpace(nasp_alp
 2026-12-05: the decoder and its cross-entropy through ``F.linear`` + ``F.cross_entropy``
 (``LanguageModelShell.fused_decoder = False``, not :mod:`nasp.spaces.rnn.decoder`) and torch's tanh everywhere
 (:func:`nasp.fastmath.numpy_ok` answering False), so that before and after run in one invocation.
+``--amp bf16``: the search's ``amp`` setting for every strategy (on the recurrent models: the tied decoder's
+products in bfloat16, the cell in float32; :mod:`nasp.spaces.rnn.decoder`). ``--breakdown``: also the CPU ms per
+step of the decoder, the fused cell, the alpha contraction and the optimiser steps (in the JSON).
 A step is what the shared search loop does per training batch:
 for NASP the proximal alpha step + the sparse weight step, for DARTS the (unrolled) alpha step + the dense
 weight step. CPU s/step: the main thread's CPU time per step (``time.thread_time``; on a shared machine it
@@ -61,8 +64,12 @@ def _args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=7, help="timed steps; the median is reported")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--amp", default=None, choices=["bf16"],
+                   help="the search's amp setting, for every strategy (bf16: the decoder's products in bfloat16)")
     p.add_argument("--strategies", default=",".join(STRATEGY_NAMES))
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the parts of a step (CPU ms per step: decoder, fused cell, alpha contraction, ...)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -92,12 +99,13 @@ def worker(args) -> dict:
     if not fused_decoder:                             # "_before": torch's tanh everywhere too
         fastmath.numpy_ok = lambda t, contiguous=True: False
     config = SearchConfig(strategy=name, epochs=1, w_lr=20.0, w_lr_schedule="constant", w_momentum=0.0,
-                          w_weight_decay=5e-7, grad_clip=0.25, a_lr=3e-3, a_betas=(0.9, 0.999))
+                          w_weight_decay=5e-7, grad_clip=0.25, a_lr=3e-3, a_betas=(0.9, 0.999), amp=args.amp)
     s = Searcher(space, LanguageModelTask(), config, device=device, show_progress=False)
     n = args.warmup + args.steps
     train = [tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in b) for b in _batches(args, n, 1)]
     valid = [tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in b) for b in _batches(args, n, 2)]
     step = STRATEGIES[name]
+    parts = _time_parts(s) if args.breakdown else None
     rss_before = (torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda"
                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     times, cpu = [], []
@@ -106,6 +114,8 @@ def worker(args) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
         t0, c0 = time.perf_counter(), time.thread_time()
+        if parts is not None and i == args.warmup:
+            parts.clear()
         out = step(s, train[i], valid[i], True)
         _sync(device)
         if i >= args.warmup:
@@ -117,7 +127,46 @@ def worker(args) -> dict:
     return {"strategy": args.worker, "median_s": statistics.median(times), "min_s": min(times), "steps": len(times),
             "median_cpu_s": statistics.median(cpu),
             "peak_mib": peak, "rss_before_steps_mib": rss_before, "final_train_loss": loss,
-            "memory": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (ru_maxrss)"}
+            "memory": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (ru_maxrss)",
+            **({} if parts is None else {"parts_cpu_ms_per_step": {k: round(v * 1e3 / len(cpu), 2)
+                                                                 for k, v in parts.items()}})}
+
+
+def _time_parts(s) -> dict[str, float]:
+    """Wrap the parts of a step so that their main-thread CPU seconds add up in the returned dict (nested parts
+    count in both: the fused cell's backward includes the alpha contraction, the alpha step everything in it)."""
+    from nasp import strategies
+    from nasp.spaces.rnn import alpha_step, decoder, fused
+
+    acc: dict[str, float] = {}
+
+    def wrap(owner, attr: str, key: str, static: bool = False) -> None:
+        f = getattr(owner, attr)
+
+        def timed(*a, **k):
+            c = time.thread_time()
+            try:
+                return f(*a, **k)
+            finally:
+                acc[key] = acc.get(key, 0.0) + time.thread_time() - c
+        setattr(owner, attr, staticmethod(timed) if static else timed)
+
+    for owner, attr, key, static in (
+            (strategies, "nasp_alpha_grads", "alpha step: gradients", False),
+            (strategies, "darts_alpha_grads", "alpha step: gradients", False),
+            (strategies, "unrolled_alpha_grads", "alpha step: gradients", False),
+            (strategies, "_alpha_update", "alpha step: Adam", False),
+            (strategies, "weight_step", "weight step", False),
+            (strategies, "clip_grad_norm_", "weight step: clip", False),
+            (decoder._DecoderNLL, "forward", "decoder + softmax forward", True),
+            (decoder._DecoderNLL, "backward", "decoder backward", True),
+            (fused._SparseCell, "forward", "fused cell forward", True),
+            (fused._SparseCell, "backward", "fused cell backward (incl. alpha contraction)", True),
+            (alpha_step, "contract_alpha_grad", "alpha contraction", False),
+            (s.w_opt, "step", "weight step: SGD", False),
+            (s.model.arch, "prox_c2_", "alpha step: prox_C2", False)):
+        wrap(owner, attr, key, static)
+    return acc
 
 
 def main(argv=None) -> list[dict]:
@@ -125,8 +174,9 @@ def main(argv=None) -> list[dict]:
     if args.worker:
         print(json.dumps(worker(args)))
         return []
-    keys = ("device", "vocab", "hidden", "batch", "bptt", "warmup", "steps", "threads")
+    keys = ("device", "vocab", "hidden", "batch", "bptt", "warmup", "steps", "threads", "amp")
     base = [f"--{k}={getattr(args, k)}" for k in keys if getattr(args, k) is not None]
+    base += ["--breakdown"] if args.breakdown else []
     if args.threads:
         torch.set_num_threads(args.threads)           # so the recorded machine description shows the workers'
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -140,7 +190,7 @@ def main(argv=None) -> list[dict]:
     ref = next((r for r in results if r["strategy"] == "nasp"), results[0])
     print(f"device={args.device} torch={torch.__version__} threads={args.threads or torch.get_num_threads()} "
           f"vocab={args.vocab} hidden={args.hidden} batch={args.batch} bptt={args.bptt} "
-          f"steps={args.steps} (median) warmup={args.warmup}")
+          f"steps={args.steps} (median) warmup={args.warmup} amp={args.amp}")
     print("| strategy | median s/step | x NASP time | median CPU s/step | x NASP CPU | peak memory MiB | x NASP memory "
           "| peak - before steps MiB |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

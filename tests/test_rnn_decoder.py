@@ -101,3 +101,48 @@ def test_model_targets_give_the_logits_nll():
     torch.testing.assert_close(nll, ref, rtol=1e-12, atol=1e-12)
     for a, r in zip(got, ref_g, strict=True):
         torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("pool", [None, BufferPool(min_bytes=0)])
+def test_bfloat16_products_agree_with_float32(monkeypatch, pool):
+    """low=bfloat16 (the search's amp: bf16): the loss and all three float32 gradients agree with float32's to
+    bfloat16 rounding, over several blocks; the autograd fallback (low_linear + cross-entropy) agrees too."""
+    monkeypatch.setattr(dec, "BLOCK_BYTES", 1 << 15)            # 8 rows per block
+    out, w, b, y = _case(torch.float32, n=64, H=16, V=1000)
+    ref, ref_g = _reference(out, w, b, y)
+    for fused in (True, False):
+        loss = decoder_nll(out, w, b, y, pool, fused=fused, low=torch.bfloat16)
+        got = torch.autograd.grad(loss, [out, w, b])
+        assert loss.dtype == torch.float32 and all(g.dtype == torch.float32 for g in got)
+        assert abs(loss.item() - ref.item()) < 2e-2 * ref.item()
+        for a, r in zip(got, ref_g, strict=True):
+            assert (a - r).abs().max() < 5e-2 * r.abs().max()     # logits up to ~20 here: bf16 steps of 0.06
+            assert torch.nn.functional.cosine_similarity(a.flatten(), r.flatten(), dim=0) > 0.999
+    assert not torch.equal(decoder_nll(out, w, b, y, low=torch.bfloat16), ref)     # the low path did run
+
+
+@pytest.mark.parametrize("mode", ["sparse", "nasp", "dense"])
+def test_autocast_runs_only_the_decoder_in_bfloat16(mode):
+    """Under autocast (the search's amp: bf16) the recurrent model's cell runs in float32 exactly as without it
+    (the fused cell where it applies), and only the decoder's products in bfloat16: the same raw outputs and
+    hidden state bit for bit, a loss that agrees to bfloat16 rounding, float32 weight gradients."""
+    V, H = 300, 16
+    space = RNNSearchSpace(V, H, H, seed=0)
+    view = {"sparse": space.arch.sparse_view, "nasp": space.arch.nasp_view,
+            "dense": space.arch.softmax_view}[mode]()
+    x, y = torch.randint(V, (7, 5)), torch.randint(V, (7, 5))
+    h = space.init_hidden(5)
+    res = []
+    for amp in (False, True):
+        torch.manual_seed(3)                                        # the same dropout masks
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            nll, hid, raw = space(x, h, view, targets=y)
+        grads = torch.autograd.grad(nll, [space.lm.encoder.weight, space.lm.cell.Ws])
+        res.append((nll, hid, raw, grads))
+    (n0, h0, r0, g0), (n1, h1, r1, g1) = res
+    assert torch.equal(r0, r1) and torch.equal(h0, h1) and r1.dtype == torch.float32
+    assert n1.dtype == torch.float32 and not torch.equal(n0, n1)
+    assert abs(n1.item() - n0.item()) < 1e-2 * n0.item()
+    for a, r in zip(g1, g0, strict=True):
+        assert a.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(a.flatten(), r.flatten(), dim=0) > 0.99

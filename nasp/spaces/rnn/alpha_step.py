@@ -46,6 +46,7 @@ class AlphaStore:
         self.t = -1
         self.G: Tensor | None = None                                        # (N, H, T, B)
         self.amp = None
+        self.kept_gates: dict[int, tuple[int, Tensor]] = {}   # j -> (i, (T, B, 2H) gates of the kept edge i -> j)
 
     def record(self, j: int, states: list[Tensor], mask_h: Tensor | None) -> int:
         """Called by node j's function at each time step (j = 1 starts a step); returns the time step."""
@@ -83,10 +84,19 @@ class AlphaStore:
             ST, SmT = (u.permute(2, 0, 1).reshape(H, T * B) for u in (S, Sm))   # (H, T * B)
             n = N - i                                                          # successors j = i+1..N
             W = Ws[i:].transpose(1, 2).reshape(n * 2 * H, H).to(SmT.dtype)     # rows: [c_j; g_j] of each j
+            # the kept edges i -> j: their gates come from the forward ((2H, T * B)); the others are computed
+            reuse = {j - 1 - i: z.permute(2, 0, 1).reshape(2 * H, T * B).to(SmT.dtype)
+                     for j, (p, z) in self.kept_gates.items() if p == i}
+            runs = _runs([r for r in range(n) if r not in reuse])
             step = max(1, CHUNK_ELEMENTS // (n * 2 * H))
             for a in range(0, T * B, step):
                 b = min(a + step, T * B)
-                cg = (W @ SmT[:, a:b]).view(n, 2, H, b - a)
+                cg = SmT.new_empty(n, 2 * H, b - a)
+                for r0, r1 in runs:
+                    torch.mm(W[r0 * 2 * H: r1 * 2 * H], SmT[:, a:b], out=cg[r0:r1].view(-1, b - a))
+                for r, z in reuse.items():
+                    cg[r].copy_(z[:, a:b])
+                cg = cg.view(n, 2, H, b - a)
                 with torch.autocast(G.device.type, enabled=False):
                     self._contract(full[i, i:], *(u.reshape(n, -1).to(acc) for u in (G[i:, :, a:b], cg[:, 0],
                                                                                     cg[:, 1])),
@@ -94,29 +104,48 @@ class AlphaStore:
 
     def _contract(self, out: Tensor, G: Tensor, c: Tensor, g: Tensor, s: Tensor) -> None:
         """out[:, k] += <G, s + sigmoid(c) (f_k(g) - s)> per successor: out (succ, ops); G, c, g: (succ, K);
-        s: (K,) (K = H * time steps * batch rows)."""
-        A = torch.sigmoid(c).mul_(G)
-        base = torch.mv(G, s) - torch.mv(A, s)                                 # <G - A, s>  (succ,)
+        s: (K,) (K = H * time steps * batch rows). Overwrites c; one scratch buffer for f_k(g) and the products."""
+        A = torch.sigmoid(c, out=c).mul_(G)                                    # c is not needed again
+        base = torch.mv(G, s).sub_(torch.mv(A, s))                             # <G - A, s>  (succ,)
+        f = torch.empty_like(g)
         for k, op in enumerate(self.ops):
             if op == "none":
                 continue
             if op == "identity":
-                d = torch.linalg.vecdot(A, g)
+                src = g
             elif op == "tanh" and fastmath.numpy_ok(g, contiguous=False):     # numpy's tanh (nasp.fastmath)
-                d = torch.linalg.vecdot(A, fastmath.tanh_into(g, g.new_empty(g.shape)))
+                src = fastmath.tanh_into(g, f)
             elif op == "tanh":      # tanh(g) = 2 sigmoid(2g) - 1: sigmoid is several times cheaper than torch's tanh
-                d = torch.linalg.vecdot(A, torch.sigmoid(g * 2)).mul_(2).sub_(A.sum(1))
+                d = torch.mul(torch.sigmoid(torch.mul(g, 2, out=f), out=f), A, out=f).sum(1).mul_(2).sub_(A.sum(1))
+                out[:, k] += base + d
+                continue
+            elif op == "relu":
+                src = torch.clamp(g, min=0, out=f)
             else:
-                d = torch.linalg.vecdot(A, ACTIVATIONS[op](g))
-            out[:, k] += base + d                                              # + <A, f_k(g)>
+                src = ACTIVATIONS[op](g)
+            out[:, k] += base + torch.mul(A, src, out=f).sum(1)                # + <A, f_k(g)>
+
+
+def _runs(rows: list[int]) -> list[tuple[int, int]]:
+    """Maximal runs [r0, r1) of consecutive ints in the sorted list ``rows``."""
+    runs: list[tuple[int, int]] = []
+    for r in rows:
+        if runs and runs[-1][1] == r:
+            runs[-1] = (runs[-1][0], r + 1)
+        else:
+            runs.append((r, r + 1))
+    return runs
 
 
 def contract_alpha_grad(ops: tuple[str, ...], Ws: Tensor, pairs: list[tuple[int, int]], states: Tensor,
-                        mask_h: Tensor | None, G: Tensor, g_nhtb: bool = False) -> Tensor:
+                        mask_h: Tensor | None, G: Tensor, g_nhtb: bool = False,
+                        kept_gates: dict[int, tuple[int, Tensor]] | None = None) -> Tensor:
     """(rows, ops) dL/dĀ from all states at once: states (T, N, B, H) = s_0..s_{N-1}, G (T, N, B, H) =
     dL/d(mixed output of node j = 1..N), or with ``g_nhtb`` already laid out (N, H, T, B) contiguous; the same
-    contraction as the store's (used by :mod:`.fused`)."""
+    contraction as the store's (used by :mod:`.fused`). kept_gates: j -> (i, (T, B, 2H) gates (c, g) =
+    (s_i * mask_h) W_j of the kept edge i -> j, as the forward computed them): those products are not redone."""
     store = AlphaStore(ops, Ws, pairs)
+    store.kept_gates = kept_gates or {}
     store.states = [states[:, i] for i in range(states.shape[1])]
     store.mask_h = mask_h
     store.G = G if g_nhtb else G.permute(1, 3, 0, 2).contiguous()             # (N, H, T, B)

@@ -23,10 +23,11 @@ from torch import Tensor, nn
 
 from nasp.buffers import BufferPool
 
-from .decoder import decoder_nll
+from .decoder import decoder_nll, low_linear
 from .fused import CellPlan, sparse_cell
 
-__all__ = ["ACTIVATIONS", "RecurrentCell", "LanguageModelShell", "edge_output", "locked_mask", "embedded_dropout"]
+__all__ = ["ACTIVATIONS", "RecurrentCell", "LanguageModelShell", "edge_output", "locked_mask", "embedded_dropout",
+           "autocast_low"]
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "tanh": torch.tanh,     # not nasp.fastmath's: through autograd its Function costs as much as it saves
@@ -37,6 +38,11 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 
 # node_fn(j, states, mask_h) -> s_j (B, H); states: [s_0, ..., s_{j-1}]
 NodeFn = Callable[[int, list[Tensor], Tensor | None], Tensor]
+
+
+def autocast_low(device_type: str) -> torch.dtype | None:
+    """The dtype of the autocast region active on ``device_type`` (the search's ``amp``), else None."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
 
 
 def locked_mask(like: Tensor, shape: tuple[int, ...], p: float, training: bool) -> Tensor | None:
@@ -111,6 +117,9 @@ class LanguageModelShell(nn.Module):
     with ``targets`` (T, B) int64 the first item is instead the mean NLL of the targets (scalar, float32 at least),
     through :func:`.decoder.decoder_nll` (the logits are never returned; their buffers come from the cell's pool;
     ``fused_decoder = False``: through ``F.linear`` + ``F.cross_entropy`` instead, the same values).
+    Mixed precision (an autocast region, e.g. the search's ``amp: bf16``; or ``low``): only the tied decoder's
+    products take the low dtype (bfloat16 operands, see :mod:`.decoder`); embedding, cell and cross-entropy run
+    in float32 with autocast off, for every strategy alike (the cell's small products gain nothing from it).
     """
 
     def __init__(self, vocab_size: int, ninp: int, nhid: int, num_nodes: int = 8, dropout: float = 0.75,
@@ -133,16 +142,19 @@ class LanguageModelShell(nn.Module):
         return torch.zeros(batch_size, self.nhid, device=device or w.device, dtype=w.dtype)
 
     def forward(self, x: Tensor, hidden: Tensor, node_fn: NodeFn | None, concat: tuple[int, ...] | None = None,
-                fused: tuple[CellPlan, Tensor] | None = None, targets: Tensor | None = None
-                ) -> tuple[Tensor, Tensor, Tensor]:
-        emb = embedded_dropout(self.encoder, x, self.dropout_e, self.training)      # (T, B, ninp)
-        m_i = locked_mask(emb, (1, emb.shape[1], self.ninp), self.dropout_i, self.training)
-        raw, hidden = self.cell(emb if m_i is None else emb * m_i, hidden, node_fn, concat, fused)
-        m_o = locked_mask(raw, (1, raw.shape[1], self.nhid), self.dropout, self.training)
-        out = raw if m_o is None else raw * m_o
-        weight = self.encoder.weight if self.decoder_weight is None else self.decoder_weight
-        if targets is not None:
-            nll = decoder_nll(out.reshape(-1, out.shape[-1]), weight, self.decoder_bias, targets.reshape(-1),
-                              self.cell.buffer_pool, self.fused_decoder)
-            return nll, hidden, raw
-        return F.linear(out, weight, self.decoder_bias), hidden, raw
+                fused: tuple[CellPlan, Tensor] | None = None, targets: Tensor | None = None,
+                low: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """low: the decoder products' dtype (None: that of an active autocast region, else none)."""
+        low = low or autocast_low(x.device.type)
+        with torch.autocast(x.device.type, enabled=False):
+            emb = embedded_dropout(self.encoder, x, self.dropout_e, self.training)      # (T, B, ninp)
+            m_i = locked_mask(emb, (1, emb.shape[1], self.ninp), self.dropout_i, self.training)
+            raw, hidden = self.cell(emb if m_i is None else emb * m_i, hidden, node_fn, concat, fused)
+            m_o = locked_mask(raw, (1, raw.shape[1], self.nhid), self.dropout, self.training)
+            out = raw if m_o is None else raw * m_o
+            weight = self.encoder.weight if self.decoder_weight is None else self.decoder_weight
+            if targets is not None:
+                nll = decoder_nll(out.reshape(-1, out.shape[-1]), weight, self.decoder_bias, targets.reshape(-1),
+                                  self.cell.buffer_pool, self.fused_decoder, low)
+                return nll, hidden, raw
+            return low_linear(out, weight, self.decoder_bias, low), hidden, raw

@@ -17,14 +17,16 @@ tests/test_rnn_fused.py), with far fewer operator calls:
   over all time steps and batch rows (instead of one per time step); the gate gradients are kept for all time
   steps only when these are asked for;
 - NASP alpha step: dL/d(node output) of every node and time step falls out of the backward directly and goes to
-  the graph-free contraction of :mod:`.alpha_step` (every candidate of every node at once);
+  the graph-free contraction of :mod:`.alpha_step` (every candidate of every node at once), together with the
+  kept edges' gates (c, g), which the forward writes into a buffer so that the contraction does not redo them;
 - buffers: the large (T, ...) work buffers of the forward and the backward come from the calling module's
   :class:`BufferPool` on CPU, reused across calls (a fresh one of ~100 MB is a fresh mapping whose first write
   faults in every page: ~30 ms against ~4 ms to refill reused memory at the DARTS search size). Which results
   this gives: bit for bit those of freshly allocated buffers (tests/test_rnn_fused.py).
 
 The kept entries of Ā are exactly 1 (prox_C1's one-hot), so the node outputs are not multiplied by them.
-Autocast (mixed precision) is not handled here: the space falls back to the per-node path under autocast.
+Autocast (mixed precision) is not handled here: the recurrent models run the cell with autocast off (only their
+decoder takes the autocast dtype, see :class:`.cell.LanguageModelShell`).
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ class _SparseCell(torch.autograd.Function):
         F = _empty(pool, (T, N + 1, B, H), dt, dev)                # activation outputs (slot 0: tanh(g0))
         S = _empty(pool, (T, N + 1, B, H), dt, dev)                # node states s_0..s_N
         Y = _empty(pool, (T, N, B, H), dt, dev) if plan.bn_eps is not None else None   # pre-BN
+        Z = _empty(pool, (T, N, B, 2 * H), dt, dev) if plan.alpha else None   # kept gates (c, g), for the alpha
         out = torch.empty(T, B, H, dtype=dt, device=dev)          # h_t (returned: not pooled)
         bn_stats: list[tuple[Tensor, Tensor] | None] = []          # [t * N + j - 1] -> (mean, invstd)
         zero = torch.zeros(B, H, dtype=dt, device=dev)
@@ -162,7 +165,7 @@ class _SparseCell(torch.autograd.Function):
                 sm = masked.get(i)
                 if sm is None:
                     sm = masked[i] = s if mask_h is None else s * mask_h
-                z = torch.mm(sm, Ws[j - 1])
+                z = torch.mm(sm, Ws[j - 1]) if Z is None else torch.mm(sm, Ws[j - 1], out=Z[t, j - 1])
                 a = torch.sigmoid(z[:, :H], out=A[t, j])
                 f = _act_out(op, z[:, H:], F[t, j])
                 if plan.bn_eps is None:
@@ -183,13 +186,13 @@ class _SparseCell(torch.autograd.Function):
         ctx.plan = plan
         ctx.pool = pool
         ctx.bn_stats = bn_stats
-        ctx.save_for_backward(w_h, Ws, mask_h, A, F, Y, S, Hprev)
+        ctx.save_for_backward(w_h, Ws, mask_h, A, F, Y, S, Hprev, Z)
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
         plan: CellPlan = ctx.plan
-        w_h, Ws, mask_h, A, F, Y, S, Hprev = ctx.saved_tensors
+        w_h, Ws, mask_h, A, F, Y, S, Hprev, Z = ctx.saved_tensors
         pool: BufferPool | None = ctx.pool
         T, N1, B, H = A.shape
         N = N1 - 1
@@ -270,8 +273,9 @@ class _SparseCell(torch.autograd.Function):
         if plan.alpha and need[4]:
             from .alpha_step import contract_alpha_grad
             G_nhtb = _empty(pool, (N, H, T, B), dt, dev).copy_(G.permute(1, 3, 0, 2))
+            kept = {j: (i, Z[:, j - 1]) for j, (_, i, op) in enumerate(plan.kept, start=1) if op is not None}
             d_alpha = contract_alpha_grad(plan.ops, Ws.detach(), list(plan.pairs), S[:, :N], mask_h, G_nhtb,
-                                          g_nhtb=True).to(Ws.dtype)
+                                          g_nhtb=True, kept_gates=kept).to(Ws.dtype)
         return d_xw, d_h0, d_wh, d_Ws, d_alpha, None, None, None
 
 

@@ -23,7 +23,7 @@ from ...mixed import mix
 from ...prox import prox_c1
 from ...space import SearchSpace, register_space
 from .alpha_step import AlphaStore, alpha_leaf, node_tap
-from .cell import LanguageModelShell, edge_output
+from .cell import LanguageModelShell, autocast_low, edge_output
 from .fused import CellPlan
 from .genotypes import MATRIX, PRIMITIVES_DARTS, RNNGenotype, row_pairs
 
@@ -65,7 +65,8 @@ class RNNSearchSpace(SearchSpace):
     Both are exact; "contract" is much cheaper.
     fused_cell: run one-hot cells (SPARSE views, and NASP views with "contract") as one autograd function over
     the whole sequence with a hand-written backward (:mod:`.fused`; the same values and gradients, far fewer
-    operator calls); False: node by node through autograd. Autocast always uses the node-by-node path.
+    operator calls); False: node by node through autograd. Under autocast (the search's ``amp: bf16``) the cell
+    runs in float32 all the same and only the decoder's products in bfloat16, for every strategy.
     """
 
     def __init__(self, vocab_size: int = 10000, ninp: int = 300, nhid: int = 300, num_nodes: int = 8,
@@ -101,9 +102,12 @@ class RNNSearchSpace(SearchSpace):
 
     def forward(self, x: Tensor, hidden: Tensor, view: ArchView, targets: Tensor | None = None
                 ) -> tuple[Tensor, Tensor, Tensor]:
-        """targets (T, B): return the mean NLL instead of the logits (see :class:`.cell.LanguageModelShell`)."""
-        fused = self._fused(view, x.device.type)
-        return self.lm(x, hidden, None if fused else self._node_fn(view), fused=fused, targets=targets)
+        """targets (T, B): return the mean NLL instead of the logits (see :class:`.cell.LanguageModelShell`).
+        Under autocast (the search's ``amp``) only the decoder's products take its dtype (the shell's rule)."""
+        low = autocast_low(x.device.type)
+        with torch.autocast(x.device.type, enabled=False):
+            fused = self._fused(view, x.device.type)
+            return self.lm(x, hidden, None if fused else self._node_fn(view), fused=fused, targets=targets, low=low)
 
     def _fused(self, view: ArchView, device_type: str) -> tuple[CellPlan, Tensor] | None:
         """(plan, Ā) for :func:`.fused.sparse_cell` when this view runs a one-hot cell that it covers, else None."""
