@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 __all__ = ["ImageSet", "data_path"]
@@ -25,6 +26,20 @@ class ImageSet:
 
     def subset(self, idx: Tensor) -> ImageSet:
         return ImageSet(self.images[idx], self.labels[idx], self.classes)
+
+    def aligned_to(self, classes: list[str], label: str = "images") -> ImageSet:
+        """The same images labelled by the index of their class name in ``classes`` (e.g. a test set read on its
+        own, whose sorted class names may lack one of the training set's); a class not in ``classes`` is an error
+        naming it and ``label``."""
+        if list(self.classes) == list(classes):
+            return self
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = [c for c in self.classes if c not in index]
+        if unknown:
+            raise ValueError(f"{label}: class {unknown[0]!r} is not one of the training classes "
+                             f"({', '.join(map(str, classes[:12]))}{', ...' if len(classes) > 12 else ''})")
+        remap = torch.tensor([index[c] for c in self.classes], dtype=torch.int64)     # (own classes,)
+        return ImageSet(self.images, remap[self.labels], list(classes))
 
 
 def data_path(*parts: str) -> Path:

@@ -140,3 +140,32 @@ def test_cifar10_jpeg_subset(data_dir):
     s = load_image_zip(path)
     assert s.images.shape == (10000, 3, 32, 32) and len(s.classes) == 10
     assert torch.bincount(s.labels).tolist() == [1000] * 10
+
+
+def test_a_test_set_is_labelled_by_the_training_classes(tmp_path):
+    """A test folder read on its own numbers its own sorted classes; missing one of the training classes must not
+    shift the labels of the others (frog stays 2, not 1)."""
+    for split, classes in (("train", ("cat", "dog", "frog")), ("test", ("cat", "frog")), ("odd", ("cat", "zebra"))):
+        for k, cls in enumerate(classes):
+            (tmp_path / split / cls).mkdir(parents=True)
+            (tmp_path / split / cls / "x.png").write_bytes(_png(40 * k + 10))
+    train = load_image_folder(tmp_path / "train")
+    test = load_image_folder(tmp_path / "test")
+    assert test.labels.tolist() == [0, 1]                                  # its own numbering
+    aligned = test.aligned_to(train.classes, "test")
+    assert aligned.labels.tolist() == [0, 2] and aligned.classes == ["cat", "dog", "frog"]
+    assert train.aligned_to(train.classes) is train
+    with pytest.raises(ValueError, match="odd: class 'zebra' is not one of the training classes"):
+        load_image_folder(tmp_path / "odd").aligned_to(train.classes, "odd")
+
+
+def test_cnn_command_checks_num_classes_against_the_folder(tmp_path):
+    from nasp.commands.cnn import ImageDataConfig, load_data
+
+    for cls in ("a", "b", "c"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "x.png").write_bytes(_png(5))
+    d = ImageDataConfig(source="folder", path=str(tmp_path), num_classes=2, image_size=8)
+    with pytest.raises(ValueError, match="data.num_classes is 2 but the train images have 3 classes"):
+        load_data(d, "train")
+    assert load_data(ImageDataConfig(source="folder", path=str(tmp_path), num_classes=3, image_size=8), "train")

@@ -150,6 +150,9 @@ def load_data(d: ImageDataConfig, split: str, seed: int = 0):
             data = load_image_zip(path, split=split if _zip_has_folder(path, split) else None, size=d.image_size)
         else:
             data = load_image_folder(path / split if (path / split).is_dir() else path, size=d.image_size)
+    if len(data.classes) > d.num_classes:
+        raise ValueError(f"data.num_classes is {d.num_classes} but the {split} images have {len(data.classes)} "
+                         f"classes; set data.num_classes={len(data.classes)}")
     if d.subset and split == "train" and d.subset < len(data):
         g = torch.Generator().manual_seed(seed)
         data = data.subset(torch.randperm(len(data), generator=g)[: d.subset])
@@ -233,6 +236,7 @@ def run_train(cfg: CNNTrainRun, show_progress: bool = True) -> dict:
         net = NetworkImageNet(genotype, m.C, d.num_classes, m.layers, m.auxiliary)
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     train_set, test_set = load_data(d, "train", cfg.seed), load_data(d, "test")
+    test_set = test_set.aligned_to(train_set.classes, f"test images ({d.test_path or d.path})")   # same label ids
     train = ImageLoader(train_set.images, train_set.labels, d.batch_size,
                         augment=Augment(mean, std, cutout=d.cutout), seed=cfg.seed, drop_last=True)
     test = ImageLoader(test_set.images, test_set.labels, d.batch_size, shuffle=False,
