@@ -131,7 +131,12 @@ def _lean_chunk(frame: pd.DataFrame, use: dict[str, str], scale: RatingScale | N
         return None
     cols["rating"] = _lean_ratings(cols["rating"])
     for role in ("user", "item"):
-        cols[role] = _lean_ids(cols[role])
+        if cols[role].dtype.kind == "O":            # string ids: an empty field (NaN) goes to the careful path
+            if pd.isna(cols[role]).any():
+                return None
+            cols[role] = cols[role].astype(str)
+        else:
+            cols[role] = _lean_ids(cols[role])
     return cols
 
 
@@ -149,7 +154,8 @@ def fast_read(source: Source, fmt: TableFormat, layout: _Layout, scale: RatingSc
     sep = _INTERNAL_SEP if len(fmt.sep) > 1 else fmt.sep
     names = [f"f{j}" for j in range(layout.num_fields)]
     use = {role: names[pos] for role, pos in layout.positions.items()}
-    dtype = {name: ("float64" if role == "rating" else "int64") for role, name in use.items()}
+    dtype = {name: ("float64" if role == "rating" else "str" if fmt.string_ids and role in ("user", "item")
+                    else "int64") for role, name in use.items()}
     bar = _progress_bar(source, show_progress)
     handle = _CountingReader(source.open_binary(), fmt.sep.encode(fmt.encoding), sep.encode(fmt.encoding), bar)
     parts, rows = [], int(bool(fmt.header))

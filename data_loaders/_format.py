@@ -95,6 +95,7 @@ class TableFormat:
     None: by header name (see ``ROLE_ALIASES``) when there is a header, else user, item, rating in the
     first three fields. ``header`` None: detected (a first row whose id/rating fields are all non-numeric
     is a header). ``num_fields`` is the number of fields per line (None: taken from the first line).
+    ``string_ids``: user and item ids are kept as the text of their fields (non-empty), not parsed as integers.
     """
 
     sep: str
@@ -102,6 +103,7 @@ class TableFormat:
     columns: Mapping[str, str | int] | None
     num_fields: int | None = None
     encoding: str = "utf-8"
+    string_ids: bool = False    # user and item ids are read as strings (any text), not as integers
 
 
 @dataclass

@@ -38,6 +38,8 @@ __all__ = ["duplicate_mask", "has_duplicates", "read_delimited", "read_parquet_t
 
 def _pair_key(cols: Mapping[str, np.ndarray]) -> np.ndarray | None:
     """(n,) int64 key equal for equal (user, item) rows, when ids are small enough; else None."""
+    if cols["user"].dtype.kind not in "iu" or cols["item"].dtype.kind not in "iu":
+        return None                                   # string ids
     users, items = cols["user"].astype(np.int64, copy=False), cols["item"].astype(np.int64, copy=False)
     if "context" in cols or not len(users) or min(users.min(), items.min()) < 0:
         return None
@@ -66,8 +68,8 @@ def duplicate_mask(cols: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- careful path
-def _parse_row(fields: list[str], layout: _Layout, sep: str,
-               scale: RatingScale | None) -> tuple[dict | None, tuple[str, str] | None]:
+def _parse_row(fields: list[str], layout: _Layout, sep: str, scale: RatingScale | None,
+               string_ids: bool = False) -> tuple[dict | None, tuple[str, str] | None]:
     """(values, None) for a good row, (None, (reason, message)) for a bad one."""
     if len(fields) != layout.num_fields:
         line = sep.join(fields)
@@ -77,6 +79,11 @@ def _parse_row(fields: list[str], layout: _Layout, sep: str,
     values = {}
     for role, pos in layout.positions.items():
         text = fields[pos]
+        if string_ids and role in ("user", "item"):
+            if not text:
+                return None, ("empty id", f"expected a non-empty id for {role} (field {pos + 1})")
+            values[role] = text
+            continue
         try:
             values[role] = float(text) if role == "rating" else _to_int(text)
         except ValueError:
@@ -105,7 +112,7 @@ def _careful_read(source: Source, fmt: TableFormat, layout: _Layout,
         if skip_header:
             skip_header = False
             continue
-        values, problem = _parse_row(fields, layout, fmt.sep, scale)
+        values, problem = _parse_row(fields, layout, fmt.sep, scale, fmt.string_ids)
         if problem is not None:
             if not drop_invalid:
                 raise ValueError(f"{source.label}, line {reader.line_num}: {problem[1]}")
@@ -114,7 +121,8 @@ def _careful_read(source: Source, fmt: TableFormat, layout: _Layout,
         for role, value in values.items():
             out[role].append(value)
         lines.append(reader.line_num)
-    cols = {r: np.asarray(v, dtype=np.float64 if r == "rating" else np.int64) for r, v in out.items()}
+    cols = {r: np.asarray(v, dtype=np.float64 if r == "rating" else str if fmt.string_ids and r in ("user", "item")
+                          else np.int64) for r, v in out.items()}
     return Table(cols, np.asarray(lines, dtype=np.int64), dict(dropped))
 
 
@@ -176,8 +184,12 @@ def read_delimited(source: Source, fmt: TableFormat, scale: RatingScale | None,
 
 
 # --------------------------------------------------------------------------------------------- parquet
-def _frame_column(series: pd.Series, role: str) -> tuple[np.ndarray, np.ndarray]:
-    """(values, bad mask) for one column of a frame; ids as int64, ratings as float64."""
+def _frame_column(series: pd.Series, role: str, string_ids: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(values, bad mask) for one column of a frame; ids as int64 (``string_ids``: user/item as str), ratings as
+    float64."""
+    if string_ids and role in ("user", "item"):
+        bad = series.isna().to_numpy() | (series.astype(str) == "").to_numpy()
+        return series.astype(str).to_numpy().astype(str), bad
     if role != "rating" and pd.api.types.is_integer_dtype(series.dtype) and not series.isna().any():
         return series.to_numpy(dtype=np.int64), np.zeros(len(series), dtype=bool)
     numbers = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -201,7 +213,7 @@ def _frame_problems(cols: dict[str, np.ndarray], bad: dict[str, np.ndarray],
 
 
 def read_parquet_table(source: Source, columns: Mapping[str, str | int] | None,
-                       scale: RatingScale | None, drop_invalid: bool) -> Table:
+                       scale: RatingScale | None, drop_invalid: bool, string_ids: bool = False) -> Table:
     """Read and validate a Parquet file; problems are reported by 1-based row number.
 
     ``columns`` None: the columns are found by name (see ``ROLE_ALIASES``).
@@ -221,7 +233,7 @@ def read_parquet_table(source: Source, columns: Mapping[str, str | int] | None,
         if name not in frame.columns:
             raise ValueError(f"{source.label}: no column {name!r} for {role} (found {list(frame.columns)})")
         names[role] = name
-    parsed = {role: _frame_column(frame[name], role) for role, name in names.items()}
+    parsed = {role: _frame_column(frame[name], role, string_ids) for role, name in names.items()}
     cols = {role: v for role, (v, _) in parsed.items()}
     problems = _frame_problems(cols, {r: b for r, (_, b) in parsed.items()}, scale)
     any_bad = np.logical_or.reduce(list(problems.values()))

@@ -44,6 +44,8 @@ _LUT_MIN_SPAN = 1 << 24     # integer ids spanning at most max(this, n) values a
 def _as_ids(ids: np.ndarray) -> np.ndarray:
     """An id map as stored: integer ids as int64 (whatever width they were read in), others unchanged."""
     ids = np.asarray(ids)
+    if ids.dtype.kind == "O" and all(isinstance(x, str) for x in ids):
+        return ids.astype(str)              # string ids as a unicode array: saved and loaded without pickle
     fits = ids.dtype.kind == "i" or (ids.dtype.kind == "u" and (len(ids) == 0 or int(ids.max()) <= _INT64_MAX))
     return ids.astype(np.int64, copy=False) if fits else ids
 
@@ -251,7 +253,8 @@ def _dataset_from_table(table: Table, label: str, name: str, scale: RatingScale 
 
 def read_ratings_file(path, sep: str | None = None, columns: Mapping[str, str | int | None] | None = None,
                       header: bool | None = None, rating_scale=None, drop_invalid: bool = False,
-                      name: str | None = None, encoding: str = "utf-8", show_progress: bool = True) -> RatingDataset:
+                      name: str | None = None, encoding: str = "utf-8", show_progress: bool = True,
+                      id_type: str = "int") -> RatingDataset:
     """Read a generic rating file: CSV/TSV (by suffix, or ``sep``) or Parquet (``.parquet``/``.pq``).
 
     ``columns`` maps user/item/rating (required) and timestamp/context (optional) to header names or
@@ -263,18 +266,22 @@ def read_ratings_file(path, sep: str | None = None, columns: Mapping[str, str | 
     without it nothing is checked but finiteness and the scale is the observed (min, max), marked
     ``rating_scale_source == "inferred"`` on the result. Bad rows raise ValueError naming file and line,
     unless ``drop_invalid``. ``encoding`` names the text encoding (e.g. "latin-1"). ``show_progress``: a progress
-    bar (by bytes, on stderr) while a text file of 50 MiB or more is parsed.
+    bar (by bytes, on stderr) while a text file of 50 MiB or more is parsed. ``id_type``: "int" (default: user and
+    item ids must be integers, anything else is a bad row) or "str" (ids are the fields' text, e.g. ISBNs or
+    hashed ids; the dataset's ``user_ids`` / ``item_ids`` are then unicode arrays).
     """
+    if id_type not in ("int", "str"):
+        raise ValueError(f"id_type must be 'int' or 'str', got {id_type!r}")
     source = Source(Path(path))
     columns = None if columns is None else dict(columns)
     scale = RatingScale.parse(rating_scale)
     encoding = check_encoding(encoding)
     name = name or source.path.stem
     if source.suffix in _PARQUET:
-        table = read_parquet_table(source, columns, scale, drop_invalid)
+        table = read_parquet_table(source, columns, scale, drop_invalid, string_ids=id_type == "str")
     else:
         sep = sep or _SUFFIX_SEPS.get(source.suffix, ",")
-        fmt = TableFormat(sep=sep, header=header, columns=columns, encoding=encoding)
+        fmt = TableFormat(sep=sep, header=header, columns=columns, encoding=encoding, string_ids=id_type == "str")
         table = read_delimited(source, fmt, scale, drop_invalid, show_progress=show_progress)
     return _dataset_from_table(table, source.label, name, scale)
 

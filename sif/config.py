@@ -34,6 +34,7 @@ class DataConfig:
     header: bool | None = None     # None: detected (a first row with non-numeric id/rating fields is a header)
     rating_scale: list[float] | None = None     # [low, high] or [low, high, step]; None: declared or inferred
     encoding: str = "utf-8"         # dataset "file": text encoding, e.g. latin-1
+    id_type: str = "int"            # dataset "file": "int" user/item ids, or "str" (any text: ISBNs, hashes, ...)
     split: str = "random"           # random | fold | time | leave_k_out
     ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     fold: Any = 1                   # canonical MovieLens fold: 1-5, "a" or "b"
@@ -49,6 +50,8 @@ class DataConfig:
             raise ValueError(f"data.context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
         if self.context_bins < 1:
             raise ValueError(f"data.context_bins must be >= 1 (the number of time bins), got {self.context_bins}")
+        if self.id_type not in ("int", "str"):
+            raise ValueError(f"data.id_type must be 'int' or 'str', got {self.id_type!r}")
 
 
 @dataclass
