@@ -1,7 +1,8 @@
 """Contexts for (user, item, context) rating data: what the third index of a tensor model is.
 
 ``time_bins`` (quantile bins of the rating timestamps, fitted on the training split), ``weekday`` (0 = Monday ..
-6 = Sunday) and ``hour`` (0..23) of the rating timestamp, read as Unix seconds in UTC, and ``genre``, an item
+6 = Sunday) and ``hour`` (0..23) of the rating timestamp, read as Unix seconds in UTC (timestamps past the year
+3000, e.g. milliseconds, are refused for these two), and ``genre``, an item
 attribute read from the data set's item file: ML-100K ``u.item`` (19 genre flags; the first flag set), ML-1M and
 ML-10M ``movies.dat`` and ML-20M on ``movies.csv`` (the ``genres`` column, "|"-separated; the first genre). An
 item without a genre (no flag set, "(no genres listed)", or absent from the item file) gets the value "unknown".
@@ -36,6 +37,7 @@ ITEM_FILES = {"100k": "u.item", "1m": "movies.dat", "10m": "movies.dat", "20m": 
               "32m": "movies.csv", "latest": "movies.csv", "latest-small": "movies.csv"}
 _SECONDS_PER_DAY, _SECONDS_PER_HOUR = 86400, 3600
 _EPOCH_WEEKDAY = 3          # 1970-01-01 (Unix time 0, UTC) was a Thursday: weekday 3 with Monday = 0
+_YEAR_3000 = 32_503_680_000  # Unix seconds of 3000-01-01: later "seconds" are milliseconds or another unit
 
 
 def _timestamps(ds: RatingDataset, context: str) -> np.ndarray:
@@ -43,6 +45,16 @@ def _timestamps(ds: RatingDataset, context: str) -> np.ndarray:
         raise ValueError(f"{ds.name}: has no timestamps, so context {context!r} cannot be built (give the file a "
                          "timestamp column, e.g. data.columns.timestamp, or choose data.context=genre/none)")
     return ds.timestamps.numpy()  # (n,) int64 Unix seconds
+
+
+def _unix_seconds(ds: RatingDataset, context: str) -> np.ndarray:
+    """The timestamps, refused when they cannot be Unix seconds (a calendar context from milliseconds would be
+    silently wrong)."""
+    ts = _timestamps(ds, context)
+    if len(ts) and int(ts.max()) >= _YEAR_3000:
+        raise ValueError(f"{ds.name}: timestamps up to {int(ts.max())} are not Unix seconds (past the year 3000; "
+                         f"milliseconds?), so context {context!r} would be wrong: convert them to seconds")
+    return ts
 
 
 def time_bin_contexts(ds: RatingDataset, num_bins: int | None = None, edges=None) -> RatingDataset:
@@ -54,13 +66,13 @@ def time_bin_contexts(ds: RatingDataset, num_bins: int | None = None, edges=None
 
 def weekday_contexts(ds: RatingDataset) -> RatingDataset:
     """Context = day of the week of the timestamp in UTC (0 = Monday .. 6 = Sunday); always 7 values."""
-    days = np.floor_divide(_timestamps(ds, "weekday"), _SECONDS_PER_DAY)  # (n,)
+    days = np.floor_divide(_unix_seconds(ds, "weekday"), _SECONDS_PER_DAY)  # (n,)
     return ds.with_contexts((days + _EPOCH_WEEKDAY) % 7, np.arange(7))
 
 
 def hour_contexts(ds: RatingDataset) -> RatingDataset:
     """Context = hour of the day of the timestamp in UTC (0..23); always 24 values."""
-    seconds = np.mod(_timestamps(ds, "hour"), _SECONDS_PER_DAY)  # (n,)
+    seconds = np.mod(_unix_seconds(ds, "hour"), _SECONDS_PER_DAY)  # (n,)
     return ds.with_contexts(seconds // _SECONDS_PER_HOUR, np.arange(24))
 
 

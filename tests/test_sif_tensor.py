@@ -16,6 +16,7 @@ from data_loaders.contexts import (
     genre_contexts,
     hour_contexts,
     read_item_genres,
+    time_bin_contexts,
     weekday_contexts,
     with_context,
 )
@@ -94,6 +95,15 @@ def test_time_contexts_without_timestamps_fail_in_one_line():
     for fn in (weekday_contexts, hour_contexts):
         with pytest.raises(ValueError, match=r"has no timestamps, so context '(weekday|hour)'"):
             fn(ds)
+
+
+def test_calendar_contexts_refuse_millisecond_timestamps():
+    ms = _ds([WED * 1000, (WED + 3600) * 1000])       # a file in milliseconds: weekday/hour would be garbage
+    for fn, name in ((weekday_contexts, "weekday"), (hour_contexts, "hour")):
+        with pytest.raises(ValueError, match=rf"not Unix seconds \(past the year 3000; milliseconds\?\), so context "
+                                             rf"'{name}' would be wrong"):
+            fn(ms)
+    assert time_bin_contexts(ms, 2).num_contexts == 2            # quantile bins do not depend on the unit
 
 
 def _release(tmp_path) -> Path:
