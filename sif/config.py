@@ -39,7 +39,7 @@ class DataConfig:
     ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     fold: Any = 1                   # canonical MovieLens fold: 1-5, "a" or "b"
     valid_fraction: float = 0.1     # fold split: share of the base file held out for validation
-    leave_k: int = 1
+    leave_k: int = 1                # split leave_k_out: ratings per user held out for test, and as many for valid
     context: str = "none"           # none | time_bins | weekday | hour | genre (data_loaders.contexts; UTC times)
     context_bins: int = 8           # context time_bins: the number of quantile bins, fitted on the training split
     item_file: str | None = None    # context genre: the item file (u.item, movies.dat, movies.csv); None: the
@@ -50,6 +50,9 @@ class DataConfig:
             raise ValueError(f"data.context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
         if self.context_bins < 1:
             raise ValueError(f"data.context_bins must be >= 1 (the number of time bins), got {self.context_bins}")
+        if self.leave_k < 1:
+            raise ValueError(f"data.leave_k must be >= 1 (ratings per user held out for test and for valid), "
+                             f"got {self.leave_k}")
         if self.id_type not in ("int", "str"):
             raise ValueError(f"data.id_type must be 'int' or 'str', got {self.id_type!r}")
 

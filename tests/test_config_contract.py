@@ -152,7 +152,8 @@ def test_values_are_yaml_scalars_and_checked_where_parsed():
                       ("model.embedding_dim=0", "embedding_dim must be > 0"),
                       ("device=gpu", "device must be cpu, cuda, cuda:N or mps"),
                       ("train.lr=-0.1", "train.lr must be > 0"), ("search.w_lr=0", "search.w_lr must be > 0"),
-                      ("search.a_lr=-1", "search.a_lr must be > 0")):
+                      ("search.a_lr=-1", "search.a_lr must be > 0"), ("data.leave_k=0", "data.leave_k must be >= 1"),
+                      ("data.id_type=uuid", "data.id_type must be 'int' or 'str'")):
         with pytest.raises(ConfigError, match=what):
             load_config(None, [bad])
 
