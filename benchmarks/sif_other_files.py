@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -113,7 +114,6 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="JSON file for --table")
     a = p.parse_args()
     if a.make:
-        import os
         make(a.udata or Path(os.environ["NASP_DATA_DIR"]) / "ml-100k" / "u.data", a.make)
     if a.run:
         run(a.files or a.make, a.run, a.seeds)

@@ -188,8 +188,8 @@ def _frame_column(series: pd.Series, role: str, string_ids: bool = False) -> tup
     """(values, bad mask) for one column of a frame; ids as int64 (``string_ids``: user/item as str), ratings as
     float64."""
     if string_ids and role in ("user", "item"):
-        bad = series.isna().to_numpy() | (series.astype(str) == "").to_numpy()
-        return series.astype(str).to_numpy().astype(str), bad
+        text = series.astype(str)
+        return text.to_numpy().astype(str), series.isna().to_numpy() | (text == "").to_numpy()
     if role != "rating" and pd.api.types.is_integer_dtype(series.dtype) and not series.isna().any():
         return series.to_numpy(dtype=np.int64), np.zeros(len(series), dtype=bool)
     numbers = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)

@@ -44,7 +44,7 @@ _LUT_MIN_SPAN = 1 << 24     # integer ids spanning at most max(this, n) values a
 def _as_ids(ids: np.ndarray) -> np.ndarray:
     """An id map as stored: integer ids as int64 (whatever width they were read in), others unchanged."""
     ids = np.asarray(ids)
-    if ids.dtype.kind == "O" and all(isinstance(x, str) for x in ids):
+    if ids.dtype.kind == "O" and pd.api.types.infer_dtype(ids, skipna=False) == "string":
         return ids.astype(str)              # string ids as a unicode array: saved and loaded without pickle
     fits = ids.dtype.kind == "i" or (ids.dtype.kind == "u" and (len(ids) == 0 or int(ids.max()) <= _INT64_MAX))
     return ids.astype(np.int64, copy=False) if fits else ids
