@@ -97,6 +97,9 @@ class ModelConfig:
     alpha_tol: float = 1e-3         # SIF race: alphas this close to the race_k-th are a tie and join the race
     race_first_budget: int = 2      # SIF race: epochs of the first race round (doubling after)
     race_horizon: float = 3.0       # SIF race: how far (x epochs trained) a candidate's recent rate is continued
+    race_tie_z: float = 1.0         # SIF race, ranking tasks: fully trained candidates within this many standard
+    #                                 errors (paired, per user) of the winner's validation metric are a tie, won by
+    #                                 the best validation AUC (sif.selection.tie_break; 0: off)
     tensor_race_k: int = 4          # SIF race on (user, item, context) data: race_k for the 53 two-stage candidates
     #                                 (one op per function class races; sif.selection.function_class)
     tensor_race_cap: int | None = 8  # SIF race on tensor data: no race round trains beyond this many epochs; the
@@ -106,7 +109,7 @@ class ModelConfig:
 
     def __post_init__(self):
         _positive(self, "embedding_dim", "init_std", "g_hidden", "num_negatives", "race_first_budget", "tensor_race_k")
-        _non_negative(self, "race_k", "alpha_tol", "race_horizon")
+        _non_negative(self, "race_k", "alpha_tol", "race_horizon", "race_tie_z")
         _non_negative(self, "reg", "neighbourhood_reg")
         _one_of(self, "task", ("rating", "bpr", "bce", "softmax"))
         _one_of(self, "penalty", ("l2", "norm", "effective"))

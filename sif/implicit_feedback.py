@@ -238,6 +238,8 @@ class ImplicitTask:
     same loss, so that the alpha step judges unselected ops with trained heads.
     """
 
+    tie_metric = "auc"      # breaks the race's ties on ``metric`` (sif.selection.tie_break): it ranks every item
+
     def __init__(self, loss: str = "bpr", num_negatives: int = 1, samplers: dict | None = None, reg: float = 0.0,
                  metric: str = "ndcg@10", train_all_heads: bool = False):
         if loss not in LOSSES:
@@ -313,6 +315,19 @@ class ImplicitTask:
                                device=device, max_elements=data.max_elements)
         model.train(was_training)
         return out
+
+
+    @torch.no_grad()
+    def per_user(self, model: nn.Module, data: RankingData) -> dict[str, np.ndarray]:
+        """Per-user validation values of ``metric`` and ``tie_metric`` ({key: (n,) float64}, the same users in the
+        same order; AUC NaN for a user without a candidate negative), for paired comparisons of two models."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        out = evaluate_ranking(model_score_fn(model), data.seen, data.target, ks=data.ks, auc=True, device=device,
+                               max_elements=data.max_elements, per_user=True)
+        model.train(was_training)
+        return {k: out[k] for k in (self.metric, self.tie_metric)}
 
 
 def implicit_splits(ds: RatingDataset, threshold: float | None = 4.0, split: str = "leave_k_out", k: int = 5,

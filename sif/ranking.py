@@ -106,25 +106,16 @@ def _dense_rows(matrix: sp.csr_matrix, rows: np.ndarray, device) -> Tensor:
     return torch.from_numpy(matrix[rows].toarray() != 0).to(device)          # (b, m) bool
 
 
-@torch.no_grad()
-def evaluate_ranking(score_fn: ScoreFn, train: sp.csr_matrix, test: sp.csr_matrix, ks: Sequence[int] = (10,),
-                     auc: bool = True, users: np.ndarray | None = None, device="cpu",
-                     max_elements: int = 1 << 24, batch_size: int | None = None) -> dict[str, float]:
-    """Mean ranking metrics over the users with test items, the user's ``train`` items filtered.
-
-    score_fn: ``(users (b,) int64 tensor on device) -> (b, n_items)`` scores; train, test: users x items CSR
-    (non-zeros = interactions); ks: cut-offs (keys ``recall@10``, ``ndcg@10``, ``hr@10``, ``map@10``; ``auc``).
-    users: restrict to these user indices (default: every user with a test item). ``users`` in the result is
-    the number of users averaged over (those with at least one test item that is not a training item).
-    """
+def _user_metrics(score_fn: ScoreFn, train: sp.csr_matrix, test: sp.csr_matrix, ks: Sequence[int], auc: bool,
+                  users: np.ndarray | None, device, max_elements: int, batch_size: int | None):
+    """Per batch of users with a test item that is not a training item: {key: (b,) float64 per-user values}, the
+    keys of :func:`evaluate_ranking` (``auc`` NaN where a user has no candidate negative), and the (b,) user ids."""
     if train.shape != test.shape:
         raise ValueError(f"train {train.shape} and test {test.shape} must have the same users x items shape")
     train, test = sp.csr_matrix(train), sp.csr_matrix(test)
     has_test = np.flatnonzero(np.diff(test.indptr) > 0)
     users = has_test if users is None else np.intersect1d(np.asarray(users, dtype=np.int64), has_test)
     num_items = train.shape[1]
-    sums = {f"{name}@{k}": 0.0 for k in ks for name in METRICS}
-    auc_sum, auc_n, n = 0.0, 0, 0
     for ub in user_batches(users, num_items, max_elements, batch_size):
         ut = torch.from_numpy(ub).to(device)
         scores = score_fn(ut).float()
@@ -134,17 +125,40 @@ def evaluate_ranking(score_fn: ScoreFn, train: sp.csr_matrix, test: sp.csr_matri
         target = target & ~seen                                               # a filtered item cannot be hit
         scores = scores.masked_fill(seen, float("-inf"))
         num_pos = target.sum(1)
-        n += int((num_pos > 0).sum())
+        keep = num_pos > 0
         top = topk_by_score_then_index(scores, max(ks))                       # (b, Kmax)
         hits = target.gather(1, top)
-        for k in ks:
-            for name, v in ranking_metrics(hits[:, :k], num_pos.clamp(min=1)).items():
-                sums[f"{name}@{k}"] += float(v[num_pos > 0].sum())
+        out = {f"{name}@{k}": v[keep] for k in ks
+               for name, v in ranking_metrics(hits[:, :k], num_pos.clamp(min=1)).items()}
         if auc:
             a, ok = auc_scores(scores, target, ~seen)
-            auc_sum, auc_n = auc_sum + float(a[ok].sum()), auc_n + int(ok.sum())
-    out = {key: (v / n if n else float("nan")) for key, v in sums.items()}
+            out["auc"] = torch.where(ok, a, torch.full_like(a, float("nan")))[keep]
+        yield {key: v.cpu().numpy() for key, v in out.items()}, ub[keep.cpu().numpy()]
+
+
+@torch.no_grad()
+def evaluate_ranking(score_fn: ScoreFn, train: sp.csr_matrix, test: sp.csr_matrix, ks: Sequence[int] = (10,),
+                     auc: bool = True, users: np.ndarray | None = None, device="cpu",
+                     max_elements: int = 1 << 24, batch_size: int | None = None,
+                     per_user: bool = False) -> dict:
+    """Mean ranking metrics over the users with test items, the user's ``train`` items filtered.
+
+    score_fn: ``(users (b,) int64 tensor on device) -> (b, n_items)`` scores; train, test: users x items CSR
+    (non-zeros = interactions); ks: cut-offs (keys ``recall@10``, ``ndcg@10``, ``hr@10``, ``map@10``; ``auc``).
+    users: restrict to these user indices (default: every user with a test item). ``users`` in the result is
+    the number of users averaged over (those with at least one test item that is not a training item).
+    per_user: return the per-user values instead, {key: (n,) float64 array} in the order of ``users`` (an (n,)
+    int64 array of those users; ``auc`` is NaN for a user without any candidate negative), e.g. for paired tests.
+    """
+    parts = list(_user_metrics(score_fn, train, test, ks, auc, users, device, max_elements, batch_size))
+    keys = [f"{name}@{k}" for k in ks for name in METRICS] + (["auc"] if auc else [])
+    values = {key: np.concatenate([p[key] for p, _ in parts]) if parts else np.zeros(0) for key in keys}
+    if per_user:
+        return {**values, "users": np.concatenate([u for _, u in parts]) if parts else np.zeros(0, np.int64)}
+    n = len(values[keys[0]])
+    out = {key: (float(values[key].sum() / n) if n else float("nan")) for key in keys if key != "auc"}
     if auc:
-        out["auc"] = auc_sum / auc_n if auc_n else float("nan")
+        ok = ~np.isnan(values["auc"])
+        out["auc"] = float(values["auc"][ok].mean()) if ok.any() else float("nan")
     out["users"] = float(n)
     return out

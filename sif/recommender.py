@@ -109,6 +109,10 @@ class SIFRecommender(BaseRecommender):
     validation-best op on 6 of 6 at 0.78x the cost of training the five fixed ops; the search's own choice
     (``race_k=0``, then ``select``) picked it on 0 of 6. ``race_horizon`` 3 (1 until 2026-12-04) keeps a slow but
     steady learner such as multiply+max in the race (benchmarks/README.md, "The quick start with neighbourhoods").
+    race_tie_z (ranking tasks only): when the race ends, every fully trained candidate whose validation NDCG is
+    within ``race_tie_z`` standard errors of the winner's (paired over users) is a tie, and the tie goes to the
+    best validation AUC (:func:`sif.selection.tie_break`; 1: the one-standard-error rule; 0: off). With 5
+    validation positives per user NDCG@10 does not separate close ops; AUC ranks every item.
     On tensor data (53 two-stage candidates) ``tensor_race_k`` (4) replaces ``race_k`` (0 still means no race),
     one op per function class races, and no race round trains beyond ``tensor_race_cap`` (8) epochs, chosen on
     validation to bring the search and race below the cost of training the five symmetric fixed classes: on
@@ -121,15 +125,16 @@ class SIFRecommender(BaseRecommender):
                  ops: Any = _M.ops, keep_g: bool = _M.keep_g, head_radius: float | None = _M.head_radius,
                  head_init: str | None = _M.head_init, race_k: int = _M.race_k, alpha_tol: float = _M.alpha_tol,
                  race_first_budget: int = _M.race_first_budget, race_horizon: float = _M.race_horizon,
-                 tensor_race_k: int = _M.tensor_race_k, tensor_race_cap: int | None = _M.tensor_race_cap, **kwargs):
+                 race_tie_z: float = _M.race_tie_z, tensor_race_k: int = _M.tensor_race_k,
+                 tensor_race_cap: int | None = _M.tensor_race_cap, **kwargs):
         super().__init__(**kwargs)
         self.head_radius, self.head_init = head_radius, head_init
-        if race_k < 0 or race_first_budget < 1 or alpha_tol < 0 or race_horizon < 0:
+        if race_k < 0 or race_first_budget < 1 or alpha_tol < 0 or race_horizon < 0 or race_tie_z < 0:
             raise ValueError(f"race_k={race_k}, race_first_budget={race_first_budget}, alpha_tol={alpha_tol}, "
-                             f"race_horizon={race_horizon}: need race_k >= 0, race_first_budget >= 1 and the "
-                             "others >= 0")
+                             f"race_horizon={race_horizon}, race_tie_z={race_tie_z}: need race_k >= 0, "
+                             "race_first_budget >= 1 and the others >= 0")
         self.race_k, self.alpha_tol = race_k, alpha_tol
-        self.race_first_budget, self.race_horizon = race_first_budget, race_horizon
+        self.race_first_budget, self.race_horizon, self.race_tie_z = race_first_budget, race_horizon, race_tie_z
         if tensor_race_k < 1 or (tensor_race_cap is not None and tensor_race_cap < 1):
             raise ValueError(f"tensor_race_k={tensor_race_k}, tensor_race_cap={tensor_race_cap}: need >= 1 (the cap "
                              "may be None)")

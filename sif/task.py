@@ -49,6 +49,7 @@ class RatingTask:
     """
 
     metric, maximize = "rmse", False
+    tie_metric = None               # no tie rule in the race (sif.selection.tie_break): RMSE over every rating
 
     def __init__(self, mean: float = 0.0, std: float = 1.0, rating_scale: tuple[float, float] | None = None,
                  reg: float = 1e-5, train_all_heads: bool = False, penalty: str = "l2", on_transformed: bool = False):

@@ -37,6 +37,18 @@ def test_metrics_on_a_hand_computed_case_with_ties_and_a_user_without_test_items
     assert out["auc"] == pytest.approx((0.25 + 0.5) / 2)
 
 
+def test_per_user_values_are_the_hand_computed_ones_and_average_to_the_means():
+    """per_user=True: one value per user with a test item (user 2 left out), in user order, batching-invariant."""
+    out = evaluate_ranking(_score_fn, TRAIN, TEST, ks=(2, 4), per_user=True, batch_size=1)
+    assert out["users"].tolist() == [0, 1]
+    assert out["ndcg@4"] == pytest.approx([(1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3)),
+                                           1 / math.log2(5)])
+    assert out["auc"] == pytest.approx([0.25, 0.5])
+    means = evaluate_ranking(_score_fn, TRAIN, TEST, ks=(2, 4))
+    for key in ("recall@2", "ndcg@2", "map@4", "hr@4", "auc"):
+        assert float(np.mean(out[key])) == pytest.approx(means[key]), key
+
+
 def test_batching_does_not_change_the_result():
     full = evaluate_ranking(_score_fn, TRAIN, TEST, ks=(1, 3))
     one = evaluate_ranking(_score_fn, TRAIN, TEST, ks=(1, 3), batch_size=1)

@@ -5,7 +5,7 @@ import pytest
 
 from data_loaders import random_split
 from sif.recommender import FixedInteractionRecommender, SIFRecommender, load_recommender
-from sif.selection import early_stopped, race, shortlist
+from sif.selection import RaceResult, early_stopped, race, shortlist, tie_break
 from sif.synthetic import planted_ratings
 
 
@@ -143,14 +143,60 @@ def test_race_settings_are_checked_and_race_k_0_is_the_search_choice():
     assert plain.op_ == plain.search_result_.best_genotype.choices("interaction")[0].op
 
 
-def test_race_on_implicit_feedback_maximises_ndcg():
-    """For bpr the race compares validation NDCG@10 (larger is better): the winner has the best curve."""
+@pytest.mark.parametrize("tie_z", [0.0, 1.0])
+def test_race_on_implicit_feedback_maximises_ndcg(tie_z):
+    """For bpr the race compares validation NDCG@10 (larger is better): without the tie rule the winner has the best
+    curve; with it, the winner is that op or a fully trained op tied with it, the tie won on validation AUC."""
     tr, va, _ = _planted()
-    rec = SIFRecommender(task="bpr", embedding_dim=4, random_state=0, search={"epochs": 1},
+    rec = SIFRecommender(task="bpr", embedding_dim=4, random_state=0, search={"epochs": 1}, race_tie_z=tie_z,
                          train={"max_epochs": 4, "patience": 2, "batch_size": 256}).fit(tr, va, show_progress=False)
-    curves = rec.selection_.curves      # negated NDCG per epoch
-    assert rec.op_ == min(curves, key=lambda op: (min(curves[op]), rec.selection_.candidates.index(op)))
-    assert set(rec.selection_.candidates) == {"multiply", "max", "min"}
+    sel = rec.selection_
+    best = min(sel.curves, key=lambda op: (min(sel.curves[op]), sel.candidates.index(op)))   # negated NDCG
+    assert set(sel.candidates) == {"multiply", "max", "min"}
+    if tie_z == 0:
+        assert rec.op_ == best and sel.tie_break is None
+        return
+    tb = sel.tie_break
+    assert tb["race_winner"] == best and rec.op_ == tb["winner"] == sel.winner and rec.op_ in tb["tied"]
+    assert set(tb["tied"]) <= set(sel.stopped)
+    assert tb["values"][rec.op_]["auc"] == max(tb["values"][op]["auc"] for op in tb["tied"])
+    assert sel.summary()["tie_break"] == tb and sel.summary()["stopped"] == list(sel.stopped)
+
+
+def _race_result(candidates, stopped):
+    curves = {op: [0.0] for op in candidates}
+    return RaceResult(candidates[0], tuple(candidates), curves, len(candidates), stopped=tuple(stopped))
+
+
+def test_tie_break_follows_the_one_standard_error_rule():
+    """Planted per-user values: 'b' trails the winner 'a' by 0.2 standard errors and has the better AUC, so it wins
+    the tie; 'c' trails by about 10 standard errors (no tie) and 'd' was not fully trained (not compared), although
+    both have the best AUC. z = 0 makes every difference but an exact one count."""
+    rng = np.random.default_rng(0)
+    n = 400
+    a = rng.normal(0.5, 0.1, n)
+    noise = rng.normal(0, 0.05, n)
+    shift = 0.2 * noise.std(ddof=1) / np.sqrt(n)
+    vals = {"a": {"ndcg@10": a, "auc": np.full(n, 0.90)},
+            "b": {"ndcg@10": a + noise - noise.mean() - shift, "auc": np.full(n, 0.92)},
+            "c": {"ndcg@10": a - 0.05 + noise, "auc": np.full(n, 0.99)},
+            "d": {"ndcg@10": a, "auc": np.full(n, 0.99)}}
+    res = _race_result(["a", "b", "c", "d"], stopped=["a", "b", "c"])
+    tb = tie_break(res, lambda op: vals[op], "ndcg@10", "auc", maximize=True, z=1.0)
+    assert tb["tied"] == ["a", "b"] and res.winner == tb["winner"] == "b"
+    assert abs(tb["values"]["b"]["diff"] / tb["values"]["b"]["se"] + 0.2) < 1e-9
+    assert tb["values"]["c"]["diff"] < -5 * tb["values"]["c"]["se"] and "d" not in tb["values"]
+    res = _race_result(["a", "b", "c", "d"], stopped=["a", "b", "c"])
+    assert tie_break(res, lambda op: vals[op], "ndcg@10", "auc", maximize=True, z=0.0)["winner"] == "a"
+
+
+def test_tie_break_is_deterministic_on_equal_tie_values():
+    """Equal AUCs among tied candidates: the earlier candidate (the larger alpha) wins, whatever the winner was."""
+    n = 50
+    same = {"ndcg@10": np.linspace(0, 1, n), "auc": np.full(n, 0.8)}
+    res = _race_result(["x", "y"], stopped=["x", "y"])
+    res.winner = "y"
+    assert tie_break(res, lambda op: same, "ndcg@10", "auc", maximize=True, z=1.0)["winner"] == "x"
 
 
 def test_race_resumes_from_its_run_folder_to_the_same_winner(tmp_path):
