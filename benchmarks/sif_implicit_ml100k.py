@@ -92,6 +92,8 @@ def fit(name: str, params: dict, cfg: dict, train, valid, train_m, valid_m, seed
     info = {"epochs": len(rec.train_result_.history), "best_epoch": rec.train_result_.best_epoch}
     if model == "sif":
         info["op"] = rec.op_
+        if hasattr(rec, "selection_"):
+            info["race"] = rec.selection_.summary()      # candidates, eliminations, the tie rule's record
     return model_score_fn(rec.model_), seconds, info
 
 
