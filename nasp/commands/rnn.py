@@ -20,6 +20,7 @@ from ..config import to_dict
 from ..device import check_device
 from ..search import SearchConfig, Searcher
 from ..train.language import LMTrainConfig, evaluate_language_model, train_language_model
+from . import check_threads
 from .runs import digest, prepare_run_dir
 
 __all__ = ["TextDataConfig", "RNNSpaceConfig", "RNNModelConfig", "RNNSearchConfig", "RNNSearchRun", "RNNTrainRun",
@@ -157,7 +158,7 @@ class RNNSearchRun:
 
     def __post_init__(self):
         check_device(self.device)
-        _check_threads(self.threads)
+        check_threads(self.threads)
         self.search.seed = self.seed
 
 
@@ -177,13 +178,8 @@ class RNNTrainRun:
 
     def __post_init__(self):
         check_device(self.device)
-        _check_threads(self.threads)
+        check_threads(self.threads)
         self.train.seed = self.seed
-
-
-def _check_threads(threads: int) -> None:
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0 (0: torch's default), got {threads}")
 
 
 def _prepare(cfg, run_dir: Path, command: str):
