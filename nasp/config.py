@@ -191,7 +191,8 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] 
         try:
             merge(cfg, parse_assignments(overrides))
         except ConfigError as e:
-            raise ConfigError(f"--set: {e}") from None
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith("--set") else f"--set: {msg}") from None
     return cfg
 
 
