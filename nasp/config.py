@@ -64,10 +64,12 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
     if annotation is float:
         if isinstance(value, str):          # YAML 1.1 reads "1e-3" as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value:              # NaN compares false to everything, so no range check would catch it
+                raise ConfigError(f"{key}: expected a number, got nan")
             return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if annotation in (int, str, bool):

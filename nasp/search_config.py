@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,8 +76,8 @@ class SearchConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("w_lr", "a_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
         if self.w_lr_min < 0 or self.grad_clip < 0 or self.warmup_epochs < 0:
             raise ValueError("w_lr_min, grad_clip and warmup_epochs must be >= 0")
         for name in ("w_momentum", "w_weight_decay", "a_weight_decay", "eta", "checkpoint_every"):

@@ -232,3 +232,17 @@ def test_a_test_split_that_would_be_the_training_images_is_refused(tmp_path):
             f.writestr(rel, data)
     with pytest.raises(ValueError, match="the test images would be the training images"):
         load_data(ImageDataConfig(source="zip", path=str(z), num_classes=3, image_size=8), "test")
+
+
+def test_nan_settings_infinite_learning_rates_and_a_file_as_run_dir_are_refused(tmp_path):
+    from nasp.commands.rnn import RNNSearchRun
+
+    with pytest.raises(ConfigError, match="search.grad_clip: expected a number, got nan"):
+        load(RNNSearchRun, None, ["search.grad_clip=.nan"])
+    with pytest.raises(ConfigError, match="search.w_lr must be > 0 and finite, got inf"):
+        load(RNNSearchRun, None, ["search.w_lr=.inf"])
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(RunFolderError, match="run_dir .*f is a file, not a folder"):
+        prepare_run_dir(tmp_path / "f", "x", SearchConfig(), {})
+    with pytest.raises(RunFolderError, match="f/sub: cannot create the folder"):
+        prepare_run_dir(tmp_path / "f" / "sub", "x", SearchConfig(), {})

@@ -75,6 +75,8 @@ def prepare_run_dir(run_dir: str | Path, command: str, cfg: Any, data: dict[str,
     """Check ``run_dir`` against this run (``cfg`` a run dataclass, ``data`` split -> :func:`digest`), then write
     fingerprint.json and resolved_config.yaml into it; a run made differently is a :class:`RunFolderError`."""
     folder = Path(run_dir)
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"run_dir {folder} is a file, not a folder; choose another run_dir")
     settings = {k: v for k, v in _flatten(to_dict(cfg)).items() if k not in NON_SEMANTIC}
     fp = {"command": command, "config": settings, "data": data}
     stored = folder / "fingerprint.json"
@@ -92,7 +94,10 @@ def prepare_run_dir(run_dir: str | Path, command: str, cfg: Any, data: dict[str,
     elif any((folder / c).is_file() for c in CHECKPOINTS):
         raise RunFolderError(f"run_dir {folder} holds a checkpoint but no fingerprint.json (not made by this "
                              "version of the command); choose another run_dir or delete the folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunFolderError(f"run_dir {folder}: cannot create the folder ({e.strerror})") from None
     stored.write_text(json.dumps(fp, indent=1, sort_keys=True, default=str) + "\n")
     (folder / "resolved_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return folder
