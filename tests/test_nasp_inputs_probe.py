@@ -31,6 +31,7 @@ def _lines(n: int, seed: int) -> list[str]:
 
 
 def _corpus(folder, encoding="utf-8", prefix="", extra_train="", n=(200, 40, 40)):
+    """train/valid/test.txt of ``n`` random lines of WORDS; returns the texts written."""
     folder.mkdir(parents=True, exist_ok=True)
     texts = {}
     for k, (split, lines) in enumerate(zip(("train", "valid", "test"), n, strict=True)):
@@ -132,9 +133,11 @@ def test_a_rerun_with_other_data_or_settings_is_refused_not_mixed(tmp_path, caps
 def test_prepare_run_dir_resumes_the_same_run_and_refuses_foreign_checkpoints(tmp_path):
     cfg = SearchConfig()
     prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h1"})
-    prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h1"})                 # the same run: resumes
+    prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h2"})      # no checkpoint yet (a failed start): reused
+    (tmp_path / "a" / "checkpoint.pt").write_bytes(b"x")
+    prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h2"})                 # the same run: resumes
     with pytest.raises(RunFolderError, match="the train data differ"):
-        prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h2"})
+        prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h3"})
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "checkpoint.pt").write_bytes(b"x")
     with pytest.raises(RunFolderError, match="holds a checkpoint but no fingerprint.json"):
@@ -246,3 +249,26 @@ def test_nan_settings_infinite_learning_rates_and_a_file_as_run_dir_are_refused(
         prepare_run_dir(tmp_path / "f", "x", SearchConfig(), {})
     with pytest.raises(RunFolderError, match="f/sub: cannot create the folder"):
         prepare_run_dir(tmp_path / "f" / "sub", "x", SearchConfig(), {})
+
+
+def test_too_few_images_for_a_batch_and_a_zip_as_cifar_are_refused(tmp_path, capsys):
+    root = _tree(tmp_path / "f", BASE)                  # 9 images: a 50/50 search split has 4 and 5
+    common = ["--quiet", "--set", "threads=1", "data.source=folder", f"data.path={root}", "data.num_classes=3",
+              "data.image_size=8", "data.batch_size=8", f"run_dir={tmp_path / 'r'}"]
+    assert main(["cnn", "search", *common]) == 2
+    assert "weight-step part (data.train_fraction): 4 images, fewer than data.batch_size=8" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()                # a failed start leaves no run folder
+    z = tmp_path / "c.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("cat/0.png", _png(1))
+    assert main(["cnn", "search", *common, "data.source=cifar10", f"data.path={z}"]) == 2
+    assert "c.zip: a zip, not the python-pickle cifar10 archive" in capsys.readouterr().err
+
+
+def test_a_failed_start_does_not_block_the_corrected_rerun(tmp_path, capsys):
+    _corpus(tmp_path / "c")
+    (tmp_path / "c" / "valid.txt").write_text("a cat sat on\n")      # 5 tokens: too few for batch_size 4
+    run = f"run_dir={tmp_path / 'r'}"
+    assert _rnn(tmp_path, "search", tmp_path / "c", run) == 2
+    assert "the valid split has" in capsys.readouterr().err
+    assert _rnn(tmp_path, "search", tmp_path / "c", run, "data.batch_size=2") == 0

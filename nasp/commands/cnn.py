@@ -187,6 +187,13 @@ def _zip_has_folder(path: Path, name: str) -> bool:
         return any(name in n.split("/")[:-1][:2] for n in z.namelist())
 
 
+def _enough(n: int, batch_size: int, what: str) -> None:
+    """The training loaders drop a last partial batch: fewer images than one batch would train on nothing."""
+    if n < batch_size:
+        raise ValueError(f"{what}: {n} images, fewer than data.batch_size={batch_size}, so no full batch would be "
+                         "trained on; lower data.batch_size or add images")
+
+
 def _digest(data) -> str:
     """sha256 of an ImageSet (images, labels, class names), for the run folder's fingerprint."""
     return digest(data.images, data.labels, list(data.classes))
@@ -211,8 +218,10 @@ def run_search(cfg: CNNSearchRun, show_progress: bool = True) -> dict:
         torch.set_num_threads(cfg.threads)
     d, sp, run_dir = cfg.data, cfg.space, Path(cfg.run_dir)
     data = load_data(d, "train", cfg.seed)
-    prepare_run_dir(run_dir, "cnn search", cfg, {"train": _digest(data)})
     tr, va = search_split(len(data), cfg.seed, d.train_fraction)
+    _enough(len(tr), d.batch_size, "the search split's weight-step part (data.train_fraction)")
+    _enough(len(va), d.batch_size, "the search split's alpha-step part (1 - data.train_fraction)")
+    prepare_run_dir(run_dir, "cnn search", cfg, {"train": _digest(data)})
     mean, std = _stats(d.source)
     train = ImageLoader(data.images[tr], data.labels[tr], d.batch_size,
                         augment=Augment(mean, std, cutout=d.cutout), seed=cfg.seed, drop_last=True)
@@ -264,6 +273,7 @@ def run_train(cfg: CNNTrainRun, show_progress: bool = True) -> dict:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     train_set, test_set = load_data(d, "train", cfg.seed), load_data(d, "test")
     test_set = test_set.aligned_to(train_set.classes, f"test images ({d.test_path or d.path})")   # same label ids
+    _enough(len(train_set), d.batch_size, "the training images")
     prepare_run_dir(run_dir, "cnn train", cfg, {"train": _digest(train_set), "test": _digest(test_set)})
     train = ImageLoader(train_set.images, train_set.labels, d.batch_size,
                         augment=Augment(mean, std, cutout=d.cutout), seed=cfg.seed, drop_last=True)

@@ -183,16 +183,17 @@ class RNNTrainRun:
 
 
 def _prepare(cfg, run_dir: Path, command: str):
-    """The corpus of ``cfg.data``, after checking run_dir against this run (:func:`prepare_run_dir`)."""
+    """The corpus of ``cfg.data`` and its loaders, then run_dir checked against this run (:func:`prepare_run_dir`)."""
     from data_loaders.text import load_corpus
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     d = cfg.data
     corpus = load_corpus(d.corpus, d.path, files=d.files, max_vocab=d.max_vocab, encoding=d.encoding)
+    loaders = _loaders(corpus, d, cfg.seed)
     data = {s: digest(corpus.split(s)) for s in ("train", "valid", "test")}
     prepare_run_dir(run_dir, command, cfg, {**data, "vocabulary": digest(corpus.vocab.itos)})
-    return corpus
+    return corpus, loaders
 
 
 def _batchify(corpus, split: str, batch_size: int, key: str):
@@ -231,8 +232,7 @@ def run_rnn_search(cfg: RNNSearchRun, show_progress: bool = True) -> dict:
     from ..spaces.rnn.draw import draw_rnn
 
     run_dir = Path(cfg.run_dir)
-    corpus = _prepare(cfg, run_dir, "rnn search")
-    train, valid, eval_valid, _ = _loaders(corpus, cfg.data, cfg.seed)
+    corpus, (train, valid, eval_valid, _) = _prepare(cfg, run_dir, "rnn search")
     sp = cfg.space
     space = RNNSearchSpace(len(corpus.vocab), ninp=sp.ninp, nhid=sp.nhid, num_nodes=sp.num_nodes, ops=tuple(sp.ops),
                            dropout=sp.dropout, dropout_h=sp.dropout_h, dropout_x=sp.dropout_x,
@@ -280,8 +280,7 @@ def run_rnn_train(cfg: RNNTrainRun, show_progress: bool = True) -> dict:
 
     run_dir = Path(cfg.run_dir)
     geno = _genotype(cfg.model.genotype)
-    corpus = _prepare(cfg, run_dir, "rnn train")
-    train, _, eval_valid, eval_test = _loaders(corpus, cfg.data, cfg.seed)
+    corpus, (train, _, eval_valid, eval_test) = _prepare(cfg, run_dir, "rnn train")
     m = cfg.model
     model = RNNModel(len(corpus.vocab), geno, ninp=m.ninp, nhid=m.nhid, dropout=m.dropout, dropout_h=m.dropout_h,
                      dropout_x=m.dropout_x, dropout_i=m.dropout_i, dropout_e=m.dropout_e, seed=cfg.seed)

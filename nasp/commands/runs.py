@@ -6,7 +6,7 @@ trainer's epoch budget / time limit / compile switches) and a sha256 of the data
 vocabulary, or images, labels and class names, per split). A rerun into a folder with the same fingerprint resumes
 (its checkpoint continues); a different one is refused in one line naming the differing keys or splits, so that a
 checkpoint made from other settings or other data is never continued. A folder that holds a checkpoint but no
-fingerprint is refused too.
+fingerprint is refused too; one without a checkpoint (a start that failed) is simply reused.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def prepare_run_dir(run_dir: str | Path, command: str, cfg: Any, data: dict[str,
     settings = {k: v for k, v in _flatten(to_dict(cfg)).items() if k not in NON_SEMANTIC}
     fp = {"command": command, "config": settings, "data": data}
     stored = folder / "fingerprint.json"
-    if stored.is_file():
+    started = any((folder / c).is_file() for c in CHECKPOINTS)     # a start that failed before one is no run
+    if stored.is_file() and started:
         try:
             old = json.loads(stored.read_text())
         except ValueError:
@@ -91,7 +92,7 @@ def prepare_run_dir(run_dir: str | Path, command: str, cfg: Any, data: dict[str,
             shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
             raise RunFolderError(f"run_dir {folder} holds a run made differently: {shown}; choose another run_dir "
                                  "or delete the folder to start over")
-    elif any((folder / c).is_file() for c in CHECKPOINTS):
+    elif started and not stored.is_file():
         raise RunFolderError(f"run_dir {folder} holds a checkpoint but no fingerprint.json (not made by this "
                              "version of the command); choose another run_dir or delete the folder")
     try:
