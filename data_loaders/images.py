@@ -93,6 +93,8 @@ def _decode(blob: bytes, size: int | None = None) -> np.ndarray:
         img = _to_rgb(Image.open(io.BytesIO(blob)))
     except UnidentifiedImageError:
         raise ValueError("not an image format Pillow can read (a damaged or mislabelled file?)") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(str(e)) from None
     if size is not None and img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     return np.array(img, dtype=np.uint8)      # a writable copy (torch.from_numpy warns on read-only arrays)
@@ -222,6 +224,10 @@ def _zip_labels(z: zipfile.ZipFile, path: Path, split: str | None, explicit: tup
         raise ValueError(f"{path}: no image files in the zip")
     _warn_skipped(str(path), [n for n in names if not n.lower().endswith(".csv")
                               and (not _is_image(n) or _is_system(n.split("/")))])
+    nested = next((d for d in by_dir if posixpath.dirname(d) in by_dir and posixpath.dirname(d)), None)
+    if nested is not None and explicit is None:
+        raise ValueError(f"{path}: {by_dir[nested][0]} lies in a folder below the image folder "
+                         f"{posixpath.dirname(nested)}/, which holds images too; use [<split>/]<class>/<file>")
     labelled, csv_groups = [], {}
     for d, files in by_dir.items():
         src = explicit

@@ -261,7 +261,7 @@ def test_too_few_images_for_a_batch_and_a_zip_as_cifar_are_refused(tmp_path, cap
     z = tmp_path / "c.zip"
     with zipfile.ZipFile(z, "w") as f:
         f.writestr("cat/0.png", _png(1))
-    assert main(["cnn", "search", *common, "data.source=cifar10", f"data.path={z}"]) == 2
+    assert main(["cnn", "search", *common, "data.source=cifar10", "data.image_size=32", f"data.path={z}"]) == 2
     assert "c.zip: a zip, not the python-pickle cifar10 archive" in capsys.readouterr().err
 
 
@@ -272,3 +272,17 @@ def test_a_failed_start_does_not_block_the_corrected_rerun(tmp_path, capsys):
     assert _rnn(tmp_path, "search", tmp_path / "c", run) == 2
     assert "the valid split has" in capsys.readouterr().err
     assert _rnn(tmp_path, "search", tmp_path / "c", run, "data.batch_size=2") == 0
+
+
+def test_zip_images_below_an_image_folder_and_blanking_cutouts_are_refused(tmp_path):
+    z = tmp_path / "n.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        for rel, data in {**BASE, "cat/more/x.png": _png(3)}.items():
+            f.writestr(f"train/{rel}", data)
+    with pytest.raises(ValueError, match=r"n.zip: train/cat/more/x.png lies in a folder below the image folder "
+                                         r"train/cat/"):
+        load_image_zip(z, split="train")
+    with pytest.raises(ValueError, match=r"cutout \(16\) must be smaller than image_size \(8\)"):
+        ImageDataConfig(source="folder", image_size=8, cutout=16)
+    with pytest.raises(ValueError, match="image_size is 64, but the CIFAR pickles hold 32 x 32 images"):
+        ImageDataConfig(source="cifar10", image_size=64)
