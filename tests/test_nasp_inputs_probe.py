@@ -286,3 +286,13 @@ def test_zip_images_below_an_image_folder_and_blanking_cutouts_are_refused(tmp_p
         ImageDataConfig(source="folder", image_size=8, cutout=16)
     with pytest.raises(ValueError, match="image_size is 64, but the CIFAR pickles hold 32 x 32 images"):
         ImageDataConfig(source="cifar10", image_size=64)
+
+
+def test_a_hand_edited_cell_genotype_with_an_unknown_op_names_the_op_and_file(tmp_path, capsys):
+    cell = {"normal": [["conv_9x9", 0], ["skip_connect", 1]], "normal_concat": [2],
+            "reduce": [["max_pool_3x3", 0], ["skip_connect", 1]], "reduce_concat": [2]}
+    bad = tmp_path / "cell.json"
+    bad.write_text(json.dumps(cell))
+    assert main(["cnn", "train", "--quiet", "--set", f"model.genotype={bad}", f"run_dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"model.genotype={bad}: normal: unknown op 'conv_9x9'" in err and err.count("\n") == 1

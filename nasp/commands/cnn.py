@@ -269,7 +269,9 @@ def run_train(cfg: CNNTrainRun, show_progress: bool = True) -> dict:
     try:
         genotype = get_genotype(m.genotype)
     except ValueError as e:       # not JSON, unknown op, wrong keys: name the setting and the file
-        raise ValueError(f"model.genotype={m.genotype}: {e}") from None
+        msg = " ".join(str(e).split())
+        raise ValueError(f"model.genotype={m.genotype}: {msg[:300]}{' ...' if len(msg) > 300 else ''} (nasp cnn "
+                         "search writes the cell to cell_genotype.json)") from None
     if m.network == "cifar":
         net = NetworkCIFAR(genotype, m.C, d.num_classes, m.layers, m.auxiliary)
         mean, std = _stats(d.source)

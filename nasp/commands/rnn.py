@@ -268,7 +268,9 @@ def _genotype(value: str):
     try:
         return RNNGenotype.from_dict(json.loads(path.read_text()))
     except ValueError as e:       # JSONDecodeError and the genotype's own checks (unknown activation, ...)
-        raise ValueError(f"model.genotype={value}: {e}") from None
+        msg = " ".join(str(e).split())
+        raise ValueError(f"model.genotype={value}: {msg[:300]}{' ...' if len(msg) > 300 else ''} (nasp rnn search "
+                         "writes the cell to rnn_genotype.json)") from None
 
 
 def run_rnn_train(cfg: RNNTrainRun, show_progress: bool = True) -> dict:
