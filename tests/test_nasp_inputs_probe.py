@@ -284,8 +284,6 @@ def test_zip_images_below_an_image_folder_and_blanking_cutouts_are_refused(tmp_p
         load_image_zip(z, split="train")
     with pytest.raises(ValueError, match=r"cutout \(16\) must be smaller than image_size \(8\)"):
         ImageDataConfig(source="folder", image_size=8, cutout=16)
-    with pytest.raises(ValueError, match="image_size is 64, but the CIFAR pickles hold 32 x 32 images"):
-        ImageDataConfig(source="cifar10", image_size=64)
 
 
 def test_a_hand_edited_cell_genotype_with_an_unknown_op_names_the_op_and_file(tmp_path, capsys):
@@ -296,3 +294,12 @@ def test_a_hand_edited_cell_genotype_with_an_unknown_op_names_the_op_and_file(tm
     assert main(["cnn", "train", "--quiet", "--set", f"model.genotype={bad}", f"run_dir={tmp_path / 'r'}"]) == 2
     err = capsys.readouterr().err
     assert f"model.genotype={bad}: normal: unknown op 'conv_9x9'" in err and err.count("\n") == 1
+
+
+def test_a_key_repeated_in_a_yaml_config_is_refused_naming_file_and_lines(tmp_path):
+    from nasp.commands.rnn import RNNSearchRun
+
+    f = tmp_path / "c.yaml"
+    f.write_text("search:\n  epochs: 3\nsearch:\n  a_lr: 0.1\n")         # safe_load kept only the second
+    with pytest.raises(ConfigError, match=r"c.yaml: line 3 not valid YAML \(key 'search' repeats line 1\)"):
+        load(RNNSearchRun, f)

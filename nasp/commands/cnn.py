@@ -45,9 +45,6 @@ class ImageDataConfig:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
         if self.subset < 0 or self.cutout < 0:
             raise ValueError(f"subset and cutout must be >= 0, got subset={self.subset}, cutout={self.cutout}")
-        if self.source.startswith("cifar") and self.image_size != 32:
-            raise ValueError(f"image_size is {self.image_size}, but the CIFAR pickles hold 32 x 32 images (images are "
-                             "resized only for sources zip and folder)")
         if self.cutout >= self.image_size:        # a square this large can cover every pixel of every image
             raise ValueError(f"cutout ({self.cutout}) must be smaller than image_size ({self.image_size})")
 
