@@ -353,10 +353,10 @@ class ImageFolderDataset:
         if flat:
             raise ValueError(f"{self.root}: images sit directly in the folder ({flat[0]}); ImageFolderDataset needs "
                              "<class>/<file> subfolders (for a label CSV use load_image_folder)")
-        self.classes = _class_order(d.name for d in self.root.iterdir() if d.is_dir())
+        self.classes = _class_order(d.name for d in self.root.iterdir() if d.is_dir() and not _is_system([d.name]))
         index = {c: i for i, c in enumerate(self.classes)}
         self.samples = [(p, index[p.parent.name]) for c in self.classes for p in sorted((self.root / c).iterdir())
-                        if p.suffix.lower() in IMAGE_SUFFIXES]
+                        if _is_image(p.name) and not _is_system([p.name])]
         if not self.samples:
             raise ValueError(f"{self.root}: no images in class folders")
         if len({y for _, y in self.samples}) == 1:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data_loaders.images import load_image_folder, load_image_zip
+from data_loaders.images import ImageFolderDataset, load_image_folder, load_image_zip
 from data_loaders.text import read_corpus, read_files
 from nasp.cli import main
 from nasp.commands.cnn import ImageDataConfig, load_data
@@ -188,6 +188,8 @@ def test_hidden_system_and_other_files_are_skipped_with_one_warning_naming_them(
     with pytest.warns(UserWarning, match=r"skipped 4 file\(s\).*\.ipynb_checkpoints/, cat/\.DS_Store, cat/\._0\.png"):
         s = load_image_folder(root)
     assert s.classes == ["cat", "dog", "eel"] and torch.bincount(s.labels).tolist() == [3, 3, 4]   # TIFF read
+    lazy = ImageFolderDataset(root, size=None)                      # the ImageNet-style lazy reader too
+    assert lazy.classes == s.classes and len(lazy) == 10
     z = tmp_path / "m.zip"
     with zipfile.ZipFile(z, "w") as f:
         for rel, data in BASE.items():
