@@ -200,7 +200,7 @@ def read_files(files: dict[str, str | os.PathLike], level: str = "word", max_voc
     extra = sorted(set(files) - {"train", "valid", "test"})
     if extra:
         raise ValueError(f"files has the unknown split(s) {extra} (only train, valid and test are read)")
-    paths = {s: Path(files[s]) for s in ("train", "valid", "test")}
+    paths = {s: Path(files[s]).expanduser() for s in ("train", "valid", "test")}
     for p in paths.values():
         if not p.is_file():
             raise FileNotFoundError(f"corpus file {p} does not exist")
@@ -218,7 +218,7 @@ def read_corpus(folder: str | os.PathLike, level: str = "word", files: dict[str,
     """
     if level not in ("word", "char"):
         raise ValueError(f"level must be 'word' or 'char', got {level!r}")
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     paths = {s: folder / f for s, f in files.items()} if files else _find_files(folder)
     return read_files(paths, level=level, max_vocab=max_vocab, encoding=encoding)
 
@@ -227,7 +227,7 @@ def _data_root(data_dir: str | os.PathLike | None, who: str, sub: str) -> Path:
     data_dir = data_dir or os.environ.get("NASP_DATA_DIR")
     if not data_dir:
         raise FileNotFoundError(f"{who}: pass data_dir or set NASP_DATA_DIR to the folder holding {sub}/")
-    return Path(data_dir)
+    return Path(data_dir).expanduser()
 
 
 def load_ptb(data_dir: str | os.PathLike | None = None, level: str = "word") -> Corpus:
@@ -253,17 +253,20 @@ def load_wikitext(data_dir: str | os.PathLike | None = None, name: str = "wikite
 def load_corpus(name: str, path: str | os.PathLike | None = None, level: str = "word",
                 files: dict[str, str | os.PathLike] | None = None, max_vocab: int | None = None,
                 encoding: str = "utf-8") -> Corpus:
-    """A corpus by name: "ptb" (``<path>/ptb``), "wikitext-2" / "wikitext-103" (:func:`load_wikitext`), or
-    "files" (``files`` maps train / valid / test to paths, relative ones under ``path`` when it is given)."""
+    """A corpus by name: "ptb" (``<path>/ptb``, or ``path`` itself holding ``ptb.train.txt``), "wikitext-2" /
+    "wikitext-103" (:func:`load_wikitext`), or "files" (``files`` maps train / valid / test to paths, relative ones
+    under ``path`` when it is given). Paths may start with ``~``."""
     if name == "ptb":
-        return read_corpus(_data_root(path, "load_corpus", "ptb") / "ptb", level=level, max_vocab=max_vocab,
-                           encoding=encoding)
+        root = _data_root(path, "load_corpus", "ptb")
+        inside = (root / SPLIT_PATTERNS[0]["train"]).is_file() and not (root / "ptb").is_dir()
+        folder = root if inside else root / "ptb"
+        return read_corpus(folder, level=level, max_vocab=max_vocab, encoding=encoding)
     if name in ("wikitext-2", "wikitext-103"):
         return load_wikitext(path, name, level=level, max_vocab=max_vocab, encoding=encoding)
     if name == "files":
         if not files:
             raise ValueError("load_corpus('files') needs files={'train': ..., 'valid': ..., 'test': ...}")
-        base = Path(path) if path is not None else Path()
+        base = Path(path).expanduser() if path is not None else Path()
         return read_files({s: base / p for s, p in files.items()}, level=level, max_vocab=max_vocab, encoding=encoding)
     raise ValueError(f"corpus name must be ptb, wikitext-2, wikitext-103 or files, got {name!r}")
 

@@ -305,3 +305,14 @@ def test_a_key_repeated_in_a_yaml_config_is_refused_naming_file_and_lines(tmp_pa
     f.write_text("search:\n  epochs: 3\nsearch:\n  a_lr: 0.1\n")         # safe_load kept only the second
     with pytest.raises(ConfigError, match=r"c.yaml: line 3 not valid YAML \(key 'search' repeats line 1\)"):
         load(RNNSearchRun, f)
+
+
+def test_ptb_files_directly_in_data_path_and_home_relative_paths_are_read(tmp_path, monkeypatch):
+    from data_loaders.text import load_corpus
+
+    texts = _corpus(tmp_path / "p")
+    for s in ("train", "valid", "test"):
+        (tmp_path / "p" / f"{s}.txt").rename(tmp_path / "p" / f"ptb.{s}.txt")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    c = load_corpus("ptb", "~/p")                       # the folder itself holds ptb.*.txt (no ptb/ inside)
+    assert c.valid.numel() == _count(texts["valid"]) and c.test.numel() == _count(texts["test"])

@@ -134,7 +134,7 @@ def resolve_config(cls: type, config_file: str | Path | None = None, overrides: 
 
 # ---- data -----------------------------------------------------------------------------------------------------
 def _resolve_path(p: str) -> Path:
-    path = Path(p)
+    path = Path(p).expanduser()
     if not path.exists() and os.environ.get("NASP_DATA_DIR"):
         path = Path(os.environ["NASP_DATA_DIR"], p)
     if not path.exists():
