@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,10 @@ def _field(blob: dict, key: bytes, source: str):
 def _cifar_blobs(path: Path, members: list[str], first: str, name: str) -> dict[str, tuple[dict, str]]:
     """member -> (unpickled dict, source name) from the archive or folder at ``path``."""
     if path.is_file():
+        if not tarfile.is_tarfile(path):
+            kind = "a zip" if zipfile.is_zipfile(path) else "not a tar archive"
+            raise ValueError(f"{path}: {kind}, not the python-pickle {name} archive (cifar-*-python.tar.gz); for a "
+                             "zip or folder of image files use source zip or folder")
         with tarfile.open(path, "r:*") as tar:
             by_base = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
             missing = [m for m in members if m not in by_base]

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import posixpath
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -37,7 +39,10 @@ from .image_set import ImageSet, data_path
 __all__ = ["ImageSet", "data_path", "load_cifar", "load_image_zip", "load_image_folder", "ImageFolderDataset",
            "search_split", "ImageLoader", "IMAGE_SUFFIXES", "LABEL_CSV_NAMES", "CIFAR_PICKLE_GLOBALS", "RefusedPickle"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp", ".tif", ".tiff")
+# files no reader takes as images even when their names end like one: hidden files (macOS' ._x.jpg AppleDouble
+# forks, .DS_Store), anything under a hidden folder (.ipynb_checkpoints) or macOS' __MACOSX folder of a zip
+SYSTEM_NAMES = ("__MACOSX", "Thumbs.db", "desktop.ini")
 
 
 # ---- image files ----------------------------------------------------------------------------------------------
@@ -50,12 +55,46 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
+def _is_system(parts) -> bool:
+    """Whether a path (its components) is a hidden or operating-system file, or lies in such a folder."""
+    return any(p.startswith(".") or p in SYSTEM_NAMES for p in parts)
+
+
+def _warn_skipped(source: str, skipped: list[str]) -> None:
+    """One warning naming the files of ``source`` that were not read as images (so that none is lost unsaid)."""
+    if skipped:
+        shown = ", ".join(skipped[:4]) + (f" and {len(skipped) - 4} more" if len(skipped) > 4 else "")
+        warnings.warn(f"{source}: skipped {len(skipped)} file(s) that are not images or are hidden/system files: "
+                      f"{shown} (image types read: {' '.join(IMAGE_SUFFIXES)})", stacklevel=3)
+
+
+def _to_rgb(img):
+    """A PIL image as 8-bit RGB. 16-bit greyscale (PNG/TIFF ``I;16``) is scaled by 1/257, not clipped at 255
+    (Pillow's own conversion clips it to white); 32-bit integer or float images have no known range."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16"):
+        a = np.asarray(img, dtype=np.float64) / 257.0        # 0..65535 -> 0..255
+        img = Image.fromarray(np.rint(a).astype(np.uint8), "L")
+    elif img.mode in ("I", "F"):
+        raise ValueError(f"{'32-bit integer' if img.mode == 'I' else 'floating-point'} pixels of unknown range; "
+                         "save it as an 8- or 16-bit image")
+    return img.convert("RGB")
+
+
 def _decode(blob: bytes, size: int | None = None) -> np.ndarray:
     try:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
     except ImportError as e:      # pragma: no cover - depends on the environment
         raise ImportError("decoding image files needs Pillow: pip install 'nasp-sif[images]'") from e
-    img = Image.open(io.BytesIO(blob)).convert("RGB")
+    if not blob:
+        raise ValueError("an empty file (0 bytes)")
+    try:
+        img = _to_rgb(Image.open(io.BytesIO(blob)))
+    except UnidentifiedImageError:
+        raise ValueError("not an image format Pillow can read (a damaged or mislabelled file?)") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(str(e)) from None
     if size is not None and img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     return np.array(img, dtype=np.uint8)      # a writable copy (torch.from_numpy warns on read-only arrays)
@@ -119,8 +158,8 @@ def _stack(items: list[tuple[str, bytes, str]], size: int | None, source: str) -
     for name, blob, _ in items:
         try:
             arrays.append(_decode(blob, size))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{name}: not a readable image ({e})") from e
+        except (OSError, ValueError, SyntaxError) as e:       # SyntaxError: some broken PNG chunks
+            raise ValueError(f"{name}: not a readable image ({e})") from None
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise ValueError(f"{source}: images have different sizes {sorted(shapes)[:3]}...; pass size= to resize them")
@@ -179,10 +218,16 @@ def _zip_labels(z: zipfile.ZipFile, path: Path, split: str | None, explicit: tup
     names = sorted(n for n in z.namelist() if not n.endswith("/"))
     by_dir: dict[str, list[str]] = {}
     for n in names:
-        if _is_image(n):
+        if _is_image(n) and not _is_system(n.split("/")):
             by_dir.setdefault(posixpath.dirname(n), []).append(n)
     if not by_dir:
         raise ValueError(f"{path}: no image files in the zip")
+    _warn_skipped(str(path), [n for n in names if not n.lower().endswith(".csv")
+                              and (not _is_image(n) or _is_system(n.split("/")))])
+    nested = next((d for d in by_dir if posixpath.dirname(d) in by_dir and posixpath.dirname(d)), None)
+    if nested is not None and explicit is None:
+        raise ValueError(f"{path}: {by_dir[nested][0]} lies in a folder below the image folder "
+                         f"{posixpath.dirname(nested)}/, which holds images too; use [<split>/]<class>/<file>")
     labelled, csv_groups = [], {}
     for d, files in by_dir.items():
         src = explicit
@@ -213,6 +258,58 @@ def _folder_label_csv(folder: Path, labels: str | Path | None) -> Path | None:
                 None)
 
 
+def _folder_images(path: Path, class_layout: bool) -> tuple[list[Path], list[Path]]:
+    """The images directly in ``path`` and those in its subfolders (``<class>/<file>``); hidden and system files
+    and other files are skipped with one warning naming them. With subfolders (and ``class_layout``), a class
+    folder without images, or images one folder deeper than ``<class>/<file>``, is an error naming it (it would
+    silently drop a class or images)."""
+    skipped: list[str] = []
+
+    def split(files):
+        keep = []
+        for p in files:
+            rel = p.relative_to(path)
+            if _is_image(p.name) and not _is_system(rel.parts):
+                keep.append(p)
+            elif not p.name.lower().endswith(".csv"):
+                skipped.append(str(rel))
+        return keep
+
+    top = sorted(path.iterdir())
+    flat = split(p for p in top if p.is_file())
+    folders = [d for d in top if d.is_dir() and not _is_system([d.name])]
+    skipped += [d.name + "/" for d in top if d.is_dir() and _is_system([d.name])]
+    nested: list[Path] = []
+    empty: list[Path] = []
+    for d in folders:
+        files = sorted(d.iterdir())
+        images = split(p for p in files if p.is_file())
+        if class_layout and not flat:
+            deeper = next((_first_image(s) for s in files if s.is_dir() and not _is_system([s.name])
+                           and _first_image(s) is not None), None)
+            if deeper is not None:
+                raise ValueError(f"{deeper}: images lie deeper than {path}/<class>/<file>; point the path at the "
+                                 "folder that holds the class folders, or move them up into the class folder")
+            if not images:
+                empty.append(d)
+        nested += images
+    if nested and empty:
+        raise ValueError(f"{empty[0]}: a class folder with no image files; remove it or add its images (read: "
+                         f"{' '.join(IMAGE_SUFFIXES)})")
+    _warn_skipped(str(path), skipped)
+    return flat, sorted(nested)
+
+
+def _first_image(folder: Path) -> Path | None:
+    """Some image file anywhere under ``folder`` (hidden folders left out), or None."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not _is_system([d]))
+        hit = next((f for f in sorted(files) if _is_image(f) and not _is_system([f])), None)
+        if hit is not None:
+            return Path(root, hit)
+    return None
+
+
 def load_image_folder(path: str | Path, size: int | None = None, labels: str | Path | None = None) -> ImageSet:
     """All images under ``path/<class>/<file>``, or directly in ``path`` with a label CSV (``id,label``, ids =
     file stems): ``labels=`` or, found by name, ``path/labels.csv``, ``<path>Labels.csv`` (Kaggle CIFAR-10:
@@ -224,8 +321,7 @@ def load_image_folder(path: str | Path, size: int | None = None, labels: str | P
         return load_image_zip(path, size=size, labels=labels)
     if not path.is_dir():
         raise FileNotFoundError(f"image folder {path} does not exist")
-    flat = sorted(p for p in path.iterdir() if _is_image(p.name) and p.is_file())
-    nested = sorted(p for p in path.glob("*/*") if _is_image(p.name) and p.is_file())
+    flat, nested = _folder_images(path, labels is None)
     if flat and nested:
         raise ValueError(f"{path}: holds images both directly ({flat[0].name}) and in subfolders "
                          f"({nested[0].relative_to(path)}); use one layout")
@@ -257,10 +353,10 @@ class ImageFolderDataset:
         if flat:
             raise ValueError(f"{self.root}: images sit directly in the folder ({flat[0]}); ImageFolderDataset needs "
                              "<class>/<file> subfolders (for a label CSV use load_image_folder)")
-        self.classes = _class_order(d.name for d in self.root.iterdir() if d.is_dir())
+        self.classes = _class_order(d.name for d in self.root.iterdir() if d.is_dir() and not _is_system([d.name]))
         index = {c: i for i, c in enumerate(self.classes)}
         self.samples = [(p, index[p.parent.name]) for c in self.classes for p in sorted((self.root / c).iterdir())
-                        if p.suffix.lower() in IMAGE_SUFFIXES]
+                        if _is_image(p.name) and not _is_system([p.name])]
         if not self.samples:
             raise ValueError(f"{self.root}: no images in class folders")
         if len({y for _, y in self.samples}) == 1:

@@ -19,6 +19,7 @@ This module imports nothing of ``nasp`` or ``sif``.
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
 from array import array
@@ -82,37 +83,65 @@ def _tokenize_line(line: str, level: str) -> list[str]:
     return [("_" if c == " " else c) for c in line.strip()] + [EOS]
 
 
-def _lines(path: Path):
-    """The lines of a corpus file (universal newlines, UTF-8); one-line error naming a missing file."""
+def _lines(path: Path, encoding: str = "utf-8"):
+    """The lines of a corpus file (universal newlines; a UTF-8 byte-order mark is dropped, not made part of the
+    first word); one-line errors name a missing file, or the line and byte offset of bytes that are not
+    ``encoding``."""
     if not path.is_file():
         raise FileNotFoundError(f"corpus file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        yield from f
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    try:
+        with open(path, encoding=codec) as f:
+            yield from f
+    except UnicodeDecodeError:
+        raise _decode_error(path, codec) from None
 
 
-def _count_tokens(path: Path, level: str) -> Counter:
+def _decode_error(path: Path, codec: str) -> ValueError:
+    """The first line of ``path`` that is not valid ``codec``, as a one-line error (file, line, byte offset)."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode(codec if number == 1 else codec.replace("-sig", ""))
+            except UnicodeDecodeError as e:
+                return ValueError(f"{path}:{number}: not valid {codec.replace('-sig', '')} (byte 0x{raw[e.start]:02x} "
+                                  f"at byte offset {offset + e.start}); convert the file to UTF-8 or set the "
+                                  "corpus encoding (data.encoding, e.g. latin-1)")
+            offset += len(raw)
+    return ValueError(f"{path}: not valid {codec.replace('-sig', '')}")
+
+
+def _check_encoding(encoding: str) -> None:
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"encoding {encoding!r} is not a known text encoding (e.g. utf-8, latin-1)") from None
+
+
+def _count_tokens(path: Path, level: str, encoding: str = "utf-8") -> Counter:
     """Token counts of one file (first-appearance order kept, so ids built from them are deterministic)."""
     counts: Counter = Counter()
-    for line in _lines(path):
+    for line in _lines(path, encoding):
         counts.update(_tokenize_line(line, level))
     if not counts:
         raise ValueError(f"corpus file {path} has no lines")
     return counts
 
 
-def _encode_file(path: Path, vocab: Vocabulary, level: str) -> Tensor:
+def _encode_file(path: Path, vocab: Vocabulary, level: str, encoding: str = "utf-8") -> Tensor:
     """(N,) int64 ids of a file's tokens, N = words + lines; streamed, so WikiText-103 fits in memory."""
     ids = array("q")
-    for line in _lines(path):
+    for line in _lines(path, encoding):
         ids.extend(vocab.encode(_tokenize_line(line, level)))
     if not ids:
         raise ValueError(f"corpus file {path} has no lines")
     return torch.from_numpy(np.frombuffer(ids, dtype=np.int64))
 
 
-def count_tokens(path: str | os.PathLike, level: str = "word") -> int:
+def count_tokens(path: str | os.PathLike, level: str = "word", encoding: str = "utf-8") -> int:
     """Number of tokens :func:`read_corpus` makes of one file: words (or characters) plus one ``<eos>`` per line."""
-    return sum(_count_tokens(Path(path), level).values())
+    return sum(_count_tokens(Path(path), level, encoding).values())
 
 
 @dataclass
@@ -152,46 +181,53 @@ def _limit(counts: Counter, max_vocab: int | None) -> Counter:
     return Counter({t: c for t, c in counts.items() if t in keep})
 
 
-def read_files(files: dict[str, str | os.PathLike], level: str = "word", max_vocab: int | None = None) -> Corpus:
+def read_files(files: dict[str, str | os.PathLike], level: str = "word", max_vocab: int | None = None,
+               encoding: str = "utf-8") -> Corpus:
     """The generic corpus: ``files`` maps train / valid / test to file paths.
 
     Every line becomes its whitespace-separated words (or characters) and one ``<eos>``, blank lines included,
     so a split has words + lines tokens. The vocabulary comes from the training file; other tokens map to
     ``<unk>``. max_vocab: keep the ``max_vocab - 2`` most frequent training tokens plus ``<eos>`` and ``<unk>``.
+    encoding: of all three files (default UTF-8; a byte-order mark is dropped). Tokens ``<eos>`` / ``<unk>``
+    written in the text are those tokens (PTB writes ``<unk>`` for its rare words).
     """
     if level not in ("word", "char"):
         raise ValueError(f"level must be 'word' or 'char', got {level!r}")
+    _check_encoding(encoding)
     missing = [s for s in ("train", "valid", "test") if s not in files]
     if missing:
         raise ValueError(f"files lacks the split(s) {missing} (needs train, valid and test paths)")
-    paths = {s: Path(files[s]) for s in ("train", "valid", "test")}
+    extra = sorted(set(files) - {"train", "valid", "test"})
+    if extra:
+        raise ValueError(f"files has the unknown split(s) {extra} (only train, valid and test are read)")
+    paths = {s: Path(files[s]).expanduser() for s in ("train", "valid", "test")}
     for p in paths.values():
         if not p.is_file():
             raise FileNotFoundError(f"corpus file {p} does not exist")
-    vocab = Vocabulary.build(_limit(_count_tokens(paths["train"], level), max_vocab))
-    ids = {s: _encode_file(p, vocab, level) for s, p in paths.items()}
+    vocab = Vocabulary.build(_limit(_count_tokens(paths["train"], level, encoding), max_vocab))
+    ids = {s: _encode_file(p, vocab, level, encoding) for s, p in paths.items()}
     return Corpus(vocab, ids["train"], ids["valid"], ids["test"], level)
 
 
 def read_corpus(folder: str | os.PathLike, level: str = "word", files: dict[str, str] | None = None,
-                max_vocab: int | None = None) -> Corpus:
+                max_vocab: int | None = None, encoding: str = "utf-8") -> Corpus:
     """Read a corpus folder with train/valid/test files (see :func:`read_files` for tokens and vocabulary).
 
     level: "word" or "char"; files: split -> file name inside ``folder`` (default: the first of
-    :data:`SPLIT_PATTERNS` that exists); max_vocab: as in :func:`read_files`.
+    :data:`SPLIT_PATTERNS` that exists); max_vocab, encoding: as in :func:`read_files`.
     """
     if level not in ("word", "char"):
         raise ValueError(f"level must be 'word' or 'char', got {level!r}")
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     paths = {s: folder / f for s, f in files.items()} if files else _find_files(folder)
-    return read_files(paths, level=level, max_vocab=max_vocab)
+    return read_files(paths, level=level, max_vocab=max_vocab, encoding=encoding)
 
 
 def _data_root(data_dir: str | os.PathLike | None, who: str, sub: str) -> Path:
     data_dir = data_dir or os.environ.get("NASP_DATA_DIR")
     if not data_dir:
         raise FileNotFoundError(f"{who}: pass data_dir or set NASP_DATA_DIR to the folder holding {sub}/")
-    return Path(data_dir)
+    return Path(data_dir).expanduser()
 
 
 def load_ptb(data_dir: str | os.PathLike | None = None, level: str = "word") -> Corpus:
@@ -200,7 +236,7 @@ def load_ptb(data_dir: str | os.PathLike | None = None, level: str = "word") -> 
 
 
 def load_wikitext(data_dir: str | os.PathLike | None = None, name: str = "wikitext-2", level: str = "word",
-                  max_vocab: int | None = None) -> Corpus:
+                  max_vocab: int | None = None, encoding: str = "utf-8") -> Corpus:
     """WikiText-2 / WikiText-103 (tokenised ``wiki.{train,valid,test}.tokens``) from ``<data_dir>/<name>``, the
     folder the official zip unpacks to (also ``<data_dir>/<name>/<name>``, or ``data_dir`` itself holding the
     files); default data_dir: NASP_DATA_DIR."""
@@ -209,24 +245,29 @@ def load_wikitext(data_dir: str | os.PathLike | None = None, name: str = "wikite
     root = _data_root(data_dir, "load_wikitext", name)
     for folder in (root / name, root / name / name, root):
         if (folder / WIKITEXT_FILES["train"]).is_file():
-            return read_corpus(folder, level=level, files=WIKITEXT_FILES, max_vocab=max_vocab)
+            return read_corpus(folder, level=level, files=WIKITEXT_FILES, max_vocab=max_vocab, encoding=encoding)
     raise FileNotFoundError(f"{root / name / WIKITEXT_FILES['train']} does not exist (looked in {root / name}, "
                             f"{root / name / name} and {root})")
 
 
 def load_corpus(name: str, path: str | os.PathLike | None = None, level: str = "word",
-                files: dict[str, str | os.PathLike] | None = None, max_vocab: int | None = None) -> Corpus:
-    """A corpus by name: "ptb" (``<path>/ptb``), "wikitext-2" / "wikitext-103" (:func:`load_wikitext`), or
-    "files" (``files`` maps train / valid / test to paths, relative ones under ``path`` when it is given)."""
+                files: dict[str, str | os.PathLike] | None = None, max_vocab: int | None = None,
+                encoding: str = "utf-8") -> Corpus:
+    """A corpus by name: "ptb" (``<path>/ptb``, or ``path`` itself holding ``ptb.train.txt``), "wikitext-2" /
+    "wikitext-103" (:func:`load_wikitext`), or "files" (``files`` maps train / valid / test to paths, relative ones
+    under ``path`` when it is given). Paths may start with ``~``."""
     if name == "ptb":
-        return read_corpus(_data_root(path, "load_corpus", "ptb") / "ptb", level=level, max_vocab=max_vocab)
+        root = _data_root(path, "load_corpus", "ptb")
+        inside = (root / SPLIT_PATTERNS[0]["train"]).is_file() and not (root / "ptb").is_dir()
+        folder = root if inside else root / "ptb"
+        return read_corpus(folder, level=level, max_vocab=max_vocab, encoding=encoding)
     if name in ("wikitext-2", "wikitext-103"):
-        return load_wikitext(path, name, level=level, max_vocab=max_vocab)
+        return load_wikitext(path, name, level=level, max_vocab=max_vocab, encoding=encoding)
     if name == "files":
         if not files:
             raise ValueError("load_corpus('files') needs files={'train': ..., 'valid': ..., 'test': ...}")
-        base = Path(path) if path is not None else Path()
-        return read_files({s: base / p for s, p in files.items()}, level=level, max_vocab=max_vocab)
+        base = Path(path).expanduser() if path is not None else Path()
+        return read_files({s: base / p for s, p in files.items()}, level=level, max_vocab=max_vocab, encoding=encoding)
     raise ValueError(f"corpus name must be ptb, wikitext-2, wikitext-103 or files, got {name!r}")
 
 

@@ -1,10 +1,10 @@
 """The one configuration system of the library: typed dataclasses, one loader, one ``--set`` syntax.
 
 Every setting is a field of a dataclass with one default. A run is configured by layering, nanoGPT style:
-the dataclass defaults, then a YAML file (read with ``yaml.safe_load``), then ``key.sub=value`` assignments
-(values parsed as YAML scalars, so ``1e-3`` is a float and ``[a, b]`` a list). Every layer goes through
-:func:`merge`, which checks types and rejects an unknown key with a one-line :class:`ConfigError` naming it, the
-file it came from and the nearest valid keys.
+the dataclass defaults, then a YAML file (read with yaml's safe loader; a key repeated in one mapping is
+refused), then ``key.sub=value`` assignments (values parsed as YAML scalars, so ``1e-3`` is a float and
+``[a, b]`` a list). Every layer goes through :func:`merge`, which checks types and rejects an unknown key with
+a one-line :class:`ConfigError` naming it, the file it came from and the nearest valid keys.
 
 A top-level run config may declare ``__derived__ = {"search.seed": "seed"}``: those nested keys are set from
 the named top-level key and refused as input, so that one ``seed`` drives everything and no accepted key is
@@ -64,10 +64,12 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
     if annotation is float:
         if isinstance(value, str):          # YAML 1.1 reads "1e-3" as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value:              # NaN compares false to everything, so no range check would catch it
+                raise ConfigError(f"{key}: expected a number, got nan")
             return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if annotation in (int, str, bool):
@@ -158,13 +160,30 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, except that a key given twice in one mapping is an error (safe_load keeps the last one
+    silently, so ``search:`` written twice would drop the first section's settings)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} repeats line {seen[key]}",
+                                                        key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path`` (safe_load); errors name the file."""
+    """A YAML mapping from ``path`` (yaml's safe loader; a key repeated in one mapping is refused); errors name
+    the file and line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
@@ -191,7 +210,8 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] 
         try:
             merge(cfg, parse_assignments(overrides))
         except ConfigError as e:
-            raise ConfigError(f"--set: {e}") from None
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith("--set") else f"--set: {msg}") from None
     return cfg
 
 

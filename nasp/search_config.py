@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,10 +76,19 @@ class SearchConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("w_lr", "a_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
         if self.w_lr_min < 0 or self.grad_clip < 0 or self.warmup_epochs < 0:
             raise ValueError("w_lr_min, grad_clip and warmup_epochs must be >= 0")
+        for name in ("w_momentum", "w_weight_decay", "a_weight_decay", "eta", "checkpoint_every"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError(f"max_steps_per_epoch must be >= 1 or null (all), got {self.max_steps_per_epoch}")
+        if self.random_candidates < 1:
+            raise ValueError(f"random_candidates must be >= 1, got {self.random_candidates}")
+        if len(self.a_betas) != 2 or not all(0 <= b < 1 for b in self.a_betas):
+            raise ValueError(f"a_betas must be two numbers in [0, 1), got {list(self.a_betas)}")
         self.a_betas = tuple(self.a_betas)
 
     @property

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-import yaml
 
 from ..config import load, to_dict
 from ..device import check_device
 from ..search import SearchConfig, Searcher
 from ..train.image import TrainConfig, train_classifier
+from . import check_threads
+from .runs import digest, prepare_run_dir
 
 __all__ = ["ImageDataConfig", "CNNSpaceConfig", "CNNModelConfig", "CNNSearchRun", "CNNTrainRun",
            "resolve_config", "run_search", "run_train", "load_data"]
@@ -42,6 +43,10 @@ class ImageDataConfig:
             raise ValueError("batch_size and image_size must be >= 1 and num_classes >= 2")
         if not 0 < self.train_fraction < 1:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
+        if self.subset < 0 or self.cutout < 0:
+            raise ValueError(f"subset and cutout must be >= 0, got subset={self.subset}, cutout={self.cutout}")
+        if self.cutout >= self.image_size:        # a square this large can cover every pixel of every image
+            raise ValueError(f"cutout ({self.cutout}) must be smaller than image_size ({self.image_size})")
 
 
 @dataclass
@@ -74,6 +79,8 @@ class CNNModelConfig:
     def __post_init__(self):
         if self.network not in ("cifar", "imagenet"):
             raise ValueError(f"network must be 'cifar' or 'imagenet', got {self.network!r}")
+        if min(self.C, self.layers) < 1:
+            raise ValueError(f"C and layers must be >= 1, got C={self.C}, layers={self.layers}")
 
 
 @dataclass
@@ -94,6 +101,7 @@ class CNNSearchRun:
 
     def __post_init__(self):
         check_device(self.device)
+        check_threads(self.threads)
         self.search.seed = self.seed
 
 
@@ -113,6 +121,7 @@ class CNNTrainRun:
 
     def __post_init__(self):
         check_device(self.device)
+        check_threads(self.threads)
         self.train.seed = self.seed
 
 
@@ -123,14 +132,9 @@ def resolve_config(cls: type, config_file: str | Path | None = None, overrides: 
     return load(cls, config_file, overrides)
 
 
-def _write_resolved(cfg, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "resolved_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
 # ---- data -----------------------------------------------------------------------------------------------------
 def _resolve_path(p: str) -> Path:
-    path = Path(p)
+    path = Path(p).expanduser()
     if not path.exists() and os.environ.get("NASP_DATA_DIR"):
         path = Path(os.environ["NASP_DATA_DIR"], p)
     if not path.exists():
@@ -146,10 +150,16 @@ def load_data(d: ImageDataConfig, split: str, seed: int = 0):
         data = load_cifar(_resolve_path(d.path), d.source, split)
     else:
         path = _resolve_path(d.path if split == "train" else (d.test_path or d.path))
-        if path.is_file() and path.suffix == ".zip":     # a zip with train/ and test/ folders: only this split
-            data = load_image_zip(path, split=split if _zip_has_folder(path, split) else None, size=d.image_size)
+        is_zip = path.is_file() and path.suffix == ".zip"
+        has_split = _zip_has_folder(path, split) if is_zip else (path / split).is_dir()
+        if split == "test" and not d.test_path and not has_split:
+            raise ValueError(f"data.path {d.path} has no test/ folder and data.test_path is not set, so the test "
+                             f"images would be the training images; set data.test_path to the test images "
+                             f"({_split_folders(path, is_zip)})")
+        if is_zip:                                         # a zip with train/ and test/ folders: only this split
+            data = load_image_zip(path, split=split if has_split else None, size=d.image_size)
         else:
-            data = load_image_folder(path / split if (path / split).is_dir() else path, size=d.image_size)
+            data = load_image_folder(path / split if has_split else path, size=d.image_size)
     if len(data.classes) > d.num_classes:
         raise ValueError(f"data.num_classes is {d.num_classes} but the {split} images have {len(data.classes)} "
                          f"classes; set data.num_classes={len(data.classes)}")
@@ -159,12 +169,36 @@ def load_data(d: ImageDataConfig, split: str, seed: int = 0):
     return data
 
 
+def _split_folders(path: Path, is_zip: bool) -> str:
+    """The folders at the top of a zip or folder, for an error message."""
+    import zipfile
+
+    if is_zip:
+        with zipfile.ZipFile(path) as z:
+            names = sorted({n.split("/")[0] for n in z.namelist() if "/" in n})
+    else:
+        names = sorted(p.name for p in path.iterdir() if p.is_dir())
+    return f"folders found: {', '.join(names[:8])}" if names else "it holds no folders"
+
+
 def _zip_has_folder(path: Path, name: str) -> bool:
     """Whether some member of the zip at ``path`` lies under a top-level (or second-level) folder ``name``."""
     import zipfile
 
     with zipfile.ZipFile(path) as z:
         return any(name in n.split("/")[:-1][:2] for n in z.namelist())
+
+
+def _enough(n: int, batch_size: int, what: str) -> None:
+    """The training loaders drop a last partial batch: fewer images than one batch would train on nothing."""
+    if n < batch_size:
+        raise ValueError(f"{what}: {n} images, fewer than data.batch_size={batch_size}, so no full batch would be "
+                         "trained on; lower data.batch_size or add images")
+
+
+def _digest(data) -> str:
+    """sha256 of an ImageSet (images, labels, class names), for the run folder's fingerprint."""
+    return digest(data.images, data.labels, list(data.classes))
 
 
 def _stats(source: str):
@@ -185,9 +219,11 @@ def run_search(cfg: CNNSearchRun, show_progress: bool = True) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     d, sp, run_dir = cfg.data, cfg.space, Path(cfg.run_dir)
-    _write_resolved(cfg, run_dir)
     data = load_data(d, "train", cfg.seed)
     tr, va = search_split(len(data), cfg.seed, d.train_fraction)
+    _enough(len(tr), d.batch_size, "the search split's weight-step part (data.train_fraction)")
+    _enough(len(va), d.batch_size, "the search split's alpha-step part (1 - data.train_fraction)")
+    prepare_run_dir(run_dir, "cnn search", cfg, {"train": _digest(data)})
     mean, std = _stats(d.source)
     train = ImageLoader(data.images[tr], data.labels[tr], d.batch_size,
                         augment=Augment(mean, std, cutout=d.cutout), seed=cfg.seed, drop_last=True)
@@ -227,8 +263,12 @@ def run_train(cfg: CNNTrainRun, show_progress: bool = True) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     d, m, run_dir = cfg.data, cfg.model, Path(cfg.run_dir)
-    _write_resolved(cfg, run_dir)
-    genotype = get_genotype(m.genotype)
+    try:
+        genotype = get_genotype(m.genotype)
+    except ValueError as e:       # not JSON, unknown op, wrong keys: name the setting and the file
+        msg = " ".join(str(e).split())
+        raise ValueError(f"model.genotype={m.genotype}: {msg[:300]}{' ...' if len(msg) > 300 else ''} (nasp cnn "
+                         "search writes the cell to cell_genotype.json)") from None
     if m.network == "cifar":
         net = NetworkCIFAR(genotype, m.C, d.num_classes, m.layers, m.auxiliary)
         mean, std = _stats(d.source)
@@ -237,6 +277,8 @@ def run_train(cfg: CNNTrainRun, show_progress: bool = True) -> dict:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     train_set, test_set = load_data(d, "train", cfg.seed), load_data(d, "test")
     test_set = test_set.aligned_to(train_set.classes, f"test images ({d.test_path or d.path})")   # same label ids
+    _enough(len(train_set), d.batch_size, "the training images")
+    prepare_run_dir(run_dir, "cnn train", cfg, {"train": _digest(train_set), "test": _digest(test_set)})
     train = ImageLoader(train_set.images, train_set.labels, d.batch_size,
                         augment=Augment(mean, std, cutout=d.cutout), seed=cfg.seed, drop_last=True)
     test = ImageLoader(test_set.images, test_set.labels, d.batch_size, shuffle=False,

@@ -7,6 +7,7 @@ WikiText-2/103 or any three text files), configured by the dataclasses below thr
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
 from dataclasses import dataclass, field
@@ -14,12 +15,13 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-import yaml
 
 from ..config import to_dict
 from ..device import check_device
 from ..search import SearchConfig, Searcher
 from ..train.language import LMTrainConfig, evaluate_language_model, train_language_model
+from . import check_threads
+from .runs import digest, prepare_run_dir
 
 __all__ = ["TextDataConfig", "RNNSpaceConfig", "RNNModelConfig", "RNNSearchConfig", "RNNSearchRun", "RNNTrainRun",
            "run_rnn_search", "run_rnn_train"]
@@ -35,7 +37,8 @@ class TextDataConfig:
     corpus: str = "ptb"                     # ptb | wikitext-2 | wikitext-103 | files
     path: str | None = None                 # folder holding ptb/ or wikitext-2/ (default: $NASP_DATA_DIR)
     files: dict[str, str] | None = None     # corpus "files": {train: ..., valid: ..., test: ...} (under path)
-    max_vocab: int | None = None
+    encoding: str = "utf-8"                 # of the corpus files (a UTF-8 byte-order mark is dropped)
+    max_vocab: int | None = None            # keep the max_vocab - 2 most frequent training words + <eos>, <unk>
     batch_size: int = 256                   # DARTS search: 256 (stand-alone training: 64)
     eval_batch_size: int = 10
     bptt: int = 35
@@ -47,8 +50,22 @@ class TextDataConfig:
             raise ValueError(f"corpus must be one of {', '.join(CORPORA)}, got {self.corpus!r}")
         if self.corpus == "files" and not self.files:
             raise ValueError("files must map train, valid and test to text files when corpus is 'files'")
+        if self.corpus == "files" and sorted(self.files) != ["test", "train", "valid"]:
+            raise ValueError(f"files must map exactly train, valid and test to text files, got keys "
+                             f"{sorted(self.files)}")
+        if self.corpus != "files" and self.files:
+            raise ValueError(f"files is only read with corpus 'files' (corpus is {self.corpus!r}); remove it or set "
+                             "corpus: files")
         if min(self.batch_size, self.eval_batch_size, self.bptt) < 1:
             raise ValueError("batch_size, eval_batch_size and bptt must be >= 1")
+        if self.max_vocab is not None and self.max_vocab < 2:
+            raise ValueError(f"max_vocab must be >= 2 (<eos> and <unk>) or null, got {self.max_vocab}")
+        if self.eval_batches < 0:
+            raise ValueError(f"eval_batches must be >= 0 (0: all), got {self.eval_batches}")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"encoding {self.encoding!r} is not a known text encoding (e.g. utf-8, latin-1)") from None
 
 
 @dataclass
@@ -69,6 +86,16 @@ class RNNSpaceConfig:
     # perplexity 1500 with, 366 without; benchmarks/README.md). None: on for the darts strategies, off otherwise.
     batchnorm: bool | None = None
 
+    def __post_init__(self):
+        from ..spaces.rnn.cell import ACTIVATIONS
+
+        _check_sizes(self)
+        if self.num_nodes < 1:
+            raise ValueError(f"num_nodes must be >= 1, got {self.num_nodes}")
+        unknown = [op for op in self.ops if op not in ACTIVATIONS]
+        if not self.ops or unknown or len(set(self.ops)) != len(self.ops):
+            raise ValueError(f"ops must be distinct names of {', '.join(ACTIVATIONS)}, got {self.ops}")
+
     def resolved_batchnorm(self, strategy: str) -> bool:
         """The batch-norm setting a search with ``strategy`` uses."""
         return self.batchnorm if self.batchnorm is not None else strategy.startswith("darts")
@@ -86,6 +113,19 @@ class RNNModelConfig:
     dropout_x: float = 0.75
     dropout_i: float = 0.2
     dropout_e: float = 0.1
+
+    def __post_init__(self):
+        _check_sizes(self)
+
+
+def _check_sizes(m) -> None:
+    """Unit counts of a recurrent model (the decoder is tied to the embedding: ninp == nhid) and dropouts."""
+    if min(m.ninp, m.nhid) < 1 or m.ninp != m.nhid:
+        raise ValueError(f"ninp and nhid must be equal and >= 1 (the decoder shares the embedding), got ninp={m.ninp}, "
+                         f"nhid={m.nhid}")
+    for name in ("dropout", "dropout_h", "dropout_x", "dropout_i", "dropout_e"):
+        if not 0 <= getattr(m, name) < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {getattr(m, name)}")
 
 
 @dataclass
@@ -118,6 +158,7 @@ class RNNSearchRun:
 
     def __post_init__(self):
         check_device(self.device)
+        check_threads(self.threads)
         self.search.seed = self.seed
 
 
@@ -137,28 +178,52 @@ class RNNTrainRun:
 
     def __post_init__(self):
         check_device(self.device)
+        check_threads(self.threads)
         self.train.seed = self.seed
 
 
-def _prepare(cfg, run_dir: Path):
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "resolved_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def _prepare(cfg, run_dir: Path, command: str):
+    """The corpus of ``cfg.data`` and its loaders, then run_dir checked against this run (:func:`prepare_run_dir`)."""
     from data_loaders.text import load_corpus
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     d = cfg.data
-    return load_corpus(d.corpus, d.path, files=d.files, max_vocab=d.max_vocab)
+    corpus = load_corpus(d.corpus, d.path, files=d.files, max_vocab=d.max_vocab, encoding=d.encoding)
+    loaders = _loaders(corpus, d, cfg.seed)
+    data = {s: digest(corpus.split(s)) for s in ("train", "valid", "test")}
+    prepare_run_dir(run_dir, command, cfg, {**data, "vocabulary": digest(corpus.vocab.itos)})
+    return corpus, loaders
+
+
+def _batchify(corpus, split: str, batch_size: int, key: str):
+    """batchify one split; too few tokens is an error naming the split and the batch-size key."""
+    from data_loaders.text import batchify
+
+    ids = corpus.split(split)
+    if ids.numel() // batch_size < 2:
+        raise ValueError(f"the {split} split has {ids.numel()} tokens (words + one <eos> per line), too few for "
+                         f"{key}={batch_size} (it needs at least {2 * batch_size}); lower {key} or use a longer file")
+    return batchify(ids, batch_size)
 
 
 def _loaders(corpus, d: TextDataConfig, seed: int):
-    from data_loaders.text import BPTTLoader, batchify
+    from data_loaders.text import BPTTLoader
 
-    train = BPTTLoader(batchify(corpus.train, d.batch_size), d.bptt, d.variable_bptt, seed=seed)
-    valid = BPTTLoader(batchify(corpus.valid, d.batch_size), d.bptt, d.variable_bptt, seed=seed + 1)
-    eval_valid = BPTTLoader(batchify(corpus.valid, d.eval_batch_size), d.bptt)
-    eval_test = BPTTLoader(batchify(corpus.test, d.eval_batch_size), d.bptt)
+    train = BPTTLoader(_batchify(corpus, "train", d.batch_size, "data.batch_size"), d.bptt, d.variable_bptt, seed=seed)
+    valid = BPTTLoader(_batchify(corpus, "valid", d.batch_size, "data.batch_size"), d.bptt, d.variable_bptt,
+                       seed=seed + 1)
+    eval_valid = BPTTLoader(_batchify(corpus, "valid", d.eval_batch_size, "data.eval_batch_size"), d.bptt)
+    eval_test = BPTTLoader(_batchify(corpus, "test", d.eval_batch_size, "data.eval_batch_size"), d.bptt)
     return train, valid, eval_valid, eval_test
+
+
+def _scored(loader, tokens: int, max_batches: int | None = None) -> dict[str, int]:
+    """How many of a split's ``tokens`` a perplexity is over: batchify drops the tail that does not fill a row,
+    and the first token of each of the B columns is never a target, so (N // B - 1) * B of N are scored (fewer
+    when only the first ``max_batches`` windows are evaluated)."""
+    lengths = loader.lengths()[:max_batches] if max_batches else loader.lengths()
+    return {"scored": sum(lengths) * loader.batch_size, "of": tokens}
 
 
 def run_rnn_search(cfg: RNNSearchRun, show_progress: bool = True) -> dict:
@@ -167,8 +232,7 @@ def run_rnn_search(cfg: RNNSearchRun, show_progress: bool = True) -> dict:
     from ..spaces.rnn.draw import draw_rnn
 
     run_dir = Path(cfg.run_dir)
-    corpus = _prepare(cfg, run_dir)
-    train, valid, eval_valid, _ = _loaders(corpus, cfg.data, cfg.seed)
+    corpus, (train, valid, eval_valid, _) = _prepare(cfg, run_dir, "rnn search")
     sp = cfg.space
     space = RNNSearchSpace(len(corpus.vocab), ninp=sp.ninp, nhid=sp.nhid, num_nodes=sp.num_nodes, ops=tuple(sp.ops),
                            dropout=sp.dropout, dropout_h=sp.dropout_h, dropout_x=sp.dropout_x,
@@ -183,7 +247,9 @@ def run_rnn_search(cfg: RNNSearchRun, show_progress: bool = True) -> dict:
     geno.to_json(run_dir / "rnn_genotype.json")
     pictures = draw_rnn(geno, run_dir / "rnn_cell")
     summary = {"genotype": geno.to_dict(), "best_epoch": result.best_epoch, "vocab": len(corpus.vocab),
-               "valid_ppl": [h.get("valid_ppl") for h in result.history], "seconds": time.perf_counter() - t0,
+               "valid_ppl": [h.get("valid_ppl") for h in result.history],
+               "valid_tokens": _scored(eval_valid, corpus.valid.numel(), cfg.data.eval_batches or None),
+               "seconds": time.perf_counter() - t0,
                "pictures": [str(p) for p in pictures]}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -199,7 +265,12 @@ def _genotype(value: str):
     if not path.is_file():
         raise FileNotFoundError(f"model.genotype={value!r}: neither a published cell ({', '.join(GENOTYPES)}) "
                                 "nor a genotype JSON file")
-    return RNNGenotype.from_dict(json.loads(path.read_text()))
+    try:
+        return RNNGenotype.from_dict(json.loads(path.read_text()))
+    except ValueError as e:       # JSONDecodeError and the genotype's own checks (unknown activation, ...)
+        msg = " ".join(str(e).split())
+        raise ValueError(f"model.genotype={value}: {msg[:300]}{' ...' if len(msg) > 300 else ''} (nasp rnn search "
+                         "writes the cell to rnn_genotype.json)") from None
 
 
 def run_rnn_train(cfg: RNNTrainRun, show_progress: bool = True) -> dict:
@@ -211,8 +282,7 @@ def run_rnn_train(cfg: RNNTrainRun, show_progress: bool = True) -> dict:
 
     run_dir = Path(cfg.run_dir)
     geno = _genotype(cfg.model.genotype)
-    corpus = _prepare(cfg, run_dir)
-    train, _, eval_valid, eval_test = _loaders(corpus, cfg.data, cfg.seed)
+    corpus, (train, _, eval_valid, eval_test) = _prepare(cfg, run_dir, "rnn train")
     m = cfg.model
     model = RNNModel(len(corpus.vocab), geno, ninp=m.ninp, nhid=m.nhid, dropout=m.dropout, dropout_h=m.dropout_h,
                      dropout_x=m.dropout_x, dropout_i=m.dropout_i, dropout_e=m.dropout_e, seed=cfg.seed)
@@ -222,6 +292,8 @@ def run_rnn_train(cfg: RNNTrainRun, show_progress: bool = True) -> dict:
     valid, test = evaluate_language_model(model, eval_valid), evaluate_language_model(model, eval_test)
     pictures = draw_rnn(geno, run_dir / "rnn_cell")
     summary = {"genotype": geno.to_dict(), "valid_ppl": valid["ppl"], "test_ppl": test["ppl"],
+               "valid_tokens": _scored(eval_valid, corpus.valid.numel()),
+               "test_tokens": _scored(eval_test, corpus.test.numel()),
                "parameters": sum(p.numel() for p in model.parameters()), "vocab": len(corpus.vocab),
                "seconds": time.perf_counter() - t0, "history": history, "pictures": [str(p) for p in pictures]}
     (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
