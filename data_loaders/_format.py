@@ -134,8 +134,17 @@ def _sep_hint(line: str, sep: str) -> str:
     return ""
 
 
+def to_float(text: str) -> float:
+    """Parse a number the way the pandas C engine accepts one; Python's digit separators ('4_5') are refused."""
+    if "_" in text:
+        raise ValueError(text)
+    return float(text)
+
+
 def _to_int(text: str) -> int:
-    """Parse an integer the way the pandas C engine accepts one ('7', ' 7', '7.0')."""
+    """Parse an integer the way the pandas C engine accepts one ('7', ' 7', '7.0'; not '1_000')."""
+    if "_" in text:
+        raise ValueError(text)
     try:
         value = int(text)
     except ValueError:

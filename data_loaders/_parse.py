@@ -30,6 +30,7 @@ from ._format import (
     decode_error,
     positions_by_name,
     resolve_format,
+    to_float,
 )
 from ._source import Source
 
@@ -80,12 +81,13 @@ def _parse_row(fields: list[str], layout: _Layout, sep: str, scale: RatingScale 
     for role, pos in layout.positions.items():
         text = fields[pos]
         if string_ids and role in ("user", "item"):
+            text = text.strip()         # surrounding blanks are formatting, as for integer ids
             if not text:
                 return None, ("empty id", f"expected a non-empty id for {role} (field {pos + 1})")
             values[role] = text
             continue
         try:
-            values[role] = float(text) if role == "rating" else _to_int(text)
+            values[role] = to_float(text) if role == "rating" else _to_int(text)
         except ValueError:
             kind = "a number" if role == "rating" else "an int64 integer"
             return None, ("not a number", f"expected {kind} for {role} (field {pos + 1}), found {text!r}")
@@ -99,6 +101,24 @@ def _parse_row(fields: list[str], layout: _Layout, sep: str, scale: RatingScale 
     return values, None
 
 
+class _IdSpellings:
+    """Integer ids seen with their text: two spellings of one integer ("007" and "7", "+7", "7.0") are two ids
+    in the file's eyes and one after parsing, so they are refused rather than silently merged."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.seen: dict[str, dict[int, tuple[str, int]]] = {"user": {}, "item": {}}
+
+    def add(self, fields: list[str], layout: _Layout, values: dict, line: int) -> None:
+        for role, seen in self.seen.items():
+            text, value = fields[layout.positions[role]].strip(), values[role]
+            first = seen.setdefault(value, (text, line))
+            if first[0] != text:
+                raise ValueError(f"{self.label}, line {line}: {role} id {text!r} and {first[0]!r} (line {first[1]}) "
+                                 f"are the same integer {value}; pass id_type='str' (config key data.id_type: str) "
+                                 "to keep them apart, or write each id one way")
+
+
 def _careful_read(source: Source, fmt: TableFormat, layout: _Layout,
                   scale: RatingScale | None, drop_invalid: bool) -> Table:
     """Line-by-line parse; raise at the first bad row, or drop bad rows when ``drop_invalid``."""
@@ -106,6 +126,7 @@ def _careful_read(source: Source, fmt: TableFormat, layout: _Layout,
     lines: list[int] = []
     dropped: Counter = Counter()
     reader, skip_header = _reader(source, fmt), fmt.header
+    spellings = None if fmt.string_ids else _IdSpellings(source.label)
     for fields in reader:
         if not fields:
             continue
@@ -118,6 +139,8 @@ def _careful_read(source: Source, fmt: TableFormat, layout: _Layout,
                 raise ValueError(f"{source.label}, line {reader.line_num}: {problem[1]}")
             dropped[problem[0]] += 1
             continue
+        if spellings is not None:
+            spellings.add(fields, layout, values, reader.line_num)
         for role, value in values.items():
             out[role].append(value)
         lines.append(reader.line_num)

@@ -255,7 +255,9 @@ def read_ratings_file(path, sep: str | None = None, columns: Mapping[str, str | 
                       header: bool | None = None, rating_scale=None, drop_invalid: bool = False,
                       name: str | None = None, encoding: str = "utf-8", show_progress: bool = True,
                       id_type: str = "int") -> RatingDataset:
-    """Read a generic rating file: CSV/TSV (by suffix, or ``sep``) or Parquet (``.parquet``/``.pq``).
+    """Read a generic rating file: CSV/TSV (by suffix, or ``sep``) or Parquet (``.parquet``/``.pq``); a gzip, bz2
+    or xz compressed text file (``ratings.csv.gz``) is decompressed as it is read, and a zip archive holding one file
+    reads that file.
 
     ``columns`` maps user/item/rating (required) and timestamp/context (optional) to header names or
     0-based positions. Without it, a header's columns are found by name, any case (user: user, userId,
@@ -272,12 +274,15 @@ def read_ratings_file(path, sep: str | None = None, columns: Mapping[str, str | 
     """
     if id_type not in ("int", "str"):
         raise ValueError(f"id_type must be 'int' or 'str', got {id_type!r}")
-    source = Source(Path(path))
+    source = Source(Path(path)).sole_member()      # a zip archive: its one file
     columns = None if columns is None else dict(columns)
     scale = RatingScale.parse(rating_scale)
     encoding = check_encoding(encoding)
     name = name or source.path.stem
     if source.suffix in _PARQUET:
+        if source.member is not None or source.compression is not None:
+            raise ValueError(f"{source.label}: a Parquet file inside a zip or compressed file; Parquet compresses "
+                             "its own columns: pass the plain .parquet file")
         table = read_parquet_table(source, columns, scale, drop_invalid, string_ids=id_type == "str")
     else:
         sep = sep or _SUFFIX_SEPS.get(source.suffix, ",")
