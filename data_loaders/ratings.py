@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._format import RatingScale, Table, TableFormat, check_encoding
+from ._format import RatingScale, Table, TableFormat, check_encoding, positions_by_name
 from ._movielens import find_file, get_spec
-from ._parse import read_delimited, read_parquet_table
+from ._parse import duplicate_mask, read_delimited, read_parquet_table
 from ._source import Source
 from .download import DEFAULT_BASE_URL, DownloadError, default_cache_dir, download_movielens
 
@@ -22,6 +22,7 @@ _log = logging.getLogger(__name__)
 
 _SUFFIX_SEPS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t", ".data": "\t", ".dat": "::"}
 _PARQUET = (".parquet", ".pq")
+_FRAME_HINT = " (RatingDataset.from_frame(frame, columns={'user': ..., 'item': ..., 'rating': ...})) or rename them"
 _TORCH_DTYPES = {np.int64: torch.int64, np.float32: torch.float32}
 
 
@@ -171,6 +172,31 @@ class RatingDataset:
                    contexts=c, timestamps=timestamps, context_ids=context_ids, dropped=dropped,
                    rating_scale_source=source)
 
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, columns: Mapping[str, str] | None = None, rating_scale=None,
+                   name: str = "frame") -> RatingDataset:
+        """Build from a pandas DataFrame: ``columns`` maps user/item/rating (and optional timestamp) to column
+        names; None finds them by name like a file header (userId, movieId, rating, ...). Integer ids (or floats
+        that are all integral) become int64 ids, text ids stay text; ratings must be finite numbers. A bad value
+        or a repeated (user, item) pair raises one ValueError line naming the column and the row label."""
+        names = [str(c) for c in frame.columns]
+        if columns is None:
+            found = positions_by_name(names, f"DataFrame {name!r}", _FRAME_HINT)
+            columns = {role: frame.columns[j] for role, j in found.items() if role != "context"}
+        missing = [c for c in columns.values() if c not in frame.columns]
+        if missing or any(r not in columns for r in ("user", "item", "rating")):
+            raise ValueError(f"DataFrame {name!r}: columns={dict(columns)} needs user, item and rating columns "
+                             f"that exist (found columns {names})")
+        cols = {role: _frame_values(frame, col, role, name) for role, col in columns.items()}
+        dup = duplicate_mask(cols)
+        if dup.any():
+            row = frame.index[int(np.flatnonzero(dup)[0])]
+            raise ValueError(f"DataFrame {name!r}, row {row!r}: duplicate (user, item) = "
+                             f"({cols['user'][frame.index.get_loc(row)]}, {cols['item'][frame.index.get_loc(row)]}); "
+                             "expected each pair at most once")
+        return cls.from_arrays(cols["user"], cols["item"], cols["rating"], timestamps=cols.get("timestamp"),
+                               rating_scale=RatingScale.parse(rating_scale), name=name)
+
     def _replace(self, **changes) -> RatingDataset:
         state = dict(users=self.users, items=self.items, ratings=self.ratings, contexts=self.contexts,
                      timestamps=self.timestamps, user_ids=self.user_ids, item_ids=self.item_ids,
@@ -234,6 +260,32 @@ class RatingDataset:
             raise ValueError(f"{self.name}: context indices must lie in 0..{len(context_ids) - 1}")
         return self._replace(contexts=contexts, num_contexts=len(context_ids), context_ids=context_ids,
                              time_bin_edges=None)
+
+
+def _frame_values(frame: pd.DataFrame, column, role: str, name: str) -> np.ndarray:
+    """One column of a DataFrame as checked values: float64 ratings (finite), int64 or text ids, int64 times."""
+    series = frame[column]
+    where = f"DataFrame {name!r}, column {column!r} ({role})"
+    if role != "rating" and series.dtype.kind in "OSU" and role != "timestamp":
+        if pd.api.types.infer_dtype(series, skipna=False) != "string":
+            bad = next(k for k, v in series.items() if not isinstance(v, str))
+            raise ValueError(f"{where}, row {bad!r}: expected integer or text ids, found {series[bad]!r}")
+        return series.to_numpy().astype(str)
+    if series.dtype.kind not in "iufb" or series.dtype.kind == "b":
+        raise ValueError(f"{where}: expected numbers, found dtype {series.dtype}")
+    values = series.to_numpy(dtype=np.float64 if series.dtype.kind == "f" else None)
+    if role == "rating":
+        bad = ~np.isfinite(values.astype(np.float64))
+        want = "a finite rating"
+    elif values.dtype.kind == "f":
+        bad = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) >= 2.0**63)
+        want = "an integer"
+    else:
+        return values.astype(np.int64)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{where}, row {frame.index[k]!r}: expected {want}, found {values[k].item()!r}")
+    return values.astype(np.float64 if role == "rating" else np.int64)
 
 
 # ------------------------------------------------------------------------------------------------ readers

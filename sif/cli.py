@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from nasp import distributed as nd
@@ -36,6 +37,7 @@ from .benchmark import merge_benchmarks, run_benchmark, train_seconds, valid_sco
 from .build import build_recommender, recommender_kwargs  # noqa: F401 (recommender_kwargs: API)
 from .config import RunConfig, load_config
 from .data import load_splits
+from .estimator import check_device_available
 from .peers import SURPRISE_PEERS
 from .recommender import (
     SIF_VARIANTS,
@@ -87,6 +89,11 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None)
                "context": cfg.data.context, "num_contexts": train.num_contexts,
                "rating_scale": list(train.rating_scale),
                "rating_scale_source": getattr(train, "rating_scale_source", "inferred")}
+    results["test_cold"] = cold_counts(train.concat(valid) if getattr(rec, "refit", False) else train, test)
+    if results["test_cold"]["ratings"]:
+        log.warning("test: %d of %d ratings have a user or item with no training rating (cold start; they are "
+                    "scored from the untrained embeddings and biases, and counted in the test metrics)",
+                    results["test_cold"]["ratings"], len(test))
     if isinstance(rec, SIFRecommender):
         results.update(genotype=rec.genotype_.to_dict(), op=rec.op_, seconds_search=rec.search_result_.seconds,
                        search_epochs=len(rec.search_result_.history))
@@ -108,6 +115,16 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     log.info("results: %s", json.dumps(results))
     return results
+
+
+def cold_counts(train, test) -> dict[str, int]:
+    """Test ratings whose user or item has no rating in ``train`` (the data the model was fitted on), and the
+    distinct such users and items."""
+    seen_u = np.bincount(train.users.numpy(), minlength=train.num_users) > 0      # (num_users,)
+    seen_i = np.bincount(train.items.numpy(), minlength=train.num_items) > 0      # (num_items,)
+    cold_u, cold_i = ~seen_u[test.users.numpy()], ~seen_i[test.items.numpy()]    # (n_test,)
+    return {"ratings": int((cold_u | cold_i).sum()), "users": len(np.unique(test.users.numpy()[cold_u])),
+            "items": len(np.unique(test.items.numpy()[cold_i]))}
 
 
 _MODELS_HELP = (f"model names (model.name): {', '.join(SIF_VARIANTS)} (sif search); fixed:<op> with op one of "
@@ -183,6 +200,7 @@ def _dispatch(args) -> int:
     if args.command == "evaluate":
         return _evaluate(Path(args.run))
     cfg = load_config(args.config, args.set)
+    check_device_available(cfg.device)           # before a run folder is made (torch would fail mid-run)
     name = _model_name(cfg, args.command) if args.command != "benchmark" else None
     splits = None
     if name is not None:
@@ -238,6 +256,7 @@ def _evaluate(run_dir: Path) -> int:
     if stored.get("data") != now:
         raise RunFolderError(f"{run_dir}: the data differ from the data this run was made from (file content, "
                              "ratings, rows or split changed); evaluating it would give other numbers")
+    check_device_available(cfg.device)
     rec = load_recommender(run_dir / "model", device=cfg.device)
     out = {"valid": rec.score(splits[1]), "test": rec.score(splits[2])}
     print(json.dumps(out, indent=2))
@@ -253,6 +272,10 @@ def _print_results(r: dict[str, Any], run_dir: Path) -> None:
         scores = "   ".join(f"test {k} {v:.4f}" if k != "users" else f"({v:.0f} test users)"
                            for k, v in r["test"].items() if isinstance(v, (int, float)))
     scale = f"  rating scale {r['rating_scale']} ({r['rating_scale_source']})\n" if "rating_scale" in r else ""
+    cold = r.get("test_cold", {})
+    if cold.get("ratings"):
+        scale += (f"  cold start: {cold['ratings']} of {r['n_test']} test ratings have a user ({cold['users']} users) "
+                  f"or item ({cold['items']} items) without training ratings\n")
     print(f"{head}\n  {scores}\n{scale}"
           f"  search {r.get('seconds_search', 0.0):.1f}s, stand-alone training {r['seconds_train']:.1f}s\n"
           f"  run folder: {run_dir}")

@@ -55,6 +55,11 @@ class DataConfig:
                              f"got {self.leave_k}")
         if self.id_type not in ("int", "str"):
             raise ValueError(f"data.id_type must be 'int' or 'str', got {self.id_type!r}")
+        if len(self.ratios) != 3 or not all(r > 0 for r in self.ratios) or abs(sum(self.ratios) - 1.0) > 1e-6:
+            raise ValueError(f"data.ratios must be three fractions [train, valid, test], each > 0, summing to 1; "
+                             f"got {list(self.ratios)}")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ValueError(f"data.valid_fraction must lie in (0, 1), got {self.valid_fraction}")
 
 
 @dataclass

@@ -59,6 +59,9 @@ def load_splits(cfg: DataConfig, seed: int) -> tuple[RatingDataset, RatingDatase
         train, valid, _ = random_split(base, (1.0 - v, v, 0.0), seed=seed)
     else:
         ds = _read(cfg)
+        if cfg.split == "time" and ds.timestamps is None:
+            raise ValueError(f"data.split=time: {ds.name} has no timestamps (give the file a timestamp column, e.g. "
+                             "data.columns.timestamp, or choose data.split=random)")
         if cfg.split == "random":
             train, valid, test = random_split(ds, tuple(cfg.ratios), seed=seed)
         elif cfg.split == "time":
@@ -67,8 +70,22 @@ def load_splits(cfg: DataConfig, seed: int) -> tuple[RatingDataset, RatingDatase
             train, valid, test = leave_k_out_split(ds, k=cfg.leave_k, seed=seed, valid_k=cfg.leave_k)
         else:
             raise ValueError(f"data.split={cfg.split!r}: expected random, fold, time or leave_k_out")
+        _check_not_empty((train, valid, test), cfg, len(ds))
     genres = read_item_genres(_item_source(cfg)) if cfg.context == "genre" else None
     return with_context((train, valid, test), cfg.context, cfg.context_bins, genres)
+
+
+def _check_not_empty(splits, cfg: DataConfig, total: int) -> None:
+    """Refuse a split that leaves train, valid or test without ratings, naming the setting that made it so."""
+    for part, ds in zip(("train", "valid", "test"), splits, strict=True):
+        if len(ds):
+            continue
+        if cfg.split == "leave_k_out":
+            why = (f"no user has more than {2 * cfg.leave_k} ratings (data.leave_k={cfg.leave_k} holds out that many "
+                   "per user for test and for valid, and keeps one for train)")
+        else:
+            why = f"data.ratios={list(cfg.ratios)} of {total} ratings leaves it none"
+        raise ValueError(f"data.split={cfg.split}: the {part} split of {ds.name} is empty: {why}")
 
 
 def _item_source(cfg: DataConfig) -> Source:

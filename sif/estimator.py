@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from torch import nn
 from data_loaders import RatingDataset, RatingScaler, random_split
 from nasp.checkpoint import load_checkpoint, save_checkpoint
 from nasp.config import config_from_dict
+from nasp.device import check_device
 from nasp.distributed import shard_if_distributed
 
 from .config import DataConfig, ModelConfig
@@ -78,8 +80,8 @@ class BaseRecommender:
                  neighbourhood: str | None = _M.neighbourhood, neighbourhood_reg: float = _M.neighbourhood_reg,
                  refit: bool = _M.refit, sparse_rows: bool = _M.sparse_rows, init_std: float = _M.init_std):
         feedback_strategy(task)                     # validates the name
-        if not init_std > 0:
-            raise ValueError(f"init_std must be > 0, got {init_std}")
+        _check_numbers(embedding_dim=embedding_dim, num_negatives=num_negatives, init_std=init_std, reg=reg,
+                       neighbourhood_reg=neighbourhood_reg, valid_fraction=valid_fraction)
         self.init_std = init_std
         self.task, self.num_negatives, self.positive_threshold = task, num_negatives, positive_threshold
         self.embedding_dim, self.use_bias, self.reg, self.train = embedding_dim, use_bias, reg, train
@@ -90,13 +92,27 @@ class BaseRecommender:
         self.sparse_rows = sparse_rows
 
     # ---- parameters -----------------------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-friendly)."""
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments (JSON-friendly; ``deep`` is accepted for scikit-learn's ``clone`` and has no
+        effect: no parameter is itself an estimator)."""
         out = {}
         for n in constructor_params(type(self)):
             v = getattr(self, n)
             out[n] = asdict(v) if hasattr(v, "__dataclass_fields__") else v
         return out
+
+    def set_params(self, **params) -> BaseRecommender:
+        """Set constructor arguments by name (scikit-learn style); an unknown name is refused, naming the valid
+        ones. The next ``fit`` uses them (a fitted model is not changed). Returns self."""
+        valid = constructor_params(type(self))
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.set_params: unknown parameter(s) {unknown}; valid: "
+                             f"{', '.join(valid)}")
+        type(self)(**{**self.get_params(), **params})     # the constructor's checks, before anything changes
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
@@ -105,8 +121,14 @@ class BaseRecommender:
     def fit(self, train: RatingDataset, valid: RatingDataset | None = None, show_progress: bool = True,
             callback: Callable | None = None, run_dir: str | Path | None = None) -> BaseRecommender:
         """Fit on ``train``; ``valid`` drives early stopping and every choice made on data (a ``valid_fraction``
-        of ``train`` is held out when it is None). Returns self."""
+        of ``train`` is held out when it is None). Both are RatingDatasets split from one dataset, or pandas
+        DataFrames (:meth:`data_loaders.RatingDataset.from_frame`: columns found by name, e.g. userId, movieId,
+        rating; the id maps are built from both frames). Returns self."""
+        check_device_available(self.device)
+        train, valid = _as_datasets(train, valid)
         _check_dataset(train, "train")
+        for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+            delattr(self, name)                     # a refit starts clean: nothing learned before survives
         if valid is None:
             train, valid, _ = random_split(train, (1 - self.valid_fraction, self.valid_fraction, 0.0),
                                            seed=self.random_state)
@@ -252,6 +274,8 @@ class BaseRecommender:
         scale (``predict`` clips), or logits for implicit tasks. Equal scores are ordered by the lower item index.
         """
         self._check_fitted()
+        if isinstance(N, (bool, np.bool_)) or not isinstance(N, (int, np.integer)) or N < 1:
+            raise ValueError(f"N must be an integer >= 1 (items per user), got {N!r}")
         single = np.ndim(user_or_users) == 0
         users = to_index(np.atleast_1d(user_or_users), self.user_ids_, "users", ids, self.num_users_)
         mask = self._filter_matrix(filter_already_rated)
@@ -343,9 +367,58 @@ class BaseRecommender:
         return rec
 
 
+def _check_numbers(**values) -> None:
+    """One ValueError line naming the first constructor argument outside its range (ints: embedding_dim and
+    num_negatives >= 1; init_std > 0; reg, neighbourhood_reg >= 0; valid_fraction in (0, 1))."""
+    for name, v in values.items():
+        is_int = isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+        is_num = is_int or isinstance(v, (float, np.floating))
+        if name in ("embedding_dim", "num_negatives"):
+            ok, want = is_int and v >= 1, "an integer >= 1"
+        elif name == "init_std":
+            ok, want = is_num and v > 0, "a number > 0"
+        elif name == "valid_fraction":
+            ok, want = is_num and 0 < v < 1, "a number in (0, 1)"
+        else:
+            ok, want = is_num and v >= 0, "a number >= 0"
+        if not ok:
+            raise ValueError(f"{name} must be {want}, got {v!r}")
+
+
+def check_device_available(device: str) -> None:
+    """``device`` must be a valid name (cpu, cuda, cuda:N, mps) that this machine has; else one ValueError line
+    naming it (torch would fail later with a traceback, after a run folder was made)."""
+    check_device(device)
+    kind, _, index = str(device).partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count <= (int(index) if index else 0):
+            raise ValueError(f"device={device!r}: this machine has {count} CUDA device(s) visible to torch "
+                             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}); use "
+                             "device=cpu or another device")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: MPS is not available on this machine; use device=cpu")
+
+
+def _as_datasets(train, valid):
+    """(train, valid) as RatingDatasets sharing one id map: DataFrames are converted together."""
+    if not isinstance(train, pd.DataFrame):
+        if isinstance(valid, pd.DataFrame):
+            raise TypeError("valid is a DataFrame but train is not: pass both as DataFrames or both as RatingDatasets")
+        return train, valid
+    if valid is not None and not isinstance(valid, pd.DataFrame):
+        raise TypeError(f"train is a DataFrame, so valid must be one too (or None), got {type(valid).__name__}")
+    frames = [train] if valid is None else [train, valid]
+    both = RatingDataset.from_frame(pd.concat(frames, ignore_index=True), name="train+valid" if valid is not None
+                                    else "train")
+    cut = np.arange(len(both))
+    return both.subset(cut[:len(train)]), (None if valid is None else both.subset(cut[len(train):]))
+
+
 def _check_dataset(ds, name: str) -> None:
     if not isinstance(ds, RatingDataset):
-        raise TypeError(f"{name} must be a data_loaders.RatingDataset, got {type(ds).__name__}")
+        raise TypeError(f"{name} must be a data_loaders.RatingDataset or a pandas DataFrame, got "
+                        f"{type(ds).__name__}")
     if len(ds) == 0:
         raise ValueError(f"{name} is empty")
 

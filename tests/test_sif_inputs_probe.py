@@ -87,3 +87,125 @@ def test_blanks_around_string_ids_are_formatting(tmp_path):
     with pytest.raises(ValueError, match=r"line 3: expected a non-empty id for item"):
         read_ratings_file(_write(tmp_path / "e.csv", "user,item,rating\na,x,4\nb,  ,3\n"), id_type="str",
                           show_progress=False)
+
+
+# --------------------------------------------------------------------------------------------- config, splits
+def _frame(n_users=30, n_items=40, n=600, seed=0):
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(seed)
+    pairs = rng.permutation(n_users * n_items)[:n]
+    return pd.DataFrame({"userId": pairs // n_items + 1, "movieId": pairs % n_items + 1,
+                         "rating": rng.integers(1, 6, n).astype(float)})
+
+
+@pytest.mark.parametrize("setting,message", [
+    ({"ratios": [0.5, 0.5]}, r"data\.ratios must be three fractions \[train, valid, test\], each > 0"),
+    ({"ratios": [0.8, 0.2, 0.0]}, r"data\.ratios must be three fractions"),
+    ({"valid_fraction": 1.5}, r"data\.valid_fraction must lie in \(0, 1\), got 1\.5")])
+def test_split_settings_are_checked_where_they_are_read(setting, message):
+    from sif.config import DataConfig
+
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**setting)
+
+
+def test_a_split_that_leaves_a_part_empty_names_the_setting(tmp_path):
+    from sif.config import DataConfig
+    from sif.data import load_splits
+
+    path = _write(tmp_path / "r.csv", "1,1,5\n1,2,3\n2,1,4\n")
+    with pytest.raises(ValueError, match=r"data\.split=random: the test split of r is empty: "
+                                         r"data\.ratios=\[0\.8, 0\.1, 0\.1\] of 3 ratings"):
+        load_splits(DataConfig(dataset="file", path=str(path)), seed=0)
+    with pytest.raises(ValueError, match=r"data\.split=leave_k_out: the valid split of r is empty: no user has more "
+                                         r"than 2 ratings"):
+        load_splits(DataConfig(dataset="file", path=str(path), split="leave_k_out"), seed=0)
+    with pytest.raises(ValueError, match=r"data\.split=time: r has no timestamps"):
+        load_splits(DataConfig(dataset="file", path=str(path), split="time"), seed=0)
+
+
+def test_a_device_this_machine_lacks_is_one_line_before_any_run_folder(tmp_path, capsys):
+    import torch
+
+    from sif.cli import main
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 CUDA devices")
+    code = main(["search", "--set", "device=cuda:7", f"out_dir={tmp_path / 'runs'}"])
+    assert code == 2 and "device='cuda:7': this machine has" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------- estimator API
+@pytest.fixture(scope="module")
+def frame_fit():
+    from sif.recommender import BaselineRecommender
+
+    df = _frame()
+    train, valid = df.iloc[:500], df.iloc[500:]
+    rec = BaselineRecommender(model="mf", embedding_dim=4, train={"max_epochs": 2}).fit(train, valid,
+                                                                                         show_progress=False)
+    return rec, df
+
+
+def test_fit_takes_dataframes_with_raw_ids(frame_fit):
+    rec, df = frame_fit
+    assert (rec.num_users_, rec.num_items_) == (df.userId.nunique(), df.movieId.nunique())   # maps of both frames
+    assert set(rec.item_ids_.tolist()) == set(df.movieId.tolist())
+    pred = rec.predict(df.userId[:5], df.movieId[:5])
+    assert pred.shape == (5,) and ((pred >= 1) & (pred <= 5)).all()
+
+
+def test_dataframe_problems_name_column_and_row():
+    pd = pytest.importorskip("pandas")
+    from data_loaders import RatingDataset
+
+    with pytest.raises(ValueError, match=r"column 'rating' \(rating\), row 1: expected a finite rating, found nan"):
+        RatingDataset.from_frame(pd.DataFrame({"user": [1, 2], "item": [1, 2], "rating": [4.0, np.nan]}))
+    with pytest.raises(ValueError, match=r"column 'item' \(item\), row 0: expected an integer, found 1\.5"):
+        RatingDataset.from_frame(pd.DataFrame({"user": [1, 2], "item": [1.5, 2.0], "rating": [4.0, 3.0]}))
+    with pytest.raises(ValueError, match=r"row 1: duplicate \(user, item\) = \(1, 1\)"):
+        RatingDataset.from_frame(pd.DataFrame({"user": [1, 1], "item": [1, 1], "rating": [4.0, 3.0]}))
+    with pytest.raises(ValueError, match=r"has no user column \(found columns \['u', 'item', 'rating'\]"):
+        RatingDataset.from_frame(pd.DataFrame({"u": [1], "item": [1], "rating": [4.0]}))
+
+
+def test_recommend_n_and_constructor_numbers_are_checked(frame_fit):
+    from sif.recommender import BaselineRecommender
+
+    rec, df = frame_fit
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"N must be an integer >= 1 \(items per user\), got"):
+            rec.recommend(int(df.userId[0]), N=bad)
+    with pytest.raises(ValueError, match=r"embedding_dim must be an integer >= 1, got -1"):
+        BaselineRecommender(model="mf", embedding_dim=-1)
+    with pytest.raises(ValueError, match=r"valid_fraction must be a number in \(0, 1\), got 0"):
+        BaselineRecommender(model="mf", valid_fraction=0)
+
+
+def test_set_params_get_params_and_a_clean_refit(frame_fit):
+    from sif.recommender import BaselineRecommender
+
+    _, df = frame_fit
+    rec = BaselineRecommender(model="mf", embedding_dim=4, train={"max_epochs": 2})
+    assert rec.set_params(embedding_dim=3) is rec and rec.get_params(deep=False)["embedding_dim"] == 3
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['embeding_dim'\]"):
+        rec.set_params(embeding_dim=3)
+    with pytest.raises(ValueError, match=r"embedding_dim must be an integer >= 1"):
+        rec.set_params(embedding_dim=0)
+    assert rec.embedding_dim == 3                                   # a refused set_params changes nothing
+    rec.fit(df, show_progress=False)
+    rec.stale_ = "from an earlier fit"
+    first = rec.predict(df.userId[:4], df.movieId[:4])
+    rec.fit(df, show_progress=False)
+    assert not hasattr(rec, "stale_")                               # a refit starts clean ...
+    np.testing.assert_array_equal(rec.predict(df.userId[:4], df.movieId[:4]), first)   # ... and is seeded
+
+
+def test_cold_start_test_ratings_are_counted():
+    from data_loaders import RatingDataset
+    from sif.cli import cold_counts
+
+    ds = RatingDataset.from_arrays([1, 1, 2, 2, 3], [1, 2, 1, 3, 4], [5.0, 3, 4, 2, 1])
+    train, test = ds.subset([0, 1, 2]), ds.subset([3, 4])           # user 3 and items 3, 4 only in test
+    assert cold_counts(train, test) == {"ratings": 2, "users": 1, "items": 2}
