@@ -243,7 +243,11 @@ def read_parquet_table(source: Source, columns: Mapping[str, str | int] | None,
     """
     source.check()
     scale = RatingScale.parse(scale)
-    frame = pd.read_parquet(source.path)
+    try:
+        frame = pd.read_parquet(source.path)
+    except ImportError:
+        raise ValueError(f"{source.label}: reading Parquet needs pyarrow (pip install pyarrow), or save the ratings "
+                         "as CSV") from None
     if columns is None:
         columns = positions_by_name([str(c) for c in frame.columns], source.label)
     else:

@@ -106,6 +106,10 @@ def prepare_run_folder(folder: str | Path, fp: dict[str, Any], fresh: bool = Fal
     :class:`RunFolderError`, unless ``fresh``, which moves the old folder aside first."""
     folder = Path(folder)
     stored = folder / "fingerprint.json"
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise RunFolderError(f"run folder {folder}: {blocker} is a file, not a folder; choose another out_dir "
+                             "(or --out)")
     if folder.is_dir() and any(folder.iterdir()):
         problem = None
         if not stored.is_file():

@@ -209,3 +209,24 @@ def test_cold_start_test_ratings_are_counted():
     ds = RatingDataset.from_arrays([1, 1, 2, 2, 3], [1, 2, 1, 3, 4], [5.0, 3, 4, 2, 1])
     train, test = ds.subset([0, 1, 2]), ds.subset([3, 4])           # user 3 and items 3, 4 only in test
     assert cold_counts(train, test) == {"ratings": 2, "users": 1, "items": 2}
+
+
+def test_parquet_without_its_engine_is_one_line(tmp_path, monkeypatch):
+    import pandas as pd
+
+    def no_engine(*args, **kwargs):
+        raise ImportError("Unable to find a usable engine")
+
+    monkeypatch.setattr(pd, "read_parquet", no_engine)
+    path = tmp_path / "r.parquet"
+    path.write_bytes(b"PAR1")
+    with pytest.raises(ValueError, match=r"r\.parquet: reading Parquet needs pyarrow \(pip install pyarrow\)"):
+        read_ratings_file(path, show_progress=False)
+
+
+def test_out_dir_that_is_a_file_is_refused_naming_it(tmp_path):
+    from sif.runs import RunFolderError, prepare_run_folder
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(RunFolderError, match=r"afile is a file, not a folder; choose another out_dir"):
+        prepare_run_folder(tmp_path / "afile" / "search", {"config": {}})
