@@ -17,11 +17,13 @@ genotype as JSON, a picture of the found interaction function and results.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +31,15 @@ import numpy as np
 import yaml
 
 from nasp import distributed as nd
-from nasp.config import ConfigError, add_config_arguments
+from nasp.config import ConfigError, add_config_arguments, config_from_dict
 from nasp.search import NonFiniteLossError
 
 from .baselines import BASELINES
 from .benchmark import merge_benchmarks, run_benchmark, train_seconds, valid_scores  # noqa: F401 (merge: API)
 from .build import build_recommender, recommender_kwargs  # noqa: F401 (recommender_kwargs: API)
-from .config import RunConfig, load_config
+from .config import ModelConfig, RunConfig, load_config
 from .data import load_splits
-from .estimator import check_device_available
+from .estimator import check_device_available, constructor_params
 from .peers import SURPRISE_PEERS
 from .recommender import (
     SIF_VARIANTS,
@@ -46,6 +48,7 @@ from .recommender import (
     recommender_class,
 )
 from .runs import RunFolderError, command_folder, data_fingerprint, fingerprint, prepare_run_folder
+from .train import TrainConfig
 
 __all__ = ["main", "build_recommender", "run_fit", "run_benchmark"]
 
@@ -196,12 +199,43 @@ def _model_name(cfg: RunConfig, command: str) -> str:
     return name
 
 
+def _check_benchmark(cfg: RunConfig) -> None:
+    """Every ``benchmark.models`` name exists, and every ``benchmark.tune`` grid names a known model and lists
+    valid values of settings that model takes (a grid over a setting the model ignores would be a silent no-op).
+    Grids of models not in ``benchmark.models`` are allowed (benchmarks/sif_tensor_benchmark.py reads them)."""
+    for spec in cfg.benchmark.models:
+        recommender_class(spec.partition("@")[0])
+    model_keys, train_keys = {f.name for f in fields(ModelConfig)}, {f.name for f in fields(TrainConfig)}
+    for spec, grid in cfg.benchmark.tune.items():
+        name = spec.partition("@")[0]
+        taken = constructor_params(recommender_class(name))
+        for key, values in grid.items():
+            where = f"benchmark.tune.{spec}.{key}"
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}: expected a non-empty list of values, got {values!r}")
+            if key not in train_keys and not (key in model_keys and key in taken):
+                what = "not a model or train setting" if key not in model_keys else f"not a setting of {name!r}"
+                raise ConfigError(f"{where}: {what} (a grid over it would change nothing)")
+            for v in values:
+                try:
+                    if key in train_keys:
+                        config_from_dict(TrainConfig, {key: v})
+                    else:
+                        run_cfg = copy.deepcopy(cfg)
+                        setattr(run_cfg.model, key, v)
+                        build_recommender(run_cfg, name, strict=False)       # the constructor's own checks
+                except (ConfigError, ValueError, TypeError) as e:
+                    raise ConfigError(f"{where}: value {v!r}: {_one_line(e)}") from None
+
+
 def _dispatch(args) -> int:
     if args.command == "evaluate":
         return _evaluate(Path(args.run))
     cfg = load_config(args.config, args.set)
     check_device_available(cfg.device)           # before a run folder is made (torch would fail mid-run)
     name = _model_name(cfg, args.command) if args.command != "benchmark" else None
+    if args.command == "benchmark":
+        _check_benchmark(cfg)                 # every model and tune setting, before anything trains
     splits = None
     if name is not None:
         build_recommender(cfg, name)          # every setting checked before a run folder is made

@@ -230,3 +230,22 @@ def test_out_dir_that_is_a_file_is_refused_naming_it(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(RunFolderError, match=r"afile is a file, not a folder; choose another out_dir"):
         prepare_run_folder(tmp_path / "afile" / "search", {"config": {}})
+
+
+@pytest.mark.parametrize("tune,message", [
+    ({"mf": {"bogus": [1]}}, r"benchmark\.tune\.mf\.bogus: not a model or train setting"),
+    ({"mf": {"ops": [["plus"]]}}, r"benchmark\.tune\.mf\.ops: not a setting of 'mf'"),
+    ({"mf": {"reg": [-1]}}, r"benchmark\.tune\.mf\.reg: value -1: reg must be a number >= 0"),
+    ({"mf": {"reg": 0.1}}, r"benchmark\.tune\.mf\.reg: expected a non-empty list of values"),
+    ({"mff": {"reg": [0.1]}}, r"unknown recommender 'mff'")])
+def test_benchmark_grids_over_nothing_are_refused_before_any_fit(tune, message):
+    from nasp.config import ConfigError
+    from sif.cli import _check_benchmark
+    from sif.config import load_config
+
+    cfg = load_config(None, ["benchmark.models=[mf, svdpp]"])
+    cfg.benchmark.tune = tune
+    with pytest.raises((ConfigError, KeyError), match=message):
+        _check_benchmark(cfg)
+    cfg.benchmark.tune = {"mf": {"reg": [0.05, 0.1], "lr": [0.001]}, "svdpp": {"neighbourhood_reg": [0.2]}}
+    _check_benchmark(cfg)                                             # a valid grid passes
