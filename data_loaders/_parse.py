@@ -170,7 +170,7 @@ def _handle_duplicates(table: Table, label: str, drop_invalid: bool, where: str 
     values = ", ".join(str(c[r][row]) for r in ("user", "item", "context") if r in c)
     raise ValueError(f"{label}, {where} {table.lines[row]}: duplicate {key} = ({values}), first seen on "
                      f"{where} {table.lines[first]}; expected each {key} at most once "
-                     f"(drop_invalid=True keeps the first)")
+                     f"(drop_invalid=True, config key data.drop_invalid: true, keeps the first)")
 
 
 def _finish(table: Table, label: str, drop_invalid: bool, header: bool, where: str = "line") -> Table:

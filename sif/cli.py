@@ -91,7 +91,8 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None)
                "best_epoch": rec.train_result_.best_epoch, "n_train": len(train), "n_test": len(test),
                "context": cfg.data.context, "num_contexts": train.num_contexts,
                "rating_scale": list(train.rating_scale),
-               "rating_scale_source": getattr(train, "rating_scale_source", "inferred")}
+               "rating_scale_source": getattr(train, "rating_scale_source", "inferred"),
+               "dropped": dict(train.dropped)}            # rows data.drop_invalid dropped from the file, by reason
     results["test_cold"] = cold_counts(train.concat(valid) if getattr(rec, "refit", False) else train, test)
     if results["test_cold"]["ratings"]:
         log.warning("test: %d of %d ratings have a user or item with no training rating (cold start; they are "

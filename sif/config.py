@@ -35,6 +35,8 @@ class DataConfig:
     rating_scale: list[float] | None = None     # [low, high] or [low, high, step]; None: declared or inferred
     encoding: str = "utf-8"         # dataset "file": text encoding, e.g. latin-1
     id_type: str = "int"            # dataset "file": "int" user/item ids, or "str" (any text: ISBNs, hashes, ...)
+    drop_invalid: bool = False      # bad rows (unparsable, off the scale, repeated (user, item)) are dropped and
+    #                                 counted (a warning and results.json "dropped"), not refused
     split: str = "random"           # random | fold | time | leave_k_out
     ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     fold: Any = 1                   # canonical MovieLens fold: 1-5, "a" or "b"

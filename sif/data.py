@@ -33,10 +33,11 @@ def _read(cfg: DataConfig) -> RatingDataset:
         if not cfg.path:
             raise ValueError("data.dataset=file needs data.path (a CSV, TSV or Parquet file)")
         return read_ratings_file(cfg.path, sep=cfg.sep, columns=cfg.columns, header=cfg.header, rating_scale=scale,
-                                 encoding=cfg.encoding, id_type=cfg.id_type)
+                                 encoding=cfg.encoding, id_type=cfg.id_type, drop_invalid=cfg.drop_invalid)
     if cfg.dataset not in MOVIELENS:
         raise ValueError(f"data.dataset={cfg.dataset!r}: expected 'file' or one of {sorted(MOVIELENS)}")
-    return load_movielens(MOVIELENS[cfg.dataset], root=cfg.root, download=cfg.download, rating_scale=scale)
+    return load_movielens(MOVIELENS[cfg.dataset], root=cfg.root, download=cfg.download, rating_scale=scale,
+                          drop_invalid=cfg.drop_invalid)
 
 
 def _fold_root(cfg: DataConfig) -> Path:

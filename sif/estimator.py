@@ -272,6 +272,8 @@ class BaseRecommender:
         data (its positives for implicit tasks), "train+valid" also the validation ratings given to ``fit``,
         False nothing. The scores are the ones ranked by: ratings on the raw scale, not clipped to the rating
         scale (``predict`` clips), or logits for implicit tasks. Equal scores are ordered by the lower item index.
+        When fewer than N items are left after filtering, one user gets only those; in the (n, N) array of several
+        users the filtered items fill the row's end with score -inf.
         """
         self._check_fitted()
         if isinstance(N, (bool, np.bool_)) or not isinstance(N, (int, np.integer)) or N < 1:
@@ -302,7 +304,10 @@ class BaseRecommender:
         ids_np, scores_np = torch.cat(out_ids).numpy(), torch.cat(scores).numpy()
         if ids == "raw":
             ids_np = np.asarray(self.item_ids_)[ids_np]
-        return (ids_np[0], scores_np[0]) if single else (ids_np, scores_np)
+        if single:                                  # only the items left after filtering (may be fewer than N)
+            keep = scores_np[0] > -np.inf
+            return ids_np[0][keep], scores_np[0][keep]
+        return ids_np, scores_np
 
     def _filter_matrix(self, which: bool | str):
         """The (users x items) CSR of items ``recommend`` leaves out (None: none)."""

@@ -249,3 +249,28 @@ def test_benchmark_grids_over_nothing_are_refused_before_any_fit(tune, message):
         _check_benchmark(cfg)
     cfg.benchmark.tune = {"mf": {"reg": [0.05, 0.1], "lr": [0.001]}, "svdpp": {"neighbourhood_reg": [0.2]}}
     _check_benchmark(cfg)                                             # a valid grid passes
+
+
+def test_recommend_never_returns_a_filtered_item_for_one_user(frame_fit):
+    rec, df = frame_fit
+    user = int(df.userId[0])
+    seen = set(rec.item_ids_[rec.rated_[rec.user_ids_.tolist().index(user)].indices].tolist())
+    items, scores = rec.recommend(user, N=rec.num_items_)
+    assert len(items) == rec.num_items_ - len(seen) and not set(items.tolist()) & seen
+    assert np.isfinite(scores).all()
+    batch_items, batch_scores = rec.recommend([user, user], N=rec.num_items_)
+    assert batch_items.shape == (2, rec.num_items_) and np.isneginf(batch_scores[0]).sum() == len(seen)
+
+
+def test_config_drop_invalid_drops_and_counts_bad_rows(tmp_path):
+    from sif.config import DataConfig
+    from sif.data import load_splits
+
+    rows = "".join(f"{u},{i},{(u + i) % 5 + 1}\n" for u in range(1, 11) for i in range(1, 4))
+    with pytest.raises(ValueError, match=r"line 31: duplicate \(user, item\) = \(1, 1\).*data\.drop_invalid: true"):
+        load_splits(DataConfig(dataset="file", path=str(_write(tmp_path / "d.csv", rows + "1,1,2\n"))), seed=0)
+    path = _write(tmp_path / "r.csv", rows + "1,1,2\nx,1,3\n")                 # a repeated pair and a bad id
+    with pytest.warns(UserWarning, match=r"dropped 2 invalid row\(s\)"):
+        train, valid, test = load_splits(DataConfig(dataset="file", path=str(path), drop_invalid=True), seed=0)
+    assert len(train) + len(valid) + len(test) == 30
+    assert train.dropped == {"not a number": 1, "duplicate (user, item)": 1}
