@@ -253,13 +253,27 @@ class BaseRecommender:
 
     def score(self, dataset: RatingDataset) -> dict[str, float]:
         """rmse, mae (raw scale) and rmse_z on a dataset split from the training data (the same id maps); for
-        implicit tasks the ranking metrics (K=10, AUC) of its positives with the training positives filtered."""
+        implicit tasks the ranking metrics (K=10, AUC) of its positives with the training positives filtered. A pandas
+        DataFrame (columns as for ``fit``) is read with the model's id maps; an id the model does not know is refused.
+        """
         self._check_fitted()
+        if isinstance(dataset, pd.DataFrame):
+            dataset = self._frame_on_maps(dataset)
         _check_dataset(dataset, "dataset")
         if not (np.array_equal(dataset.user_ids, self.user_ids_) and np.array_equal(dataset.item_ids, self.item_ids_)):
             raise ValueError(f"dataset {dataset.name!r} has other user/item id maps than the training data; split "
                              "one RatingDataset (or use subset()), or predict(users, items) with raw ids")
         return self.feedback.score(self, dataset)
+
+    def _frame_on_maps(self, frame: pd.DataFrame) -> RatingDataset:
+        """A DataFrame of ratings as a dataset on this model's user/item id maps (unknown ids refused)."""
+        ds = RatingDataset.from_frame(frame, name="dataset")
+        users, items = ds.user_ids[ds.users.numpy()], ds.item_ids[ds.items.numpy()]
+        for what, ids, known in (("user", users, self.user_ids_), ("item", items, self.item_ids_)):
+            to_index(ids, known, f"score: DataFrame {what}s")             # refuses unknown ids, naming them
+        return RatingDataset.from_arrays(users, items, ds.ratings.numpy(), timestamps=ds.timestamps,
+                                         rating_scale=self.rating_scale_, user_ids=self.user_ids_,
+                                         item_ids=self.item_ids_, name="dataset")
 
     @torch.no_grad()
     def recommend(self, user_or_users, N: int = 10, filter_already_rated: bool | str = True,

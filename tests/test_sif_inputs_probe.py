@@ -274,3 +274,15 @@ def test_config_drop_invalid_drops_and_counts_bad_rows(tmp_path):
         train, valid, test = load_splits(DataConfig(dataset="file", path=str(path), drop_invalid=True), seed=0)
     assert len(train) + len(valid) + len(test) == 30
     assert train.dropped == {"not a number": 1, "duplicate (user, item)": 1}
+
+
+def test_score_takes_a_dataframe_on_the_model_id_maps(frame_fit):
+    rec, df = frame_fit
+    part = df.iloc[500:]
+    known = part[part.userId.isin(rec.user_ids_) & part.movieId.isin(rec.item_ids_)]
+    pred = rec.predict(known.userId, known.movieId)
+    expected = float(np.sqrt(np.mean((pred - known.rating.to_numpy()) ** 2)))
+    assert rec.score(known)["rmse"] == pytest.approx(expected, rel=1e-5)
+    unknown = known.assign(userId=known.userId + 10_000)
+    with pytest.raises(ValueError, match=r"score: DataFrame users: \d+ id\(s\) unknown to the model"):
+        rec.score(unknown)
