@@ -239,17 +239,28 @@ class BaseRecommender:
         i = to_index(items, self.item_ids_, "items", ids, self.num_items_)
         if u.shape != i.shape:
             raise ValueError(f"users and items must have the same shape, got {tuple(u.shape)} and {tuple(i.shape)}")
-        c = None
-        if self.num_contexts_:
-            if contexts is None:
-                raise ValueError("this model was fitted with contexts: pass contexts=")
-            c = to_index(contexts, None, "contexts", "index", self.num_contexts_)
+        c = self._context_index(contexts, "contexts")
+        if c is not None and c.shape != u.shape:
+            raise ValueError(f"contexts must have the shape of users, got {tuple(c.shape)} and {tuple(u.shape)}")
         out = []
         for s in range(0, len(u), batch_size):
             sl = slice(s, s + batch_size)
             args = [t[sl].to(self.device) for t in (u, i)] + ([c[sl].to(self.device)] if c is not None else [None])
             out.append(self.task_.to_raw(self.model_(*args)).cpu())
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+    def _context_index(self, contexts, name: str) -> torch.Tensor | None:
+        """Context indices checked against the fitted model: required (0..num_contexts_-1) when it was fitted with
+        contexts, refused when it was not (they would be ignored)."""
+        if not self.num_contexts_:
+            if contexts is not None:
+                raise ValueError(f"{name}: this model was fitted without contexts, so {name}= would be ignored; "
+                                 "leave it out")
+            return None
+        if contexts is None:
+            raise ValueError(f"this model was fitted with {self.num_contexts_} contexts: pass {name}= (0-based "
+                             "context indices)")
+        return to_index(contexts, None, name, "index", self.num_contexts_)
 
     def score(self, dataset: RatingDataset) -> dict[str, float]:
         """rmse, mae (raw scale) and rmse_z on a dataset split from the training data (the same id maps); for
@@ -294,6 +305,7 @@ class BaseRecommender:
             raise ValueError(f"N must be an integer >= 1 (items per user), got {N!r}")
         single = np.ndim(user_or_users) == 0
         users = to_index(np.atleast_1d(user_or_users), self.user_ids_, "users", ids, self.num_users_)
+        ctx = self._context_index(None if context is None else [context], "context")
         mask = self._filter_matrix(filter_already_rated)
         n_items = self.num_items_
         N = min(N, n_items)
@@ -304,7 +316,7 @@ class BaseRecommender:
             if self.num_contexts_:
                 uu = ub.repeat_interleave(n_items)                                 # (b * m,)
                 ii = all_items.repeat(len(ub))
-                cc = torch.full_like(uu, 0 if context is None else context)
+                cc = torch.full_like(uu, int(ctx[0]))
                 pred = self.model_(uu, ii, cc).view(len(ub), n_items).float()      # (b, m)
             else:
                 pred = score_all_items(self.model_, ub).float()                    # (b, m)

@@ -286,3 +286,27 @@ def test_score_takes_a_dataframe_on_the_model_id_maps(frame_fit):
     unknown = known.assign(userId=known.userId + 10_000)
     with pytest.raises(ValueError, match=r"score: DataFrame users: \d+ id\(s\) unknown to the model"):
         rec.score(unknown)
+
+
+def test_contexts_are_required_checked_or_refused_never_ignored(frame_fit):
+    from data_loaders import RatingDataset, random_split
+    from sif.recommender import FixedInteractionRecommender
+
+    rec, df = frame_fit
+    u, i = int(df.userId[0]), int(df.movieId[0])
+    for call in (lambda: rec.predict([u], [i], contexts=[1]), lambda: rec.recommend(u, context=1)):
+        with pytest.raises(ValueError, match=r"fitted without contexts, so contexts?= would be ignored"):
+            call()
+    rng = np.random.default_rng(0)
+    cells = rng.permutation(20 * 30 * 3)[:400]                          # distinct (user, item, context) triples
+    ds = RatingDataset.from_arrays(cells // 90, cells // 3 % 30, rng.integers(1, 6, 400) * 1.0, contexts=cells % 3)
+    tr, va, _ = random_split(ds, (0.8, 0.2, 0.0), seed=0)
+    ctx = FixedInteractionRecommender(op="multiply_multiply", embedding_dim=4, train={"max_epochs": 1}).fit(
+        tr, va, show_progress=False)
+    with pytest.raises(ValueError, match=r"fitted with 3 contexts: pass context= "):
+        ctx.recommend(1)                                       # was: context 0, silently
+    for bad, message in ((3, r"indices must lie in \[0, 3\)"), (-1, r"indices must lie in \[0, 3\)"),
+                         (1.5, r"ids must be integers, got 1\.5")):
+        with pytest.raises(ValueError, match=rf"context: {message}"):
+            ctx.recommend(1, context=bad)
+    assert ctx.recommend(1, N=2, context=2)[0].shape == (2,)
