@@ -326,7 +326,7 @@ def read_ratings_file(path, sep: str | None = None, columns: Mapping[str, str | 
     """
     if id_type not in ("int", "str"):
         raise ValueError(f"id_type must be 'int' or 'str', got {id_type!r}")
-    source = Source(Path(path)).sole_member()      # a zip archive: its one file
+    source = Source(Path(path).expanduser()).sole_member()      # a zip archive: its one file; ~ expanded
     columns = None if columns is None else dict(columns)
     scale = RatingScale.parse(rating_scale)
     encoding = check_encoding(encoding)
@@ -371,7 +371,7 @@ def load_movielens(variant: str = "100k", root=None, download: bool = False,
     """
     spec = get_spec(variant)
     scale = RatingScale.parse(rating_scale) or spec.scale
-    root = Path(root) if root is not None else _default_root()
+    root = Path(root).expanduser() if root is not None else _default_root()
     source = find_file(root, spec, spec.ratings_file)
     if source is None:
         if not download:

@@ -42,7 +42,7 @@ def _read(cfg: DataConfig) -> RatingDataset:
 
 def _fold_root(cfg: DataConfig) -> Path:
     if cfg.root:
-        return Path(cfg.root)
+        return Path(cfg.root).expanduser()
     env = os.environ.get("NASP_DATA_DIR")
     if env and (Path(env) / "ml-100k").is_dir():
         return Path(env) / "ml-100k"
@@ -93,14 +93,14 @@ def _item_source(cfg: DataConfig) -> Source:
     """The item file of context genre: ``data.item_file``, else the MovieLens release's own (u.item, movies.dat,
     movies.csv) found where its ratings are."""
     if cfg.item_file:
-        if not Path(cfg.item_file).is_file():
+        if not Path(cfg.item_file).expanduser().is_file():
             raise FileNotFoundError(f"data.item_file={cfg.item_file}: no such file (context genre reads it)")
-        return Source(Path(cfg.item_file))
+        return Source(Path(cfg.item_file).expanduser())
     if cfg.dataset not in MOVIELENS:
         raise ValueError("data.context=genre needs data.item_file (u.item, movies.dat or movies.csv) for "
                          f"data.dataset={cfg.dataset!r}")
     spec = get_spec(MOVIELENS[cfg.dataset])
-    root = _fold_root(cfg) if cfg.split == "fold" else (Path(cfg.root) if cfg.root else _default_root())
+    root = _fold_root(cfg) if cfg.split == "fold" else (Path(cfg.root).expanduser() if cfg.root else _default_root())
     name = ITEM_FILES[spec.name]
     source = find_file(root, spec, name)
     if source is None:

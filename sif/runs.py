@@ -37,9 +37,10 @@ class RunFolderError(ConfigError):
 
 def command_folder(out_dir: str | Path, command: str, model: str | None = None) -> Path:
     """``out_dir/search``, ``out_dir/train-<model>`` (``:`` spelled ``-``) or ``out_dir/benchmark``."""
+    out_dir = Path(out_dir).expanduser()            # "~/runs" is the home folder's, not a folder named "~"
     if command == "train":
-        return Path(out_dir) / f"train-{str(model).replace(':', '-')}"
-    return Path(out_dir) / command
+        return out_dir / f"train-{str(model).replace(':', '-')}"
+    return out_dir / command
 
 
 def _digest(*arrays: Any) -> str:

@@ -310,3 +310,12 @@ def test_contexts_are_required_checked_or_refused_never_ignored(frame_fit):
         with pytest.raises(ValueError, match=rf"context: {message}"):
             ctx.recommend(1, context=bad)
     assert ctx.recommend(1, N=2, context=2)[0].shape == (2,)
+
+
+def test_a_tilde_in_paths_is_the_home_folder(tmp_path, monkeypatch):
+    from sif.runs import command_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _write(tmp_path / "r.csv", ROWS)
+    assert len(read_ratings_file("~/r.csv", show_progress=False)) == 3
+    assert command_folder("~/runs", "search") == tmp_path / "runs" / "search"
