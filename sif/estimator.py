@@ -143,6 +143,11 @@ class BaseRecommender:
         self.num_users_, self.num_items_, self.num_contexts_ = train.num_users, train.num_items, train.num_contexts
         self.user_ids_, self.item_ids_ = train.user_ids, train.item_ids
         self.feedback.prepare(self, train, valid)
+        for part, matrix in zip(("train", "valid"), getattr(self, "positives_", ()), strict=False):
+            if matrix.nnz == 0:
+                raise ValueError(f"task={self.task!r}: the {part} split has no positives (ratings >= "
+                                 f"positive_threshold={self.positive_threshold}; its ratings lie in "
+                                 f"{train.rating_scale}), so there is nothing to rank; lower model.positive_threshold")
         self.task_ = self._task()
         loaders = self.feedback.loaders(self, train, valid)
         self._interactions = (train.users, train.items)           # the neighbourhoods' lists (train only)

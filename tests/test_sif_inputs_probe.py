@@ -319,3 +319,14 @@ def test_a_tilde_in_paths_is_the_home_folder(tmp_path, monkeypatch):
     _write(tmp_path / "r.csv", ROWS)
     assert len(read_ratings_file("~/r.csv", show_progress=False)) == 3
     assert command_folder("~/runs", "search") == tmp_path / "runs" / "search"
+
+
+def test_implicit_task_without_positives_is_refused(frame_fit):
+    from sif.recommender import BaselineRecommender
+
+    _, df = frame_fit
+    rec = BaselineRecommender(model="mf", task="bpr", positive_threshold=10.0, embedding_dim=4,
+                              train={"max_epochs": 1})
+    with pytest.raises(ValueError, match=r"task='bpr': the train split has no positives \(ratings >= "
+                                         r"positive_threshold=10\.0; its ratings lie in \(1\.0, 5\.0\)\)"):
+        rec.fit(df, show_progress=False)
