@@ -330,3 +330,16 @@ def test_implicit_task_without_positives_is_refused(frame_fit):
     with pytest.raises(ValueError, match=r"task='bpr': the train split has no positives \(ratings >= "
                                          r"positive_threshold=10\.0; its ratings lie in \(1\.0, 5\.0\)\)"):
         rec.fit(df, show_progress=False)
+
+
+def test_an_item_file_without_the_rated_items_is_refused(tmp_path):
+    from data_loaders import RatingDataset
+    from data_loaders.contexts import with_context
+
+    ds = RatingDataset.from_arrays([1, 2, 3], [10, 20, 30], [4.0, 3.0, 5.0])
+    splits = (ds.subset([0]), ds.subset([1]), ds.subset([2]))
+    with pytest.raises(ValueError, match=r"context 'genre': none of the 3 rated item ids \(e\.g\. \['10', '20', '30'\]\)"
+                                         r" is in the item file \(1 items"):
+        with_context(splits, "genre", genres={"1000": "Drama"})
+    train, _, _ = with_context(splits, "genre", genres={"10": "Drama"})        # partial: the rest are "unknown"
+    assert train.context_ids.tolist() == ["Drama", "unknown"]
