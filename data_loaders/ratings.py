@@ -263,28 +263,43 @@ class RatingDataset:
 
 
 def _frame_values(frame: pd.DataFrame, column, role: str, name: str) -> np.ndarray:
-    """One column of a DataFrame as checked values: float64 ratings (finite), int64 or text ids, int64 times."""
+    """One column of a DataFrame as checked values: float64 ratings (finite), int64 or text ids, int64 times
+    (datetimes become Unix seconds, naive ones read as UTC). Categories are read as their values."""
     series = frame[column]
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        series = series.astype(series.cat.categories.dtype if not series.isna().any() else object)
     where = f"DataFrame {name!r}, column {column!r} ({role})"
-    if role != "rating" and series.dtype.kind in "OSU" and role != "timestamp":
+
+    def refuse(k: int, want: str, found) -> ValueError:
+        found = found.item() if hasattr(found, "item") else found
+        return ValueError(f"{where}, row {frame.index[k]!r}: expected {want}, found {found!r}")
+
+    missing = series.isna().to_numpy()
+    if missing.any():
+        raise refuse(int(np.flatnonzero(missing)[0]), "a value", np.nan)
+    kind = series.dtype.kind
+    if kind == "M":                                                # datetimes: Unix seconds
+        utc = series.dt.tz_convert("UTC").dt.tz_localize(None) if series.dt.tz is not None else series
+        return utc.to_numpy(dtype="datetime64[s]").astype(np.int64)
+    if kind in "OSUT" and role in ("user", "item"):
         if pd.api.types.infer_dtype(series, skipna=False) != "string":
-            bad = next(k for k, v in series.items() if not isinstance(v, str))
-            raise ValueError(f"{where}, row {bad!r}: expected integer or text ids, found {series[bad]!r}")
-        return series.to_numpy().astype(str)
-    if series.dtype.kind not in "iufb" or series.dtype.kind == "b":
+            k = next(j for j, v in enumerate(series) if not isinstance(v, str))
+            raise refuse(k, "integer or text ids", series.iloc[k])
+        return series.to_numpy(dtype=object).astype(str)
+    if kind not in "iuf":
         raise ValueError(f"{where}: expected numbers, found dtype {series.dtype}")
-    values = series.to_numpy(dtype=np.float64 if series.dtype.kind == "f" else None)
+    values = series.to_numpy(dtype=np.float64 if kind == "f" else getattr(series.dtype, "numpy_dtype", None))
     if role == "rating":
-        bad = ~np.isfinite(values.astype(np.float64))
-        want = "a finite rating"
+        bad, want = ~np.isfinite(values.astype(np.float64)), "a finite rating"
     elif values.dtype.kind == "f":
         bad = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) >= 2.0**63)
         want = "an integer"
-    else:
-        return values.astype(np.int64)
+    else:                                                          # uint64 beyond int64 would wrap around
+        bad = values > np.iinfo(np.int64).max if values.dtype.kind == "u" else np.zeros(len(values), dtype=bool)
+        want = "an integer below 2**63"
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{where}, row {frame.index[k]!r}: expected {want}, found {values[k].item()!r}")
+        raise refuse(k, want, values[k])
     return values.astype(np.float64 if role == "rating" else np.int64)
 
 

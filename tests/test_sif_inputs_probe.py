@@ -160,8 +160,16 @@ def test_dataframe_problems_name_column_and_row():
     pd = pytest.importorskip("pandas")
     from data_loaders import RatingDataset
 
-    with pytest.raises(ValueError, match=r"column 'rating' \(rating\), row 1: expected a finite rating, found nan"):
+    with pytest.raises(ValueError, match=r"column 'rating' \(rating\), row 1: expected a value, found nan"):
         RatingDataset.from_frame(pd.DataFrame({"user": [1, 2], "item": [1, 2], "rating": [4.0, np.nan]}))
+    with pytest.raises(ValueError, match=r"column 'rating' \(rating\), row 0: expected a finite rating, found inf"):
+        RatingDataset.from_frame(pd.DataFrame({"user": [1, 2], "item": [1, 2], "rating": [np.inf, 3.0]}))
+    with pytest.raises(ValueError, match=r"column 'user' \(user\), row 1: expected a value, found nan"):   # was '<NA>'
+        RatingDataset.from_frame(pd.DataFrame({"user": pd.array(["a", None], dtype="string"), "item": [1, 2],
+                                               "rating": [4.0, 3.0]}))
+    with pytest.raises(ValueError, match=r"row 1: expected an integer below 2\*\*63, found 9223372036854775813"):
+        RatingDataset.from_frame(pd.DataFrame({"user": np.array([1, 2**63 + 5], dtype=np.uint64), "item": [1, 2],
+                                               "rating": [4.0, 3.0]}))                          # wrapped around before
     with pytest.raises(ValueError, match=r"column 'item' \(item\), row 0: expected an integer, found 1\.5"):
         RatingDataset.from_frame(pd.DataFrame({"user": [1, 2], "item": [1.5, 2.0], "rating": [4.0, 3.0]}))
     with pytest.raises(ValueError, match=r"row 1: duplicate \(user, item\) = \(1, 1\)"):
@@ -338,8 +346,19 @@ def test_an_item_file_without_the_rated_items_is_refused(tmp_path):
 
     ds = RatingDataset.from_arrays([1, 2, 3], [10, 20, 30], [4.0, 3.0, 5.0])
     splits = (ds.subset([0]), ds.subset([1]), ds.subset([2]))
-    with pytest.raises(ValueError, match=r"context 'genre': none of the 3 rated item ids \(e\.g\. \['10', '20', '30'\]\)"
-                                         r" is in the item file \(1 items"):
+    with pytest.raises(ValueError, match=r"context 'genre': none of the 3 rated item ids "
+                                         r"\(e\.g\. \['10', '20', '30'\]\) is in the item file \(1 items"):
         with_context(splits, "genre", genres={"1000": "Drama"})
     train, _, _ = with_context(splits, "genre", genres={"10": "Drama"})        # partial: the rest are "unknown"
     assert train.context_ids.tolist() == ["Drama", "unknown"]
+
+
+def test_dataframe_categories_and_datetimes_are_read_as_their_values():
+    pd = pytest.importorskip("pandas")
+    from data_loaders import RatingDataset
+
+    frame = pd.DataFrame({"user": pd.Categorical([7, 8]), "item": pd.Categorical(["x", "y"]), "rating": [4.0, 3.0],
+                          "timestamp": pd.to_datetime(["1970-01-01 00:00:01", "2020-01-02 00:00:00"])})
+    ds = RatingDataset.from_frame(frame)
+    assert ds.user_ids.tolist() == [7, 8] and ds.item_ids.tolist() == ["x", "y"]
+    assert ds.timestamps.tolist() == [1, 1577923200]                                  # Unix seconds, UTC
