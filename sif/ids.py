@@ -23,10 +23,12 @@ def _as_array(x) -> np.ndarray:
 
 def _integral(a: np.ndarray, name: str) -> np.ndarray:
     """``a`` as int64; floats only when every value is integral, anything else refused."""
+    if a.dtype.kind == "u" and len(a) and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: ids must be integers below 2**63, got {a.max().item()}")   # would wrap around
     if a.dtype.kind in "iu":
         return a.astype(np.int64)
     if a.dtype.kind == "f":
-        bad = ~np.isfinite(a) | (a != np.round(a))
+        bad = ~np.isfinite(a) | (a != np.round(a)) | (np.abs(a) >= 2.0**63)
         if bad.any():
             raise ValueError(f"{name}: ids must be integers, got {a[bad][0].item()!r}")
         return a.astype(np.int64)

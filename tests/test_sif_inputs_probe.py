@@ -362,3 +362,13 @@ def test_dataframe_categories_and_datetimes_are_read_as_their_values():
     ds = RatingDataset.from_frame(frame)
     assert ds.user_ids.tolist() == [7, 8] and ds.item_ids.tolist() == ["x", "y"]
     assert ds.timestamps.tolist() == [1, 1577923200]                                  # Unix seconds, UTC
+
+
+def test_api_ids_past_int64_are_refused_not_wrapped():
+    from sif.ids import to_index
+
+    id_map = np.array([-9223372036854775803, 1, 2])            # what 2**63 + 5 wraps to
+    with pytest.raises(ValueError, match=r"users: ids must be integers below 2\*\*63, got 9223372036854775813"):
+        to_index(np.array([2**63 + 5], dtype=np.uint64), id_map, "users")
+    with pytest.raises(ValueError, match=r"users: ids must be integers, got 1e\+19"):
+        to_index(np.array([1e19]), id_map, "users")
