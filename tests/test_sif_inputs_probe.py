@@ -372,3 +372,13 @@ def test_api_ids_past_int64_are_refused_not_wrapped():
         to_index(np.array([2**63 + 5], dtype=np.uint64), id_map, "users")
     with pytest.raises(ValueError, match=r"users: ids must be integers, got 1e\+19"):
         to_index(np.array([1e19]), id_map, "users")
+
+
+def test_utf16_text_is_named_with_the_encoding_to_pass(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_bytes(ROWS.encode("utf-16"))
+    with pytest.raises(ValueError, match=r"r\.csv: the file starts with a UTF-16 byte-order mark.*encoding='utf-16'"):
+        read_ratings_file(path, show_progress=False)
+    with pytest.raises(ValueError, match=r"r\.csv, line 1: NUL characters in the text.*encoding='utf-16'"):
+        read_ratings_file(path, encoding="latin-1", show_progress=False)
+    assert read_ratings_file(path, encoding="utf-16", show_progress=False).ratings.tolist() == [4.0, 3.0, 5.0]
