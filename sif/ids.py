@@ -58,6 +58,8 @@ def to_index(values, id_map: np.ndarray | None, name: str, ids: str = "raw", bou
         unknown = pd.unique(a[idx < 0])
         shown = ", ".join(repr(x.item() if hasattr(x, "item") else x) for x in unknown[:5])
         shown += ", ..." if len(unknown) > 5 else ""
+        hint = ("; this model's ids are text (id_type str): pass them as strings" if id_map.dtype.kind == "U"
+                and a.dtype.kind in "iuf" else "")
         raise ValueError(f"{name}: {len(unknown)} id(s) unknown to the model ({shown}); raw ids of the training "
-                         "data are expected (pass ids='index' for 0-based indices)")
+                         f"data are expected (pass ids='index' for 0-based indices){hint}")
     return torch.from_numpy(idx.astype(np.int64))

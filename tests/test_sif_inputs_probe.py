@@ -382,3 +382,11 @@ def test_utf16_text_is_named_with_the_encoding_to_pass(tmp_path):
     with pytest.raises(ValueError, match=r"r\.csv, line 1: NUL characters in the text.*encoding='utf-16'"):
         read_ratings_file(path, encoding="latin-1", show_progress=False)
     assert read_ratings_file(path, encoding="utf-16", show_progress=False).ratings.tolist() == [4.0, 3.0, 5.0]
+
+
+def test_numbers_for_a_text_id_model_name_the_id_type():
+    from sif.ids import to_index
+
+    with pytest.raises(ValueError, match=r"unknown to the model \(7\).*this model's ids are text \(id_type str\)"):
+        to_index([7], np.array(["007", "7"]), "users")
+    assert to_index(["7"], np.array(["007", "7"]), "users").tolist() == [1]
