@@ -390,3 +390,15 @@ def test_numbers_for_a_text_id_model_name_the_id_type():
     with pytest.raises(ValueError, match=r"unknown to the model \(7\).*this model's ids are text \(id_type str\)"):
         to_index([7], np.array(["007", "7"]), "users")
     assert to_index(["7"], np.array(["007", "7"]), "users").tolist() == [1]
+
+
+def test_parameters_survive_a_scikit_learn_style_clone():
+    import copy
+
+    from sif import SIFRecommender
+    from sif.recommender import BaselineRecommender
+
+    for est in (SIFRecommender(train={"max_epochs": 1}, search={"epochs": 2}), BaselineRecommender(model="mf")):
+        params = {k: copy.deepcopy(v) for k, v in est.get_params(deep=False).items()}    # what sklearn.clone does
+        twin = type(est)(**params)
+        assert all(twin.get_params(deep=False)[k] is v for k, v in params.items())      # clone's own check
