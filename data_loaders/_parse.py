@@ -102,8 +102,9 @@ def _parse_row(fields: list[str], layout: _Layout, sep: str, scale: RatingScale 
 
 
 class _IdSpellings:
-    """Integer ids seen with their text: two spellings of one integer ("007" and "7", "+7", "7.0") are two ids
-    in the file's eyes and one after parsing, so they are refused rather than silently merged."""
+    """Integer ids seen with their text: two spellings of one integer ("007" and "7", "+7") may be two ids in the
+    file's eyes and are one after parsing, so they are refused rather than silently merged. Float formatting ("7.0",
+    "7e0") is a number's notation, not a spelling: it reads as the integer, like the fast path does."""
 
     def __init__(self, label: str):
         self.label = label
@@ -112,6 +113,8 @@ class _IdSpellings:
     def add(self, fields: list[str], layout: _Layout, values: dict, line: int) -> None:
         for role, seen in self.seen.items():
             text, value = fields[layout.positions[role]].strip(), values[role]
+            if any(c in text for c in ".eE"):
+                text = str(value)
             first = seen.setdefault(value, (text, line))
             if first[0] != text:
                 raise ValueError(f"{self.label}, line {line}: {role} id {text!r} and {first[0]!r} (line {first[1]}) "

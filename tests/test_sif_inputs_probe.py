@@ -66,6 +66,8 @@ def test_two_spellings_of_one_integer_id_are_refused(tmp_path):
 def test_consistently_padded_ids_read_as_integers(tmp_path):
     ds = read_ratings_file(_write(tmp_path / "r.csv", "001,010,4\n002,010,3\n001,020,5\n"), show_progress=False)
     assert ds.user_ids.tolist() == [1, 2] and ds.item_ids.tolist() == [10, 20] and len(ds) == 3
+    floats = read_ratings_file(_write(tmp_path / "f.csv", "7.0,10,4\n7,20,3\n1,10,5\n"), show_progress=False)
+    assert floats.user_ids.tolist() == [1, 7] and len(floats) == 3          # float notation is not a spelling
 
 
 @pytest.mark.parametrize("row,field", [("1_000,10,4", "user"), ("1,10,4_5", "rating")])
