@@ -404,3 +404,14 @@ def test_parameters_survive_a_scikit_learn_style_clone():
         params = {k: copy.deepcopy(v) for k, v in est.get_params(deep=False).items()}    # what sklearn.clone does
         twin = type(est)(**params)
         assert all(twin.get_params(deep=False)[k] is v for k, v in params.items())      # clone's own check
+
+
+def test_errors_of_nothing_are_refused_not_nan():
+    from sif.evaluation import mae, mean_std, rmse
+
+    for fn, name in ((rmse, "rmse"), (mae, "mae")):
+        with pytest.raises(ValueError, match=rf"{name}: no ratings to score"):
+            fn([], [])
+    with pytest.raises(ValueError, match="mean_std: no values"):
+        mean_std([])
+    assert rmse([1.0, 3.0], [2.0, 2.0]) == 1.0 and mae([1.0, 4.0], [2.0, 2.0]) == 1.5
