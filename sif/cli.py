@@ -200,6 +200,18 @@ def _model_name(cfg: RunConfig, command: str) -> str:
     return name
 
 
+def _check_positives(cfg: RunConfig, splits) -> None:
+    """Implicit tasks: every split needs a positive (rating >= model.positive_threshold), else the fit learns nothing
+    or the metrics are NaN; refused before a run folder is made."""
+    threshold = cfg.model.positive_threshold
+    if cfg.model.task == "rating" or threshold is None:
+        return
+    for part, ds in zip(("train", "valid", "test"), splits, strict=True):
+        if not bool((ds.ratings >= threshold).any()):
+            raise ConfigError(f"model.positive_threshold={threshold}: the {part} split has no rating >= it (ratings "
+                              f"lie in {list(ds.rating_scale)}), so model.task={cfg.model.task} has no positives there")
+
+
 def _check_benchmark(cfg: RunConfig) -> None:
     """Every ``benchmark.models`` name exists, and every ``benchmark.tune`` grid names a known model and lists
     valid values of settings that model takes (a grid over a setting the model ignores would be a silent no-op).
@@ -241,6 +253,7 @@ def _dispatch(args) -> int:
     if name is not None:
         build_recommender(cfg, name)          # every setting checked before a run folder is made
         splits = load_splits(cfg.data, cfg.seed)          # a missing or bad data file fails here too
+        _check_positives(cfg, splits)
         log.info("data: train=%d valid=%d test=%d users=%d items=%d contexts=%d; rating scale %s (%s)",
                  *(len(s) for s in splits), splits[0].num_users, splits[0].num_items, splits[0].num_contexts,
                  list(splits[0].rating_scale), getattr(splits[0], "rating_scale_source", "inferred"))

@@ -415,3 +415,14 @@ def test_errors_of_nothing_are_refused_not_nan():
     with pytest.raises(ValueError, match="mean_std: no values"):
         mean_std([])
     assert rmse([1.0, 3.0], [2.0, 2.0]) == 1.0 and mae([1.0, 4.0], [2.0, 2.0]) == 1.5
+
+
+def test_cli_refuses_a_split_without_positives_before_any_run_folder(tmp_path, capsys):
+    from sif.cli import main
+
+    rows = "".join(f"{u},{i},{5 if (u, i) == (1, 1) else 3}\n" for u in range(1, 21) for i in range(1, 6))
+    path = _write(tmp_path / "r.csv", rows)                  # one 5: at most one split holds a positive >= 5
+    code = main(["search", "--set", "data.dataset=file", f"data.path={path}", "model.task=bpr",
+                 "model.positive_threshold=5", f"out_dir={tmp_path / 'runs'}"])
+    assert code == 2 and "model.positive_threshold=5.0: the" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
