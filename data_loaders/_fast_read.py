@@ -17,6 +17,7 @@ from ._source import Source
 _CHUNK_ROWS = 1 << 20   # rows per pandas chunk of the fast path
 PROGRESS_MIN_BYTES = 50 * 2**20   # files at least this large show a progress bar while they are read
 _INT32 = np.iinfo(np.int32)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _count_byte(data: bytes, value: bytes) -> int:
@@ -142,13 +143,14 @@ def _lean_ids(values: np.ndarray) -> np.ndarray:
 
 def _lean_ratings(values: np.ndarray) -> np.ndarray:
     """float32 when every value survives the round trip exactly (e.g. whole or half stars), else float64."""
-    single = values.astype(np.float32)
+    with np.errstate(over="ignore"):                  # beyond float32: kept as float64 (and refused later)
+        single = values.astype(np.float32)
     return single if np.array_equal(single, values) else values
 
 
 def _chunk_ok(ratings: np.ndarray, scale: RatingScale | None) -> bool:
-    """Every rating of the chunk is finite and inside the scale."""
-    if not np.isfinite(ratings).all():
+    """Every rating of the chunk is finite (in float32's range, where ratings are stored) and inside the scale."""
+    if not (np.abs(ratings) <= _FLOAT32_MAX).all():          # False for NaN too
         return False
     return scale is None or bool(scale.mask(ratings).all())
 

@@ -34,6 +34,23 @@ def _as_tensor(values, dtype) -> torch.Tensor:
     return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _float32_range(ratings, name: str):
+    """``ratings`` unchanged when float32 holds every one (finite ones stay finite); ValueError naming the first
+    that would become infinite (ratings are stored as float32)."""
+    if torch.is_tensor(ratings) or np.asarray(ratings).dtype == np.float32:
+        return ratings
+    values = np.asarray(ratings, dtype=np.float64)
+    beyond = np.abs(values) > _FLOAT32_MAX
+    if beyond.any():
+        k = int(np.flatnonzero(beyond)[0])
+        raise ValueError(f"{name}: rating {values[k]:g} (row {k + 1}) is beyond float32's range (+-3.4e38), in "
+                         "which ratings are stored; rescale the ratings")
+    return ratings
+
+
 def _as_long(values) -> torch.Tensor:
     return _as_tensor(values, np.int64)
 
@@ -102,7 +119,7 @@ class RatingDataset:
                  rating_scale_source: str = "declared", rating_step: float | None = None):
         self.users = _as_long(users)  # (n,) int64
         self.items = _as_long(items)  # (n,) int64
-        self.ratings = _as_tensor(ratings, np.float32)  # (n,) float32
+        self.ratings = _as_tensor(_float32_range(ratings, name), np.float32)  # (n,) float32
         self.contexts = None if contexts is None else _as_long(contexts)  # (n,) int64 or None
         self.timestamps = None if timestamps is None else _as_long(timestamps)  # (n,) int64 or None
         self.user_ids, self.item_ids = np.asarray(user_ids), np.asarray(item_ids)
