@@ -384,8 +384,15 @@ class BaseRecommender:
         meta_file = path / "recommender.json"
         if not meta_file.is_file():
             raise FileNotFoundError(f"{meta_file} does not exist (not a folder written by save())")
-        meta = json.loads(meta_file.read_text())
-        klass = RECOMMENDERS.get(meta["class"])
+        try:
+            meta = json.loads(meta_file.read_text())
+            klass = RECOMMENDERS.get(meta["class"])
+            missing = [k for k in ("params", "fitted") if k not in meta]
+            if missing:
+                raise KeyError(", ".join(missing))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{meta_file}: not a recommender.json written by save() ({type(e).__name__}: "
+                             f"{e})") from None
         if klass is None:
             raise ValueError(f"{meta_file}: unknown recommender class {meta['class']!r}")
         params = dict(meta["params"])

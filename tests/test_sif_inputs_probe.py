@@ -435,3 +435,15 @@ def test_ratings_beyond_float32_are_refused_not_stored_as_inf(tmp_path):
         read_ratings_file(_write(tmp_path / "r.csv", "1,10,1e39\n2,20,3\n"), show_progress=False)
     with pytest.raises(ValueError, match=r"rating 1e\+40 \(row 1\) is beyond float32's range"):
         RatingDataset.from_arrays([1], [1], [1e40])
+
+
+def test_a_damaged_recommender_json_names_the_file(tmp_path):
+    from sif import SIFRecommender
+
+    (tmp_path / "recommender.json").write_text("{bad")
+    with pytest.raises(ValueError, match=r"recommender\.json: not a recommender\.json written by save\(\) "
+                                         r"\(JSONDecodeError"):
+        SIFRecommender.load(tmp_path)
+    (tmp_path / "recommender.json").write_text('{"class": "SIFRecommender"}')
+    with pytest.raises(ValueError, match=r"not a recommender\.json written by save\(\) \(KeyError: 'params, fitted'"):
+        SIFRecommender.load(tmp_path)
