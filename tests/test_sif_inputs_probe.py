@@ -431,7 +431,8 @@ def test_cli_refuses_a_split_without_positives_before_any_run_folder(tmp_path, c
 def test_ratings_beyond_float32_are_refused_not_stored_as_inf(tmp_path):
     from data_loaders import RatingDataset
 
-    with pytest.raises(ValueError, match=r"r\.csv, line 1: expected a rating within float32's \+-3\.4e38, found '1e39'"):
+    with pytest.raises(ValueError, match=r"r\.csv, line 1: expected a rating within float32's \+-3\.4e38, "
+                                         r"found '1e39'"):
         read_ratings_file(_write(tmp_path / "r.csv", "1,10,1e39\n2,20,3\n"), show_progress=False)
     with pytest.raises(ValueError, match=r"rating 1e\+40 \(row 1\) is beyond float32's range"):
         RatingDataset.from_arrays([1], [1], [1e40])
