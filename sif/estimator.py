@@ -419,13 +419,13 @@ def _check_numbers(**values) -> None:
         if name in ("embedding_dim", "num_negatives"):
             ok, want = is_int and v >= 1, "an integer >= 1"
         elif name == "init_std":
-            ok, want = is_num and v > 0, "a number > 0"
+            ok, want = is_num and v > 0, "> 0"
         elif name == "valid_fraction":
-            ok, want = is_num and 0 < v < 1, "a number in (0, 1)"
+            ok, want = is_num and 0 < v < 1, "in (0, 1)"
         else:
-            ok, want = is_num and v >= 0, "a number >= 0"
+            ok, want = is_num and v >= 0, ">= 0"
         if not ok:
-            raise ValueError(f"{name} must be {want}, got {v!r}")
+            raise ValueError(f"{name} must be {want}, got {v if is_num else repr(v)}")
 
 
 def check_device_available(device: str) -> None:
