@@ -448,3 +448,14 @@ def test_a_damaged_recommender_json_names_the_file(tmp_path):
     (tmp_path / "recommender.json").write_text('{"class": "SIFRecommender"}')
     with pytest.raises(ValueError, match=r"not a recommender\.json written by save\(\) \(KeyError: 'params, fitted'"):
         SIFRecommender.load(tmp_path)
+
+
+def test_movielens_root_may_be_the_ratings_file_itself(tmp_path):
+    from data_loaders import load_movielens
+
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    _write(folder / "ratings.dat", "1::10::4::978300760\n2::20::3::978300761\n")
+    _write(folder / "notes.txt", "x")
+    for root in (folder / "ratings.dat", folder, tmp_path, folder / "notes.txt"):
+        assert load_movielens("1m", root=root).ratings.tolist() == [4.0, 3.0]
