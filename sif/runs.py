@@ -89,7 +89,10 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if old.get("command") != new.get("command"):
         out.append(f"command ({old.get('command')} -> {new.get('command')})")
     a, b = old.get("config", {}), new.get("config", {})
+    defaults = _default_settings()
     for k in sorted(set(a) | set(b)):
+        if k not in a and k in defaults and b[k] == defaults[k]:
+            continue        # a setting added after the old run, at its default: the old run behaved so
         if a.get(k) != b.get(k):
             out.append(f"{k} ({a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r})")
     da, db = old.get("data", {}), new.get("data", {})
@@ -98,6 +101,13 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             what = "the id maps" if k == "ids_sha256" else f"the {k} ratings"
             out.append(f"data: {what} differ (file content, ratings, rows or split changed)")
     return out
+
+
+def _default_settings() -> dict[str, Any]:
+    """Every setting's default, flattened like a fingerprint's config."""
+    from .config import RunConfig
+
+    return _flatten(RunConfig().to_dict())
 
 
 def prepare_run_folder(folder: str | Path, fp: dict[str, Any], fresh: bool = False) -> tuple[Path, bool]:

@@ -459,3 +459,13 @@ def test_movielens_root_may_be_the_ratings_file_itself(tmp_path):
     _write(folder / "notes.txt", "x")
     for root in (folder / "ratings.dat", folder, tmp_path, folder / "notes.txt"):
         assert load_movielens("1m", root=root).ratings.tolist() == [4.0, 3.0]
+
+
+def test_a_run_made_before_a_setting_existed_resumes_when_it_is_at_its_default():
+    from sif.runs import differences
+
+    old = {"command": "search", "config": {"seed": 0}, "data": {}}
+    new = {"command": "search", "config": {"seed": 0, "data.drop_invalid": False}, "data": {}}
+    assert differences(old, new) == []
+    changed = {"command": "search", "config": {"seed": 0, "data.drop_invalid": True}, "data": {}}
+    assert differences(old, changed) == ["data.drop_invalid ('<absent>' -> True)"]
