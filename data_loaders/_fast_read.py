@@ -80,7 +80,8 @@ class _CountingReader(io.RawIOBase):
                 data, self._pending = self._split_tail(data)
         self.num_seps += _count_byte(data, self._internal)
         if not self.zero_padded and data:
-            self.zero_padded = _zero_padded(self._before + data, self._starts)
+            starts = self._starts + ((ord('"'),) if b'"' in data else ())         # quoted fields: "007"
+            self.zero_padded = _zero_padded(self._before + data, starts)
             self._before = data[-2:]
         if not self.blanks and data:
             self.blanks = any(b in data for b in self._blanks)

@@ -61,6 +61,9 @@ def test_two_spellings_of_one_integer_id_are_refused(tmp_path):
         read_ratings_file(path, show_progress=False)
     apart = read_ratings_file(path, show_progress=False, id_type="str")
     assert sorted(apart.user_ids.tolist()) == ["007", "1", "7"]
+    quoted = _write(tmp_path / "q.csv", '"1","10","4"\n"007","20","3"\n"7","30","5"\n')
+    with pytest.raises(ValueError, match=r"q\.csv, line 3: user id '7' and '007'"):
+        read_ratings_file(quoted, show_progress=False)
 
 
 def test_consistently_padded_ids_read_as_integers(tmp_path):
