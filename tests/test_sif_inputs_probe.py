@@ -472,3 +472,12 @@ def test_a_run_made_before_a_setting_existed_resumes_when_it_is_at_its_default()
     assert differences(old, new) == []
     changed = {"command": "search", "config": {"seed": 0, "data.drop_invalid": True}, "data": {}}
     assert differences(old, changed) == ["data.drop_invalid ('<absent>' -> True)"]
+
+
+def test_a_held_out_valid_split_that_is_empty_names_valid_fraction():
+    from data_loaders import RatingDataset
+    from sif.recommender import BaselineRecommender
+
+    tiny = RatingDataset.from_arrays([1, 2, 3], [1, 2, 3], [4.0, 3.0, 5.0])
+    with pytest.raises(ValueError, match=r"valid_fraction=0\.1 of 3 training ratings holds out none for validation"):
+        BaselineRecommender(model="mf").fit(tiny, show_progress=False)
