@@ -133,8 +133,8 @@ class BaseRecommender:
             train, valid, _ = random_split(train, (1 - self.valid_fraction, self.valid_fraction, 0.0),
                                            seed=self.random_state)
             if len(valid) == 0:
-                raise ValueError(f"valid_fraction={self.valid_fraction} of {len(train)} training ratings holds out "
-                                 "none for validation; pass valid= or more ratings")
+                raise ValueError(f"valid_fraction={self.valid_fraction} of {len(train) + len(valid)} training ratings "
+                                 "holds out none for validation; pass valid= or more ratings")
         _check_dataset(valid, "valid")
         if (valid.num_users, valid.num_items) != (train.num_users, train.num_items):
             raise ValueError("train and valid must share their id maps (split one RatingDataset, or use subset())")
