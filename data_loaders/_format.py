@@ -134,8 +134,17 @@ def _sep_hint(line: str, sep: str) -> str:
     return ""
 
 
+def to_float(text: str) -> float:
+    """Parse a number the way the pandas C engine accepts one; Python's digit separators ('4_5') are refused."""
+    if "_" in text:
+        raise ValueError(text)
+    return float(text)
+
+
 def _to_int(text: str) -> int:
-    """Parse an integer the way the pandas C engine accepts one ('7', ' 7', '7.0')."""
+    """Parse an integer the way the pandas C engine accepts one ('7', ' 7', '7.0'; not '1_000')."""
+    if "_" in text:
+        raise ValueError(text)
     try:
         value = int(text)
     except ValueError:
@@ -165,6 +174,11 @@ def _reader(source: Source, fmt: TableFormat):
 
 def decode_error(source: Source, encoding: str) -> str:
     """A one-line message locating the first byte that is not valid ``encoding`` (file, line, byte offset)."""
+    with source.open_binary() as fh:
+        head = fh.read(4)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return (f"{source.label}: the file starts with a UTF-16 byte-order mark, so it is UTF-16 text, not "
+                f"{encoding}; pass encoding='utf-16' (config key data.encoding)")
     decoder = codecs.getincrementaldecoder(encoding)()
     offset, line, line_start = 0, 1, 0
     with source.open_binary() as fh:
@@ -200,10 +214,14 @@ def check_encoding(encoding: str) -> str:
 
 
 def _first_row(source: Source, fmt: TableFormat) -> list[str]:
-    """Fields of the first non-blank line; ValueError when there is none."""
+    """Fields of the first non-blank line; ValueError when there is none, or when it holds NUL characters (UTF-16
+    text read as a one-byte encoding)."""
     try:
         for fields in _reader(source, fmt):
             if fields:
+                if any("\x00" in f for f in fields):
+                    raise ValueError(f"{source.label}, line 1: NUL characters in the text, as in UTF-16 read as "
+                                     f"{fmt.encoding}; pass encoding='utf-16' (config key data.encoding)")
                 return fields
     except UnicodeDecodeError:
         raise ValueError(decode_error(source, fmt.encoding)) from None

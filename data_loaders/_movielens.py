@@ -62,10 +62,15 @@ def get_spec(variant: str) -> MovieLensSpec:
 def find_file(root: Path, spec: MovieLensSpec, filename: str) -> Source | None:
     """Locate ``filename`` of a release under ``root``; None when nothing matching exists.
 
-    ``root`` may be the extracted folder, a folder holding it, the official zip, or a folder holding the zip.
+    ``root`` may be the extracted folder, a folder holding it, the official zip, a folder holding the zip, or one
+    of the release's files (its folder is then searched: ``data.root=.../ml-1m/ratings.dat`` works).
     """
     root = Path(root)
-    if root.is_file():
+    if root.is_file() and root.name == filename:
+        return Source(root)
+    if root.is_file() and root.suffix.lower() != ".zip" and not zipfile.is_zipfile(root):
+        root = root.parent                      # a file of the extracted release: look next to it
+    elif root.is_file():
         return Source(root, _member(root, spec, filename))
     for folder in (root, root / spec.folder):
         if (folder / filename).is_file():

@@ -30,8 +30,11 @@ from ._format import (
     decode_error,
     positions_by_name,
     resolve_format,
+    to_float,
 )
 from ._source import Source
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 __all__ = ["duplicate_mask", "has_duplicates", "read_delimited", "read_parquet_table"]
 
@@ -80,12 +83,13 @@ def _parse_row(fields: list[str], layout: _Layout, sep: str, scale: RatingScale 
     for role, pos in layout.positions.items():
         text = fields[pos]
         if string_ids and role in ("user", "item"):
+            text = text.strip()         # surrounding blanks are formatting, as for integer ids
             if not text:
                 return None, ("empty id", f"expected a non-empty id for {role} (field {pos + 1})")
             values[role] = text
             continue
         try:
-            values[role] = float(text) if role == "rating" else _to_int(text)
+            values[role] = to_float(text) if role == "rating" else _to_int(text)
         except ValueError:
             kind = "a number" if role == "rating" else "an int64 integer"
             return None, ("not a number", f"expected {kind} for {role} (field {pos + 1}), found {text!r}")
@@ -93,10 +97,34 @@ def _parse_row(fields: list[str], layout: _Layout, sep: str, scale: RatingScale 
     if not math.isfinite(rating):
         text = fields[layout.positions["rating"]]
         return None, ("non-finite rating", f"expected a finite rating, found {text!r}")
+    if abs(rating) > _FLOAT32_MAX:                # ratings are stored as float32: it would become inf
+        text = fields[layout.positions["rating"]]
+        return None, ("rating beyond float32", f"expected a rating within float32's +-3.4e38, found {text!r}")
     problem = None if scale is None else scale.problem(rating)
     if problem is not None:
         return None, ("rating outside scale", problem)
     return values, None
+
+
+class _IdSpellings:
+    """Integer ids seen with their text: two spellings of one integer ("007" and "7", "+7") may be two ids in the
+    file's eyes and are one after parsing, so they are refused rather than silently merged. Float formatting ("7.0",
+    "7e0") is a number's notation, not a spelling: it reads as the integer, like the fast path does."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.seen: dict[str, dict[int, tuple[str, int]]] = {"user": {}, "item": {}}
+
+    def add(self, fields: list[str], layout: _Layout, values: dict, line: int) -> None:
+        for role, seen in self.seen.items():
+            text, value = fields[layout.positions[role]].strip(), values[role]
+            if any(c in text for c in ".eE"):
+                text = str(value)
+            first = seen.setdefault(value, (text, line))
+            if first[0] != text:
+                raise ValueError(f"{self.label}, line {line}: {role} id {text!r} and {first[0]!r} (line {first[1]}) "
+                                 f"are the same integer {value}; pass id_type='str' (config key data.id_type: str) "
+                                 "to keep them apart, or write each id one way")
 
 
 def _careful_read(source: Source, fmt: TableFormat, layout: _Layout,
@@ -106,6 +134,7 @@ def _careful_read(source: Source, fmt: TableFormat, layout: _Layout,
     lines: list[int] = []
     dropped: Counter = Counter()
     reader, skip_header = _reader(source, fmt), fmt.header
+    spellings = None if fmt.string_ids else _IdSpellings(source.label)
     for fields in reader:
         if not fields:
             continue
@@ -118,6 +147,8 @@ def _careful_read(source: Source, fmt: TableFormat, layout: _Layout,
                 raise ValueError(f"{source.label}, line {reader.line_num}: {problem[1]}")
             dropped[problem[0]] += 1
             continue
+        if spellings is not None:
+            spellings.add(fields, layout, values, reader.line_num)
         for role, value in values.items():
             out[role].append(value)
         lines.append(reader.line_num)
@@ -147,7 +178,7 @@ def _handle_duplicates(table: Table, label: str, drop_invalid: bool, where: str 
     values = ", ".join(str(c[r][row]) for r in ("user", "item", "context") if r in c)
     raise ValueError(f"{label}, {where} {table.lines[row]}: duplicate {key} = ({values}), first seen on "
                      f"{where} {table.lines[first]}; expected each {key} at most once "
-                     f"(drop_invalid=True keeps the first)")
+                     f"(drop_invalid=True, config key data.drop_invalid: true, keeps the first)")
 
 
 def _finish(table: Table, label: str, drop_invalid: bool, header: bool, where: str = "line") -> Table:
@@ -204,7 +235,7 @@ def _frame_problems(cols: dict[str, np.ndarray], bad: dict[str, np.ndarray],
     """reason -> (n,) bool mask of rows with that problem (first matching reason wins)."""
     ratings = cols["rating"]
     problems = {"not a number": np.logical_or.reduce(list(bad.values()))}
-    problems["non-finite rating"] = ~np.isfinite(ratings) & ~problems["not a number"]
+    problems["non-finite rating"] = ~(np.abs(ratings) <= _FLOAT32_MAX) & ~problems["not a number"]
     outside = np.zeros(len(ratings), dtype=bool)
     if scale is not None:
         outside = np.isfinite(ratings) & ~scale.mask(ratings)
@@ -220,7 +251,11 @@ def read_parquet_table(source: Source, columns: Mapping[str, str | int] | None,
     """
     source.check()
     scale = RatingScale.parse(scale)
-    frame = pd.read_parquet(source.path)
+    try:
+        frame = pd.read_parquet(source.path)
+    except ImportError:
+        raise ValueError(f"{source.label}: reading Parquet needs pyarrow (pip install pyarrow), or save the ratings "
+                         "as CSV") from None
     if columns is None:
         columns = positions_by_name([str(c) for c in frame.columns], source.label)
     else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .ratings import RatingDataset
 __all__ = ["CONTEXTS", "UNKNOWN_GENRE", "ML100K_GENRES", "ITEM_FILES", "time_bin_contexts", "weekday_contexts",
            "hour_contexts", "genre_contexts", "read_item_genres", "with_context"]
 
+_log = logging.getLogger(__name__)
 CONTEXTS = ("none", "time_bins", "weekday", "hour", "genre")
 UNKNOWN_GENRE = "unknown"
 # the genre flags of ML-100K's u.item, in column order (its README and u.genre; flag 0 is "unknown")
@@ -157,6 +159,18 @@ def genre_contexts(ds: RatingDataset, genres: Mapping[str, str]) -> RatingDatase
     return ds.with_contexts(per_item[ds.items.numpy()], values)
 
 
+def _check_genre_coverage(item_ids: np.ndarray, genres: Mapping[str, str]) -> None:
+    """Refuse an item file that holds none of the rated items (every rating would get "unknown": one context);
+    log how many rated items it lacks otherwise."""
+    missing = [str(i) for i in item_ids if str(i) not in genres]
+    if len(missing) == len(item_ids):
+        raise ValueError(f"context 'genre': none of the {len(item_ids)} rated item ids (e.g. {missing[:3]}) is in the "
+                         f"item file ({len(genres)} items, e.g. {list(genres)[:3]}); wrong item file (data.item_file)?")
+    if missing:
+        _log.warning("context 'genre': %d of %d rated items are not in the item file (genre 'unknown'), e.g. %s",
+                     len(missing), len(item_ids), missing[:3])
+
+
 def with_context(splits: tuple[RatingDataset, RatingDataset, RatingDataset], context: str, num_bins: int = 8,
                  genres: Mapping[str, str] | None = None) -> tuple[RatingDataset, RatingDataset, RatingDataset]:
     """(train, valid, test) with the contexts named by ``context`` (one of :data:`CONTEXTS`); time bins are fitted
@@ -171,6 +185,7 @@ def with_context(splits: tuple[RatingDataset, RatingDataset, RatingDataset], con
     if context == "genre":
         if genres is None:
             raise ValueError("context 'genre' needs the item genres (read_item_genres of the item file)")
+        _check_genre_coverage(train.item_ids, genres)
         return tuple(genre_contexts(ds, genres) for ds in splits)
     fns = {"weekday": weekday_contexts, "hour": hour_contexts}
     if context not in fns:

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._format import RatingScale, Table, TableFormat, check_encoding
+from ._format import RatingScale, Table, TableFormat, check_encoding, positions_by_name
 from ._movielens import find_file, get_spec
-from ._parse import read_delimited, read_parquet_table
+from ._parse import duplicate_mask, read_delimited, read_parquet_table
 from ._source import Source
 from .download import DEFAULT_BASE_URL, DownloadError, default_cache_dir, download_movielens
 
@@ -22,6 +22,7 @@ _log = logging.getLogger(__name__)
 
 _SUFFIX_SEPS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t", ".data": "\t", ".dat": "::"}
 _PARQUET = (".parquet", ".pq")
+_FRAME_HINT = " (RatingDataset.from_frame(frame, columns={'user': ..., 'item': ..., 'rating': ...})) or rename them"
 _TORCH_DTYPES = {np.int64: torch.int64, np.float32: torch.float32}
 
 
@@ -31,6 +32,23 @@ def _as_tensor(values, dtype) -> torch.Tensor:
         return values.to(_TORCH_DTYPES[dtype])
     arr = np.asarray(values, dtype=dtype)
     return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _float32_range(ratings, name: str):
+    """``ratings`` unchanged when float32 holds every one (finite ones stay finite); ValueError naming the first
+    that would become infinite (ratings are stored as float32)."""
+    if torch.is_tensor(ratings) or np.asarray(ratings).dtype == np.float32:
+        return ratings
+    values = np.asarray(ratings, dtype=np.float64)
+    beyond = np.abs(values) > _FLOAT32_MAX
+    if beyond.any():
+        k = int(np.flatnonzero(beyond)[0])
+        raise ValueError(f"{name}: rating {values[k]:g} (row {k + 1}) is beyond float32's range (+-3.4e38), in "
+                         "which ratings are stored; rescale the ratings")
+    return ratings
 
 
 def _as_long(values) -> torch.Tensor:
@@ -101,7 +119,7 @@ class RatingDataset:
                  rating_scale_source: str = "declared", rating_step: float | None = None):
         self.users = _as_long(users)  # (n,) int64
         self.items = _as_long(items)  # (n,) int64
-        self.ratings = _as_tensor(ratings, np.float32)  # (n,) float32
+        self.ratings = _as_tensor(_float32_range(ratings, name), np.float32)  # (n,) float32
         self.contexts = None if contexts is None else _as_long(contexts)  # (n,) int64 or None
         self.timestamps = None if timestamps is None else _as_long(timestamps)  # (n,) int64 or None
         self.user_ids, self.item_ids = np.asarray(user_ids), np.asarray(item_ids)
@@ -171,6 +189,31 @@ class RatingDataset:
                    contexts=c, timestamps=timestamps, context_ids=context_ids, dropped=dropped,
                    rating_scale_source=source)
 
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, columns: Mapping[str, str] | None = None, rating_scale=None,
+                   name: str = "frame") -> RatingDataset:
+        """Build from a pandas DataFrame: ``columns`` maps user/item/rating (and optional timestamp) to column
+        names; None finds them by name like a file header (userId, movieId, rating, ...). Integer ids (or floats
+        that are all integral) become int64 ids, text ids stay text; ratings must be finite numbers. A bad value
+        or a repeated (user, item) pair raises one ValueError line naming the column and the row label."""
+        names = [str(c) for c in frame.columns]
+        if columns is None:
+            found = positions_by_name(names, f"DataFrame {name!r}", _FRAME_HINT)
+            columns = {role: frame.columns[j] for role, j in found.items() if role != "context"}
+        missing = [c for c in columns.values() if c not in frame.columns]
+        if missing or any(r not in columns for r in ("user", "item", "rating")):
+            raise ValueError(f"DataFrame {name!r}: columns={dict(columns)} needs user, item and rating columns "
+                             f"that exist (found columns {names})")
+        cols = {role: _frame_values(frame, col, role, name) for role, col in columns.items()}
+        dup = duplicate_mask(cols)
+        if dup.any():
+            row = frame.index[int(np.flatnonzero(dup)[0])]
+            raise ValueError(f"DataFrame {name!r}, row {row!r}: duplicate (user, item) = "
+                             f"({cols['user'][frame.index.get_loc(row)]}, {cols['item'][frame.index.get_loc(row)]}); "
+                             "expected each pair at most once")
+        return cls.from_arrays(cols["user"], cols["item"], cols["rating"], timestamps=cols.get("timestamp"),
+                               rating_scale=RatingScale.parse(rating_scale), name=name)
+
     def _replace(self, **changes) -> RatingDataset:
         state = dict(users=self.users, items=self.items, ratings=self.ratings, contexts=self.contexts,
                      timestamps=self.timestamps, user_ids=self.user_ids, item_ids=self.item_ids,
@@ -236,6 +279,47 @@ class RatingDataset:
                              time_bin_edges=None)
 
 
+def _frame_values(frame: pd.DataFrame, column, role: str, name: str) -> np.ndarray:
+    """One column of a DataFrame as checked values: float64 ratings (finite), int64 or text ids, int64 times
+    (datetimes become Unix seconds, naive ones read as UTC). Categories are read as their values."""
+    series = frame[column]
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        series = series.astype(series.cat.categories.dtype if not series.isna().any() else object)
+    where = f"DataFrame {name!r}, column {column!r} ({role})"
+
+    def refuse(k: int, want: str, found) -> ValueError:
+        found = found.item() if hasattr(found, "item") else found
+        return ValueError(f"{where}, row {frame.index[k]!r}: expected {want}, found {found!r}")
+
+    missing = series.isna().to_numpy()
+    if missing.any():
+        raise refuse(int(np.flatnonzero(missing)[0]), "a value", np.nan)
+    kind = series.dtype.kind
+    if kind == "M":                                                # datetimes: Unix seconds
+        utc = series.dt.tz_convert("UTC").dt.tz_localize(None) if series.dt.tz is not None else series
+        return utc.to_numpy(dtype="datetime64[s]").astype(np.int64)
+    if kind in "OSUT" and role in ("user", "item"):
+        if pd.api.types.infer_dtype(series, skipna=False) != "string":
+            k = next(j for j, v in enumerate(series) if not isinstance(v, str))
+            raise refuse(k, "integer or text ids", series.iloc[k])
+        return series.to_numpy(dtype=object).astype(str)
+    if kind not in "iuf":
+        raise ValueError(f"{where}: expected numbers, found dtype {series.dtype}")
+    values = series.to_numpy(dtype=np.float64 if kind == "f" else getattr(series.dtype, "numpy_dtype", None))
+    if role == "rating":
+        bad, want = ~np.isfinite(values.astype(np.float64)), "a finite rating"
+    elif values.dtype.kind == "f":
+        bad = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) >= 2.0**63)
+        want = "an integer"
+    else:                                                          # uint64 beyond int64 would wrap around
+        bad = values > np.iinfo(np.int64).max if values.dtype.kind == "u" else np.zeros(len(values), dtype=bool)
+        want = "an integer below 2**63"
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise refuse(k, want, values[k])
+    return values.astype(np.float64 if role == "rating" else np.int64)
+
+
 # ------------------------------------------------------------------------------------------------ readers
 def _dataset_from_table(table: Table, label: str, name: str, scale: RatingScale | None) -> RatingDataset:
     if table.dropped:
@@ -255,7 +339,9 @@ def read_ratings_file(path, sep: str | None = None, columns: Mapping[str, str | 
                       header: bool | None = None, rating_scale=None, drop_invalid: bool = False,
                       name: str | None = None, encoding: str = "utf-8", show_progress: bool = True,
                       id_type: str = "int") -> RatingDataset:
-    """Read a generic rating file: CSV/TSV (by suffix, or ``sep``) or Parquet (``.parquet``/``.pq``).
+    """Read a generic rating file: CSV/TSV (by suffix, or ``sep``) or Parquet (``.parquet``/``.pq``); a gzip, bz2
+    or xz compressed text file (``ratings.csv.gz``) is decompressed as it is read, and a zip archive holding one file
+    reads that file.
 
     ``columns`` maps user/item/rating (required) and timestamp/context (optional) to header names or
     0-based positions. Without it, a header's columns are found by name, any case (user: user, userId,
@@ -272,12 +358,15 @@ def read_ratings_file(path, sep: str | None = None, columns: Mapping[str, str | 
     """
     if id_type not in ("int", "str"):
         raise ValueError(f"id_type must be 'int' or 'str', got {id_type!r}")
-    source = Source(Path(path))
+    source = Source(Path(path).expanduser()).sole_member()      # a zip archive: its one file; ~ expanded
     columns = None if columns is None else dict(columns)
     scale = RatingScale.parse(rating_scale)
     encoding = check_encoding(encoding)
     name = name or source.path.stem
     if source.suffix in _PARQUET:
+        if source.member is not None or source.compression is not None:
+            raise ValueError(f"{source.label}: a Parquet file inside a zip or compressed file; Parquet compresses "
+                             "its own columns: pass the plain .parquet file")
         table = read_parquet_table(source, columns, scale, drop_invalid, string_ids=id_type == "str")
     else:
         sep = sep or _SUFFIX_SEPS.get(source.suffix, ",")
@@ -314,7 +403,7 @@ def load_movielens(variant: str = "100k", root=None, download: bool = False,
     """
     spec = get_spec(variant)
     scale = RatingScale.parse(rating_scale) or spec.scale
-    root = Path(root) if root is not None else _default_root()
+    root = Path(root).expanduser() if root is not None else _default_root()
     source = find_file(root, spec, spec.ratings_file)
     if source is None:
         if not download:

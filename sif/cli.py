@@ -17,25 +17,29 @@ genotype as JSON, a picture of the found interaction function and results.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from nasp import distributed as nd
-from nasp.config import ConfigError, add_config_arguments
+from nasp.config import ConfigError, add_config_arguments, config_from_dict
 from nasp.search import NonFiniteLossError
 
 from .baselines import BASELINES
 from .benchmark import merge_benchmarks, run_benchmark, train_seconds, valid_scores  # noqa: F401 (merge: API)
 from .build import build_recommender, recommender_kwargs  # noqa: F401 (recommender_kwargs: API)
-from .config import RunConfig, load_config
+from .config import ModelConfig, RunConfig, load_config
 from .data import load_splits
+from .estimator import check_device_available, constructor_params
 from .peers import SURPRISE_PEERS
 from .recommender import (
     SIF_VARIANTS,
@@ -44,6 +48,7 @@ from .recommender import (
     recommender_class,
 )
 from .runs import RunFolderError, command_folder, data_fingerprint, fingerprint, prepare_run_folder
+from .train import TrainConfig
 
 __all__ = ["main", "build_recommender", "run_fit", "run_benchmark"]
 
@@ -86,7 +91,13 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None)
                "best_epoch": rec.train_result_.best_epoch, "n_train": len(train), "n_test": len(test),
                "context": cfg.data.context, "num_contexts": train.num_contexts,
                "rating_scale": list(train.rating_scale),
-               "rating_scale_source": getattr(train, "rating_scale_source", "inferred")}
+               "rating_scale_source": getattr(train, "rating_scale_source", "inferred"),
+               "dropped": dict(train.dropped)}            # rows data.drop_invalid dropped from the file, by reason
+    results["test_cold"] = cold_counts(train.concat(valid) if getattr(rec, "refit", False) else train, test)
+    if results["test_cold"]["ratings"]:
+        log.warning("test: %d of %d ratings have a user or item with no training rating (cold start; they are "
+                    "scored from the untrained embeddings and biases, and counted in the test metrics)",
+                    results["test_cold"]["ratings"], len(test))
     if isinstance(rec, SIFRecommender):
         results.update(genotype=rec.genotype_.to_dict(), op=rec.op_, seconds_search=rec.search_result_.seconds,
                        search_epochs=len(rec.search_result_.history))
@@ -108,6 +119,16 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     log.info("results: %s", json.dumps(results))
     return results
+
+
+def cold_counts(train, test) -> dict[str, int]:
+    """Test ratings whose user or item has no rating in ``train`` (the data the model was fitted on), and the
+    distinct such users and items."""
+    seen_u = np.bincount(train.users.numpy(), minlength=train.num_users) > 0      # (num_users,)
+    seen_i = np.bincount(train.items.numpy(), minlength=train.num_items) > 0      # (num_items,)
+    cold_u, cold_i = ~seen_u[test.users.numpy()], ~seen_i[test.items.numpy()]    # (n_test,)
+    return {"ratings": int((cold_u | cold_i).sum()), "users": len(np.unique(test.users.numpy()[cold_u])),
+            "items": len(np.unique(test.items.numpy()[cold_i]))}
 
 
 _MODELS_HELP = (f"model names (model.name): {', '.join(SIF_VARIANTS)} (sif search); fixed:<op> with op one of "
@@ -179,15 +200,60 @@ def _model_name(cfg: RunConfig, command: str) -> str:
     return name
 
 
+def _check_positives(cfg: RunConfig, splits) -> None:
+    """Implicit tasks: every split needs a positive (rating >= model.positive_threshold), else the fit learns nothing
+    or the metrics are NaN; refused before a run folder is made."""
+    threshold = cfg.model.positive_threshold
+    if cfg.model.task == "rating" or threshold is None:
+        return
+    for part, ds in zip(("train", "valid", "test"), splits, strict=True):
+        if not bool((ds.ratings >= threshold).any()):
+            raise ConfigError(f"model.positive_threshold={threshold}: the {part} split has no rating >= it (ratings "
+                              f"lie in {list(ds.rating_scale)}), so model.task={cfg.model.task} has no positives there")
+
+
+def _check_benchmark(cfg: RunConfig) -> None:
+    """Every ``benchmark.models`` name exists, and every ``benchmark.tune`` grid names a known model and lists
+    valid values of settings that model takes (a grid over a setting the model ignores would be a silent no-op).
+    Grids of models not in ``benchmark.models`` are allowed (benchmarks/sif_tensor_benchmark.py reads them)."""
+    for spec in cfg.benchmark.models:
+        recommender_class(spec.partition("@")[0])
+    model_keys, train_keys = {f.name for f in fields(ModelConfig)}, {f.name for f in fields(TrainConfig)}
+    for spec, grid in cfg.benchmark.tune.items():
+        name = spec.partition("@")[0]
+        taken = constructor_params(recommender_class(name))
+        for key, values in grid.items():
+            where = f"benchmark.tune.{spec}.{key}"
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}: expected a non-empty list of values, got {values!r}")
+            if key not in train_keys and not (key in model_keys and key in taken):
+                what = "not a model or train setting" if key not in model_keys else f"not a setting of {name!r}"
+                raise ConfigError(f"{where}: {what} (a grid over it would change nothing)")
+            for v in values:
+                try:
+                    if key in train_keys:
+                        config_from_dict(TrainConfig, {key: v})
+                    else:
+                        run_cfg = copy.deepcopy(cfg)
+                        setattr(run_cfg.model, key, v)
+                        build_recommender(run_cfg, name, strict=False)       # the constructor's own checks
+                except (ConfigError, ValueError, TypeError) as e:
+                    raise ConfigError(f"{where}: value {v!r}: {_one_line(e)}") from None
+
+
 def _dispatch(args) -> int:
     if args.command == "evaluate":
         return _evaluate(Path(args.run))
     cfg = load_config(args.config, args.set)
+    check_device_available(cfg.device)           # before a run folder is made (torch would fail mid-run)
     name = _model_name(cfg, args.command) if args.command != "benchmark" else None
+    if args.command == "benchmark":
+        _check_benchmark(cfg)                 # every model and tune setting, before anything trains
     splits = None
     if name is not None:
         build_recommender(cfg, name)          # every setting checked before a run folder is made
         splits = load_splits(cfg.data, cfg.seed)          # a missing or bad data file fails here too
+        _check_positives(cfg, splits)
         log.info("data: train=%d valid=%d test=%d users=%d items=%d contexts=%d; rating scale %s (%s)",
                  *(len(s) for s in splits), splits[0].num_users, splits[0].num_items, splits[0].num_contexts,
                  list(splits[0].rating_scale), getattr(splits[0], "rating_scale_source", "inferred"))
@@ -238,6 +304,7 @@ def _evaluate(run_dir: Path) -> int:
     if stored.get("data") != now:
         raise RunFolderError(f"{run_dir}: the data differ from the data this run was made from (file content, "
                              "ratings, rows or split changed); evaluating it would give other numbers")
+    check_device_available(cfg.device)
     rec = load_recommender(run_dir / "model", device=cfg.device)
     out = {"valid": rec.score(splits[1]), "test": rec.score(splits[2])}
     print(json.dumps(out, indent=2))
@@ -253,6 +320,10 @@ def _print_results(r: dict[str, Any], run_dir: Path) -> None:
         scores = "   ".join(f"test {k} {v:.4f}" if k != "users" else f"({v:.0f} test users)"
                            for k, v in r["test"].items() if isinstance(v, (int, float)))
     scale = f"  rating scale {r['rating_scale']} ({r['rating_scale_source']})\n" if "rating_scale" in r else ""
+    cold = r.get("test_cold", {})
+    if cold.get("ratings"):
+        scale += (f"  cold start: {cold['ratings']} of {r['n_test']} test ratings have a user ({cold['users']} users) "
+                  f"or item ({cold['items']} items) without training ratings\n")
     print(f"{head}\n  {scores}\n{scale}"
           f"  search {r.get('seconds_search', 0.0):.1f}s, stand-alone training {r['seconds_train']:.1f}s\n"
           f"  run folder: {run_dir}")

@@ -35,6 +35,8 @@ class DataConfig:
     rating_scale: list[float] | None = None     # [low, high] or [low, high, step]; None: declared or inferred
     encoding: str = "utf-8"         # dataset "file": text encoding, e.g. latin-1
     id_type: str = "int"            # dataset "file": "int" user/item ids, or "str" (any text: ISBNs, hashes, ...)
+    drop_invalid: bool = False      # bad rows (unparsable, off the scale, repeated (user, item)) are dropped and
+    #                                 counted (a warning and results.json "dropped"), not refused
     split: str = "random"           # random | fold | time | leave_k_out
     ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     fold: Any = 1                   # canonical MovieLens fold: 1-5, "a" or "b"
@@ -55,6 +57,11 @@ class DataConfig:
                              f"got {self.leave_k}")
         if self.id_type not in ("int", "str"):
             raise ValueError(f"data.id_type must be 'int' or 'str', got {self.id_type!r}")
+        if len(self.ratios) != 3 or not all(r > 0 for r in self.ratios) or abs(sum(self.ratios) - 1.0) > 1e-6:
+            raise ValueError(f"data.ratios must be three fractions [train, valid, test], each > 0, summing to 1; "
+                             f"got {list(self.ratios)}")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ValueError(f"data.valid_fraction must lie in (0, 1), got {self.valid_fraction}")
 
 
 @dataclass

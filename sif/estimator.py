@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from torch import nn
 from data_loaders import RatingDataset, RatingScaler, random_split
 from nasp.checkpoint import load_checkpoint, save_checkpoint
 from nasp.config import config_from_dict
+from nasp.device import check_device
 from nasp.distributed import shard_if_distributed
 
 from .config import DataConfig, ModelConfig
@@ -78,8 +80,8 @@ class BaseRecommender:
                  neighbourhood: str | None = _M.neighbourhood, neighbourhood_reg: float = _M.neighbourhood_reg,
                  refit: bool = _M.refit, sparse_rows: bool = _M.sparse_rows, init_std: float = _M.init_std):
         feedback_strategy(task)                     # validates the name
-        if not init_std > 0:
-            raise ValueError(f"init_std must be > 0, got {init_std}")
+        _check_numbers(embedding_dim=embedding_dim, num_negatives=num_negatives, init_std=init_std, reg=reg,
+                       neighbourhood_reg=neighbourhood_reg, valid_fraction=valid_fraction)
         self.init_std = init_std
         self.task, self.num_negatives, self.positive_threshold = task, num_negatives, positive_threshold
         self.embedding_dim, self.use_bias, self.reg, self.train = embedding_dim, use_bias, reg, train
@@ -90,13 +92,27 @@ class BaseRecommender:
         self.sparse_rows = sparse_rows
 
     # ---- parameters -----------------------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (JSON-friendly)."""
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments (JSON-friendly; ``deep`` is accepted for scikit-learn's ``clone`` and has no
+        effect: no parameter is itself an estimator)."""
         out = {}
         for n in constructor_params(type(self)):
             v = getattr(self, n)
             out[n] = asdict(v) if hasattr(v, "__dataclass_fields__") else v
         return out
+
+    def set_params(self, **params) -> BaseRecommender:
+        """Set constructor arguments by name (scikit-learn style); an unknown name is refused, naming the valid
+        ones. The next ``fit`` uses them (a fitted model is not changed). Returns self."""
+        valid = constructor_params(type(self))
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.set_params: unknown parameter(s) {unknown}; valid: "
+                             f"{', '.join(valid)}")
+        type(self)(**{**self.get_params(), **params})     # the constructor's checks, before anything changes
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
@@ -105,11 +121,20 @@ class BaseRecommender:
     def fit(self, train: RatingDataset, valid: RatingDataset | None = None, show_progress: bool = True,
             callback: Callable | None = None, run_dir: str | Path | None = None) -> BaseRecommender:
         """Fit on ``train``; ``valid`` drives early stopping and every choice made on data (a ``valid_fraction``
-        of ``train`` is held out when it is None). Returns self."""
+        of ``train`` is held out when it is None). Both are RatingDatasets split from one dataset, or pandas
+        DataFrames (:meth:`data_loaders.RatingDataset.from_frame`: columns found by name, e.g. userId, movieId,
+        rating; the id maps are built from both frames). Returns self."""
+        check_device_available(self.device)
+        train, valid = _as_datasets(train, valid)
         _check_dataset(train, "train")
+        for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+            delattr(self, name)                     # a refit starts clean: nothing learned before survives
         if valid is None:
             train, valid, _ = random_split(train, (1 - self.valid_fraction, self.valid_fraction, 0.0),
                                            seed=self.random_state)
+            if len(valid) == 0:
+                raise ValueError(f"valid_fraction={self.valid_fraction} of {len(train) + len(valid)} training ratings "
+                                 "holds out none for validation; pass valid= or more ratings")
         _check_dataset(valid, "valid")
         if (valid.num_users, valid.num_items) != (train.num_users, train.num_items):
             raise ValueError("train and valid must share their id maps (split one RatingDataset, or use subset())")
@@ -121,6 +146,11 @@ class BaseRecommender:
         self.num_users_, self.num_items_, self.num_contexts_ = train.num_users, train.num_items, train.num_contexts
         self.user_ids_, self.item_ids_ = train.user_ids, train.item_ids
         self.feedback.prepare(self, train, valid)
+        for part, matrix in zip(("train", "valid"), getattr(self, "positives_", ()), strict=False):
+            if matrix.nnz == 0:
+                raise ValueError(f"task={self.task!r}: the {part} split has no positives (ratings >= "
+                                 f"positive_threshold={self.positive_threshold}; its ratings lie in "
+                                 f"{train.rating_scale}), so there is nothing to rank; lower model.positive_threshold")
         self.task_ = self._task()
         loaders = self.feedback.loaders(self, train, valid)
         self._interactions = (train.users, train.items)           # the neighbourhoods' lists (train only)
@@ -217,11 +247,9 @@ class BaseRecommender:
         i = to_index(items, self.item_ids_, "items", ids, self.num_items_)
         if u.shape != i.shape:
             raise ValueError(f"users and items must have the same shape, got {tuple(u.shape)} and {tuple(i.shape)}")
-        c = None
-        if self.num_contexts_:
-            if contexts is None:
-                raise ValueError("this model was fitted with contexts: pass contexts=")
-            c = to_index(contexts, None, "contexts", "index", self.num_contexts_)
+        c = self._context_index(contexts, "contexts")
+        if c is not None and c.shape != u.shape:
+            raise ValueError(f"contexts must have the shape of users, got {tuple(c.shape)} and {tuple(u.shape)}")
         out = []
         for s in range(0, len(u), batch_size):
             sl = slice(s, s + batch_size)
@@ -229,15 +257,42 @@ class BaseRecommender:
             out.append(self.task_.to_raw(self.model_(*args)).cpu())
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
+    def _context_index(self, contexts, name: str) -> torch.Tensor | None:
+        """Context indices checked against the fitted model: required (0..num_contexts_-1) when it was fitted with
+        contexts, refused when it was not (they would be ignored)."""
+        if not self.num_contexts_:
+            if contexts is not None:
+                raise ValueError(f"{name}: this model was fitted without contexts, so {name}= would be ignored; "
+                                 "leave it out")
+            return None
+        if contexts is None:
+            raise ValueError(f"this model was fitted with {self.num_contexts_} contexts: pass {name}= (0-based "
+                             "context indices)")
+        return to_index(contexts, None, name, "index", self.num_contexts_)
+
     def score(self, dataset: RatingDataset) -> dict[str, float]:
         """rmse, mae (raw scale) and rmse_z on a dataset split from the training data (the same id maps); for
-        implicit tasks the ranking metrics (K=10, AUC) of its positives with the training positives filtered."""
+        implicit tasks the ranking metrics (K=10, AUC) of its positives with the training positives filtered. A pandas
+        DataFrame (columns as for ``fit``) is read with the model's id maps; an id the model does not know is refused.
+        """
         self._check_fitted()
+        if isinstance(dataset, pd.DataFrame):
+            dataset = self._frame_on_maps(dataset)
         _check_dataset(dataset, "dataset")
         if not (np.array_equal(dataset.user_ids, self.user_ids_) and np.array_equal(dataset.item_ids, self.item_ids_)):
             raise ValueError(f"dataset {dataset.name!r} has other user/item id maps than the training data; split "
                              "one RatingDataset (or use subset()), or predict(users, items) with raw ids")
         return self.feedback.score(self, dataset)
+
+    def _frame_on_maps(self, frame: pd.DataFrame) -> RatingDataset:
+        """A DataFrame of ratings as a dataset on this model's user/item id maps (unknown ids refused)."""
+        ds = RatingDataset.from_frame(frame, name="dataset")
+        users, items = ds.user_ids[ds.users.numpy()], ds.item_ids[ds.items.numpy()]
+        for what, ids, known in (("user", users, self.user_ids_), ("item", items, self.item_ids_)):
+            to_index(ids, known, f"score: DataFrame {what}s")             # refuses unknown ids, naming them
+        return RatingDataset.from_arrays(users, items, ds.ratings.numpy(), timestamps=ds.timestamps,
+                                         rating_scale=self.rating_scale_, user_ids=self.user_ids_,
+                                         item_ids=self.item_ids_, name="dataset")
 
     @torch.no_grad()
     def recommend(self, user_or_users, N: int = 10, filter_already_rated: bool | str = True,
@@ -250,10 +305,15 @@ class BaseRecommender:
         data (its positives for implicit tasks), "train+valid" also the validation ratings given to ``fit``,
         False nothing. The scores are the ones ranked by: ratings on the raw scale, not clipped to the rating
         scale (``predict`` clips), or logits for implicit tasks. Equal scores are ordered by the lower item index.
+        When fewer than N items are left after filtering, one user gets only those; in the (n, N) array of several
+        users the filtered items fill the row's end with score -inf.
         """
         self._check_fitted()
+        if isinstance(N, (bool, np.bool_)) or not isinstance(N, (int, np.integer)) or N < 1:
+            raise ValueError(f"N must be an integer >= 1 (items per user), got {N!r}")
         single = np.ndim(user_or_users) == 0
         users = to_index(np.atleast_1d(user_or_users), self.user_ids_, "users", ids, self.num_users_)
+        ctx = self._context_index(None if context is None else [context], "context")
         mask = self._filter_matrix(filter_already_rated)
         n_items = self.num_items_
         N = min(N, n_items)
@@ -264,7 +324,7 @@ class BaseRecommender:
             if self.num_contexts_:
                 uu = ub.repeat_interleave(n_items)                                 # (b * m,)
                 ii = all_items.repeat(len(ub))
-                cc = torch.full_like(uu, 0 if context is None else context)
+                cc = torch.full_like(uu, int(ctx[0]))
                 pred = self.model_(uu, ii, cc).view(len(ub), n_items).float()      # (b, m)
             else:
                 pred = score_all_items(self.model_, ub).float()                    # (b, m)
@@ -278,7 +338,10 @@ class BaseRecommender:
         ids_np, scores_np = torch.cat(out_ids).numpy(), torch.cat(scores).numpy()
         if ids == "raw":
             ids_np = np.asarray(self.item_ids_)[ids_np]
-        return (ids_np[0], scores_np[0]) if single else (ids_np, scores_np)
+        if single:                                  # only the items left after filtering (may be fewer than N)
+            keep = scores_np[0] > -np.inf
+            return ids_np[0][keep], scores_np[0][keep]
+        return ids_np, scores_np
 
     def _filter_matrix(self, which: bool | str):
         """The (users x items) CSR of items ``recommend`` leaves out (None: none)."""
@@ -324,8 +387,15 @@ class BaseRecommender:
         meta_file = path / "recommender.json"
         if not meta_file.is_file():
             raise FileNotFoundError(f"{meta_file} does not exist (not a folder written by save())")
-        meta = json.loads(meta_file.read_text())
-        klass = RECOMMENDERS.get(meta["class"])
+        try:
+            meta = json.loads(meta_file.read_text())
+            klass = RECOMMENDERS.get(meta["class"])
+            missing = [k for k in ("params", "fitted") if k not in meta]
+            if missing:
+                raise KeyError(", ".join(missing))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{meta_file}: not a recommender.json written by save() ({type(e).__name__}: "
+                             f"{e})") from None
         if klass is None:
             raise ValueError(f"{meta_file}: unknown recommender class {meta['class']!r}")
         params = dict(meta["params"])
@@ -343,9 +413,58 @@ class BaseRecommender:
         return rec
 
 
+def _check_numbers(**values) -> None:
+    """One ValueError line naming the first constructor argument outside its range (ints: embedding_dim and
+    num_negatives >= 1; init_std > 0; reg, neighbourhood_reg >= 0; valid_fraction in (0, 1))."""
+    for name, v in values.items():
+        is_int = isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+        is_num = is_int or isinstance(v, (float, np.floating))
+        if name in ("embedding_dim", "num_negatives"):
+            ok, want = is_int and v >= 1, "an integer >= 1"
+        elif name == "init_std":
+            ok, want = is_num and v > 0, "> 0"
+        elif name == "valid_fraction":
+            ok, want = is_num and 0 < v < 1, "in (0, 1)"
+        else:
+            ok, want = is_num and v >= 0, ">= 0"
+        if not ok:
+            raise ValueError(f"{name} must be {want}, got {v if is_num else repr(v)}")
+
+
+def check_device_available(device: str) -> None:
+    """``device`` must be a valid name (cpu, cuda, cuda:N, mps) that this machine has; else one ValueError line
+    naming it (torch would fail later with a traceback, after a run folder was made)."""
+    check_device(device)
+    kind, _, index = str(device).partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count <= (int(index) if index else 0):
+            raise ValueError(f"device={device!r}: this machine has {count} CUDA device(s) visible to torch "
+                             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}); use "
+                             "device=cpu or another device")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: MPS is not available on this machine; use device=cpu")
+
+
+def _as_datasets(train, valid):
+    """(train, valid) as RatingDatasets sharing one id map: DataFrames are converted together."""
+    if not isinstance(train, pd.DataFrame):
+        if isinstance(valid, pd.DataFrame):
+            raise TypeError("valid is a DataFrame but train is not: pass both as DataFrames or both as RatingDatasets")
+        return train, valid
+    if valid is not None and not isinstance(valid, pd.DataFrame):
+        raise TypeError(f"train is a DataFrame, so valid must be one too (or None), got {type(valid).__name__}")
+    frames = [train] if valid is None else [train, valid]
+    both = RatingDataset.from_frame(pd.concat(frames, ignore_index=True), name="train+valid" if valid is not None
+                                    else "train")
+    cut = np.arange(len(both))
+    return both.subset(cut[:len(train)]), (None if valid is None else both.subset(cut[len(train):]))
+
+
 def _check_dataset(ds, name: str) -> None:
     if not isinstance(ds, RatingDataset):
-        raise TypeError(f"{name} must be a data_loaders.RatingDataset, got {type(ds).__name__}")
+        raise TypeError(f"{name} must be a data_loaders.RatingDataset or a pandas DataFrame, got "
+                        f"{type(ds).__name__}")
     if len(ds) == 0:
         raise ValueError(f"{name} is empty")
 

@@ -15,25 +15,33 @@ def _as_tensor(x) -> Tensor:
     return x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x), dtype=torch.float64)
 
 
-def rmse(pred, target) -> float:
-    """Root mean squared error."""
+def _pair(pred, target, name: str) -> tuple[Tensor, Tensor]:
+    """Predictions and targets as float64 tensors of one non-empty shape (an empty pair has no error: NaN)."""
     p, t = _as_tensor(pred).double(), _as_tensor(target).double()
     if p.shape != t.shape:
-        raise ValueError(f"rmse: prediction shape {tuple(p.shape)} != target shape {tuple(t.shape)}")
+        raise ValueError(f"{name}: prediction shape {tuple(p.shape)} != target shape {tuple(t.shape)}")
+    if p.numel() == 0:
+        raise ValueError(f"{name}: no ratings to score (empty predictions and targets)")
+    return p, t
+
+
+def rmse(pred, target) -> float:
+    """Root mean squared error."""
+    p, t = _pair(pred, target, "rmse")
     return float(torch.sqrt(torch.mean((p - t) ** 2)))
 
 
 def mae(pred, target) -> float:
     """Mean absolute error."""
-    p, t = _as_tensor(pred).double(), _as_tensor(target).double()
-    if p.shape != t.shape:
-        raise ValueError(f"mae: prediction shape {tuple(p.shape)} != target shape {tuple(t.shape)}")
+    p, t = _pair(pred, target, "mae")
     return float(torch.mean(torch.abs(p - t)))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
     a = np.asarray(values, dtype=float)
+    if a.size == 0:
+        raise ValueError("mean_std: no values")
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 

@@ -23,10 +23,12 @@ def _as_array(x) -> np.ndarray:
 
 def _integral(a: np.ndarray, name: str) -> np.ndarray:
     """``a`` as int64; floats only when every value is integral, anything else refused."""
+    if a.dtype.kind == "u" and len(a) and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: ids must be integers below 2**63, got {a.max().item()}")   # would wrap around
     if a.dtype.kind in "iu":
         return a.astype(np.int64)
     if a.dtype.kind == "f":
-        bad = ~np.isfinite(a) | (a != np.round(a))
+        bad = ~np.isfinite(a) | (a != np.round(a)) | (np.abs(a) >= 2.0**63)
         if bad.any():
             raise ValueError(f"{name}: ids must be integers, got {a[bad][0].item()!r}")
         return a.astype(np.int64)
@@ -56,6 +58,8 @@ def to_index(values, id_map: np.ndarray | None, name: str, ids: str = "raw", bou
         unknown = pd.unique(a[idx < 0])
         shown = ", ".join(repr(x.item() if hasattr(x, "item") else x) for x in unknown[:5])
         shown += ", ..." if len(unknown) > 5 else ""
+        hint = ("; this model's ids are text (id_type str): pass them as strings" if id_map.dtype.kind == "U"
+                and a.dtype.kind in "iuf" else "")
         raise ValueError(f"{name}: {len(unknown)} id(s) unknown to the model ({shown}); raw ids of the training "
-                         "data are expected (pass ids='index' for 0-based indices)")
+                         f"data are expected (pass ids='index' for 0-based indices){hint}")
     return torch.from_numpy(idx.astype(np.int64))

@@ -37,9 +37,10 @@ class RunFolderError(ConfigError):
 
 def command_folder(out_dir: str | Path, command: str, model: str | None = None) -> Path:
     """``out_dir/search``, ``out_dir/train-<model>`` (``:`` spelled ``-``) or ``out_dir/benchmark``."""
+    out_dir = Path(out_dir).expanduser()            # "~/runs" is the home folder's, not a folder named "~"
     if command == "train":
-        return Path(out_dir) / f"train-{str(model).replace(':', '-')}"
-    return Path(out_dir) / command
+        return out_dir / f"train-{str(model).replace(':', '-')}"
+    return out_dir / command
 
 
 def _digest(*arrays: Any) -> str:
@@ -88,7 +89,10 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if old.get("command") != new.get("command"):
         out.append(f"command ({old.get('command')} -> {new.get('command')})")
     a, b = old.get("config", {}), new.get("config", {})
+    defaults = _default_settings()
     for k in sorted(set(a) | set(b)):
+        if k not in a and k in defaults and b[k] == defaults[k]:
+            continue        # a setting added after the old run, at its default: the old run behaved so
         if a.get(k) != b.get(k):
             out.append(f"{k} ({a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r})")
     da, db = old.get("data", {}), new.get("data", {})
@@ -99,6 +103,13 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
+def _default_settings() -> dict[str, Any]:
+    """Every setting's default, flattened like a fingerprint's config."""
+    from .config import RunConfig
+
+    return _flatten(RunConfig().to_dict())
+
+
 def prepare_run_folder(folder: str | Path, fp: dict[str, Any], fresh: bool = False) -> tuple[Path, bool]:
     """Check ``folder`` against fingerprint ``fp`` and make it ready; returns (folder, resumed).
 
@@ -106,6 +117,10 @@ def prepare_run_folder(folder: str | Path, fp: dict[str, Any], fresh: bool = Fal
     :class:`RunFolderError`, unless ``fresh``, which moves the old folder aside first."""
     folder = Path(folder)
     stored = folder / "fingerprint.json"
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise RunFolderError(f"run folder {folder}: {blocker} is a file, not a folder; choose another out_dir "
+                             "(or --out)")
     if folder.is_dir() and any(folder.iterdir()):
         problem = None
         if not stored.is_file():
