@@ -254,6 +254,7 @@ def _dispatch(args) -> int:
         build_recommender(cfg, name)          # every setting checked before a run folder is made
         splits = load_splits(cfg.data, cfg.seed)          # a missing or bad data file fails here too
         _check_positives(cfg, splits)
+        _check_init_from(cfg, splits)
         log.info("data: train=%d valid=%d test=%d users=%d items=%d contexts=%d; rating scale %s (%s)",
                  *(len(s) for s in splits), splits[0].num_users, splits[0].num_items, splits[0].num_contexts,
                  list(splits[0].rating_scale), getattr(splits[0], "rating_scale_source", "inferred"))
@@ -290,6 +291,34 @@ def _dispatch(args) -> int:
             logging.getLogger().removeHandler(handler)
             handler.close()
     return 0
+
+
+def _check_init_from(cfg: RunConfig, splits) -> None:
+    """``train.init_from`` from a run of other users and items is refused: its table rows would be other people and
+    other items, trained on silently (the shapes alone can match). The run is found by the fingerprint.json of the
+    checkpoint's folder or one of the two above it (``train_checkpoint.pt``, ``model/model.pt``); without one the
+    data cannot be checked, which is logged, as is a run on the same ids but other training ratings."""
+    path = cfg.train.init_from
+    if not path:
+        return
+    where = Path(path).expanduser()
+    stored = next((d / "fingerprint.json" for d in list(where.parents)[:3] if (d / "fingerprint.json").is_file()),
+                  None)
+    if stored is None:
+        log.warning("train.init_from=%s: no run folder (fingerprint.json) around it, so the data it was made from "
+                    "is not checked", path)
+        return
+    try:
+        old = json.loads(stored.read_text()).get("data", {})
+    except (ValueError, AttributeError):
+        raise ConfigError(f"train.init_from={path}: {stored} is not readable JSON") from None
+    now = data_fingerprint(dict(zip(("train", "valid", "test"), splits, strict=True)))
+    if "ids_sha256" in old and old["ids_sha256"] != now["ids_sha256"]:
+        raise ConfigError(f"train.init_from={path}: its run ({stored.parent}) was made from other users and items "
+                          "(the id maps differ), so its rows would stand for other people and items; train without "
+                          "train.init_from")
+    if old.get("train") != now["train"]:
+        log.warning("train.init_from=%s: its run was made from other training ratings (same users and items)", path)
 
 
 def _evaluate(run_dir: Path) -> int:

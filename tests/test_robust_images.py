@@ -252,7 +252,7 @@ def test_csv_and_images_must_match(tmp_path):
 def test_no_images_name_the_folder_or_zip(tmp_path):
     (tmp_path / "empty" / "cat").mkdir(parents=True)
     (tmp_path / "empty" / "notes.txt").write_text("x")
-    with pytest.raises(ValueError, match=r"empty: no image files found"):
+    with pytest.raises(ValueError, match=r"empty: no image files found"), pytest.warns(UserWarning, match="notes.txt"):
         load_image_folder(tmp_path / "empty")
     with pytest.raises(ValueError, match=r"empty: no images in class folders"):
         ImageFolderDataset(tmp_path / "empty")

@@ -153,6 +153,31 @@ def test_a_diverged_run_continues_from_its_last_good_state_with_new_settings(set
     assert "do not fit this model" in _err(capsys)
 
 
+def test_init_from_a_run_of_other_users_and_items_is_refused(setup, capsys, caplog):
+    """A checkpoint of a run on other ids (same table shapes) is refused naming the key; the run's own data (a
+    diverged run restarted) and a checkpoint outside any run folder are taken."""
+    tmp, cfg, _ = setup
+    sets = ["model.name=mf", "train.max_epochs=2"]
+    assert main(["train", "--config", str(cfg), "--set", *sets]) == 0
+    own = tmp / "run/train-mf/model/model.pt"
+    assert own.is_file()
+    other = _csv(tmp / "other.csv", seed=1)                   # the same shapes, other users and items drawn
+    text = other.read_text().splitlines()
+    other.write_text("\n".join([text[0], *(f"{int(r.split(',')[0]) + 1000},{r.split(',', 1)[1]}" for r in text[1:])])
+                     + "\n")                                 # ids shifted: other people, same table sizes
+    args = ["train", "--config", str(cfg), "--set", *sets, f"data.path={other}", f"out_dir={tmp / 'run2'}"]
+    assert main([*args, f"train.init_from={own}"]) == 2
+    err = _err(capsys)
+    assert "train.init_from" in err and "other users and items" in err and len(err.splitlines()) == 1
+    same = ["train", "--config", str(cfg), "--set", *sets, f"out_dir={tmp / 'run3'}"]    # the run's own data
+    assert main([*same, f"train.init_from={own}"]) == 0
+    assert "starts from the weights" in (tmp / "run3/train-mf/run.log").read_text()
+    kept = tmp / "kept.pt"                                    # outside any run folder: not checked, logged
+    kept.write_bytes(own.read_bytes())
+    assert main([*args, f"train.init_from={kept}"]) == 0
+    assert "is not checked" in caplog.text
+
+
 def test_stand_alone_training_shows_a_bar_per_step(setup, capsys):
     tmp, cfg, _ = setup
     assert main(["train", "--config", str(cfg), "--set", "model.name=mf", "show_progress=true"]) == 0
