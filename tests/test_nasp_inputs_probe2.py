@@ -65,3 +65,41 @@ def test_valid_edges_are_taken_and_null_grad_clip_means_no_clipping(tmp_path):
     f.write_text("train:\n  label_smoothing: 2\n")
     with pytest.raises(ConfigError, match=r"t.yaml: train.label_smoothing must be in \[0, 1\), got 2.0"):
         load(CNNTrainRun, f)
+
+
+def test_search_init_from_missing_a_folder_corrupt_or_unreadable_names_the_key_and_file(tmp_path, capsys):
+    from test_nasp_inputs_probe import _corpus, _rnn
+
+    _corpus(tmp_path / "c")
+    run = f"run_dir={tmp_path / 's'}"
+    assert _rnn(tmp_path, "search", tmp_path / "c", run) == 0
+    good = tmp_path / "s" / "checkpoint.pt"
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(good.read_bytes()[:-10])
+    cases = [(tmp_path / "nope.pt", "checkpoint {} does not exist"), (tmp_path / "s", "{} is a folder"),
+             (corrupt, "checkpoint {} is corrupt")]
+    for i, (path, what) in enumerate(cases):
+        run = f"run_dir={tmp_path / f'r{i}'}"
+        assert _rnn(tmp_path, "search", tmp_path / "c", run, f"search.init_from={path}") == 2
+        err = capsys.readouterr().err.strip()
+        assert f"search.init_from: {what.format(path)}" in err and len(err.splitlines()) == 1, err
+    assert _rnn(tmp_path, "search", tmp_path / "c", f"run_dir={tmp_path / 'ok'}", f"search.init_from={good}") == 0
+
+
+def test_search_init_from_unreadable_names_the_key_file_and_reason(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from nasp.search import SearchConfig, Searcher
+    from nasp.spaces.toy import ToySpace, ToyTask
+
+    f = tmp_path / "locked.pt"
+    f.write_bytes(b"x")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)      # as chmod 0 does for a user other than root
+    searcher = Searcher(ToySpace(seed=0), ToyTask(), SearchConfig(epochs=1, init_from=str(f)), show_progress=False)
+    with pytest.raises(ValueError, match=re.escape(f"search.init_from: checkpoint {f} cannot be read (Permission "
+                                                   "denied)")):
+        searcher._init_from(str(f))
