@@ -103,3 +103,87 @@ def test_search_init_from_unreadable_names_the_key_file_and_reason(tmp_path, mon
     with pytest.raises(ValueError, match=re.escape(f"search.init_from: checkpoint {f} cannot be read (Permission "
                                                    "denied)")):
         searcher._init_from(str(f))
+
+
+def _image_tree(root, n_per_class=5):
+    """train/ and test/ class folders of small random PNGs of different, non-square sizes (test lacks class b)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, classes in (("train", "abc"), ("test", "ac")):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(n_per_class):
+                h, w = rng.integers(5, 14, 2)
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+                (root / split / c / f"{i}.png").write_bytes(buf.getvalue())
+    return root
+
+
+def test_lazy_and_eager_image_folders_give_the_same_batches_and_labels(tmp_path):
+    import torch
+
+    from data_loaders.augment import Augment
+    from data_loaders.images import ImageSet, LazyImageSet
+    from nasp.commands.cnn import ImageDataConfig, _loader, load_data
+
+    root = _image_tree(tmp_path / "f")
+    out = {}
+    for lazy in (True, False):
+        d = ImageDataConfig(source="folder", path=str(root), num_classes=3, image_size=8, lazy=lazy, subset=12)
+        train, test = load_data(d, "train", seed=3), load_data(d, "test")
+        assert isinstance(train, LazyImageSet if lazy else ImageSet)
+        test = test.aligned_to(train.classes, "test images")
+        loaders = (_loader(train, 5, augment=Augment(cutout=3), seed=1, drop_last=True),
+                   _loader(test, 4, shuffle=False, augment=Augment(train=False)))
+        for ld in loaders:
+            ld.set_epoch(2)
+        out[lazy] = [list(ld) for ld in loaders], train.classes, test.classes, train.image_shape
+    (batches_l, *rest_l), (batches_e, *rest_e) = out[True], out[False]
+    assert rest_l == rest_e == [["a", "b", "c"], ["a", "b", "c"], (3, 8, 8)]
+    assert [len(b) for b in batches_l] == [2, 3]           # 12 of 15 training images; 10 test images
+    for part_l, part_e in zip(batches_l, batches_e, strict=True):
+        for (xl, yl), (xe, ye) in zip(part_l, part_e, strict=True):
+            assert torch.equal(xl, xe) and torch.equal(yl, ye)
+    assert set(torch.cat([y for _, y in batches_l[1]]).tolist()) == {0, 2}     # test labels aligned: no class b
+
+
+def test_lazy_auto_decides_from_the_decoded_size_against_the_memory_share(tmp_path, monkeypatch):
+    import nasp.commands.cnn as cnn
+    from data_loaders.images import ImageSet, LazyImageSet
+
+    root = _image_tree(tmp_path / "f")
+    d = cnn.ImageDataConfig(source="folder", path=str(root), num_classes=3, image_size=8)
+    assert d.lazy == "auto"
+    monkeypatch.setattr(cnn, "_physical_memory", lambda: 4 * 15 * 3 * 8 * 8)      # 15 images need 1/4 of it
+    assert isinstance(cnn.load_data(d, "train"), ImageSet)
+    monkeypatch.setattr(cnn, "_physical_memory", lambda: 4 * 15 * 3 * 8 * 8 - 1)
+    assert isinstance(cnn.load_data(d, "train"), LazyImageSet)
+    for bad, what in (("data.lazy=maybe", "data.lazy must be auto, true or false, got 'maybe'"),
+                      ("data.lazy=true", "data.lazy must be auto or false for source cifar10 (only image folders")):
+        with pytest.raises(ConfigError, match=re.escape(what)):
+            load(CNNTrainRun, None, [bad])
+
+
+def test_nasp_cnn_train_on_a_lazy_folder_trains_as_on_the_eager_one(tmp_path, capsys):
+    import json
+
+    from nasp.cli import main
+
+    root = _image_tree(tmp_path / "f", n_per_class=6)
+    results = {}
+    for lazy, seed in (("true", 0), ("false", 0), ("false", 1)):
+        run = tmp_path / f"r-{lazy}-{seed}"
+        assert main(["cnn", "train", "--quiet", "--set", "threads=1", "data.source=folder", f"data.path={root}",
+                     "data.num_classes=3", "data.image_size=8", "data.cutout=2", "data.batch_size=6",
+                     f"data.lazy={lazy}", "model.C=4", "model.layers=2", "model.auxiliary=false",
+                     "train.epochs=2", f"seed={seed}", f"run_dir={run}"]) == 0, capsys.readouterr().err
+        res = json.loads((run / "results.json").read_text())
+        results[lazy, seed] = [res[k] for k in ("test_accuracy", "test_loss", "parameters", "multiply_adds")] + \
+            [h["train_loss"] for h in res["history"]]
+    assert results["true", 0] == results["false", 0]      # the same numbers, in one process, in either order
+    assert results["false", 1] != results["false", 0]     # seed drives the run (now its initial weights too)
