@@ -187,3 +187,21 @@ def test_nasp_cnn_train_on_a_lazy_folder_trains_as_on_the_eager_one(tmp_path, ca
             [h["train_loss"] for h in res["history"]]
     assert results["true", 0] == results["false", 0]      # the same numbers, in one process, in either order
     assert results["false", 1] != results["false", 0]     # seed drives the run (now its initial weights too)
+
+
+def test_nasp_cnn_search_on_a_lazy_folder_searches_as_on_the_eager_one(tmp_path, capsys):
+    import json
+
+    from nasp.cli import main
+
+    root = _image_tree(tmp_path / "f", n_per_class=8)
+    out = {}
+    for lazy in ("true", "false"):
+        run = tmp_path / f"s-{lazy}"
+        assert main(["cnn", "search", "--quiet", "--set", "threads=1", "data.source=folder", f"data.path={root}",
+                     "data.num_classes=3", "data.image_size=8", "data.batch_size=4", f"data.lazy={lazy}",
+                     "space.C=4", "space.layers=2", "space.steps=2", "space.multiplier=2", "search.epochs=1",
+                     f"run_dir={run}"]) == 0, capsys.readouterr().err
+        res = json.loads((run / "summary.json").read_text())
+        out[lazy] = res["genotype"], res["valid_accuracy"]
+    assert out["true"] == out["false"]

@@ -287,6 +287,7 @@ def run_search(cfg: CNNSearchRun, show_progress: bool = True) -> dict:
     valid = _loader(data.subset(va), d.batch_size, augment=Augment(mean, std, train=False), seed=cfg.seed + 1,
                     drop_last=True)
     scfg = cfg.search
+    seed_everything(cfg.seed)       # the supernet's weights (its alphas take seed themselves)
     space = CNNSearchSpace(C=sp.C, num_classes=d.num_classes, layers=sp.layers, steps=sp.steps,
                            multiplier=sp.multiplier, op_set=sp.op_set, alpha_init=scfg.resolved_alpha_init,
                            seed=cfg.seed, derive_rule=sp.derive_rule, alpha_subbatch=sp.alpha_subbatch or None)
