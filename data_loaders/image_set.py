@@ -24,6 +24,11 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of every image."""
+        return tuple(self.images.shape[1:])
+
     def subset(self, idx: Tensor) -> ImageSet:
         return ImageSet(self.images[idx], self.labels[idx], self.classes)
 

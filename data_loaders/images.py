@@ -36,7 +36,8 @@ from .cifar import CIFAR_PICKLE_GLOBALS, RefusedPickle, load_cifar
 from .image_loader import ImageLoader, search_split
 from .image_set import ImageSet, data_path
 
-__all__ = ["ImageSet", "data_path", "load_cifar", "load_image_zip", "load_image_folder", "ImageFolderDataset",
+__all__ = ["ImageSet", "data_path", "load_cifar", "load_image_zip", "load_image_folder", "image_files", "LazyImageSet",
+           "ImageFolderDataset",
            "search_split", "ImageLoader", "IMAGE_SUFFIXES", "LABEL_CSV_NAMES", "CIFAR_PICKLE_GLOBALS", "RefusedPickle"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp", ".tif", ".tiff")
@@ -147,23 +148,35 @@ def _match_labels(table: dict[str, tuple[str, int]], files: list[tuple[str, str]
     return [(by_stem[k], lab) for k, (lab, _) in sorted(table.items(), key=lambda kv: kv[1][1])]
 
 
-def _stack(items: list[tuple[str, bytes, str]], size: int | None, source: str) -> ImageSet:
-    """ImageSet of (name, encoded bytes, class) items; errors name ``source`` or the file."""
-    if not items:
-        raise ValueError(f"{source}: no image files found (expected [<split>/]<class>/<file>.jpg, or images with an "
-                         "id,label CSV)")
-    classes = _class_order(c for _, _, c in items)
-    index = {c: i for i, c in enumerate(classes)}
-    arrays = []
-    for name, blob, _ in items:
-        try:
-            arrays.append(_decode(blob, size))
-        except (OSError, ValueError, SyntaxError) as e:       # SyntaxError: some broken PNG chunks
-            raise ValueError(f"{name}: not a readable image ({e})") from None
+def _decode_file(name: str, blob: bytes, size: int | None) -> np.ndarray:
+    """:func:`_decode` whose errors name the file: uint8 (H, W, 3)."""
+    try:
+        return _decode(blob, size)
+    except (OSError, ValueError, SyntaxError) as e:       # SyntaxError: some broken PNG chunks
+        raise ValueError(f"{name}: not a readable image ({e})") from None
+
+
+def _decode_all(items, size: int | None, source: str) -> Tensor:
+    """uint8 (N, 3, H, W) of (name, encoded bytes) items; images of different sizes (``size`` None) name ``source``."""
+    arrays = [_decode_file(name, blob, size) for name, blob in items]
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise ValueError(f"{source}: images have different sizes {sorted(shapes)[:3]}...; pass size= to resize them")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def _no_images(source: str) -> ValueError:
+    return ValueError(f"{source}: no image files found (expected [<split>/]<class>/<file>.jpg, or images with an "
+                      "id,label CSV)")
+
+
+def _stack(items: list[tuple[str, bytes, str]], size: int | None, source: str) -> ImageSet:
+    """ImageSet of (name, encoded bytes, class) items; errors name ``source`` or the file."""
+    if not items:
+        raise _no_images(source)
+    classes = _class_order(c for _, _, c in items)
+    index = {c: i for i, c in enumerate(classes)}
+    images = _decode_all(((name, blob) for name, blob, _ in items), size, source)
     return ImageSet(images, torch.tensor([index[c] for _, _, c in items], dtype=torch.int64), classes)
 
 
@@ -315,10 +328,16 @@ def load_image_folder(path: str | Path, size: int | None = None, labels: str | P
     file stems): ``labels=`` or, found by name, ``path/labels.csv``, ``<path>Labels.csv`` (Kaggle CIFAR-10:
     ``train/`` + ``trainLabels.csv``) or ``<path>_labels.csv``. A zip file goes to :func:`load_image_zip`.
     Images directly in a folder without a CSV, a folder of one class folder, or no images at all are errors
-    naming the folder. images: uint8 (N, 3, H, W)."""
-    path = Path(path)
-    if path.is_file():
+    naming the folder. images: uint8 (N, 3, H, W). (:func:`image_files` then :meth:`LazyImageSet.load`.)"""
+    if Path(path).is_file():
         return load_image_zip(path, size=size, labels=labels)
+    return image_files(path, size, labels).load()
+
+
+def image_files(path: str | Path, size: int | None = None, labels: str | Path | None = None) -> LazyImageSet:
+    """The images of a folder as :func:`load_image_folder` finds and labels them (same layouts, checks and order),
+    listed but not read: a :class:`LazyImageSet` that decodes an image when it is indexed."""
+    path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"image folder {path} does not exist")
     flat, nested = _folder_images(path, labels is None)
@@ -333,12 +352,67 @@ def load_image_folder(path: str | Path, size: int | None = None, labels: str | P
                              f"{path.parent / (path.name + 'Labels.csv')})")
         table = _read_label_csv(csv_path.read_bytes(), str(csv_path))
         pairs = _match_labels(table, [(str(p), p.stem) for p in flat], str(csv_path))
-        return _stack([(f, Path(f).read_bytes(), c) for f, c in pairs], size, str(path))
-    if labels is not None and nested:
-        raise ValueError(f"{path}: labels= was given but the images sit in class subfolders, not in the folder")
-    if len({p.parent.name for p in nested}) == 1:
-        raise _one_folder_error(str(path), nested[0].parent.name)
-    return _stack([(str(p), p.read_bytes(), p.parent.name) for p in nested], size, str(path))
+    else:
+        if labels is not None and nested:
+            raise ValueError(f"{path}: labels= was given but the images sit in class subfolders, not in the folder")
+        if len({p.parent.name for p in nested}) == 1:
+            raise _one_folder_error(str(path), nested[0].parent.name)
+        pairs = [(str(p), p.parent.name) for p in nested]
+    if not pairs:
+        raise _no_images(str(path))
+    classes = _class_order(c for _, c in pairs)
+    index = {c: i for i, c in enumerate(classes)}
+    return LazyImageSet([f for f, _ in pairs], torch.tensor([index[c] for _, c in pairs], dtype=torch.int64),
+                        classes, size, str(path))
+
+
+class LazyImageSet:
+    """Image files and their labels, decoded when indexed: ``dataset[i]`` -> (uint8 (3, H, W), label), the pixels
+    :func:`load_image_folder` gives (``size``: resized to size x size); :meth:`load` reads them all into an
+    :class:`ImageSet`. ``labels`` int64 (N,), ``classes`` names (label i -> classes[i]), as in an ImageSet."""
+
+    def __init__(self, files: list[str], labels: Tensor, classes: list[str], size: int | None, source: str):
+        self.files, self.labels, self.classes, self.size, self.source = list(files), labels, list(classes), size, source
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        name = self.files[i]
+        arr = _decode_file(name, Path(name).read_bytes(), self.size)
+        return torch.from_numpy(arr).permute(2, 0, 1), int(self.labels[i])
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """(3, H, W) of every image (``size`` None: of the first one)."""
+        return (3, self.size, self.size) if self.size is not None else tuple(self[0][0].shape)
+
+    def decoded_bytes(self) -> int:
+        """Memory the decoded uint8 images take (what :meth:`load` holds)."""
+        c, h, w = self.image_shape
+        return len(self) * c * h * w
+
+    def stats(self) -> list[tuple[str, int, int]]:
+        """(file relative to the folder, bytes, modification time in ns) of each file: what identifies the set
+        without reading it."""
+        out = []
+        for f in self.files:
+            st = os.stat(f)
+            out.append((os.path.relpath(f, self.source), st.st_size, st.st_mtime_ns))
+        return out
+
+    def subset(self, idx: Tensor) -> LazyImageSet:
+        return LazyImageSet([self.files[int(i)] for i in idx], self.labels[idx], self.classes, self.size, self.source)
+
+    def aligned_to(self, classes: list[str], label: str = "images") -> LazyImageSet:
+        """As :meth:`ImageSet.aligned_to`: the same files labelled by their class name's index in ``classes``."""
+        remapped = ImageSet(torch.empty(len(self), 0), self.labels, self.classes).aligned_to(classes, label)
+        return LazyImageSet(self.files, remapped.labels, remapped.classes, self.size, self.source)
+
+    def load(self) -> ImageSet:
+        """Every image read and decoded: an in-memory :class:`ImageSet` (errors name the file)."""
+        images = _decode_all(((f, Path(f).read_bytes()) for f in self.files), self.size, self.source)
+        return ImageSet(images, self.labels, self.classes)
 
 
 class ImageFolderDataset:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 import yaml
 
 __all__ = ["ConfigError", "merge", "parse_assignments", "read_yaml", "load", "config_from_dict", "to_dict", "keys",
-           "add_config_arguments"]
+           "add_config_arguments", "check_finite", "check_range"]
 
 T = TypeVar("T")
 
@@ -43,6 +44,8 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         args = typing.get_args(annotation)
         if value is None and type(None) in args:
             return None
+        if len(args) == 2 and type(None) in args:     # X | None given a value: X's own message ("got nan")
+            return _convert(value, next(a for a in args if a is not type(None)), key)
         for arg in args:
             if arg is type(None):
                 continue
@@ -81,6 +84,32 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
 
 def _name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "").replace("NoneType", "null")
+
+
+# ---- value checks shared by the configs' __post_init__ (a ValueError "<field> must ..."; merge names the section) --
+def check_finite(obj: Any) -> None:
+    """Refuse NaN and +-inf in every float field of the dataclass ``obj`` (no setting means anything by them)."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{f.name} must be a finite number, got {v}")
+
+
+def check_range(obj: Any, name: str, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False, high_open: bool = True, nullable: bool = False, hint: str = "") -> None:
+    """Refuse field ``name`` of ``obj`` outside [low, high) (``low_open``: (low, ...; ``high_open=False``: ..., high]),
+    null unless ``nullable``; the message names the field, the interval and the value."""
+    v = getattr(obj, name)
+    if v is None and nullable:
+        return
+    ok = v is not None and (low is None or (v > low if low_open else v >= low)) and \
+        (high is None or (v < high if high_open else v <= high))
+    if not ok:
+        if high is None:
+            want = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            want = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be {want}{' or null' if nullable else ''}{hint}, got {v}")
 
 
 # ---- merging -------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import config_from_dict
+from .config import check_finite, config_from_dict
 from .genotype import Genotype
 from .strategies import STRATEGIES
 
@@ -90,6 +90,7 @@ class SearchConfig:
         if len(self.a_betas) != 2 or not all(0 <= b < 1 for b in self.a_betas):
             raise ValueError(f"a_betas must be two numbers in [0, 1), got {list(self.a_betas)}")
         self.a_betas = tuple(self.a_betas)
+        check_finite(self)                  # the remaining float settings (eta, w_lr_min, ...): no inf
 
     @property
     def resolved_alpha_init(self) -> str:

@@ -16,7 +16,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import WEIGHT_BOUND, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unhealthy_parameter
+from .checkpoint import (
+    WEIGHT_BOUND,
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unhealthy_parameter,
+)
 from .loop import reload_last_good
 from .search_config import NonFiniteLossError
 from .streams import ResumableStream
@@ -80,10 +88,19 @@ class SearchCheckpoints:
                              f"(saved, now): {diff}; use another run_dir or resume=False")
 
     def _init_from(self, path: str) -> None:
-        """Weights and alphas of another search's checkpoint; optimisers, schedule and step start afresh."""
+        """Weights and alphas of another search's checkpoint; optimisers, schedule and step start afresh. A file
+        that is missing, a folder, unreadable or not a checkpoint is a ValueError naming ``search.init_from``."""
+        if Path(path).is_dir():
+            raise ValueError(f"search.init_from: {path} is a folder; give the checkpoint.pt inside it")
         try:
-            self.model.load_state_dict(load_checkpoint(path, map_location=self.device)["model"])
-        except (RuntimeError, KeyError) as e:
+            saved = load_checkpoint(path, map_location=self.device)
+        except (CheckpointError, FileNotFoundError) as e:       # missing, corrupt, not a nasp checkpoint
+            raise ValueError(f"search.init_from: {e}; give the checkpoint.pt of an earlier search") from None
+        except OSError as e:                                     # unreadable: permissions, I/O
+            raise ValueError(f"search.init_from: checkpoint {path} cannot be read ({e.strerror})") from None
+        try:
+            self.model.load_state_dict(saved["model"])
+        except (RuntimeError, KeyError, TypeError) as e:
             raise ValueError(f"search.init_from={path}: not a search checkpoint of this space "
                              f"({str(e).splitlines()[0][:160]})") from None
         log.info("the search starts from the weights and alphas of %s", path)

@@ -4,6 +4,7 @@ below through :mod:`nasp.config` (defaults, a YAML file, ``--set key=value ...``
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import ClassVar
 
 import torch
 
+from ..checkpoint import seed_everything
 from ..config import load, to_dict
 from ..device import check_device
 from ..search import SearchConfig, Searcher
@@ -19,7 +21,17 @@ from . import check_threads
 from .runs import digest, prepare_run_dir
 
 __all__ = ["ImageDataConfig", "CNNSpaceConfig", "CNNModelConfig", "CNNSearchRun", "CNNTrainRun",
-           "resolve_config", "run_search", "run_train", "load_data"]
+           "resolve_config", "run_search", "run_train", "load_data", "EAGER_MEMORY_SHARE"]
+
+log = logging.getLogger("nasp.commands.cnn")
+
+# data.lazy=auto reads an image folder into memory when its decoded images (N x 3 x size x size bytes) take at most
+# this share of the machine's physical memory, else lazily (decoded per batch). A quarter, because reading stacks
+# the decoded images into a second copy, the search indexes a copy of each half, and the model, the other split and
+# the batches need room too; ImageNet at 224 px (1.28M images, 193 GB decoded) is thus lazy on any machine, a
+# CIFAR-sized folder (50k images at 32 px, 154 MB) in memory on any.
+EAGER_MEMORY_SHARE = 0.25
+FALLBACK_MEMORY = 16 * 2**30        # where the OS does not say how much memory the machine has
 
 
 @dataclass
@@ -35,6 +47,8 @@ class ImageDataConfig:
     cutout: int = 0
     train_fraction: float = 0.5     # search: share of the training images for the weight steps (rest: alpha)
     image_size: int = 32
+    lazy: bool | str = "auto"       # folder source: decode images per batch (true), all up front (false), or auto:
+    #                                 up front when they fit EAGER_MEMORY_SHARE of the memory (zip/cifar: up front)
 
     def __post_init__(self):
         if self.source not in ("cifar10", "cifar100", "zip", "folder"):
@@ -47,6 +61,11 @@ class ImageDataConfig:
             raise ValueError(f"subset and cutout must be >= 0, got subset={self.subset}, cutout={self.cutout}")
         if self.cutout >= self.image_size:        # a square this large can cover every pixel of every image
             raise ValueError(f"cutout ({self.cutout}) must be smaller than image_size ({self.image_size})")
+        if self.lazy not in (True, False, "auto"):
+            raise ValueError(f"lazy must be auto, true or false, got {self.lazy!r}")
+        if self.lazy is True and self.source != "folder":
+            raise ValueError(f"lazy must be auto or false for source {self.source} (only image folders, source: "
+                             "folder, are read lazily), got true")
 
 
 @dataclass
@@ -143,8 +162,10 @@ def _resolve_path(p: str) -> Path:
 
 
 def load_data(d: ImageDataConfig, split: str, seed: int = 0):
-    """An ImageSet for ``split`` ("train" or "test") of the configured source (``seed`` draws the subset)."""
-    from data_loaders.images import load_cifar, load_image_folder, load_image_zip
+    """An ImageSet for ``split`` ("train" or "test") of the configured source (``seed`` draws the subset), or for a
+    folder that ``data.lazy`` reads lazily a LazyImageSet (the same images, labels and classes, decoded when
+    indexed)."""
+    from data_loaders.images import image_files, load_cifar, load_image_folder, load_image_zip
 
     if d.source in ("cifar10", "cifar100"):
         data = load_cifar(_resolve_path(d.path), d.source, split)
@@ -158,8 +179,11 @@ def load_data(d: ImageDataConfig, split: str, seed: int = 0):
                              f"({_split_folders(path, is_zip)})")
         if is_zip:                                         # a zip with train/ and test/ folders: only this split
             data = load_image_zip(path, split=split if has_split else None, size=d.image_size)
+        elif path.is_file():
+            data = load_image_folder(path, size=d.image_size)
         else:
-            data = load_image_folder(path / split if has_split else path, size=d.image_size)
+            data = image_files(path / split if has_split else path, size=d.image_size)
+            data = data if _read_lazily(d, data, split) else data.load()
     if len(data.classes) > d.num_classes:
         raise ValueError(f"data.num_classes is {d.num_classes} but the {split} images have {len(data.classes)} "
                          f"classes; set data.num_classes={len(data.classes)}")
@@ -167,6 +191,34 @@ def load_data(d: ImageDataConfig, split: str, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
         data = data.subset(torch.randperm(len(data), generator=g)[: d.subset])
     return data
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):       # not a POSIX system that reports it
+        return FALLBACK_MEMORY
+
+
+def _read_lazily(d: ImageDataConfig, files, split: str) -> bool:
+    """``data.lazy``, or for auto whether the decoded images exceed :data:`EAGER_MEMORY_SHARE` of the memory."""
+    if d.lazy != "auto":
+        return bool(d.lazy)
+    need, have = files.decoded_bytes(), _physical_memory()
+    lazy = need > EAGER_MEMORY_SHARE * have
+    log.info("data.lazy=auto: the %s images take %.2f GB decoded, %s %.0f%% of %.1f GB memory: read %s", split,
+             need / 1e9, "over" if lazy else "within", 100 * EAGER_MEMORY_SHARE, have / 1e9,
+             "lazily (per batch)" if lazy else "into memory")
+    return lazy
+
+
+def _loader(data, batch_size: int, **kw):
+    """An ImageLoader over an in-memory ImageSet or a LazyImageSet (same batches for the same images)."""
+    from data_loaders.images import ImageLoader, LazyImageSet
+
+    if isinstance(data, LazyImageSet):
+        return ImageLoader(data, None, batch_size, **kw)
+    return ImageLoader(data.images, data.labels, batch_size, **kw)
 
 
 def _split_folders(path: Path, is_zip: bool) -> str:
@@ -197,8 +249,13 @@ def _enough(n: int, batch_size: int, what: str) -> None:
 
 
 def _digest(data) -> str:
-    """sha256 of an ImageSet (images, labels, class names), for the run folder's fingerprint."""
-    return digest(data.images, data.labels, list(data.classes))
+    """sha256 of an ImageSet (images, labels, class names), for the run folder's fingerprint; of a LazyImageSet
+    the files' names, sizes and modification times instead of the pixels (decoding ImageNet at every start would
+    take longer than an epoch)."""
+    from data_loaders.images import LazyImageSet
+
+    pixels = data.stats() if isinstance(data, LazyImageSet) else data.images
+    return digest(pixels, data.labels, list(data.classes))
 
 
 def _stats(source: str):
@@ -211,7 +268,7 @@ def _stats(source: str):
 def run_search(cfg: CNNSearchRun, show_progress: bool = True) -> dict:
     """Search a cell with the configured strategy; writes genotype JSON + pictures into run_dir."""
     from data_loaders.augment import Augment
-    from data_loaders.images import ImageLoader, search_split
+    from data_loaders.images import search_split
 
     from ..spaces.cnn import CNNSearchSpace, ImageClassificationTask
     from ..spaces.cnn.genotypes import draw, from_core
@@ -225,11 +282,12 @@ def run_search(cfg: CNNSearchRun, show_progress: bool = True) -> dict:
     _enough(len(va), d.batch_size, "the search split's alpha-step part (1 - data.train_fraction)")
     prepare_run_dir(run_dir, "cnn search", cfg, {"train": _digest(data)})
     mean, std = _stats(d.source)
-    train = ImageLoader(data.images[tr], data.labels[tr], d.batch_size,
-                        augment=Augment(mean, std, cutout=d.cutout), seed=cfg.seed, drop_last=True)
-    valid = ImageLoader(data.images[va], data.labels[va], d.batch_size, augment=Augment(mean, std, train=False),
-                        seed=cfg.seed + 1, drop_last=True)
+    train = _loader(data.subset(tr), d.batch_size, augment=Augment(mean, std, cutout=d.cutout), seed=cfg.seed,
+                    drop_last=True)
+    valid = _loader(data.subset(va), d.batch_size, augment=Augment(mean, std, train=False), seed=cfg.seed + 1,
+                    drop_last=True)
     scfg = cfg.search
+    seed_everything(cfg.seed)       # the supernet's weights (its alphas take seed themselves)
     space = CNNSearchSpace(C=sp.C, num_classes=d.num_classes, layers=sp.layers, steps=sp.steps,
                            multiplier=sp.multiplier, op_set=sp.op_set, alpha_init=scfg.resolved_alpha_init,
                            seed=cfg.seed, derive_rule=sp.derive_rule, alpha_subbatch=sp.alpha_subbatch or None)
@@ -255,7 +313,6 @@ def run_train(cfg: CNNTrainRun, show_progress: bool = True) -> dict:
     """Train a genotype stand-alone, evaluate on the test split, report parameters and multiply-adds (checkpoint
     run_dir/train_checkpoint.pt after every epoch: a rerun resumes; per-epoch log train_log.jsonl)."""
     from data_loaders.augment import IMAGENET_MEAN, IMAGENET_STD, Augment
-    from data_loaders.images import ImageLoader
 
     from ..spaces.cnn.genotypes import draw, get_genotype
     from ..spaces.cnn.model import NetworkCIFAR, NetworkImageNet
@@ -269,6 +326,8 @@ def run_train(cfg: CNNTrainRun, show_progress: bool = True) -> dict:
         msg = " ".join(str(e).split())
         raise ValueError(f"model.genotype={m.genotype}: {msg[:300]}{' ...' if len(msg) > 300 else ''} (nasp cnn "
                          "search writes the cell to cell_genotype.json)") from None
+    seed_everything(cfg.seed)       # the initial weights: drawn from seed (they came from whatever state the
+    #                                 process's global generator was in, so a second run in one process differed)
     if m.network == "cifar":
         net = NetworkCIFAR(genotype, m.C, d.num_classes, m.layers, m.auxiliary)
         mean, std = _stats(d.source)
@@ -279,12 +338,11 @@ def run_train(cfg: CNNTrainRun, show_progress: bool = True) -> dict:
     test_set = test_set.aligned_to(train_set.classes, f"test images ({d.test_path or d.path})")   # same label ids
     _enough(len(train_set), d.batch_size, "the training images")
     prepare_run_dir(run_dir, "cnn train", cfg, {"train": _digest(train_set), "test": _digest(test_set)})
-    train = ImageLoader(train_set.images, train_set.labels, d.batch_size,
-                        augment=Augment(mean, std, cutout=d.cutout), seed=cfg.seed, drop_last=True)
-    test = ImageLoader(test_set.images, test_set.labels, d.batch_size, shuffle=False,
-                       augment=Augment(mean, std, train=False))
+    train = _loader(train_set, d.batch_size, augment=Augment(mean, std, cutout=d.cutout), seed=cfg.seed,
+                    drop_last=True)
+    test = _loader(test_set, d.batch_size, shuffle=False, augment=Augment(mean, std, train=False))
     tcfg = cfg.train
-    size = tuple(train_set.images.shape[1:])
+    size = train_set.image_shape
     result = train_classifier(net, train, test, tcfg, device=cfg.device, run_dir=run_dir, input_size=size,
                               show_progress=show_progress)
     pictures = draw(genotype, run_dir / "cell")

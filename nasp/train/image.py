@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..amp import autocast, check_amp, grad_scaler
-from ..config import config_from_dict
+from ..config import check_finite, check_range, config_from_dict
 from ..trainer import Trainer, TrainStep
 
 __all__ = ["TrainConfig", "TrainResult", "ImageStep", "train_classifier", "evaluate_classifier", "count_parameters",
@@ -40,7 +40,7 @@ class TrainConfig:
     lr_gamma: float = 0.97             # exponential decay per epoch
     momentum: float = 0.9
     weight_decay: float = 3e-4
-    grad_clip: float = 5.0
+    grad_clip: float | None = 5.0      # null: no clipping
     auxiliary_weight: float = 0.4
     drop_path: float = 0.2
     label_smoothing: float = 0.0
@@ -54,12 +54,17 @@ class TrainConfig:
         if self.lr_schedule not in ("cosine", "exponential"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'exponential', got {self.lr_schedule!r}")
         check_amp(self.amp)
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ValueError(f"max_seconds must be > 0 or null, got {self.max_seconds}")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_finite(self)
+        check_range(self, "max_seconds", 0, low_open=True, nullable=True)
+        check_range(self, "epochs", 1)
+        check_range(self, "max_steps_per_epoch", 1, nullable=True, hint=" (all)")
+        check_range(self, "lr", 0, low_open=True)
+        check_range(self, "lr_gamma", 0, low_open=True)
+        check_range(self, "grad_clip", 0, low_open=True, nullable=True, hint=" (no clipping)")
+        for name in ("lr_min", "momentum", "weight_decay", "auxiliary_weight"):
+            check_range(self, name, 0)
+        check_range(self, "drop_path", 0, 1)
+        check_range(self, "label_smoothing", 0, 1)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -171,7 +176,7 @@ class ImageStep(TrainStep):
                 if aux is not None and c.auxiliary_weight > 0:
                     loss = loss + c.auxiliary_weight * _loss(aux, y, c)
             scaler.scale(loss).backward()
-            if c.grad_clip:
+            if c.grad_clip is not None:
                 scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
             scaler.step(opt)

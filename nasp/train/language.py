@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..amp import autocast, check_amp, grad_scaler
-from ..config import config_from_dict
+from ..config import check_finite, check_range, config_from_dict
 from ..spaces.rnn.task import LanguageModelTask
 from ..trainer import Trainer, TrainStep
 
@@ -44,7 +44,7 @@ class LMTrainConfig:
     epochs: int = 8000
     lr: float = 20.0
     weight_decay: float = 8e-7
-    grad_clip: float = 0.25
+    grad_clip: float | None = 0.25     # null: no clipping
     bptt: int = 35                 # reference window length for the lr scaling
     nonmono: int = 5               # averaged-SGD trigger window
     ar: float = 0.0
@@ -60,11 +60,14 @@ class LMTrainConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.bptt < 1 or self.nonmono < 1:
             raise ValueError("epochs, bptt and nonmono must be >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
         check_amp(self.amp)
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ValueError(f"max_seconds must be > 0 or null, got {self.max_seconds}")
+        check_finite(self)
+        check_range(self, "lr", 0, low_open=True)
+        check_range(self, "max_seconds", 0, low_open=True, nullable=True)
+        check_range(self, "max_steps_per_epoch", 1, nullable=True, hint=" (all)")
+        check_range(self, "grad_clip", 0, low_open=True, nullable=True, hint=" (no clipping)")
+        for name in ("weight_decay", "ar", "tar"):
+            check_range(self, name, 0)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LMTrainConfig:
@@ -173,7 +176,7 @@ class LanguageStep(TrainStep):
             with autocast(self.device, c.amp):
                 loss = self.task.loss(self.fwd, batch, None, "train")
             scaler.scale(loss).backward()
-            if c.grad_clip:
+            if c.grad_clip is not None:
                 scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(self.params, c.grad_clip)
             scaler.step(opt)
