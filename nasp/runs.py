@@ -71,15 +71,22 @@ def _data_differ(key: str) -> str:
 
 
 def differences(old: dict[str, Any], new: dict[str, Any],
-                data_message: Callable[[str], str] = _data_differ) -> list[str]:
+                data_message: Callable[[str], str] = _data_differ,
+                defaults: dict[str, Any] | None = None) -> list[str]:
     """Readable differences between two fingerprints, empty when they are the same run: the command, then each
-    differing setting as ``key (old -> new)``, then ``data_message(split)`` for each differing data entry."""
+    differing setting as ``key (old -> new)``, then ``data_message(split)`` for each differing data entry.
+    defaults: flat settings' defaults; a setting the old fingerprint lacks (added to the library after that run)
+    that the new one holds at its default is no difference, since the old run behaved so."""
     out = []
     if old.get("command") != new.get("command"):
         out.append(f"command ({old.get('command')} -> {new.get('command')})")
-    a, b = old.get("config", {}), new.get("config", {})
+    a, b, defaults = old.get("config", {}), new.get("config", {}), defaults or {}
+
+    def added_at_default(k: str) -> bool:
+        return k not in a and k in defaults and k in b and _same(b[k], defaults[k])
+
     out += [f"{k} ({a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r})" for k in sorted(set(a) | set(b))
-            if not _same(a.get(k), b.get(k))]
+            if not _same(a.get(k), b.get(k)) and not added_at_default(k)]
     da, db = old.get("data", {}), new.get("data", {})
     out += [data_message(k) for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)]
     return out

@@ -12,7 +12,6 @@ by this library version's command lines and is refused too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from data_loaders import RatingDataset
-from nasp.config import ConfigError
+from nasp.runs import RunFolderError, digest, flatten
+from nasp.runs import differences as _differences
 
 __all__ = ["RunFolderError", "command_folder", "fingerprint", "differences", "prepare_run_folder"]
 
@@ -31,10 +31,6 @@ NON_SEMANTIC = ("out_dir", "show_progress", "threads", "search.log_every")
 BUDGETS = ("train.max_seconds",)
 
 
-class RunFolderError(ConfigError):
-    """A run folder holds a run made from other settings or data; the message names the differences."""
-
-
 def command_folder(out_dir: str | Path, command: str, model: str | None = None) -> Path:
     """``out_dir/search``, ``out_dir/train-<model>`` (``:`` spelled ``-``) or ``out_dir/benchmark``."""
     out_dir = Path(out_dir).expanduser()            # "~/runs" is the home folder's, not a folder named "~"
@@ -43,71 +39,40 @@ def command_folder(out_dir: str | Path, command: str, model: str | None = None) 
     return out_dir / command
 
 
-def _digest(*arrays: Any) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        if a is None:
-            h.update(b"none")
-            continue
-        a = np.ascontiguousarray(a.numpy() if hasattr(a, "numpy") else a)
-        h.update(str((a.dtype, a.shape)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def data_fingerprint(splits: dict[str, RatingDataset]) -> dict[str, Any]:
     """sha256 and size of each split's (users, items, ratings, contexts), plus the id maps."""
     out: dict[str, Any] = {}
     for name, ds in splits.items():
-        out[name] = {"n": len(ds), "sha256": _digest(ds.users, ds.items, ds.ratings, ds.contexts)}
+        out[name] = {"n": len(ds), "sha256": digest(ds.users, ds.items, ds.ratings, ds.contexts)}
     if not splits:
         return out
     first = next(iter(splits.values()))
-    out["ids_sha256"] = _digest(np.asarray(first.user_ids).astype(str), np.asarray(first.item_ids).astype(str))
-    return out
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
+    out["ids_sha256"] = digest(np.asarray(first.user_ids).astype(str), np.asarray(first.item_ids).astype(str))
     return out
 
 
 def fingerprint(config: dict[str, Any], splits: dict[str, RatingDataset], command: str) -> dict[str, Any]:
     """What made a run: the command, its semantic settings (flattened dotted keys) and its data."""
-    settings = {k: v for k, v in _flatten(config).items() if k not in NON_SEMANTIC + BUDGETS}
+    settings = {k: v for k, v in flatten(config).items() if k not in NON_SEMANTIC + BUDGETS}
     return {"command": command, "config": settings, "data": data_fingerprint(splits)}
 
 
+def _data_message(key: str) -> str:
+    what = "the id maps" if key == "ids_sha256" else f"the {key} ratings"
+    return f"data: {what} differ (file content, ratings, rows or split changed)"
+
+
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable differences between two fingerprints (empty: the same run)."""
-    out = []
-    if old.get("command") != new.get("command"):
-        out.append(f"command ({old.get('command')} -> {new.get('command')})")
-    a, b = old.get("config", {}), new.get("config", {})
-    defaults = _default_settings()
-    for k in sorted(set(a) | set(b)):
-        if k not in a and k in defaults and b[k] == defaults[k]:
-            continue        # a setting added after the old run, at its default: the old run behaved so
-        if a.get(k) != b.get(k):
-            out.append(f"{k} ({a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r})")
-    da, db = old.get("data", {}), new.get("data", {})
-    for k in sorted(set(da) | set(db)):
-        if da.get(k) != db.get(k):
-            what = "the id maps" if k == "ids_sha256" else f"the {k} ratings"
-            out.append(f"data: {what} differ (file content, ratings, rows or split changed)")
-    return out
+    """Human-readable differences between two fingerprints (empty: the same run; :func:`nasp.runs.differences`
+    with sif's wording of data differences and a setting added since the old run, at its default, not counted)."""
+    return _differences(old, new, _data_message, defaults=_default_settings())
 
 
 def _default_settings() -> dict[str, Any]:
     """Every setting's default, flattened like a fingerprint's config."""
     from .config import RunConfig
 
-    return _flatten(RunConfig().to_dict())
+    return flatten(RunConfig().to_dict())
 
 
 def prepare_run_folder(folder: str | Path, fp: dict[str, Any], fresh: bool = False) -> tuple[Path, bool]:

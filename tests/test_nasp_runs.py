@@ -1,6 +1,6 @@
-"""nasp.runs is the one home of run-folder fingerprints: its digest, flatten and differences give the outputs of
-sif.runs' private copies for the same inputs (so switching sif to it changes no fingerprint of an existing sif
-run folder), and nasp.commands.runs uses it."""
+"""nasp.runs is the one home of run-folder fingerprints, used by sif.runs and nasp.commands.runs: its digest keeps
+the byte format sif run folders were fingerprinted with (pinned below: the hashes sif's own copy gave before the
+switch), so no existing sif run folder changes its fingerprint."""
 
 from __future__ import annotations
 
@@ -29,21 +29,18 @@ def _sif_data_message(key: str) -> str:
     return f"data: {what} differ (file content, ratings, rows or split changed)"
 
 
-def test_digest_equals_sifs_digest_on_arrays_tensors_and_none():
-    rng = np.random.default_rng(0)
-    cases = [
-        (np.arange(7, dtype=np.int64),),
-        (rng.standard_normal((3, 4)).astype(np.float32), None, np.array([], dtype=np.int64)),
-        (torch.arange(5), torch.rand(2, 3), None),
-        (np.asarray(["u1", "u22", "u3"]).astype(str), np.asarray([10, 2]).astype(str)),
-        (rng.standard_normal((4, 3))[:, 1],),                      # not contiguous
-        (torch.rand(3, 4).t(), np.float64(2.5), np.bool_(True)),    # a transposed view; numpy scalars
-    ]
-    for parts in cases:
-        assert digest(*parts) == sif_runs._digest(*parts)
+def test_digest_keeps_the_byte_format_of_sif_run_folders():
+    """Pinned: the sha256 values sif.runs' own digest gave for these inputs before it was replaced by this one."""
+    assert digest(np.arange(7, dtype=np.int64)) == "f8de566e529a5a398607008c496224e1e6fd0b9bccf1463d99bb104efad1277e"
+    assert digest(torch.arange(5), None, np.asarray(["u1", "u22"]).astype(str)) == \
+        "e85710e3206a1c46f7a5ff157c2869d807b28ba94724d3ba033498ab357b9f20"
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    assert digest(x[:, 1]) == digest(np.ascontiguousarray(x[:, 1]))   # a strided view hashes as its values
     assert digest(torch.arange(5)) == digest(np.arange(5))         # a tensor hashes as its numpy view
     assert digest(np.arange(5)) != digest(np.arange(5).astype(np.int32)) != digest(np.arange(6))
     assert digest(torch.ones(2, requires_grad=True)) == digest(np.ones(2, dtype=np.float32))
+    t = torch.rand(3, 4)
+    assert digest(t.t()) == digest(t.t().contiguous())             # a transposed view hashes as its values
 
 
 def test_digest_of_a_rating_split_and_its_id_maps_equals_sifs_data_fingerprint():
@@ -61,12 +58,11 @@ def test_digest_of_json_values_is_stable_and_order_sensitive():
     assert digest(torch.arange(3), ["cat", "dog"]) != digest(torch.arange(3), ["dog", "cat"])
 
 
-def test_flatten_equals_sifs_and_keeps_named_leaves_whole():
+def test_flatten_gives_dotted_keys_and_keeps_named_leaves_whole():
     cfg = load_config("configs/sif_ml100k.yaml").to_dict()
-    assert flatten(cfg) == sif_runs._flatten(cfg)
+    assert flatten(cfg)["train.lr"] == cfg["train"]["lr"] and "train" not in flatten(cfg)
     nested = {"a": {"b": 1, "c": {"d": [1, 2]}, "e": {}}, "data": {"files": {"train": "t.txt"}, "n": 3}}
-    assert flatten(nested) == sif_runs._flatten(nested) == {"a.b": 1, "a.c.d": [1, 2], "a.e": {},
-                                                            "data.files.train": "t.txt", "data.n": 3}
+    assert flatten(nested) == {"a.b": 1, "a.c.d": [1, 2], "a.e": {}, "data.files.train": "t.txt", "data.n": 3}
     assert flatten(nested, leaves=("files",))["data.files"] == {"train": "t.txt"}
 
 
@@ -99,8 +95,18 @@ def test_differences_read_a_stored_json_fingerprint_as_the_same_run():
                                                                     "ops (['a', 'b'] -> '<absent>')"]
 
 
-def test_one_error_type_and_nasp_commands_use_the_shared_pieces():
+def test_a_setting_added_since_the_old_run_at_its_default_is_no_difference():
+    old = {"command": "c", "config": {"lr": 0.1}, "data": {}}
+    new = {"command": "c", "config": {"lr": 0.1, "race_tie_z": 1.0}, "data": {}}
+    assert differences(old, new, defaults={"race_tie_z": 1.0}) == []
+    assert differences(old, new) == ["race_tie_z ('<absent>' -> 1.0)"]
+    changed = {**new, "config": {"lr": 0.1, "race_tie_z": 2.0}}
+    assert differences(old, changed, defaults={"race_tie_z": 1.0}) == ["race_tie_z ('<absent>' -> 2.0)"]
+
+
+def test_one_error_type_and_both_commands_use_the_shared_pieces():
     assert issubclass(RunFolderError, ConfigError)
+    assert sif_runs.RunFolderError is RunFolderError and sif_runs.digest is digest
     assert nasp_cmd_runs.RunFolderError is RunFolderError
     assert nasp_cmd_runs.digest is digest
     assert nasp_cmd_runs.differences is differences
