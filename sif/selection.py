@@ -221,6 +221,7 @@ def tie_break(result: RaceResult, per_user: Callable[[str], Mapping[str, np.ndar
                     "diff": float(d.mean()), "se": se}
         if op != first and se == se and abs(d.mean()) <= z * se:
             tied.append(op)
+
     def rank(op: str) -> tuple[float, int]:        # NaN (no user with a candidate negative) ranks last
         v = rows[op][tie_metric]
         return (v if v == v else float("-inf"), -result.candidates.index(op))
