@@ -77,3 +77,61 @@ def test_image_folder_dataset_reads_a_csv_labelled_folder_like_the_lazy_listing(
     (tmp_path / "trainLabels.csv").unlink()
     with pytest.raises(ValueError, match=r"train: images sit directly in the folder \(0.png\) with no label CSV"):
         ImageFolderDataset(root)
+
+
+# ---- 2. train.init_from: one line naming the key and the file --------------------------------------------------
+def _init_from_cases(tmp_path):
+    from torch import nn
+
+    from nasp.checkpoint import save_checkpoint
+
+    good = save_checkpoint({"model": nn.Linear(3, 2).state_dict()}, tmp_path / "good.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(good.read_bytes()[:-8])
+    foreign = tmp_path / "foreign.pt"
+    torch.save(nn.Linear(3, 2).state_dict(), foreign)                     # not written by save_checkpoint
+    listed = save_checkpoint([1, 2], tmp_path / "list.pt")                # a nasp checkpoint, but not weights
+    other = save_checkpoint({"model": nn.Linear(4, 2).state_dict()}, tmp_path / "other.pt")
+    return good, [(tmp_path / "nope.pt", "train.init_from: checkpoint {} does not exist; give the train_checkpoint.pt"),
+                  (tmp_path, "train.init_from: {} is a folder; give the train_checkpoint.pt"),
+                  (corrupt, "train.init_from: checkpoint {} is corrupt"),
+                  (foreign, "train.init_from: checkpoint {} is not a nasp checkpoint"),
+                  (listed, "train.init_from={}: its weights do not fit this model"),
+                  (other, "train.init_from={}: its weights do not fit this model")]
+
+
+def test_init_weights_names_train_init_from_and_the_file(tmp_path):
+    from torch import nn
+
+    from nasp.trainer import _init_weights
+
+    good, cases = _init_from_cases(tmp_path)
+    model = nn.Linear(3, 2)
+    _init_weights(model, str(good), "cpu")
+    for path, message in cases:
+        with pytest.raises(ValueError) as e:
+            _init_weights(model, str(path), "cpu")
+        assert message.format(path) in str(e.value) and len(str(e.value).splitlines()) == 1, str(e.value)
+
+
+def test_train_init_from_a_missing_file_on_the_sif_command_line(tmp_path, capsys):
+    """(The nasp command lines have no train.init_from; their Trainer takes init_from= as sif's does.)"""
+    import yaml
+
+    from sif.cli import main as sif_main
+    from sif.synthetic import planted_ratings
+
+    missing = tmp_path / "missing.pt"
+    ds = planted_ratings("multiply", num_users=12, num_items=15, n=120, seed=0)
+    (tmp_path / "r.csv").write_text("user,item,rating\n" + "".join(
+        f"{u},{i},{r:.3f}\n" for u, i, r in zip(ds.users.tolist(), ds.items.tolist(), ds.ratings.tolist(),
+                                                  strict=True)))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"seed": 1, "threads": 1, "show_progress": False, "out_dir": str(tmp_path / "run"),
+                                   "data": {"dataset": "file", "path": str(tmp_path / "r.csv"), "split": "random",
+                                            "ratios": [0.8, 0.1, 0.1]},
+                                   "model": {"name": "mf", "embedding_dim": 2}, "train": {"max_epochs": 1}}))
+    capsys.readouterr()
+    assert sif_main(["train", "--config", str(cfg), "--set", f"train.init_from={missing}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"train.init_from: checkpoint {missing} does not exist" in err and len(err.splitlines()) == 1, err
