@@ -135,3 +135,63 @@ def test_train_init_from_a_missing_file_on_the_sif_command_line(tmp_path, capsys
     assert sif_main(["train", "--config", str(cfg), "--set", f"train.init_from={missing}"]) == 2
     err = capsys.readouterr().err.strip()
     assert f"train.init_from: checkpoint {missing} does not exist" in err and len(err.splitlines()) == 1, err
+
+
+# ---- 3. --set values read by the setting's type ------------------------------------------------------------------
+@pytest.mark.parametrize("sep", [",", ";", "|", ":", "#", "\t", " ", "~"])
+def test_a_one_character_separator_is_that_character(sep):
+    from sif.config import apply_override, load_config
+
+    assert load_config(None, [f"data.sep={sep}"]).data.sep == sep
+    assert load_config(None, [f"data.sep='{sep}'"]).data.sep == sep          # the quoted form still works
+    cfg = load_config()
+    apply_override(cfg, f"data.sep={sep}")
+    assert cfg.data.sep == sep
+
+
+def test_one_characters_of_other_types_are_read_as_yaml_and_bad_ones_name_the_key():
+    from nasp.cli import CNNSearchRun
+    from nasp.config import ConfigError, load, parse_assignments
+    from sif.config import RunConfig
+
+    assert parse_assignments(["a.b=1", "c=[x, y]", "d=null", "e=x"]) == {"a": {"b": 1}, "c": ["x", "y"], "d": None,
+                                                                         "e": "x"}
+    assert load(RunConfig, None, ["train.max_epochs=7", "data.sep=null"]).data.sep is None
+    with pytest.raises(ConfigError, match=r"^--set train.lr: cannot parse the value ','$"):
+        load(RunConfig, None, ["train.lr=,"])
+    with pytest.raises(ConfigError, match=r"data.lazy must be auto, true or false, got ','"):   # bool | str
+        load(CNNSearchRun, None, ["data.lazy=,"])
+
+
+def test_data_sep_on_the_sif_command_line_reads_a_semicolon_file(tmp_path, capsys):
+    import yaml
+
+    from sif.cli import main
+    from sif.synthetic import planted_ratings
+
+    ds = planted_ratings("multiply", num_users=12, num_items=15, n=120, seed=0)
+    for sep, name in ((";", "semi.csv"), (",", "comma.csv")):
+        (tmp_path / name).write_text(f"user{sep}item{sep}rating\n" + "".join(
+            f"{u}{sep}{i}{sep}{r:.3f}\n" for u, i, r in zip(ds.users.tolist(), ds.items.tolist(), ds.ratings.tolist(),
+                                                            strict=True)))
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump({"seed": 1, "threads": 1, "show_progress": False,
+                                       "out_dir": str(tmp_path / f"run-{name}"),
+                                       "data": {"dataset": "file", "path": str(tmp_path / name), "split": "random",
+                                                "ratios": [0.8, 0.1, 0.1]},
+                                       "model": {"name": "mf", "embedding_dim": 2}, "train": {"max_epochs": 1}}))
+        assert main(["train", "--config", str(cfg), "--set", f"data.sep={sep}"]) == 0, capsys.readouterr().err
+    assert main(["train", "--config", str(cfg), "--set", "train.max_epochs=,"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--set train.max_epochs: cannot parse the value ','" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_one_character_value_on_the_nasp_command_line(tmp_path, capsys):
+    from nasp.cli import main
+
+    assert main(["cnn", "search", "--quiet", "--set", "threads=1", "data.source=folder", "data.path=,"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "data path ',' not found" in err and len(err.splitlines()) == 1, err          # read as the path ","
+    assert main(["cnn", "search", "--quiet", "--set", "data.num_classes=,"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--set data.num_classes: cannot parse the value ','" in err and len(err.splitlines()) == 1, err
