@@ -8,7 +8,8 @@ folder, file or CSV line.
 The CIFAR pickles are read in :mod:`data_loaders.cifar`, the search split and the batch loader live in
 :mod:`data_loaders.image_loader`, :class:`ImageSet` in :mod:`data_loaders.image_set`; this module re-exports them.
 Readers return an :class:`ImageSet`: ``images`` uint8 (N, 3, H, W), ``labels`` int64 (N,), ``classes`` names.
-Large class-folder trees (ImageNet) are read lazily by :class:`ImageFolderDataset`. Decoding JPEG/PNG files needs
+Large folders (ImageNet) are listed by :func:`image_files` and read lazily by :class:`LazyImageSet` (the one
+folder listing; :class:`ImageFolderDataset` wraps it with a resize-and-crop view). Decoding JPEG/PNG files needs
 Pillow (the ``images`` extra); CIFAR pickles do not.
 
 Typical use (NASP_DATA_DIR points at the shared data folder)::
@@ -416,33 +417,32 @@ class LazyImageSet:
 
 
 class ImageFolderDataset:
-    """ImageNet-style class-folder tree read lazily: ``root/<class>/<file>``. ``dataset[i]`` -> (uint8 (3, H, W)
-    tensor, label); ``size`` resizes the shorter side then centre-crops to size x size (for batching)."""
+    """A lazily read image folder with a resize-and-crop view: ``dataset[i]`` -> (uint8 (3, H, W) tensor, label);
+    ``size`` resizes the shorter side then centre-crops to size x size (for batching ImageNet-style images of
+    different sizes), None keeps each image as it is.
 
-    def __init__(self, root: str | Path, size: int | None = 256):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist")
-        flat = sorted(p.name for p in self.root.iterdir() if p.is_file() and _is_image(p.name))
-        if flat:
-            raise ValueError(f"{self.root}: images sit directly in the folder ({flat[0]}); ImageFolderDataset needs "
-                             "<class>/<file> subfolders (for a label CSV use load_image_folder)")
-        self.classes = _class_order(d.name for d in self.root.iterdir() if d.is_dir() and not _is_system([d.name]))
-        index = {c: i for i, c in enumerate(self.classes)}
-        self.samples = [(p, index[p.parent.name]) for c in self.classes for p in sorted((self.root / c).iterdir())
-                        if _is_image(p.name) and not _is_system([p.name])]
-        if not self.samples:
-            raise ValueError(f"{self.root}: no images in class folders")
-        if len({y for _, y in self.samples}) == 1:
-            raise _one_folder_error(str(self.root), self.classes[self.samples[0][1]])
-        self.size = size
+    A thin wrapper of :func:`image_files` / :class:`LazyImageSet` (``self.images``): the files, classes and labels
+    are theirs, so the layouts, checks and warnings are those of :func:`load_image_folder` (``root/<class>/<file>``,
+    or images directly in ``root`` with an ``id,label`` CSV, ``labels=`` or found by name). Since that shared
+    listing took over (it used to be a listing of its own here), hidden/system and non-image files are skipped
+    with one warning naming them, and images one folder below a class folder or a class folder with no images
+    are errors naming them (they were dropped, or left a class with no images, silently). ``samples`` [(file,
+    label)] lists the images class by class (numeric class names in number order), files in path order within a
+    class; ``classes`` are the class names (label i -> classes[i])."""
+
+    def __init__(self, root: str | Path, size: int | None = 256, labels: str | Path | None = None):
+        self.root, self.size = Path(root), size
+        listing = image_files(self.root, labels=labels)                 # decoded at their own size, cropped here
+        self.images = listing.subset(torch.sort(listing.labels, stable=True).indices)    # class by class
+        self.classes = self.images.classes
+        self.samples = [(Path(f), int(y)) for f, y in zip(self.images.files, self.images.labels.tolist(),
+                                                           strict=True)]
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        path, label = self.samples[i]
-        arr = torch.from_numpy(_decode(path.read_bytes())).permute(2, 0, 1)
+        arr, label = self.images[i]                                      # uint8 (3, H, W)
         if self.size is not None:
             from .augment import center_crop, resize_shorter
 

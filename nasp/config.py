@@ -3,8 +3,9 @@
 Every setting is a field of a dataclass with one default. A run is configured by layering, nanoGPT style:
 the dataclass defaults, then a YAML file (read with yaml's safe loader; a key repeated in one mapping is
 refused), then ``key.sub=value`` assignments (values parsed as YAML scalars, so ``1e-3`` is a float and
-``[a, b]`` a list). Every layer goes through :func:`merge`, which checks types and rejects an unknown key with
-a one-line :class:`ConfigError` naming it, the file it came from and the nearest valid keys.
+``[a, b]`` a list; a str setting given one character, ``data.sep=,``, takes that character). Every layer goes
+through :func:`merge`, which checks types and rejects an unknown key with a one-line :class:`ConfigError`
+naming it, the file it came from and the nearest valid keys.
 
 A top-level run config may declare ``__derived__ = {"search.seed": "seed"}``: those nested keys are set from
 the named top-level key and refused as input, so that one ``seed`` drives everything and no accepted key is
@@ -35,8 +36,41 @@ class ConfigError(ValueError):
 
 
 # ---- values --------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Text:
+    """A ``--set`` value whose reading depends on the setting's type: one character that YAML reads as something
+    else (``,`` ``:`` ``[`` are syntax, ``|`` ``>`` empty block scalars, ``#`` ``~`` ``!`` null, ``-`` ``?``
+    collections), or text YAML cannot parse. :func:`_convert` takes the text itself for a str
+    setting, YAML's reading (``parsed``) for any other, and names the key when YAML could not read it."""
+
+    text: str
+    parsed: Any = None
+    error: bool = False             # YAML could not read the text
+
+    def __repr__(self) -> str:
+        return repr(self.text)
+
+
+def _union_args(annotation: Any) -> tuple:
+    return typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+
+
+def _from_text(value: _Text, annotation: Any, key: str) -> Any:
+    """The value of a :class:`_Text` for a setting of type ``annotation`` (see there)."""
+    args = _union_args(annotation)
+    if annotation is str or set(args) == {str, type(None)}:            # a str setting: the text as written
+        return value.text
+    if not value.error:
+        return value.parsed
+    if annotation is Any or str in args:
+        return value.text
+    raise ConfigError(f"--set {key}: cannot parse the value {value.text!r}")
+
+
 def _convert(value: Any, annotation: Any, key: str) -> Any:
     """``value`` as ``annotation`` where that is lossless, else a ConfigError naming ``key``."""
+    if isinstance(value, _Text):
+        value = _from_text(value, annotation, key)
     origin = typing.get_origin(annotation)
     if annotation is Any:
         return value
@@ -167,17 +201,29 @@ def merge(obj: T, values: Mapping[str, Any], prefix: str = "", root: Any = None)
     return obj
 
 
+def _read_value(raw: str) -> Any:
+    """A ``--set`` value read as YAML, or a :class:`_Text` where the setting's type decides (one character YAML
+    reads as something else, or text YAML cannot parse)."""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return _Text(raw, error=True)
+    if len(raw) == 1 and not isinstance(value, (int, float)) and value != raw:       # a digit stays a number
+        return _Text(raw, value)
+    return value
+
+
 def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=[x, y]"]`` -> ``{"a": {"b": 1}, "c": ["x", "y"]}`` (values as YAML scalars)."""
+    """``["a.b=1", "c=[x, y]"]`` -> ``{"a": {"b": 1}, "c": ["x", "y"]}`` (values as YAML scalars). A one-character
+    value that YAML reads as something else (``data.sep=,`` ``;`` ``|`` ``:`` ``#``, a tab, a space), or text YAML
+    cannot parse, is read by the setting's type when merged: the text itself for a str setting (``null`` still
+    sets None; ``~`` is the character), else YAML's reading, and a one-line error naming the key when there is none."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: cannot parse the value {raw!r}") from None
+        value = _read_value(raw)
         cursor = out
         parts = key.strip().split(".")
         for p in parts[:-1]:

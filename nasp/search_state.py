@@ -29,9 +29,23 @@ from .loop import reload_last_good
 from .search_config import NonFiniteLossError
 from .streams import ResumableStream
 
-__all__ = ["SearchCheckpoints"]
+__all__ = ["SearchCheckpoints", "read_init_checkpoint"]
 
 log = logging.getLogger("nasp.search")
+
+
+def read_init_checkpoint(path: str, key: str, device, name: str, made_by: str) -> Any:
+    """The payload of the checkpoint a new run starts from (the ``init_from`` of the search and of the trainers).
+    A path that is missing, a folder, unreadable, corrupt or not a nasp checkpoint is a one-line ValueError naming
+    ``key`` and the file, and saying what to give instead: the ``name`` file of ``made_by``."""
+    if Path(path).is_dir():
+        raise ValueError(f"{key}: {path} is a folder; give the {name} inside it")
+    try:
+        return load_checkpoint(path, map_location=device)
+    except (CheckpointError, FileNotFoundError) as e:       # missing, corrupt, not a nasp checkpoint
+        raise ValueError(f"{key}: {e}; give the {name} of {made_by}") from None
+    except OSError as e:                                     # unreadable: permissions, I/O
+        raise ValueError(f"{key}: checkpoint {path} cannot be read ({e.strerror})") from None
 
 
 class SearchCheckpoints:
@@ -90,14 +104,7 @@ class SearchCheckpoints:
     def _init_from(self, path: str) -> None:
         """Weights and alphas of another search's checkpoint; optimisers, schedule and step start afresh. A file
         that is missing, a folder, unreadable or not a checkpoint is a ValueError naming ``search.init_from``."""
-        if Path(path).is_dir():
-            raise ValueError(f"search.init_from: {path} is a folder; give the checkpoint.pt inside it")
-        try:
-            saved = load_checkpoint(path, map_location=self.device)
-        except (CheckpointError, FileNotFoundError) as e:       # missing, corrupt, not a nasp checkpoint
-            raise ValueError(f"search.init_from: {e}; give the checkpoint.pt of an earlier search") from None
-        except OSError as e:                                     # unreadable: permissions, I/O
-            raise ValueError(f"search.init_from: checkpoint {path} cannot be read ({e.strerror})") from None
+        saved = read_init_checkpoint(path, "search.init_from", self.device, "checkpoint.pt", "an earlier search")
         try:
             self.model.load_state_dict(saved["model"])
         except (RuntimeError, KeyError, TypeError) as e:

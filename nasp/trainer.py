@@ -45,6 +45,7 @@ from .checkpoint import (
 )
 from .loop import reload_last_good
 from .search_config import NonFiniteLossError
+from .search_state import read_init_checkpoint
 
 __all__ = ["Trainer", "TrainStep", "EarlyStopping", "LoopResult", "NonFiniteLossError", "CHECKPOINT_NAME"]
 
@@ -350,12 +351,15 @@ class Trainer:
 
 def _init_weights(model: nn.Module, path: str, device) -> None:
     """Load the model weights of a checkpoint (a training checkpoint or a saved ``model.pt`` state_dict) into
-    ``model``; the optimiser starts afresh, so new learning rates apply."""
-    saved = load_checkpoint(path, device)
+    ``model``; the optimiser starts afresh, so new learning rates apply. A path that is missing, a folder,
+    unreadable, corrupt, not a nasp checkpoint or weights of another model is a one-line ValueError naming
+    ``train.init_from`` and the file."""
+    saved = read_init_checkpoint(path, "train.init_from", device, f"{CHECKPOINT_NAME} (or a saved model.pt)",
+                                 "an earlier training run")
     weights = saved.get("model", saved) if isinstance(saved, dict) else saved
     try:
         model.load_state_dict(weights)
-    except (RuntimeError, KeyError) as e:
+    except (RuntimeError, KeyError, TypeError) as e:
         raise ValueError(f"train.init_from={path}: its weights do not fit this model "
                          f"({str(e).splitlines()[0][:160]})") from None
     log.info("stand-alone training starts from the weights of %s", path)
