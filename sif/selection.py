@@ -265,8 +265,11 @@ def race_fit(rec, space, train_it, eval_it, run_dir: str | Path | None = None,
                               rec.race_horizon, cap=rec.tensor_race_cap if tensor else None)
         tie_metric = getattr(rec.task_, "tie_metric", None)
         if tie_metric and rec.race_tie_z > 0 and len(rec.selection_.stopped) > 1:
-            tie_break(rec.selection_, lambda op: rec.task_.per_user(fits[op][0], eval_it), metric, tie_metric,
-                      getattr(rec.task_, "maximize", False), rec.race_tie_z)
+            tb = tie_break(rec.selection_, lambda op: rec.task_.per_user(fits[op][0], eval_it), metric, tie_metric,
+                           getattr(rec.task_, "maximize", False), rec.race_tie_z)
+            log.info("race: %s tied with the race's winner %s within %.1f standard errors of %s; %s wins on %s",
+                     [op for op in tb["tied"] if op != tb["race_winner"]] or "no op", tb["race_winner"],
+                     rec.race_tie_z, metric, tb["winner"], tie_metric)
     rec.selection_.seconds = sum(res.seconds for _, res in fits.values())
     rec.op_ = rec.selection_.winner
     best = rec.search_result_.best_genotype
