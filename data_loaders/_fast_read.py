@@ -41,22 +41,30 @@ def _zero_padded(data: bytes, starts: tuple[int, ...]) -> bool:
     return bool(((a[after] - ord("0")) < 10).any())      # uint8 wrap-around: only '0'..'9' are < 10
 
 
+def _extra_starts(data: bytes) -> tuple[int, ...]:
+    """Field starts besides the separator and a newline, only where ``data`` has them (each costs a pass of
+    :func:`_zero_padded`): a blank (" 007") and a quote ('"007"')."""
+    return tuple(c for c in b' "' if bytes((c,)) in data)
+
+
 class _CountingReader(io.RawIOBase):
     """The bytes of a source, streamed: a multi-byte separator replaced by one byte, the (one-byte) separator
-    counted, and a progress bar (by bytes of the source) advanced as pandas reads."""
+    counted, and a progress bar (by bytes of the source) advanced as pandas reads. ``int_ids``: look for integer
+    id spellings the careful path must judge ("007", "+7"); string ids are kept as written, so they need not."""
 
-    def __init__(self, raw, sep: bytes, internal: bytes, bar=None):
+    def __init__(self, raw, sep: bytes, internal: bytes, bar=None, int_ids: bool = True):
         super().__init__()
         self._raw, self._sep, self._internal, self._bar = raw, sep, internal, bar
         self._pending = b""          # a tail that may be the start of a multi-byte separator
         self._out, self._pos = memoryview(b""), 0     # converted bytes; those before _pos are handed out
         self.num_seps = 0
         self.zero_padded = False     # a field like "007" or "+7" was seen (see _zero_padded)
+        self._int_ids = int_ids
         self.boolish = False         # text like True/false was seen (pandas reads an all-boolean column as 1.0/0.0)
         self.blanks = False          # a space or tab that is not the separator was seen (string ids are stripped)
         self._blanks = [b for b in (b" ", b"\t") if b != internal]
-        self._starts = (internal[0], ord("\n"), ord(" "))
-        self._before = b"\n"        # the last byte of the previous chunk (a field starts the file)
+        self._starts = (internal[0], ord("\n"))
+        self._before = b"\n"        # the last 2 bytes read before this chunk (a field starts the file)
 
     def readable(self) -> bool:
         return True
@@ -79,10 +87,10 @@ class _CountingReader(io.RawIOBase):
             if chunk:
                 data, self._pending = self._split_tail(data)
         self.num_seps += _count_byte(data, self._internal)
-        if not self.zero_padded and data:
-            starts = self._starts + ((ord('"'),) if b'"' in data else ())         # quoted fields: "007"
-            self.zero_padded = _zero_padded(self._before + data, starts)
-            self._before = data[-2:]
+        if self._int_ids and not self.zero_padded and data:
+            joined = self._before + data                              # a field may start at the chunk boundary
+            self.zero_padded = _zero_padded(joined, self._starts + _extra_starts(joined))
+            self._before = joined[-2:]                               # (a chunk may be shorter than 2 bytes)
         if not self.blanks and data:
             self.blanks = any(b in data for b in self._blanks)
         if not self.boolish and data:
@@ -190,7 +198,8 @@ def fast_read(source: Source, fmt: TableFormat, layout: _Layout, scale: RatingSc
     dtype = {name: ("float64" if role == "rating" else "str" if fmt.string_ids and role in ("user", "item")
                     else "int64") for role, name in use.items()}
     bar = _progress_bar(source, show_progress)
-    handle = _CountingReader(source.open_binary(), fmt.sep.encode(fmt.encoding), sep.encode(fmt.encoding), bar)
+    handle = _CountingReader(source.open_binary(), fmt.sep.encode(fmt.encoding), sep.encode(fmt.encoding), bar,
+                             int_ids=not fmt.string_ids)
     parts, rows = [], int(bool(fmt.header))
     try:
         with handle, pd.read_csv(handle, sep=sep, header=0 if fmt.header else None, names=names,
@@ -212,7 +221,7 @@ def fast_read(source: Source, fmt: TableFormat, layout: _Layout, scale: RatingSc
         return None  # some line had a different number of fields
     if handle.boolish and any(np.isin(part["rating"], (0.0, 1.0)).all() for part in parts):
         return None  # True/False ratings: the careful path refuses them, as it refuses any text
-    if handle.zero_padded and not fmt.string_ids:
+    if handle.zero_padded:
         return None  # "007" or "+7": the careful path checks that no two spellings of one integer id occur
     cols = _concat(parts, use)
     if fmt.string_ids and handle.blanks:

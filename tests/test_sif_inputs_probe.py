@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import zipfile
 
 import numpy as np
 import pytest
 
-from data_loaders import read_ratings_file
+from data_loaders import _format, read_ratings_file
+from data_loaders._fast_read import _CountingReader
 
 ROWS = "userId,movieId,rating\n1,10,4\n2,20,3\n3,30,5\n"
 
@@ -71,6 +73,24 @@ def test_consistently_padded_ids_read_as_integers(tmp_path):
     assert ds.user_ids.tolist() == [1, 2] and ds.item_ids.tolist() == [10, 20] and len(ds) == 3
     floats = read_ratings_file(_write(tmp_path / "f.csv", "7.0,10,4\n7,20,3\n1,10,5\n"), show_progress=False)
     assert floats.user_ids.tolist() == [1, 7] and len(floats) == 3          # float notation is not a spelling
+
+
+@pytest.mark.parametrize("chunk", range(1, 9))
+def test_fast_path_scan_finds_padded_ids_at_any_chunk_boundary(monkeypatch, chunk):
+    monkeypatch.setattr(_format, "_CHUNK", chunk)
+    cases = {b"1,10,4\n007,20,3\n": True, b"1,10,4\n 07,20,3\n": True, b'1,10,4\n"07",2,3\n': True,
+             b"1,10,4\n+7,20,3\n": True, b"1,10,4\n7,20,0.5\n": False, b"10,20,3\n70,0,3\n": False}
+    for text, padded in cases.items():
+        reader = _CountingReader(io.BytesIO(text), b",", b",")
+        assert reader.read() == text and reader.zero_padded is padded, text
+    as_text = _CountingReader(io.BytesIO(b"007,20,3\n"), b",", b",", int_ids=False)    # string ids: not looked for
+    assert as_text.read() == b"007,20,3\n" and as_text.zero_padded is False
+
+
+def test_blank_padded_spelling_is_refused(tmp_path):
+    path = _write(tmp_path / "r.csv", "1,10,4\n 007,20,3\n7,30,5\n")
+    with pytest.raises(ValueError, match=r"r\.csv, line 3: user id '7' and '007' \(line 2\)"):
+        read_ratings_file(path, show_progress=False)
 
 
 @pytest.mark.parametrize("row,field", [("1_000,10,4", "user"), ("1,10,4_5", "rating")])
