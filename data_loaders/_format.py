@@ -205,11 +205,12 @@ def decode_error(source: Source, encoding: str) -> str:
 
 
 def check_encoding(encoding: str) -> str:
-    """``encoding`` when Python knows it; ValueError naming the argument otherwise."""
+    """``encoding`` when Python knows it; ValueError naming the argument otherwise (its first word is the argument's
+    name, so a config's check reads "data.encoding 'x' is not ...")."""
     try:
         codecs.lookup(encoding)
     except (LookupError, TypeError):
-        raise ValueError(f"encoding={encoding!r}: unknown text encoding (e.g. 'utf-8', 'latin-1')") from None
+        raise ValueError(f"encoding {encoding!r} is not a known text encoding (e.g. 'utf-8', 'latin-1')") from None
     return encoding
 
 

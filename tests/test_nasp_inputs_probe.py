@@ -78,7 +78,7 @@ def test_text_settings_are_checked_naming_the_key():
     bad = [("data.files={train: a, valid: b, test: c}", "data.files is only read with corpus 'files'"),
            ("data.corpus=files|data.files={train: a, valid: b, test: c, dev: d}", "data.files must map exactly"),
            ("data.max_vocab=1", "data.max_vocab must be >= 2"), ("data.eval_batches=-1", "data.eval_batches must"),
-           ("data.encoding=nope", "data.encoding 'nope' is not a known"),
+           ("data.encoding=nope", "data.encoding 'nope' is not a known text encoding"),
            ("space.nhid=16", "space.ninp and nhid must be equal"), ("space.dropout=1.5", "space.dropout must be in"),
            ("space.dropout_h=-0.1", "space.dropout_h must be in"), ("space.ops=[tanh, gelu]", "space.ops must be"),
            ("threads=-1", "threads must be >= 0")]

@@ -7,7 +7,6 @@ WikiText-2/103 or any three text files), configured by the dataclasses below thr
 
 from __future__ import annotations
 
-import codecs
 import json
 import time
 from dataclasses import dataclass, field
@@ -62,10 +61,9 @@ class TextDataConfig:
             raise ValueError(f"max_vocab must be >= 2 (<eos> and <unk>) or null, got {self.max_vocab}")
         if self.eval_batches < 0:
             raise ValueError(f"eval_batches must be >= 0 (0: all), got {self.eval_batches}")
-        try:
-            codecs.lookup(self.encoding)
-        except LookupError:
-            raise ValueError(f"encoding {self.encoding!r} is not a known text encoding (e.g. utf-8, latin-1)") from None
+        from data_loaders.text import check_encoding
+
+        check_encoding(self.encoding)
 
 
 @dataclass
