@@ -207,10 +207,9 @@ class RatingDataset:
         cols = {role: _frame_values(frame, col, role, name) for role, col in columns.items()}
         dup = duplicate_mask(cols)
         if dup.any():
-            row = frame.index[int(np.flatnonzero(dup)[0])]
-            raise ValueError(f"DataFrame {name!r}, row {row!r}: duplicate (user, item) = "
-                             f"({cols['user'][frame.index.get_loc(row)]}, {cols['item'][frame.index.get_loc(row)]}); "
-                             "expected each pair at most once")
+            k = int(np.flatnonzero(dup)[0])                 # a position: the row labels need not be unique
+            raise ValueError(f"DataFrame {name!r}, row {frame.index[k]!r}: duplicate (user, item) = "
+                             f"({cols['user'][k]}, {cols['item'][k]}); expected each pair at most once")
         return cls.from_arrays(cols["user"], cols["item"], cols["rating"], timestamps=cols.get("timestamp"),
                                rating_scale=RatingScale.parse(rating_scale), name=name)
 

@@ -199,6 +199,9 @@ def test_dataframe_problems_name_column_and_row():
         RatingDataset.from_frame(pd.DataFrame({"user": [1, 2], "item": [1.5, 2.0], "rating": [4.0, 3.0]}))
     with pytest.raises(ValueError, match=r"row 1: duplicate \(user, item\) = \(1, 1\)"):
         RatingDataset.from_frame(pd.DataFrame({"user": [1, 1], "item": [1, 1], "rating": [4.0, 3.0]}))
+    with pytest.raises(ValueError, match=r"row 'a': duplicate \(user, item\) = \(2, 5\); expected"):   # labels repeat
+        RatingDataset.from_frame(pd.DataFrame({"user": [1, 2, 2], "item": [5, 5, 5], "rating": [4.0, 3.0, 2.0]},
+                                              index=["a", "a", "a"]))
     with pytest.raises(ValueError, match=r"has no user column \(found columns \['u', 'item', 'rating'\]"):
         RatingDataset.from_frame(pd.DataFrame({"u": [1], "item": [1], "rating": [4.0]}))
 
