@@ -11,13 +11,12 @@ import numpy as np
 import pandas as pd
 
 from . import _format
-from ._format import _INTERNAL_SEP, RatingScale, TableFormat, _Layout
+from ._format import _INTERNAL_SEP, FLOAT32_MAX, RatingScale, TableFormat, _Layout
 from ._source import Source
 
 _CHUNK_ROWS = 1 << 20   # rows per pandas chunk of the fast path
 PROGRESS_MIN_BYTES = 50 * 2**20   # files at least this large show a progress bar while they are read
 _INT32 = np.iinfo(np.int32)
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _count_byte(data: bytes, value: bytes) -> int:
@@ -159,7 +158,7 @@ def _lean_ratings(values: np.ndarray) -> np.ndarray:
 
 def _chunk_ok(ratings: np.ndarray, scale: RatingScale | None) -> bool:
     """Every rating of the chunk is finite (in float32's range, where ratings are stored) and inside the scale."""
-    if not (np.abs(ratings) <= _FLOAT32_MAX).all():          # False for NaN too
+    if not (np.abs(ratings) <= FLOAT32_MAX).all():          # False for NaN too
         return False
     return scale is None or bool(scale.mask(ratings).all())
 

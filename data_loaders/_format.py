@@ -20,6 +20,7 @@ ROLES = ("user", "item", "rating", "timestamp", "context")
 REQUIRED_ROLES = ("user", "item", "rating")
 _COMMON_SEPS = ("\t", ",", ";", "::", "|", " ")
 _CHUNK = 1 << 22
+FLOAT32_MAX = float(np.finfo(np.float32).max)   # ratings are stored as float32: larger ones would become inf
 _INTERNAL_SEP = "\x1f"  # stands in for a multi-character separator so the C engine can be used
 _INT64_MAX = 2**63 - 1
 _DEFAULT_POSITIONS = {"user": 0, "item": 1, "rating": 2}

@@ -18,6 +18,7 @@ import pandas as pd
 from ._fast_read import fast_read
 from ._format import (
     _INT64_MAX,
+    FLOAT32_MAX,
     RatingScale,
     Table,
     TableFormat,
@@ -33,8 +34,6 @@ from ._format import (
     to_float,
 )
 from ._source import Source
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 __all__ = ["duplicate_mask", "has_duplicates", "read_delimited", "read_parquet_table"]
 
@@ -97,7 +96,7 @@ def _parse_row(fields: list[str], layout: _Layout, sep: str, scale: RatingScale 
     if not math.isfinite(rating):
         text = fields[layout.positions["rating"]]
         return None, ("non-finite rating", f"expected a finite rating, found {text!r}")
-    if abs(rating) > _FLOAT32_MAX:                # ratings are stored as float32: it would become inf
+    if abs(rating) > FLOAT32_MAX:                # ratings are stored as float32: it would become inf
         text = fields[layout.positions["rating"]]
         return None, ("rating beyond float32", f"expected a rating within float32's +-3.4e38, found {text!r}")
     problem = None if scale is None else scale.problem(rating)
@@ -235,7 +234,7 @@ def _frame_problems(cols: dict[str, np.ndarray], bad: dict[str, np.ndarray],
     """reason -> (n,) bool mask of rows with that problem (first matching reason wins)."""
     ratings = cols["rating"]
     problems = {"not a number": np.logical_or.reduce(list(bad.values()))}
-    problems["non-finite rating"] = ~(np.abs(ratings) <= _FLOAT32_MAX) & ~problems["not a number"]
+    problems["non-finite rating"] = ~(np.abs(ratings) <= FLOAT32_MAX) & ~problems["not a number"]
     outside = np.zeros(len(ratings), dtype=bool)
     if scale is not None:
         outside = np.isfinite(ratings) & ~scale.mask(ratings)
