@@ -158,6 +158,7 @@ def test_search_settings_out_of_range_are_refused_naming_them():
                     ({"a_weight_decay": -1.0}, "a_weight_decay must be >= 0"),
                     ({"max_steps_per_epoch": 0}, "max_steps_per_epoch must be >= 1"),
                     ({"checkpoint_every": -1}, "checkpoint_every must be >= 0"),
+                    ({"warmup_epochs": -1}, "warmup_epochs must be >= 0, got -1"), ({"w_lr": 0.0}, "w_lr must be > 0"),
                     ({"a_betas": (1.5, 0.9)}, "a_betas must be two numbers")]:
         with pytest.raises(ValueError, match=msg):
             SearchConfig(**kw)
@@ -244,7 +245,7 @@ def test_nan_settings_infinite_learning_rates_and_a_file_as_run_dir_are_refused(
 
     with pytest.raises(ConfigError, match="search.grad_clip: expected a number, got nan"):
         load(RNNSearchRun, None, ["search.grad_clip=.nan"])
-    with pytest.raises(ConfigError, match="search.w_lr must be > 0 and finite, got inf"):
+    with pytest.raises(ConfigError, match="search.w_lr must be a finite number, got inf"):
         load(RNNSearchRun, None, ["search.w_lr=.inf"])
     (tmp_path / "f").write_text("x")
     with pytest.raises(RunFolderError, match="run_dir .*f is a file, not a folder"):
