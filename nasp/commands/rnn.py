@@ -19,7 +19,7 @@ from ..config import to_dict
 from ..device import check_device
 from ..search import SearchConfig, Searcher
 from ..train.language import LMTrainConfig, evaluate_language_model, train_language_model
-from . import check_threads
+from . import check_threads, genotype_error
 from .runs import digest, prepare_run_dir
 
 __all__ = ["TextDataConfig", "RNNSpaceConfig", "RNNModelConfig", "RNNSearchConfig", "RNNSearchRun", "RNNTrainRun",
@@ -266,9 +266,7 @@ def _genotype(value: str):
     try:
         return RNNGenotype.from_dict(json.loads(path.read_text()))
     except ValueError as e:       # JSONDecodeError and the genotype's own checks (unknown activation, ...)
-        msg = " ".join(str(e).split())
-        raise ValueError(f"model.genotype={value}: {msg[:300]}{' ...' if len(msg) > 300 else ''} (nasp rnn search "
-                         "writes the cell to rnn_genotype.json)") from None
+        raise genotype_error(value, e, "nasp rnn search writes the cell to rnn_genotype.json") from None
 
 
 def run_rnn_train(cfg: RNNTrainRun, show_progress: bool = True) -> dict:
