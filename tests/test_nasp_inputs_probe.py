@@ -133,9 +133,13 @@ def test_a_rerun_with_other_data_or_settings_is_refused_not_mixed(tmp_path, caps
 def test_prepare_run_dir_resumes_the_same_run_and_refuses_foreign_checkpoints(tmp_path):
     cfg = SearchConfig()
     prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h1"})
-    prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h2"})      # no checkpoint yet (a failed start): reused
+    folder = prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h2"})  # no checkpoint yet (a failed start): reused
+    stored = json.loads((folder / "fingerprint.json").read_text())
+    assert folder == tmp_path / "a" and stored["data"] == {"train": "h2"} and stored["command"] == "x"
+    assert (folder / "resolved_config.yaml").is_file()
     (tmp_path / "a" / "checkpoint.pt").write_bytes(b"x")
     prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h2"})                 # the same run: resumes
+    assert (folder / "checkpoint.pt").read_bytes() == b"x"                     # its checkpoint left as it was
     with pytest.raises(RunFolderError, match="the train data differ"):
         prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h3"})
     (tmp_path / "b").mkdir()
