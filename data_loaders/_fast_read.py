@@ -51,7 +51,7 @@ class _CountingReader(io.RawIOBase):
     counted, and a progress bar (by bytes of the source) advanced as pandas reads. ``int_ids``: look for integer
     id spellings the careful path must judge ("007", "+7"); string ids are kept as written, so they need not."""
 
-    def __init__(self, raw, sep: bytes, internal: bytes, bar=None, int_ids: bool = True):
+    def __init__(self, raw, sep: bytes, internal: bytes, bar=None, int_ids: bool = True, header: bool = False):
         super().__init__()
         self._raw, self._sep, self._internal, self._bar = raw, sep, internal, bar
         self._pending = b""          # a tail that may be the start of a multi-byte separator
@@ -60,6 +60,7 @@ class _CountingReader(io.RawIOBase):
         self.zero_padded = False     # a field like "007" or "+7" was seen (see _zero_padded)
         self._int_ids = int_ids
         self.boolish = False         # text like True/false was seen (pandas reads an all-boolean column as 1.0/0.0)
+        self._in_header = header     # the header line is not looked at for True/False ("userId" has a 'u')
         self.blanks = False          # a space or tab that is not the separator was seen (string ids are stripped)
         self._blanks = [b for b in (b" ", b"\t") if b != internal]
         self._starts = (internal[0], ord("\n"))
@@ -93,9 +94,21 @@ class _CountingReader(io.RawIOBase):
         if not self.blanks and data:
             self.blanks = any(b in data for b in self._blanks)
         if not self.boolish and data:
-            self.boolish = any(letter in data for letter in (b"u", b"U", b"l", b"L"))     # of True, False
+            body = self._past_header(data)
+            self.boolish = any(letter in body for letter in (b"u", b"U", b"l", b"L"))     # of True, False
         self._out, self._pos = memoryview(data), 0
         return bool(data) or bool(chunk)
+
+    def _past_header(self, data: bytes) -> bytes:
+        """``data`` less the first line of the stream, the header, while that has not ended yet (blank lines before
+        the header leave it in the scan: a needless fall-back to the careful path, never a missed True)."""
+        if not self._in_header:
+            return data
+        end = data.find(b"\n")
+        if end < 0:
+            return b""
+        self._in_header = False
+        return data[end + 1:]
 
     def _take(self, size: int) -> memoryview:
         while self._pos >= len(self._out) and self._fill():
@@ -198,7 +211,7 @@ def fast_read(source: Source, fmt: TableFormat, layout: _Layout, scale: RatingSc
                     else "int64") for role, name in use.items()}
     bar = _progress_bar(source, show_progress)
     handle = _CountingReader(source.open_binary(), fmt.sep.encode(fmt.encoding), sep.encode(fmt.encoding), bar,
-                             int_ids=not fmt.string_ids)
+                             int_ids=not fmt.string_ids, header=bool(fmt.header))
     parts, rows = [], int(bool(fmt.header))
     try:
         with handle, pd.read_csv(handle, sep=sep, header=0 if fmt.header else None, names=names,

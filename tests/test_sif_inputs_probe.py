@@ -103,6 +103,20 @@ def test_boolean_ratings_are_refused_not_read_as_one_and_zero(tmp_path):
     path = _write(tmp_path / "r.csv", "1,10,True\n2,20,False\n")
     with pytest.raises(ValueError, match=r"r\.csv, line 1: expected a number for rating \(field 3\), found 'True'"):
         read_ratings_file(path, show_progress=False)
+    headed = _write(tmp_path / "h.csv", "user,item,rating\n1,10,true\n2,20,FALSE\n")
+    with pytest.raises(ValueError, match=r"h\.csv, line 2: expected a number for rating \(field 3\), found 'true'"):
+        read_ratings_file(headed, show_progress=False)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 22])
+def test_true_false_scan_skips_the_header_so_implicit_files_keep_the_fast_path(monkeypatch, chunk):
+    monkeypatch.setattr(_format, "_CHUNK", chunk)
+    cases = [(b"userId,movieId,rating\n1,10,1\n2,20,0\n", True, False),   # "userId" is the header's: no True
+             (b"userId,movieId,rating\n1,10,1\n2,20,0\n", False, True),   # no header: that line is data
+             (b"user,item,rating\n1,10,True\n", True, True), (b"userId\n", True, False)]
+    for text, header, boolish in cases:
+        reader = _CountingReader(io.BytesIO(text), b",", b",", header=header)
+        assert reader.read() == text and reader.boolish is boolish, (text, header)
 
 
 def test_blanks_around_string_ids_are_formatting(tmp_path):
