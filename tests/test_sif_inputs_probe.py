@@ -68,6 +68,21 @@ def test_two_spellings_of_one_integer_id_are_refused(tmp_path):
         read_ratings_file(quoted, show_progress=False)
 
 
+def test_the_first_spelling_conflict_is_named_before_later_problems(tmp_path):
+    items = _write(tmp_path / "i.csv", "1,10,4\n2,010,3\n3,7.0,2\n3,+10,5\n")      # item 010 vs 10 (line 2)
+    with pytest.raises(ValueError, match=r"i\.csv, line 2: item id '010' and '10' \(line 1\) are the same integer 10"):
+        read_ratings_file(items, show_progress=False)
+    later = _write(tmp_path / "l.csv", "7,10,4\n1,20,3\n+7,30,5\nx,40,2\n")           # then a bad row (line 4)
+    with pytest.raises(ValueError, match=r"l\.csv, line 3: user id '\+7' and '7' \(line 1\)"):
+        read_ratings_file(later, show_progress=False)
+    with pytest.raises(ValueError, match=r"l\.csv, line 3: user id '\+7' and '7' \(line 1\)"):
+        read_ratings_file(later, show_progress=False, drop_invalid=True)               # dropping rows: still refused
+    with pytest.warns(UserWarning, match=r"dropped 1 invalid row\(s\) \(1 not a number\)"):
+        fine = read_ratings_file(_write(tmp_path / "f.csv", "7,10,4\n 7.0 ,20,3\nx,1,1\n"), show_progress=False,
+                                 drop_invalid=True)
+    assert fine.user_ids.tolist() == [7] and len(fine) == 2 and fine.dropped == {"not a number": 1}
+
+
 def test_consistently_padded_ids_read_as_integers(tmp_path):
     ds = read_ratings_file(_write(tmp_path / "r.csv", "001,010,4\n002,010,3\n001,020,5\n"), show_progress=False)
     assert ds.user_ids.tolist() == [1, 2] and ds.item_ids.tolist() == [10, 20] and len(ds) == 3
