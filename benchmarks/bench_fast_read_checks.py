@@ -3,7 +3,8 @@
 Generates two CSVs (unique (user, item) pairs, a header): ``explicit`` with half-star ratings and ``implicit`` with
 every rating 1 (implicit feedback), then reads each with ``read_ratings_file`` from a ``git archive`` of every
 commit given (a fresh subprocess each, best and median of ``--repeats``), integer and string ids. It also records
-whether the fast path (pandas C engine) kept the file or gave it to the per-line careful path.
+whether the fast path (pandas C engine) kept the file or gave it to the per-line careful path, and times the careful
+path itself (the fast path switched off) on the first ``--careful-rows`` rows of ``explicit`` (integer ids).
 
     python benchmarks/bench_fast_read_checks.py --commits 7bf91ef d9acbb7 HEAD --rows 3000000 \\
         --out benchmarks/results/fast_read_checks.json
@@ -30,7 +31,7 @@ import json, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
 from data_loaders import _parse, read_ratings_file
 gave_up = []
-fast = _parse.fast_read
+fast = (lambda *a, **k: None) if sys.argv[5] == "careful" else _parse.fast_read
 _parse.fast_read = lambda *a, **k: (lambda r: (gave_up.append(r is None), r)[1])(fast(*a, **k))
 times = []
 for _ in range(int(sys.argv[4])):
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("--commits", nargs="+", default=["HEAD"])
     ap.add_argument("--rows", type=int, default=3_000_000)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--careful-rows", type=int, default=1_000_000)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     from benchmarks._machine import machine
@@ -77,16 +79,16 @@ def main() -> None:
     results = {"command": " ".join(sys.argv), "machine": machine(), "rows": args.rows, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        files = {"explicit": tmp / "explicit.csv", "implicit": tmp / "implicit.csv"}
+        files = {"explicit": tmp / "explicit.csv", "implicit": tmp / "implicit.csv", "careful": tmp / "careful.csv"}
         for kind, path in files.items():
-            _write_csv(path, args.rows, kind == "implicit")
+            _write_csv(path, args.careful_rows if kind == "careful" else args.rows, kind == "implicit")
         trees = {c: _tree(c, tmp / "trees") for c in args.commits}
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         for kind, path in files.items():
-            for id_type in ("int", "str"):
+            for id_type in ("int",) if kind == "careful" else ("int", "str"):
                 for commit, tree in trees.items():
                     out = subprocess.run([sys.executable, "-c", _CHILD, str(tree), str(path), id_type,
-                                          str(args.repeats)], check=True, capture_output=True, text=True, env=env)
+                                          str(args.repeats), kind], check=True, capture_output=True, text=True, env=env)
                     row = {"file": kind, "id_type": id_type, "commit": commit, **json.loads(out.stdout),
                            "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()), "at": time.time()}
                     results["runs"].append(row)
