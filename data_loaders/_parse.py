@@ -244,13 +244,16 @@ def _frame_column(series: pd.Series, role: str, string_ids: bool = False) -> tup
 
 def _frame_problems(cols: dict[str, np.ndarray], bad: dict[str, np.ndarray],
                     scale: RatingScale | None) -> dict[str, np.ndarray]:
-    """reason -> (n,) bool mask of rows with that problem (first matching reason wins)."""
+    """reason -> (n,) bool mask of rows with that problem (each bad row under one reason, the reasons and their
+    order those of the CSV reader)."""
     ratings = cols["rating"]
     problems = {"not a number": np.logical_or.reduce(list(bad.values()))}
-    problems["non-finite rating"] = ~(np.abs(ratings) <= FLOAT32_MAX) & ~problems["not a number"]
+    number = ~problems["not a number"]
+    problems["non-finite rating"] = ~np.isfinite(ratings) & number
+    problems["rating beyond float32"] = np.isfinite(ratings) & (np.abs(ratings) > FLOAT32_MAX) & number   # as in CSV
     outside = np.zeros(len(ratings), dtype=bool)
     if scale is not None:
-        outside = np.isfinite(ratings) & ~scale.mask(ratings)
+        outside = np.isfinite(ratings) & ~problems["rating beyond float32"] & ~scale.mask(ratings)
     problems["rating outside scale"] = outside & ~problems["not a number"]
     return problems
 

@@ -493,6 +493,17 @@ def test_ratings_beyond_float32_are_refused_not_stored_as_inf(tmp_path):
         RatingDataset.from_arrays([1], [1], [1e40])
 
 
+def test_parquet_rows_name_the_reasons_csv_rows_do():
+    from data_loaders._format import RatingScale
+    from data_loaders._parse import _frame_problems
+
+    ratings = np.array([3.0, np.inf, 1e39, 9.0, np.nan, 2.0])
+    bad = {"user": np.array([False, False, False, False, False, True])}
+    problems = _frame_problems({"rating": ratings}, bad, RatingScale(1, 5))
+    assert {r: np.flatnonzero(m).tolist() for r, m in problems.items()} == {
+        "not a number": [5], "non-finite rating": [1, 4], "rating beyond float32": [2], "rating outside scale": [3]}
+
+
 def test_a_damaged_recommender_json_names_the_file(tmp_path):
     from sif import SIFRecommender
 
