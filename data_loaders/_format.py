@@ -20,6 +20,7 @@ ROLES = ("user", "item", "rating", "timestamp", "context")
 REQUIRED_ROLES = ("user", "item", "rating")
 _COMMON_SEPS = ("\t", ",", ";", "::", "|", " ")
 _CHUNK = 1 << 22
+FLOAT32_MAX = float(np.finfo(np.float32).max)   # ratings are stored as float32: larger ones would become inf
 _INTERNAL_SEP = "\x1f"  # stands in for a multi-character separator so the C engine can be used
 _INT64_MAX = 2**63 - 1
 _DEFAULT_POSITIONS = {"user": 0, "item": 1, "rating": 2}
@@ -205,11 +206,12 @@ def decode_error(source: Source, encoding: str) -> str:
 
 
 def check_encoding(encoding: str) -> str:
-    """``encoding`` when Python knows it; ValueError naming the argument otherwise."""
+    """``encoding`` when Python knows it; ValueError naming the argument otherwise (its first word is the argument's
+    name, so a config's check reads "data.encoding 'x' is not ...")."""
     try:
         codecs.lookup(encoding)
     except (LookupError, TypeError):
-        raise ValueError(f"encoding={encoding!r}: unknown text encoding (e.g. 'utf-8', 'latin-1')") from None
+        raise ValueError(f"encoding {encoding!r} is not a known text encoding (e.g. 'utf-8', 'latin-1')") from None
     return encoding
 
 

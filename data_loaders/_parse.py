@@ -18,6 +18,7 @@ import pandas as pd
 from ._fast_read import fast_read
 from ._format import (
     _INT64_MAX,
+    FLOAT32_MAX,
     RatingScale,
     Table,
     TableFormat,
@@ -33,8 +34,6 @@ from ._format import (
     to_float,
 )
 from ._source import Source
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 __all__ = ["duplicate_mask", "has_duplicates", "read_delimited", "read_parquet_table"]
 
@@ -97,7 +96,7 @@ def _parse_row(fields: list[str], layout: _Layout, sep: str, scale: RatingScale 
     if not math.isfinite(rating):
         text = fields[layout.positions["rating"]]
         return None, ("non-finite rating", f"expected a finite rating, found {text!r}")
-    if abs(rating) > _FLOAT32_MAX:                # ratings are stored as float32: it would become inf
+    if abs(rating) > FLOAT32_MAX:                # ratings are stored as float32: it would become inf
         text = fields[layout.positions["rating"]]
         return None, ("rating beyond float32", f"expected a rating within float32's +-3.4e38, found {text!r}")
     problem = None if scale is None else scale.problem(rating)
@@ -106,25 +105,35 @@ def _parse_row(fields: list[str], layout: _Layout, sep: str, scale: RatingScale 
     return values, None
 
 
-class _IdSpellings:
-    """Integer ids seen with their text: two spellings of one integer ("007" and "7", "+7") may be two ids in the
-    file's eyes and are one after parsing, so they are refused rather than silently merged. Float formatting ("7.0",
-    "7e0") is a number's notation, not a spelling: it reads as the integer, like the fast path does."""
-
-    def __init__(self, label: str):
-        self.label = label
-        self.seen: dict[str, dict[int, tuple[str, int]]] = {"user": {}, "item": {}}
-
-    def add(self, fields: list[str], layout: _Layout, values: dict, line: int) -> None:
-        for role, seen in self.seen.items():
-            text, value = fields[layout.positions[role]].strip(), values[role]
-            if any(c in text for c in ".eE"):
-                text = str(value)
-            first = seen.setdefault(value, (text, line))
-            if first[0] != text:
-                raise ValueError(f"{self.label}, line {line}: {role} id {text!r} and {first[0]!r} (line {first[1]}) "
-                                 f"are the same integer {value}; pass id_type='str' (config key data.id_type: str) "
-                                 "to keep them apart, or write each id one way")
+def _check_spellings(label: str, texts: dict[str, list[str]], values: dict[str, list], lines: list[int]) -> None:
+    """Refuse two spellings of one integer id ("007" and "7", "+7"): they may be two ids in the file's eyes and are
+    one after parsing, so they are not silently merged. Float formatting ("7.0", "7e0") is a number's notation, not
+    a spelling: it reads as the integer, like the fast path does. texts, values: role -> (n,) id texts and their
+    integers of the rows read so far (at ``lines``); the message names the first row whose spelling differs from
+    the first one of its integer (user before item on one row). Plain files cost one string comparison per id,
+    others a sort per role."""
+    found = []
+    for role, raw in texts.items():
+        if all(map(str.__eq__, raw, map(str, values[role]))):
+            continue                    # every id written the plain way ("7"): one spelling each (the common case)
+        ints = np.asarray(values[role], dtype=np.int64)                         # (n,)
+        text, plain = np.strings.strip(np.asarray(raw, dtype=str)), ints.astype(str)     # (n,) each
+        notation = np.zeros(len(text), dtype=bool)
+        for c in ".eE":
+            notation |= np.strings.find(text, c) >= 0
+        text = np.where(notation, plain, text)
+        if (text == plain).all():
+            continue                    # plain once blanks and float notation are read
+        _, first, inverse = np.unique(ints, return_index=True, return_inverse=True)
+        bad = np.flatnonzero(text != text[first[inverse]])
+        if len(bad):
+            k, j = int(bad[0]), int(first[inverse[bad[0]]])                  # j: the first row of k's integer
+            found.append((k, role, str(text[k]), str(text[j]), lines[j], int(ints[k])))
+    if found:
+        k, role, text, other, other_line, value = min(found, key=lambda f: f[0])    # stable: user before item
+        raise ValueError(f"{label}, line {lines[k]}: {role} id {text!r} and {other!r} (line {other_line}) are the "
+                         f"same integer {value}; pass id_type='str' (config key data.id_type: str) to keep them "
+                         "apart, or write each id one way")
 
 
 def _careful_read(source: Source, fmt: TableFormat, layout: _Layout,
@@ -134,7 +143,8 @@ def _careful_read(source: Source, fmt: TableFormat, layout: _Layout,
     lines: list[int] = []
     dropped: Counter = Counter()
     reader, skip_header = _reader(source, fmt), fmt.header
-    spellings = None if fmt.string_ids else _IdSpellings(source.label)
+    id_texts: dict[str, list[str]] = {} if fmt.string_ids else {"user": [], "item": []}   # checked at the end
+    id_fields = [(texts, layout.positions[role]) for role, texts in id_texts.items()]
     for fields in reader:
         if not fields:
             continue
@@ -144,14 +154,16 @@ def _careful_read(source: Source, fmt: TableFormat, layout: _Layout,
         values, problem = _parse_row(fields, layout, fmt.sep, scale, fmt.string_ids)
         if problem is not None:
             if not drop_invalid:
+                _check_spellings(source.label, id_texts, out, lines)      # an earlier line's problem first
                 raise ValueError(f"{source.label}, line {reader.line_num}: {problem[1]}")
             dropped[problem[0]] += 1
             continue
-        if spellings is not None:
-            spellings.add(fields, layout, values, reader.line_num)
+        for texts, pos in id_fields:
+            texts.append(fields[pos])
         for role, value in values.items():
             out[role].append(value)
         lines.append(reader.line_num)
+    _check_spellings(source.label, id_texts, out, lines)
     cols = {r: np.asarray(v, dtype=np.float64 if r == "rating" else str if fmt.string_ids and r in ("user", "item")
                           else np.int64) for r, v in out.items()}
     return Table(cols, np.asarray(lines, dtype=np.int64), dict(dropped))
@@ -232,13 +244,16 @@ def _frame_column(series: pd.Series, role: str, string_ids: bool = False) -> tup
 
 def _frame_problems(cols: dict[str, np.ndarray], bad: dict[str, np.ndarray],
                     scale: RatingScale | None) -> dict[str, np.ndarray]:
-    """reason -> (n,) bool mask of rows with that problem (first matching reason wins)."""
+    """reason -> (n,) bool mask of rows with that problem (each bad row under one reason, the reasons and their
+    order those of the CSV reader)."""
     ratings = cols["rating"]
     problems = {"not a number": np.logical_or.reduce(list(bad.values()))}
-    problems["non-finite rating"] = ~(np.abs(ratings) <= _FLOAT32_MAX) & ~problems["not a number"]
+    number = ~problems["not a number"]
+    problems["non-finite rating"] = ~np.isfinite(ratings) & number
+    problems["rating beyond float32"] = np.isfinite(ratings) & (np.abs(ratings) > FLOAT32_MAX) & number   # as in CSV
     outside = np.zeros(len(ratings), dtype=bool)
     if scale is not None:
-        outside = np.isfinite(ratings) & ~scale.mask(ratings)
+        outside = np.isfinite(ratings) & ~problems["rating beyond float32"] & ~scale.mask(ratings)
     problems["rating outside scale"] = outside & ~problems["not a number"]
     return problems
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._format import RatingScale, Table, TableFormat, check_encoding, positions_by_name
+from ._format import FLOAT32_MAX, RatingScale, Table, TableFormat, check_encoding, positions_by_name
 from ._movielens import find_file, get_spec
 from ._parse import duplicate_mask, read_delimited, read_parquet_table
 from ._source import Source
@@ -34,16 +34,13 @@ def _as_tensor(values, dtype) -> torch.Tensor:
     return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
 def _float32_range(ratings, name: str):
     """``ratings`` unchanged when float32 holds every one (finite ones stay finite); ValueError naming the first
     that would become infinite (ratings are stored as float32)."""
     if torch.is_tensor(ratings) or np.asarray(ratings).dtype == np.float32:
         return ratings
     values = np.asarray(ratings, dtype=np.float64)
-    beyond = np.abs(values) > _FLOAT32_MAX
+    beyond = np.abs(values) > FLOAT32_MAX
     if beyond.any():
         k = int(np.flatnonzero(beyond)[0])
         raise ValueError(f"{name}: rating {values[k]:g} (row {k + 1}) is beyond float32's range (+-3.4e38), in "
@@ -207,10 +204,9 @@ class RatingDataset:
         cols = {role: _frame_values(frame, col, role, name) for role, col in columns.items()}
         dup = duplicate_mask(cols)
         if dup.any():
-            row = frame.index[int(np.flatnonzero(dup)[0])]
-            raise ValueError(f"DataFrame {name!r}, row {row!r}: duplicate (user, item) = "
-                             f"({cols['user'][frame.index.get_loc(row)]}, {cols['item'][frame.index.get_loc(row)]}); "
-                             "expected each pair at most once")
+            k = int(np.flatnonzero(dup)[0])                 # a position: the row labels need not be unique
+            raise ValueError(f"DataFrame {name!r}, row {frame.index[k]!r}: duplicate (user, item) = "
+                             f"({cols['user'][k]}, {cols['item'][k]}); expected each pair at most once")
         return cls.from_arrays(cols["user"], cols["item"], cols["rating"], timestamps=cols.get("timestamp"),
                                rating_scale=RatingScale.parse(rating_scale), name=name)
 

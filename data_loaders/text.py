@@ -32,8 +32,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._format import check_encoding
+
 __all__ = ["Vocabulary", "Corpus", "read_corpus", "read_files", "load_ptb", "load_wikitext", "load_corpus",
-           "count_tokens", "batchify", "BPTTLoader", "unigram_perplexity", "SPLIT_PATTERNS", "WIKITEXT_FILES"]
+           "count_tokens", "batchify", "BPTTLoader", "unigram_perplexity", "check_encoding", "SPLIT_PATTERNS",
+           "WIKITEXT_FILES"]
 
 EOS, UNK = "<eos>", "<unk>"
 
@@ -112,13 +115,6 @@ def _decode_error(path: Path, codec: str) -> ValueError:
     return ValueError(f"{path}: not valid {codec.replace('-sig', '')}")
 
 
-def _check_encoding(encoding: str) -> None:
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise ValueError(f"encoding {encoding!r} is not a known text encoding (e.g. utf-8, latin-1)") from None
-
-
 def _count_tokens(path: Path, level: str, encoding: str = "utf-8") -> Counter:
     """Token counts of one file (first-appearance order kept, so ids built from them are deterministic)."""
     counts: Counter = Counter()
@@ -193,7 +189,7 @@ def read_files(files: dict[str, str | os.PathLike], level: str = "word", max_voc
     """
     if level not in ("word", "char"):
         raise ValueError(f"level must be 'word' or 'char', got {level!r}")
-    _check_encoding(encoding)
+    check_encoding(encoding)
     missing = [s for s in ("train", "valid", "test") if s not in files]
     if missing:
         raise ValueError(f"files lacks the split(s) {missing} (needs train, valid and test paths)")

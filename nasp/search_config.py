@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import check_finite, config_from_dict
+from .config import check_finite, check_range, config_from_dict
 from .genotype import Genotype
 from .strategies import STRATEGIES
 
@@ -72,25 +71,18 @@ class SearchConfig:
             raise ValueError(f"fused must be true, false or null (auto), got {self.fused!r}")
         if not isinstance(self.compile_backend, str) or not self.compile_backend:
             raise ValueError(f"compile_backend must be a backend name, got {self.compile_backend!r}")
-        for name in ("epochs", "alpha_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_finite(self)                  # every float setting: no NaN or inf
+        for name in ("epochs", "alpha_every", "log_every", "random_candidates"):
+            check_range(self, name, 1)
+        check_range(self, "max_steps_per_epoch", 1, nullable=True, hint=" (all)")
         for name in ("w_lr", "a_lr"):
-            if not 0 < getattr(self, name) < math.inf:
-                raise ValueError(f"{name} must be > 0 and finite, got {getattr(self, name)}")
-        if self.w_lr_min < 0 or self.grad_clip < 0 or self.warmup_epochs < 0:
-            raise ValueError("w_lr_min, grad_clip and warmup_epochs must be >= 0")
-        for name in ("w_momentum", "w_weight_decay", "a_weight_decay", "eta", "checkpoint_every"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError(f"max_steps_per_epoch must be >= 1 or null (all), got {self.max_steps_per_epoch}")
-        if self.random_candidates < 1:
-            raise ValueError(f"random_candidates must be >= 1, got {self.random_candidates}")
+            check_range(self, name, 0, low_open=True)
+        for name in ("w_lr_min", "grad_clip", "warmup_epochs", "w_momentum", "w_weight_decay", "a_weight_decay", "eta",
+                     "checkpoint_every"):
+            check_range(self, name, 0)
         if len(self.a_betas) != 2 or not all(0 <= b < 1 for b in self.a_betas):
             raise ValueError(f"a_betas must be two numbers in [0, 1), got {list(self.a_betas)}")
         self.a_betas = tuple(self.a_betas)
-        check_finite(self)                  # the remaining float settings (eta, w_lr_min, ...): no inf
 
     @property
     def resolved_alpha_init(self) -> str:

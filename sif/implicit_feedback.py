@@ -308,24 +308,25 @@ class ImplicitTask:
         """Ranking metrics of ``model`` on ``data`` (training items filtered), e.g. {"ndcg@10", "recall@10"}."""
         if not isinstance(data, RankingData):
             raise TypeError(f"ImplicitTask.evaluate needs a RankingData, got {type(data).__name__}")
-        return self._ranking(model, data, view, auc=data.auc)
+        return _ranking(model, data, view, auc=data.auc)
 
+    @torch.no_grad()
     def per_user(self, model: nn.Module, data: RankingData) -> dict[str, np.ndarray]:
         """Per-user validation values of ``metric`` and ``tie_metric`` ({key: (n,) float64}, the same users in the
         same order; AUC NaN for a user without a candidate negative), for paired comparisons of two models."""
-        out = self._ranking(model, data, None, auc=True, per_user=True)
+        out = _ranking(model, data, None, auc=True, per_user=True)
         return {k: out[k] for k in (self.metric, self.tie_metric)}
 
-    @torch.no_grad()
-    def _ranking(self, model: nn.Module, data: RankingData, view: ArchView | None, **kw) -> dict:
-        """:func:`sif.ranking.evaluate_ranking` of ``model`` in eval mode (its mode restored after)."""
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        out = evaluate_ranking(model_score_fn(model, view), data.seen, data.target, ks=data.ks, device=device,
-                               max_elements=data.max_elements, **kw)
-        model.train(was_training)
-        return out
+
+def _ranking(model: nn.Module, data: RankingData, view: ArchView | None, **options) -> dict:
+    """:func:`evaluate_ranking` of ``model`` (in eval mode, its mode restored after) on ``data``'s targets with its
+    seen items filtered; ``options`` (auc, per_user) pass through."""
+    was_training = model.training
+    model.eval()
+    out = evaluate_ranking(model_score_fn(model, view), data.seen, data.target, ks=data.ks,
+                           device=next(model.parameters()).device, max_elements=data.max_elements, **options)
+    model.train(was_training)
+    return out
 
 
 def implicit_splits(ds: RatingDataset, threshold: float | None = 4.0, split: str = "leave_k_out", k: int = 5,

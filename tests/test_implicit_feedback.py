@@ -115,6 +115,11 @@ def test_task_evaluate_is_the_plain_ranking_call():
     via_task = ImplicitTask("bpr").evaluate(model, data)
     direct = evaluate_ranking(model_score_fn(model), m, target, ks=(5,), auc=True)
     assert via_task == direct and set(direct) == {"recall@5", "ndcg@5", "hr@5", "map@5", "auc", "users"}
+    model.train()
+    per_user = ImplicitTask("bpr", metric="ndcg@5").per_user(model, data)     # the values averaged above, per user
+    assert set(per_user) == {"ndcg@5", "auc"} and len(per_user["ndcg@5"]) == direct["users"] and model.training
+    assert per_user["ndcg@5"].mean() == pytest.approx(direct["ndcg@5"])
+    assert np.nanmean(per_user["auc"]) == pytest.approx(direct["auc"])
 
 
 @pytest.mark.parametrize("loss", ["bpr", "bce", "softmax"])

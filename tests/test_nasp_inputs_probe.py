@@ -78,7 +78,7 @@ def test_text_settings_are_checked_naming_the_key():
     bad = [("data.files={train: a, valid: b, test: c}", "data.files is only read with corpus 'files'"),
            ("data.corpus=files|data.files={train: a, valid: b, test: c, dev: d}", "data.files must map exactly"),
            ("data.max_vocab=1", "data.max_vocab must be >= 2"), ("data.eval_batches=-1", "data.eval_batches must"),
-           ("data.encoding=nope", "data.encoding 'nope' is not a known"),
+           ("data.encoding=nope", "data.encoding 'nope' is not a known text encoding"),
            ("space.nhid=16", "space.ninp and nhid must be equal"), ("space.dropout=1.5", "space.dropout must be in"),
            ("space.dropout_h=-0.1", "space.dropout_h must be in"), ("space.ops=[tanh, gelu]", "space.ops must be"),
            ("threads=-1", "threads must be >= 0")]
@@ -133,9 +133,13 @@ def test_a_rerun_with_other_data_or_settings_is_refused_not_mixed(tmp_path, caps
 def test_prepare_run_dir_resumes_the_same_run_and_refuses_foreign_checkpoints(tmp_path):
     cfg = SearchConfig()
     prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h1"})
-    prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h2"})      # no checkpoint yet (a failed start): reused
+    folder = prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h2"})  # no checkpoint yet (a failed start): reused
+    stored = json.loads((folder / "fingerprint.json").read_text())
+    assert folder == tmp_path / "a" and stored["data"] == {"train": "h2"} and stored["command"] == "x"
+    assert (folder / "resolved_config.yaml").is_file()
     (tmp_path / "a" / "checkpoint.pt").write_bytes(b"x")
     prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h2"})                 # the same run: resumes
+    assert (folder / "checkpoint.pt").read_bytes() == b"x"                     # its checkpoint left as it was
     with pytest.raises(RunFolderError, match="the train data differ"):
         prepare_run_dir(tmp_path / "a", "x", cfg, {"train": "h3"})
     (tmp_path / "b").mkdir()
@@ -158,6 +162,7 @@ def test_search_settings_out_of_range_are_refused_naming_them():
                     ({"a_weight_decay": -1.0}, "a_weight_decay must be >= 0"),
                     ({"max_steps_per_epoch": 0}, "max_steps_per_epoch must be >= 1"),
                     ({"checkpoint_every": -1}, "checkpoint_every must be >= 0"),
+                    ({"warmup_epochs": -1}, "warmup_epochs must be >= 0, got -1"), ({"w_lr": 0.0}, "w_lr must be > 0"),
                     ({"a_betas": (1.5, 0.9)}, "a_betas must be two numbers")]:
         with pytest.raises(ValueError, match=msg):
             SearchConfig(**kw)
@@ -245,7 +250,7 @@ def test_nan_settings_infinite_learning_rates_and_a_file_as_run_dir_are_refused(
 
     with pytest.raises(ConfigError, match="search.grad_clip: expected a number, got nan"):
         load(RNNSearchRun, None, ["search.grad_clip=.nan"])
-    with pytest.raises(ConfigError, match="search.w_lr must be > 0 and finite, got inf"):
+    with pytest.raises(ConfigError, match="search.w_lr must be a finite number, got inf"):
         load(RNNSearchRun, None, ["search.w_lr=.inf"])
     (tmp_path / "f").write_text("x")
     with pytest.raises(RunFolderError, match="run_dir .*f is a file, not a folder"):

@@ -217,7 +217,7 @@ def test_non_utf8_byte_on_the_first_line_and_in_a_zip(tmp_path):
 
 def test_unknown_encoding_and_config_encoding(tmp_path):
     path = _write(tmp_path, "user,item,rating,title\n1,1,4,Caf\xe9\n2,2,3,x\n3,3,5,y\n", encoding="latin-1")
-    with pytest.raises(ValueError, match=r"encoding='klingon': unknown text encoding"):
+    with pytest.raises(ValueError, match=r"encoding 'klingon' is not a known text encoding"):
         read_ratings_file(path, encoding="klingon")
     cfg = DataConfig(dataset="file", path=str(path), encoding="latin-1", ratios=[0.4, 0.3, 0.3])
     train, valid, test = load_splits(cfg, seed=0)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import zipfile
 
 import numpy as np
 import pytest
 
-from data_loaders import read_ratings_file
+from data_loaders import _format, read_ratings_file
+from data_loaders._fast_read import _CountingReader
 
 ROWS = "userId,movieId,rating\n1,10,4\n2,20,3\n3,30,5\n"
 
@@ -66,11 +68,44 @@ def test_two_spellings_of_one_integer_id_are_refused(tmp_path):
         read_ratings_file(quoted, show_progress=False)
 
 
+def test_the_first_spelling_conflict_is_named_before_later_problems(tmp_path):
+    items = _write(tmp_path / "i.csv", "1,10,4\n2,010,3\n3,7.0,2\n3,+10,5\n")      # item 010 vs 10 (line 2)
+    with pytest.raises(ValueError, match=r"i\.csv, line 2: item id '010' and '10' \(line 1\) are the same integer 10"):
+        read_ratings_file(items, show_progress=False)
+    later = _write(tmp_path / "l.csv", "7,10,4\n1,20,3\n+7,30,5\nx,40,2\n")           # then a bad row (line 4)
+    with pytest.raises(ValueError, match=r"l\.csv, line 3: user id '\+7' and '7' \(line 1\)"):
+        read_ratings_file(later, show_progress=False)
+    with pytest.raises(ValueError, match=r"l\.csv, line 3: user id '\+7' and '7' \(line 1\)"):
+        read_ratings_file(later, show_progress=False, drop_invalid=True)               # dropping rows: still refused
+    with pytest.warns(UserWarning, match=r"dropped 1 invalid row\(s\) \(1 not a number\)"):
+        fine = read_ratings_file(_write(tmp_path / "f.csv", "7,10,4\n 7.0 ,20,3\nx,1,1\n"), show_progress=False,
+                                 drop_invalid=True)
+    assert fine.user_ids.tolist() == [7] and len(fine) == 2 and fine.dropped == {"not a number": 1}
+
+
 def test_consistently_padded_ids_read_as_integers(tmp_path):
     ds = read_ratings_file(_write(tmp_path / "r.csv", "001,010,4\n002,010,3\n001,020,5\n"), show_progress=False)
     assert ds.user_ids.tolist() == [1, 2] and ds.item_ids.tolist() == [10, 20] and len(ds) == 3
     floats = read_ratings_file(_write(tmp_path / "f.csv", "7.0,10,4\n7,20,3\n1,10,5\n"), show_progress=False)
     assert floats.user_ids.tolist() == [1, 7] and len(floats) == 3          # float notation is not a spelling
+
+
+@pytest.mark.parametrize("chunk", range(1, 9))
+def test_fast_path_scan_finds_padded_ids_at_any_chunk_boundary(monkeypatch, chunk):
+    monkeypatch.setattr(_format, "_CHUNK", chunk)
+    cases = {b"1,10,4\n007,20,3\n": True, b"1,10,4\n 07,20,3\n": True, b'1,10,4\n"07",2,3\n': True,
+             b"1,10,4\n+7,20,3\n": True, b"1,10,4\n7,20,0.5\n": False, b"10,20,3\n70,0,3\n": False}
+    for text, padded in cases.items():
+        reader = _CountingReader(io.BytesIO(text), b",", b",")
+        assert reader.read() == text and reader.zero_padded is padded, text
+    as_text = _CountingReader(io.BytesIO(b"007,20,3\n"), b",", b",", int_ids=False)    # string ids: not looked for
+    assert as_text.read() == b"007,20,3\n" and as_text.zero_padded is False
+
+
+def test_blank_padded_spelling_is_refused(tmp_path):
+    path = _write(tmp_path / "r.csv", "1,10,4\n 007,20,3\n7,30,5\n")
+    with pytest.raises(ValueError, match=r"r\.csv, line 3: user id '7' and '007' \(line 2\)"):
+        read_ratings_file(path, show_progress=False)
 
 
 @pytest.mark.parametrize("row,field", [("1_000,10,4", "user"), ("1,10,4_5", "rating")])
@@ -83,6 +118,20 @@ def test_boolean_ratings_are_refused_not_read_as_one_and_zero(tmp_path):
     path = _write(tmp_path / "r.csv", "1,10,True\n2,20,False\n")
     with pytest.raises(ValueError, match=r"r\.csv, line 1: expected a number for rating \(field 3\), found 'True'"):
         read_ratings_file(path, show_progress=False)
+    headed = _write(tmp_path / "h.csv", "user,item,rating\n1,10,true\n2,20,FALSE\n")
+    with pytest.raises(ValueError, match=r"h\.csv, line 2: expected a number for rating \(field 3\), found 'true'"):
+        read_ratings_file(headed, show_progress=False)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 22])
+def test_true_false_scan_skips_the_header_so_implicit_files_keep_the_fast_path(monkeypatch, chunk):
+    monkeypatch.setattr(_format, "_CHUNK", chunk)
+    cases = [(b"userId,movieId,rating\n1,10,1\n2,20,0\n", True, False),   # "userId" is the header's: no True
+             (b"userId,movieId,rating\n1,10,1\n2,20,0\n", False, True),   # no header: that line is data
+             (b"user,item,rating\n1,10,True\n", True, True), (b"userId\n", True, False)]
+    for text, header, boolish in cases:
+        reader = _CountingReader(io.BytesIO(text), b",", b",", header=header)
+        assert reader.read() == text and reader.boolish is boolish, (text, header)
 
 
 def test_blanks_around_string_ids_are_formatting(tmp_path):
@@ -179,6 +228,9 @@ def test_dataframe_problems_name_column_and_row():
         RatingDataset.from_frame(pd.DataFrame({"user": [1, 2], "item": [1.5, 2.0], "rating": [4.0, 3.0]}))
     with pytest.raises(ValueError, match=r"row 1: duplicate \(user, item\) = \(1, 1\)"):
         RatingDataset.from_frame(pd.DataFrame({"user": [1, 1], "item": [1, 1], "rating": [4.0, 3.0]}))
+    with pytest.raises(ValueError, match=r"row 'a': duplicate \(user, item\) = \(2, 5\); expected"):   # labels repeat
+        RatingDataset.from_frame(pd.DataFrame({"user": [1, 2, 2], "item": [5, 5, 5], "rating": [4.0, 3.0, 2.0]},
+                                              index=["a", "a", "a"]))
     with pytest.raises(ValueError, match=r"has no user column \(found columns \['u', 'item', 'rating'\]"):
         RatingDataset.from_frame(pd.DataFrame({"u": [1], "item": [1], "rating": [4.0]}))
 
@@ -439,6 +491,17 @@ def test_ratings_beyond_float32_are_refused_not_stored_as_inf(tmp_path):
         read_ratings_file(_write(tmp_path / "r.csv", "1,10,1e39\n2,20,3\n"), show_progress=False)
     with pytest.raises(ValueError, match=r"rating 1e\+40 \(row 1\) is beyond float32's range"):
         RatingDataset.from_arrays([1], [1], [1e40])
+
+
+def test_parquet_rows_name_the_reasons_csv_rows_do():
+    from data_loaders._format import RatingScale
+    from data_loaders._parse import _frame_problems
+
+    ratings = np.array([3.0, np.inf, 1e39, 9.0, np.nan, 2.0])
+    bad = {"user": np.array([False, False, False, False, False, True])}
+    problems = _frame_problems({"rating": ratings}, bad, RatingScale(1, 5))
+    assert {r: np.flatnonzero(m).tolist() for r, m in problems.items()} == {
+        "not a number": [5], "non-finite rating": [1, 4], "rating beyond float32": [2], "rating outside scale": [3]}
 
 
 def test_a_damaged_recommender_json_names_the_file(tmp_path):

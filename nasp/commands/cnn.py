@@ -17,7 +17,7 @@ from ..config import load, to_dict
 from ..device import check_device
 from ..search import SearchConfig, Searcher
 from ..train.image import TrainConfig, train_classifier
-from . import check_threads
+from . import check_threads, genotype_error
 from .runs import digest, prepare_run_dir
 
 __all__ = ["ImageDataConfig", "CNNSpaceConfig", "CNNModelConfig", "CNNSearchRun", "CNNTrainRun",
@@ -323,9 +323,7 @@ def run_train(cfg: CNNTrainRun, show_progress: bool = True) -> dict:
     try:
         genotype = get_genotype(m.genotype)
     except ValueError as e:       # not JSON, unknown op, wrong keys: name the setting and the file
-        msg = " ".join(str(e).split())
-        raise ValueError(f"model.genotype={m.genotype}: {msg[:300]}{' ...' if len(msg) > 300 else ''} (nasp cnn "
-                         "search writes the cell to cell_genotype.json)") from None
+        raise genotype_error(m.genotype, e, "nasp cnn search writes the cell to cell_genotype.json") from None
     seed_everything(cfg.seed)       # the initial weights: drawn from seed (they came from whatever state the
     #                                 process's global generator was in, so a second run in one process differed)
     if m.network == "cifar":

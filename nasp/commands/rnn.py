@@ -7,7 +7,6 @@ WikiText-2/103 or any three text files), configured by the dataclasses below thr
 
 from __future__ import annotations
 
-import codecs
 import json
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from ..config import to_dict
 from ..device import check_device
 from ..search import SearchConfig, Searcher
 from ..train.language import LMTrainConfig, evaluate_language_model, train_language_model
-from . import check_threads
+from . import check_threads, genotype_error
 from .runs import digest, prepare_run_dir
 
 __all__ = ["TextDataConfig", "RNNSpaceConfig", "RNNModelConfig", "RNNSearchConfig", "RNNSearchRun", "RNNTrainRun",
@@ -62,10 +61,9 @@ class TextDataConfig:
             raise ValueError(f"max_vocab must be >= 2 (<eos> and <unk>) or null, got {self.max_vocab}")
         if self.eval_batches < 0:
             raise ValueError(f"eval_batches must be >= 0 (0: all), got {self.eval_batches}")
-        try:
-            codecs.lookup(self.encoding)
-        except LookupError:
-            raise ValueError(f"encoding {self.encoding!r} is not a known text encoding (e.g. utf-8, latin-1)") from None
+        from data_loaders.text import check_encoding
+
+        check_encoding(self.encoding)
 
 
 @dataclass
@@ -268,9 +266,7 @@ def _genotype(value: str):
     try:
         return RNNGenotype.from_dict(json.loads(path.read_text()))
     except ValueError as e:       # JSONDecodeError and the genotype's own checks (unknown activation, ...)
-        msg = " ".join(str(e).split())
-        raise ValueError(f"model.genotype={value}: {msg[:300]}{' ...' if len(msg) > 300 else ''} (nasp rnn search "
-                         "writes the cell to rnn_genotype.json)") from None
+        raise genotype_error(value, e, "nasp rnn search writes the cell to rnn_genotype.json") from None
 
 
 def run_rnn_train(cfg: RNNTrainRun, show_progress: bool = True) -> dict:
