@@ -11,6 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from image_helpers import image_bytes, write_tree
 from PIL import Image
 
 from data_loaders.images import ImageFolderDataset, load_image_folder, load_image_zip
@@ -170,24 +171,14 @@ def test_search_settings_out_of_range_are_refused_naming_them():
 
 # ---- images --------------------------------------------------------------------------------------------------------
 def _png(value: int, mode="RGB", fmt="PNG") -> bytes:
-    img = Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).convert(mode)
-    buf = io.BytesIO()
-    img.save(buf, fmt)
-    return buf.getvalue()
-
-
-def _tree(root, files: dict[str, bytes]):
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    return root
+    return image_bytes(value, mode=mode, fmt=fmt)
 
 
 BASE = {f"{c}/{i}.png": _png(40 * k + i) for k, c in enumerate(("cat", "dog", "eel")) for i in range(3)}
 
 
 def test_hidden_system_and_other_files_are_skipped_with_one_warning_naming_them(tmp_path):
-    root = _tree(tmp_path / "f", {**BASE, "cat/._0.png": b"\0\5\x16\7AppleDouble", "cat/.DS_Store": b"x",
+    root = write_tree(tmp_path / "f", {**BASE, "cat/._0.png": b"\0\5\x16\7AppleDouble", "cat/.DS_Store": b"x",
                                   "dog/notes.txt": b"hi", "eel/x.TIF": _png(7, fmt="TIFF"),
                                   ".ipynb_checkpoints/a.png": _png(1)})
     with pytest.warns(UserWarning, match=r"skipped 4 file\(s\).*\.ipynb_checkpoints/, cat/\.DS_Store, cat/\._0\.png"):
@@ -206,10 +197,10 @@ def test_hidden_system_and_other_files_are_skipped_with_one_warning_naming_them(
 
 
 def test_images_below_a_class_folder_and_empty_class_folders_are_errors(tmp_path):
-    nested = _tree(tmp_path / "n", {**BASE, "cat/more/x.png": _png(3)})
+    nested = write_tree(tmp_path / "n", {**BASE, "cat/more/x.png": _png(3)})
     with pytest.raises(ValueError, match=r"cat/more/x.png: images lie deeper than .*<class>/<file>"):
         load_image_folder(nested)
-    empty = _tree(tmp_path / "e", BASE)
+    empty = write_tree(tmp_path / "e", BASE)
     (empty / "bee").mkdir()
     with pytest.raises(ValueError, match=r"e/bee: a class folder with no image files"):
         load_image_folder(empty)
@@ -219,7 +210,7 @@ def test_16_bit_greyscale_is_scaled_not_clipped_and_empty_files_are_named(tmp_pa
     values = np.tile(np.array([[0, 257 * 40, 257 * 200, 65535]], dtype=np.uint16), (8, 2))       # (8, 8)
     buf = io.BytesIO()
     Image.fromarray(values).save(buf, "PNG")
-    root = _tree(tmp_path / "d", {**BASE, "cat/deep.png": buf.getvalue()})
+    root = write_tree(tmp_path / "d", {**BASE, "cat/deep.png": buf.getvalue()})
     s = load_image_folder(root)
     deep = s.images[s.labels == 0][-1]                                  # files in path order: deep.png last of cat
     assert deep[0, 0, :4].tolist() == [0, 40, 200, 255] and torch.equal(deep[0], deep[2])
@@ -230,7 +221,7 @@ def test_16_bit_greyscale_is_scaled_not_clipped_and_empty_files_are_named(tmp_pa
 
 def test_a_test_split_that_would_be_the_training_images_is_refused(tmp_path):
     for name in ("val",):
-        _tree(tmp_path / "f", {f"{s}/{rel}": data for s in ("train", name) for rel, data in BASE.items()})
+        write_tree(tmp_path / "f", {f"{s}/{rel}": data for s in ("train", name) for rel, data in BASE.items()})
     cfg = ImageDataConfig(source="folder", path=str(tmp_path / "f"), num_classes=3, image_size=8)
     assert len(load_data(cfg, "train")) == 9
     with pytest.raises(ValueError, match=r"no test/ folder and data.test_path is not set.*folders found: train, val"):
@@ -260,7 +251,7 @@ def test_nan_settings_infinite_learning_rates_and_a_file_as_run_dir_are_refused(
 
 
 def test_too_few_images_for_a_batch_and_a_zip_as_cifar_are_refused(tmp_path, capsys):
-    root = _tree(tmp_path / "f", BASE)                  # 9 images: a 50/50 search split has 4 and 5
+    root = write_tree(tmp_path / "f", BASE)                  # 9 images: a 50/50 search split has 4 and 5
     common = ["--quiet", "--set", "threads=1", "data.source=folder", f"data.path={root}", "data.num_classes=3",
               "data.image_size=8", "data.batch_size=8", f"run_dir={tmp_path / 'r'}"]
     assert main(["cnn", "search", *common]) == 2
