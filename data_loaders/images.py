@@ -158,12 +158,21 @@ def _decode_file(name: str, blob: bytes, size: int | None) -> np.ndarray:
 
 
 def _decode_all(items, size: int | None, source: str) -> Tensor:
-    """uint8 (N, 3, H, W) of (name, encoded bytes) items; images of different sizes (``size`` None) name ``source``."""
-    arrays = [_decode_file(name, blob, size) for name, blob in items]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise ValueError(f"{source}: images have different sizes {sorted(shapes)[:3]}...; pass size= to resize them")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    """uint8 (N, 3, H, W) of (name, encoded bytes) items; images of different sizes (``size`` None) name ``source``.
+    Each image is decoded straight into one preallocated tensor (peak memory: the images once, plus one image)."""
+    items = list(items)
+    out = None
+    for n, (name, blob) in enumerate(items):
+        a = _decode_file(name, blob, size)                                   # (H, W, 3) uint8
+        if out is None:
+            out = torch.empty((len(items), 3, *a.shape[:2]), dtype=torch.uint8)
+        elif a.shape[:2] != tuple(out.shape[2:]):
+            raise ValueError(f"{source}: images have different sizes ({tuple(out.shape[2:])} and {a.shape[:2]} at "
+                             f"{name}); pass size= to resize them")
+        out[n].copy_(torch.from_numpy(a).permute(2, 0, 1))
+    if out is None:
+        raise _no_images(source)
+    return out
 
 
 def _no_images(source: str) -> ValueError:

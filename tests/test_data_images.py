@@ -172,3 +172,19 @@ def test_cnn_command_checks_num_classes_against_the_folder(tmp_path):
     with pytest.raises(ValueError, match="data.num_classes is 2 but the train images have 3 classes"):
         load_data(d, "train")
     assert load_data(ImageDataConfig(source="folder", path=str(tmp_path), num_classes=3, image_size=8), "train")
+
+
+def test_images_decode_into_one_tensor_and_a_size_mismatch_names_the_file(tmp_path):
+    """The eager reader decodes each image straight into the (N, 3, H, W) result: the pixels are those of each file,
+    and an image of another size (without size=) is an error naming it and the folder."""
+    from image_helpers import image_bytes, write_tree
+
+    root = write_tree(tmp_path / "f", {"a/0.png": image_bytes(10), "a/1.png": image_bytes(20),
+                                       "b/0.png": image_bytes(30)})
+    s = load_image_folder(root)
+    assert s.images.shape == (3, 3, 8, 8) and s.images.dtype == torch.uint8
+    assert [int(s.images[i].float().mean()) for i in range(3)] == [10, 20, 30]
+    (root / "b" / "1.png").write_bytes(image_bytes(40, size=(9, 8)))
+    with pytest.raises(ValueError, match=r"different sizes.*1\.png.*pass size="):
+        load_image_folder(root)
+    assert load_image_folder(root, size=8).images.shape == (4, 3, 8, 8)
