@@ -308,8 +308,8 @@ def _folder_images(path: Path, class_layout: bool) -> tuple[list[Path], list[Pat
         files = sorted(d.iterdir())
         images = split(p for p in files if p.is_file())
         if class_layout and not flat:
-            deeper = next((_first_image(s) for s in files if s.is_dir() and not _is_system([s.name])
-                           and _first_image(s) is not None), None)
+            subfolders = (s for s in files if s.is_dir() and not _is_system([s.name]))
+            deeper = next((hit for hit in map(_first_image, subfolders) if hit is not None), None)
             if deeper is not None:
                 raise ValueError(f"{deeper}: images lie deeper than {path}/<class>/<file>; point the path at the "
                                  "folder that holds the class folders, or move them up into the class folder")
