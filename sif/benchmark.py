@@ -102,13 +102,15 @@ def run_benchmark(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
                    "seconds": time.perf_counter() - t0, "seconds_train": train_seconds(rec), "setting": setting,
                    "context": cfg.data.context, "num_contexts": data[0].num_contexts}
             if isinstance(rec, SIFRecommender):
-                row.update(op=rec.op_, seconds_search=rec.search_result_.seconds)
+                row.update(op=rec.op_, ensemble=rec._members(), seconds_search=rec.search_result_.seconds)
             rows.append(row)
             log.info("benchmark row: %s", json.dumps(row))
             if nd.is_main_process():
                 metric = feedback_strategy(cfg.model.task).metric
                 print(f"[{split_id}] {spec:14s} test {metric}={row['test'][metric]:.4f} ({row['seconds']:.1f}s)"
-                      + (f" op={row['op']}" if "op" in row else ""), flush=True)
+                      + (f" op={row['op']}" if "op" in row else "")
+                      + (f" ensemble={'+'.join(row['ensemble'])}" if len(row.get("ensemble", ())) > 1 else ""),
+                      flush=True)
                 (run_dir / "benchmark.json").write_text(json.dumps(rows, indent=2) + "\n")
         _add_regret([r for r in rows if r["split"] == split_id])
     table = benchmark_table(rows)

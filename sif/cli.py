@@ -39,6 +39,7 @@ from .benchmark import merge_benchmarks, run_benchmark, train_seconds, valid_sco
 from .build import build_recommender, recommender_kwargs  # noqa: F401 (recommender_kwargs: API)
 from .config import ModelConfig, RunConfig, load_config
 from .data import load_splits
+from .ensemble import lead_model
 from .estimator import check_device_available, constructor_params
 from .peers import SURPRISE_PEERS
 from .recommender import (
@@ -112,7 +113,7 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None)
     if rec.model_.searchable:
         from .draw import draw_alphas, draw_interaction
 
-        draw_interaction(rec.model_, run_dir / "interaction")
+        draw_interaction(lead_model(rec.model_), run_dir / "interaction")     # an ensemble: the race's winner
         if isinstance(rec, SIFRecommender):
             draw_alphas(rec.search_result_.history, list(rec.search_candidates_), rec.op_, run_dir / "alphas")
     rec.save(run_dir / "model")

@@ -30,6 +30,7 @@ from nasp.device import check_device
 from nasp.distributed import shard_if_distributed
 
 from .config import DataConfig, ModelConfig
+from .ensemble import AveragedModel
 from .feedback import ImplicitFeedback, RatingFeedback, feedback_strategy
 from .ids import to_index
 from .implicit_feedback import ImplicitTask, score_all_items
@@ -166,22 +167,33 @@ class BaseRecommender:
 
     def _refit(self, full: RatingDataset, eval_it, show_progress, callback, run_dir):
         """Train a fresh model of the fitted kind on train + valid for the number of epochs early stopping chose
-        (the validation set is then training data: its metrics in the log are in-sample)."""
+        (the validation set is then training data: its metrics in the log are in-sample); each member of an
+        ensemble (:meth:`_refit_plan`) for its own epochs, in ``run_dir/refit-<op>``."""
         if not self.feedback.supports_refit:
             raise ValueError(f"refit=True is implemented for the rating task only (task={self.task!r})")
-        epochs = self.train_result_.best_epoch + 1
-        if epochs < 1:
-            raise RuntimeError("refit: the first fit recorded no best epoch")
         self._interactions = (full.users, full.items)
-        model = self._prepared(self._build_model())
-        cfg = replace(self.train_config_, max_epochs=epochs)
-        full_it = shard_if_distributed(self.feedback.iterator(self, full, True, cfg.batch_size,
-                                                              self.random_state + 3))
-        refit_dir = Path(run_dir) / "refit" if run_dir is not None else None
-        log.info("refit on train + valid (%d ratings) for %d epochs", len(full), epochs)
-        result = train_model(model, self.task_, full_it, eval_it, cfg, self.device, run_dir=refit_dir,
-                             show_progress=show_progress, callback=callback, select_best=False)
-        return model, result
+        models, results = [], []
+        for name, build, epochs in self._refit_plan():
+            if epochs < 1:
+                raise RuntimeError(f"refit: the first fit of {name or 'the model'} recorded no best epoch")
+            model = self._prepared(build())
+            cfg = replace(self.train_config_, max_epochs=epochs)
+            full_it = shard_if_distributed(self.feedback.iterator(self, full, True, cfg.batch_size,
+                                                                  self.random_state + 3))   # each member's own
+            refit_dir = Path(run_dir) / ("refit-" + name if name else "refit") if run_dir is not None else None
+            log.info("refit %son train + valid (%d ratings) for %d epochs", name + " " if name else "", len(full),
+                     epochs)
+            results.append(train_model(model, self.task_, full_it, eval_it, cfg, self.device, run_dir=refit_dir,
+                                       show_progress=show_progress, callback=callback, select_best=False))
+            models.append(model)
+        if len(models) == 1:
+            return models[0], results[0]
+        return AveragedModel(models), replace(results[0], seconds=sum(r.seconds for r in results))
+
+    def _refit_plan(self) -> list[tuple[str, Callable[[], nn.Module], int]]:
+        """What the refit trains: (name, build a fresh model, epochs) per model; the name is empty for the fitted
+        model itself, else it names an ensemble member (and its run folder)."""
+        return [("", self._build_model, self.train_result_.best_epoch + 1)]
 
     def _prepared(self, model: nn.Module) -> nn.Module:
         """Give a freshly built model its neighbour lists (models built with a ``neighbourhood``)."""

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from data_loaders import BatchIterator, RatingDataset, leave_k_out_split, time_split, to_csr
 from nasp.arch import SPARSE, ArchView
 
+from .ensemble import AveragedModel
 from .model import RatingModule
 from .neighbourhood import add_neighbourhoods
 from .ranking import evaluate_ranking
@@ -175,6 +176,8 @@ def score_all_items(model: nn.Module, users: Tensor, view: ArchView | None = Non
     run on the broadcast (b, m, k) features. Other models: their forward on the b * m pairs. ``item_chunk``
     bounds the items scored at once (default: all).
     """
+    if isinstance(model, AveragedModel):          # the race's ensemble: the mean of its members' scores
+        return torch.stack([score_all_items(m, users, view, item_chunk) for m in model.members]).mean(dim=0)
     num_items = _num_items(model)
     chunk = item_chunk or num_items
     parts = []

@@ -29,6 +29,7 @@ import numpy as np
 from torch import nn
 
 from .config import ModelConfig
+from .ensemble import AveragedModel, greedy_members
 from .interactions import tensor_candidates
 from .train import TrainResult, train_model
 
@@ -57,13 +58,15 @@ class RaceResult:
     seconds: float = 0.0        # of every fit (set by :func:`race_fit`; resumed fits add up)
     stopped: tuple[str, ...] = ()       # the candidates whose fits reached their own early stop (fully trained)
     tie_break: dict | None = None       # :func:`tie_break`'s record, when it ran
+    ensemble: dict | None = None        # the race's ensemble (members, epochs, steps, valid), when it has > 1 member
 
     def summary(self) -> dict:
         """A JSON-ready record: winner, candidates, epochs per candidate and in all, eliminations, seconds."""
         return {"winner": self.winner, "candidates": list(self.candidates), "epochs": self.epochs,
                 "epochs_per_candidate": {op: len(c) for op, c in self.curves.items()},
                 "eliminated": [{"op": op, "epoch": e, "why": why} for op, e, why in self.eliminated],
-                "seconds": self.seconds, "stopped": list(self.stopped), "tie_break": self.tie_break}
+                "seconds": self.seconds, "stopped": list(self.stopped), "tie_break": self.tie_break,
+                "ensemble": self.ensemble}
 
 
 def shortlist(alphas: Mapping[str, float], k: int, alpha_tol: float = SELECTION_DEFAULTS["alpha_tol"]) -> list[str]:
@@ -276,4 +279,37 @@ def race_fit(rec, space, train_it, eval_it, run_dir: str | Path | None = None,
     rec.genotype_ = dataclasses.replace(best, matrices=tuple(
         (n, tuple(replace(c, op=rec.op_) for c in cs)) if n == "interaction" else (n, cs) for n, cs in best.matrices))
     log.info("race: candidates %s, winner %s after %d epochs", cands, rec.op_, rec.selection_.epochs)
-    return fits[rec.op_]
+    rec.ensemble_ = [rec.op_]
+    if not _ensemble_on(rec):
+        return fits[rec.op_]
+    return _race_ensemble(rec, fits, eval_it, metric, sign)
+
+
+def _ensemble_on(rec) -> bool:
+    """``race_ensemble``, where None means on for ratings and off for the ranking tasks."""
+    if rec.race_ensemble is not None:
+        return bool(rec.race_ensemble)
+    return not getattr(rec.task_, "maximize", False)
+
+
+def _race_ensemble(rec, fits: dict, eval_it, metric: str, sign: float) -> tuple[nn.Module, TrainResult]:
+    """The race's fully trained fits averaged where that improves the validation metric
+    (:func:`sif.ensemble.greedy_members`); sets ``rec.ensemble_`` and ``rec.selection_.ensemble``. Returns
+    (model, the winner's train result with the ensemble's validation scores)."""
+    def average(ops):
+        return AveragedModel([fits[op][0] for op in ops]) if len(ops) > 1 else fits[ops[0]][0]
+
+    pool = [op for op in rec.selection_.stopped if op in fits]
+    members, steps = greedy_members(rec.op_, pool, lambda ops: sign * rec.task_.evaluate(average(ops), eval_it)[metric],
+                                    rec.train_config_.min_delta)
+    rec.ensemble_ = members
+    model, result = average(members), fits[rec.op_][1]
+    if len(members) == 1:
+        return model, result
+    valid = rec.task_.evaluate(model, eval_it)
+    rec.selection_.ensemble = {"members": members, "epochs": [fits[op][1].best_epoch + 1 for op in members],
+                               "steps": [{"members": st["members"], metric: sign * st["loss"]} for st in steps],
+                               "valid": valid}
+    log.info("race: the ensemble %s scores %s %.4f on validation (the winner alone %.4f)", members, metric,
+             valid[metric], sign * steps[0]["loss"])
+    return model, replace(result, best_valid=valid)

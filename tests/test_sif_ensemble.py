@@ -1,0 +1,136 @@
+"""The race's ensemble (sif/ensemble.py, model.race_ensemble): greedy members on validation, the averaged model, its
+refit, persistence and resume."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from data_loaders import random_split
+from sif.ensemble import AveragedModel, greedy_members, lead_model
+from sif.implicit_feedback import score_all_items
+from sif.recommender import FixedInteractionRecommender, SIFRecommender, load_recommender
+from sif.synthetic import planted_ratings
+
+OPS = ["plus", "multiply", "max", "min"]
+
+
+def _common(**kw):
+    return dict(embedding_dim=4, random_state=0, clip_predictions=False,
+                train={"max_epochs": 15, "patience": 3, "batch_size": 256}, **kw)
+
+
+def _planted():
+    """Noisy planted multiply on which the race's winner (min) and multiply average better than either (seed 2;
+    found by trying seeds 0-2, the others' races end with one member)."""
+    ds = planted_ratings("multiply", num_users=80, num_items=100, dim=4, n=3000, noise=0.3, seed=2)
+    return random_split(ds, (0.8, 0.1, 0.1), seed=2)
+
+
+def test_greedy_members_adds_the_best_helper_while_it_helps_and_breaks_ties_by_pool_order():
+    gains = {"a": 0.0, "b": 0.3, "c": 0.3, "d": 0.1, "e": -0.2}     # planted: what each op adds to the average
+
+    def loss(ops):
+        assert ops[0] == "a"
+        return 1.0 - sum(gains[op] for op in ops) + 0.25 * (len(ops) - 1) ** 2 * (len(ops) > 2)
+
+    members, steps = greedy_members("a", ["e", "c", "b", "d", "a"], loss, min_delta=1e-4)
+    assert members == ["a", "c"]          # b and c tie: c comes first in the pool; then b would add 0.3 - 0.25 * 4
+    assert [s["members"] for s in steps] == [["a"], ["a", "c"]]
+    assert steps[1]["loss"] == pytest.approx(0.7)
+    alone, steps = greedy_members("a", ["d"], lambda ops: 1.0 - 0.00005 * (len(ops) - 1), min_delta=1e-4)
+    assert alone == ["a"] and len(steps) == 1       # an improvement within min_delta is not taken
+
+
+def test_averaged_model_is_the_mean_of_its_members():
+    class Const(nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.v = nn.Parameter(torch.tensor(float(v)))
+
+        def forward(self, users, items, contexts=None):
+            return self.v * torch.ones(len(users))
+
+    model = AveragedModel([Const(1.0), Const(4.0)])
+    u = torch.arange(3)
+    torch.testing.assert_close(model(u, u), torch.full((3,), 2.5))
+    assert lead_model(model).v.item() == 1.0 and lead_model(model.members[1]) is model.members[1]
+    with pytest.raises(ValueError, match="at least one member"):
+        AveragedModel([])
+
+
+def test_the_race_averages_fits_that_help_on_validation_and_predicts_their_mean(tmp_path):
+    """The ensemble's members are fully trained race fits; its validation RMSE is below the winner's alone; its
+    predictions are the mean of the members' stand-alone fits (the race's fits are those fits); saved and loaded it
+    predicts the same; race_ensemble=False gives the winner alone."""
+    tr, va, te = _planted()
+    rec = SIFRecommender(ops=OPS, search={"epochs": 2}, **_common()).fit(tr, va, show_progress=False)
+    ens = rec.selection_.ensemble
+    assert rec.ensemble_ == ens["members"] and len(rec.ensemble_) > 1 and rec.ensemble_[0] == rec.op_
+    assert set(rec.ensemble_) <= set(rec.selection_.stopped)
+    assert ens["valid"]["rmse"] < ens["steps"][0]["rmse"] - 1e-4
+    assert rec.train_result_.best_valid["rmse"] == ens["valid"]["rmse"]
+    assert rec.selection_.summary()["ensemble"] == ens
+    fixed = {op: FixedInteractionRecommender(op=op, **_common()).fit(tr, va, show_progress=False)
+             for op in rec.ensemble_}
+    assert ens["epochs"] == [fixed[op].train_result_.best_epoch + 1 for op in rec.ensemble_]
+    mean = np.mean([fixed[op].predict(te.users, te.items, ids="index") for op in rec.ensemble_], axis=0)
+    pred = rec.predict(te.users, te.items, ids="index")
+    np.testing.assert_allclose(pred, mean, rtol=0, atol=1e-5)
+    back = load_recommender(rec.save(tmp_path / "m"))
+    assert back.ensemble_ == rec.ensemble_ and isinstance(back.model_, AveragedModel)
+    np.testing.assert_array_equal(back.predict(te.users, te.items, ids="index"), pred)
+    alone = SIFRecommender(ops=OPS, search={"epochs": 2}, race_ensemble=False, **_common()).fit(tr, va,
+                                                                                                show_progress=False)
+    assert alone.ensemble_ == [alone.op_] and alone.selection_.ensemble is None
+    np.testing.assert_allclose(alone.predict(te.users, te.items, ids="index"),
+                               fixed[alone.op_].predict(te.users, te.items, ids="index"), rtol=0, atol=1e-5)
+
+
+def test_the_refit_refits_every_member_for_its_own_epochs_and_resumes(tmp_path):
+    """With refit each member is trained afresh on train + valid for its own early-stopped epochs (the mean of the
+    members' refit stand-alone fits); rerun on the same run folder (a killed run resumed) it predicts the same."""
+    tr, va, te = _planted()
+    rec = SIFRecommender(ops=OPS, search={"epochs": 2}, refit=True, **_common()).fit(tr, va, show_progress=False,
+                                                                                     run_dir=tmp_path)
+    assert len(rec.ensemble_) > 1
+    for op in rec.ensemble_[1:]:
+        assert (tmp_path / f"refit-{op}" / "train_checkpoint.pt").is_file()
+    fixed = [FixedInteractionRecommender(op=op, refit=True, **_common()).fit(tr, va, show_progress=False)
+             for op in rec.ensemble_]
+    mean = np.mean([f.predict(te.users, te.items, ids="index") for f in fixed], axis=0)
+    pred = rec.predict(te.users, te.items, ids="index")
+    np.testing.assert_allclose(pred, mean, rtol=0, atol=1e-5)
+    again = SIFRecommender(ops=OPS, search={"epochs": 2}, refit=True, **_common()).fit(tr, va, show_progress=False,
+                                                                                       run_dir=tmp_path)
+    assert again.ensemble_ == rec.ensemble_
+    np.testing.assert_array_equal(again.predict(te.users, te.items, ids="index"), pred)
+
+
+@pytest.mark.parametrize("setting", [None, True])
+def test_ranking_tasks_average_only_when_asked(setting):
+    """For bpr the default (None) keeps the race's winner alone; race_ensemble=True lets the race average there too
+    (chosen on validation NDCG@10)."""
+    tr, va, _ = _planted()
+    rec = SIFRecommender(task="bpr", embedding_dim=4, random_state=0, search={"epochs": 1}, race_ensemble=setting,
+                         train={"max_epochs": 4, "patience": 2, "batch_size": 256}).fit(tr, va, show_progress=False)
+    assert rec.ensemble_[0] == rec.op_
+    if setting is None:
+        assert rec.ensemble_ == [rec.op_] and not isinstance(rec.model_, AveragedModel)
+    assert rec.recommend(np.arange(5), N=3, ids="index")[0].shape == (5, 3)
+
+
+def test_ranking_scores_of_an_ensemble_are_its_members_mean():
+    """score_all_items (recommend, the ranking metrics) of an AveragedModel: the mean of its members' scores."""
+    tr, va, _ = _planted()
+    kw = dict(task="bpr", embedding_dim=4, random_state=0, train={"max_epochs": 2, "batch_size": 256})
+    members = [FixedInteractionRecommender(op=op, **kw).fit(tr, va, show_progress=False).model_
+               for op in ("multiply", "max")]
+    users = torch.arange(7)
+    want = (score_all_items(members[0], users) + score_all_items(members[1], users)) / 2
+    torch.testing.assert_close(score_all_items(AveragedModel(members), users), want)
+
+
+def test_race_ensemble_is_checked():
+    with pytest.raises(ValueError, match="race_ensemble"):
+        SIFRecommender(race_ensemble="yes")
