@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from data_loaders.contexts import CONTEXTS
 from nasp.config import load, merge, parse_assignments, to_dict
 from nasp.device import check_device
@@ -118,9 +120,10 @@ class ModelConfig:
     #                                 nasp.optim.RowSparseOptimizer, benchmarks/README.md "SIF at scale")
 
     def __post_init__(self):
-        _positive(self, "embedding_dim", "init_std", "g_hidden", "num_negatives", "race_first_budget", "tensor_race_k")
+        check_numbers(embedding_dim=self.embedding_dim, num_negatives=self.num_negatives, init_std=self.init_std,
+                      reg=self.reg, neighbourhood_reg=self.neighbourhood_reg)
+        _positive(self, "g_hidden", "race_first_budget", "tensor_race_k")
         _non_negative(self, "race_k", "alpha_tol", "race_horizon", "race_tie_z")
-        _non_negative(self, "reg", "neighbourhood_reg")
         _one_of(self, "task", ("rating", "bpr", "bce", "softmax"))
         _one_of(self, "penalty", ("l2", "norm", "effective"))
         _one_of(self, "head_init", (None, "uniform", "ones"))
@@ -147,6 +150,28 @@ class SIFSearchConfig(SearchConfig):
     w_momentum: float = 0.0
     w_weight_decay: float = 0.0
     a_lr: float = 1e-3
+
+
+def check_numbers(**values) -> None:
+    """The one home of the numeric settings' ranges shared by :class:`ModelConfig` and the recommenders'
+    constructors: one ValueError line naming the first value outside its range (embedding_dim, num_negatives: an
+    integer >= 1; init_std > 0; reg, neighbourhood_reg >= 0; valid_fraction in (0, 1))."""
+    for name, v in values.items():
+        is_int = isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+        is_num = is_int or isinstance(v, (float, np.floating))
+        ok, want = _RANGES[name](v, is_int, is_num)
+        if not ok:
+            raise ValueError(f"{name} must be {want}, got {v if is_num else repr(v)}")
+
+
+_RANGES = {     # name -> (value, is an integer, is a number) -> (in range, what the range is)
+    "embedding_dim": lambda v, i, n: (i and v >= 1, "an integer >= 1"),
+    "num_negatives": lambda v, i, n: (i and v >= 1, "an integer >= 1"),
+    "init_std": lambda v, i, n: (n and v > 0, "> 0"),
+    "reg": lambda v, i, n: (n and v >= 0, ">= 0"),
+    "neighbourhood_reg": lambda v, i, n: (n and v >= 0, ">= 0"),
+    "valid_fraction": lambda v, i, n: (n and 0 < v < 1, "in (0, 1)"),
+}
 
 
 def _positive(cfg, *names: str) -> None:

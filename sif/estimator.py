@@ -29,7 +29,7 @@ from nasp.config import config_from_dict
 from nasp.device import check_device
 from nasp.distributed import shard_if_distributed
 
-from .config import DataConfig, ModelConfig
+from .config import DataConfig, ModelConfig, check_numbers
 from .ensemble import AveragedModel
 from .feedback import ImplicitFeedback, RatingFeedback, feedback_strategy
 from .ids import to_index
@@ -81,8 +81,8 @@ class BaseRecommender:
                  neighbourhood: str | None = _M.neighbourhood, neighbourhood_reg: float = _M.neighbourhood_reg,
                  refit: bool = _M.refit, sparse_rows: bool = _M.sparse_rows, init_std: float = _M.init_std):
         feedback_strategy(task)                     # validates the name
-        _check_numbers(embedding_dim=embedding_dim, num_negatives=num_negatives, init_std=init_std, reg=reg,
-                       neighbourhood_reg=neighbourhood_reg, valid_fraction=valid_fraction)
+        check_numbers(embedding_dim=embedding_dim, num_negatives=num_negatives, init_std=init_std, reg=reg,
+                      neighbourhood_reg=neighbourhood_reg, valid_fraction=valid_fraction)
         self.init_std = init_std
         self.task, self.num_negatives, self.positive_threshold = task, num_negatives, positive_threshold
         self.embedding_dim, self.use_bias, self.reg, self.train = embedding_dim, use_bias, reg, train
@@ -423,24 +423,6 @@ class BaseRecommender:
         ids = np.load(path / "ids.npz", allow_pickle=False)
         rec.user_ids_, rec.item_ids_ = ids["user_ids"], ids["item_ids"]
         return rec
-
-
-def _check_numbers(**values) -> None:
-    """One ValueError line naming the first constructor argument outside its range (ints: embedding_dim and
-    num_negatives >= 1; init_std > 0; reg, neighbourhood_reg >= 0; valid_fraction in (0, 1))."""
-    for name, v in values.items():
-        is_int = isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-        is_num = is_int or isinstance(v, (float, np.floating))
-        if name in ("embedding_dim", "num_negatives"):
-            ok, want = is_int and v >= 1, "an integer >= 1"
-        elif name == "init_std":
-            ok, want = is_num and v > 0, "> 0"
-        elif name == "valid_fraction":
-            ok, want = is_num and 0 < v < 1, "in (0, 1)"
-        else:
-            ok, want = is_num and v >= 0, ">= 0"
-        if not ok:
-            raise ValueError(f"{name} must be {want}, got {v if is_num else repr(v)}")
 
 
 def check_device_available(device: str) -> None:

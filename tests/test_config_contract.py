@@ -28,7 +28,7 @@ ALTERNATIVES: dict[str, typing.Any] = {
     "compile_backend": "eager", "compile_mode": "default", "fused": False, "max_steps_per_epoch": 7,
     "a_betas": [0.9, 0.99], "optimizer": "sgd", "device": "cuda:1", "threads": 2, "train_fraction": 0.7,
     "lr_schedule": "exponential", "network": "imagenet", "init_from": "last_good.pt", "max_seconds": 3600.0,
-    "sparse_rows": True, "context": "weekday", "item_file": "u.item",
+    "sparse_rows": True, "context": "weekday", "item_file": "u.item", "race_ensemble": False,
 }
 
 
@@ -148,8 +148,8 @@ def test_values_are_yaml_scalars_and_checked_where_parsed():
     cfg = load_config(None, ["search.a_lr=1e-3", "train.lr=2e-3"])
     assert cfg.search.a_lr == pytest.approx(1e-3) and isinstance(cfg.search.a_lr, float)
     assert parse_assignments(["a.b=1", "c=[x, y]", "d=null"]) == {"a": {"b": 1}, "c": ["x", "y"], "d": None}
-    for bad, what in (("model.embedding_dim=-8", "model.embedding_dim must be > 0"),
-                      ("model.embedding_dim=0", "embedding_dim must be > 0"),
+    for bad, what in (("model.embedding_dim=-8", "model.embedding_dim must be an integer >= 1"),
+                      ("model.embedding_dim=0", "embedding_dim must be an integer >= 1"),
                       ("device=gpu", "device must be cpu, cuda, cuda:N or mps"),
                       ("train.lr=-0.1", "train.lr must be > 0"), ("search.w_lr=0", "search.w_lr must be > 0"),
                       ("search.a_lr=-1", "search.a_lr must be > 0"), ("data.leave_k=0", "data.leave_k must be >= 1"),

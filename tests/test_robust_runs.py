@@ -116,7 +116,7 @@ def test_a_failed_start_leaves_no_run_folder(setup, capsys):
     assert main(["search", "--config", str(cfg), "--set", f"data.path={tmp / 'missing.csv'}"]) == 2
     assert "missing.csv" in _err(capsys)
     assert main(["search", "--config", str(cfg), "--set", "model.embedding_dim=-8"]) == 2
-    assert "model.embedding_dim must be > 0" in _err(capsys)
+    assert "model.embedding_dim must be an integer >= 1" in _err(capsys)
     assert not (tmp / "run").exists()
 
 
