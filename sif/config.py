@@ -109,9 +109,8 @@ class ModelConfig:
     race_tie_z: float = 1.0         # SIF race, ranking tasks: fully trained candidates within this many standard
     #                                 errors (paired, per user) of the winner's validation metric are a tie, won by
     #                                 the best validation AUC (sif.selection.tie_break; 0: off)
-    race_ensemble: bool | None = None  # SIF race: average the race's fully trained fits that improve the validation
-    #                                 metric (sif.ensemble; greedy forward selection from the winner); None: on for
-    #                                 ratings, off for ranking tasks (their validation NDCG is too noisy to choose on)
+    race_ensemble: bool = True      # SIF race: average the race's fully trained fits that improve the validation
+    #                                 metric (sif.ensemble; greedy forward selection from the winner)
     tensor_race_k: int = 4          # SIF race on (user, item, context) data: race_k for the 53 two-stage candidates
     #                                 (one op per function class races; sif.selection.function_class)
     tensor_race_cap: int | None = 8  # SIF race on tensor data: no race round trains beyond this many epochs; the
@@ -130,7 +129,6 @@ class ModelConfig:
         _one_of(self, "select", ("best", "last"))
         _one_of(self, "search_on", ("valid", "train"))
         _one_of(self, "neighbourhood", (None, "user", "item", "both"))
-        _one_of(self, "race_ensemble", (None, True, False))
         if self.tensor_race_cap is not None and self.tensor_race_cap < 1:
             raise ValueError(f"tensor_race_cap must be >= 1 (or null), got {self.tensor_race_cap}")
         if self.head_radius is not None and not self.head_radius > 0:

@@ -280,16 +280,9 @@ def race_fit(rec, space, train_it, eval_it, run_dir: str | Path | None = None,
         (n, tuple(replace(c, op=rec.op_) for c in cs)) if n == "interaction" else (n, cs) for n, cs in best.matrices))
     log.info("race: candidates %s, winner %s after %d epochs", cands, rec.op_, rec.selection_.epochs)
     rec.ensemble_ = [rec.op_]
-    if not _ensemble_on(rec):
+    if not rec.race_ensemble:
         return fits[rec.op_]
     return _race_ensemble(rec, fits, eval_it, metric, sign)
-
-
-def _ensemble_on(rec) -> bool:
-    """``race_ensemble``, where None means on for ratings and off for the ranking tasks."""
-    if rec.race_ensemble is not None:
-        return bool(rec.race_ensemble)
-    return not getattr(rec.task_, "maximize", False)
 
 
 def _race_ensemble(rec, fits: dict, eval_it, metric: str, sign: float) -> tuple[nn.Module, TrainResult]:

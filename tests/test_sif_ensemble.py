@@ -107,16 +107,21 @@ def test_the_refit_refits_every_member_for_its_own_epochs_and_resumes(tmp_path):
     np.testing.assert_array_equal(again.predict(te.users, te.items, ids="index"), pred)
 
 
-@pytest.mark.parametrize("setting", [None, True])
-def test_ranking_tasks_average_only_when_asked(setting):
-    """For bpr the default (None) keeps the race's winner alone; race_ensemble=True lets the race average there too
-    (chosen on validation NDCG@10)."""
+@pytest.mark.parametrize("setting", [True, False])
+def test_ranking_tasks_average_by_validation_ndcg(setting):
+    """For bpr the race's ensemble is chosen on validation NDCG@10 (larger is better): the average of the members
+    scores at least the winner's NDCG plus min_delta there; race_ensemble=False keeps the winner alone."""
     tr, va, _ = _planted()
-    rec = SIFRecommender(task="bpr", embedding_dim=4, random_state=0, search={"epochs": 1}, race_ensemble=setting,
+    rec = SIFRecommender(task="bpr", embedding_dim=4, random_state=2, search={"epochs": 1}, race_ensemble=setting,
                          train={"max_epochs": 4, "patience": 2, "batch_size": 256}).fit(tr, va, show_progress=False)
     assert rec.ensemble_[0] == rec.op_
-    if setting is None:
+    if not setting:
         assert rec.ensemble_ == [rec.op_] and not isinstance(rec.model_, AveragedModel)
+    else:       # random_state 2: the race's winner multiply and max average better (found by trying 0-3)
+        assert rec.ensemble_ == ["multiply", "max"] and isinstance(rec.model_, AveragedModel)
+        steps = rec.selection_.ensemble["steps"]
+        assert steps[-1]["ndcg@10"] > steps[0]["ndcg@10"] + 1e-4
+        assert rec.train_result_.best_valid["ndcg@10"] == pytest.approx(steps[-1]["ndcg@10"])
     assert rec.recommend(np.arange(5), N=3, ids="index")[0].shape == (5, 3)
 
 
@@ -132,5 +137,7 @@ def test_ranking_scores_of_an_ensemble_are_its_members_mean():
 
 
 def test_race_ensemble_is_checked():
-    with pytest.raises(ValueError, match="race_ensemble"):
+    with pytest.raises(ValueError, match="race_ensemble must be True or False"):
         SIFRecommender(race_ensemble="yes")
+    with pytest.raises(ValueError, match="race_ensemble"):
+        SIFRecommender(race_ensemble=None)
