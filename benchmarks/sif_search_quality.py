@@ -79,6 +79,7 @@ class SearchOnly(SIFRecommender):
         self.search_result_ = searcher.fit(train_it, valid_it, eval_loader=eval_it)
         self.genotype_ = self.search_result_.best_genotype
         self.op_ = self.genotype_.choices("interaction")[0].op
+        self.ensemble_ = [self.op_]
         return space, None
 
 

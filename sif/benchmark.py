@@ -102,7 +102,7 @@ def run_benchmark(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
                    "seconds": time.perf_counter() - t0, "seconds_train": train_seconds(rec), "setting": setting,
                    "context": cfg.data.context, "num_contexts": data[0].num_contexts}
             if isinstance(rec, SIFRecommender):
-                row.update(op=rec.op_, ensemble=rec._members(), seconds_search=rec.search_result_.seconds)
+                row.update(op=rec.op_, ensemble=list(rec.ensemble_), seconds_search=rec.search_result_.seconds)
             rows.append(row)
             log.info("benchmark row: %s", json.dumps(row))
             if nd.is_main_process():

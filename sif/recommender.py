@@ -14,6 +14,7 @@ positives filtered; ``predict`` then returns scores (logits), not ratings.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -219,14 +220,11 @@ class SIFRecommender(BaseRecommender):
         return model, result
 
     def _build_model(self) -> nn.Module:
-        models = [self._space((op,)) for op in self._members()]
+        """A fresh model of the fitted kind: the op found, or the average of the race's ensemble (``ensemble_``)."""
+        models = [self._space((op,)) for op in self.ensemble_]
         return models[0] if len(models) == 1 else AveragedModel(models)
 
-    def _members(self) -> list[str]:
-        """The fitted model's ops: the race's ensemble (``ensemble_``), else the one op found."""
-        return list(getattr(self, "ensemble_", None) or [self.op_])
-
-    def _refit_plan(self) -> list[tuple[str, Any, int]]:
+    def _refit_plan(self) -> list[tuple[str, Callable[[], nn.Module], int]]:
         ensemble = getattr(getattr(self, "selection_", None), "ensemble", None)
         if not ensemble or len(ensemble["members"]) == 1:
             return super()._refit_plan()
@@ -242,7 +240,7 @@ class SIFRecommender(BaseRecommender):
 
     def _fitted_state(self) -> dict[str, Any]:
         return {**super()._fitted_state(), "genotype": self.genotype_.to_dict(), "op": self.op_,
-                "ensemble": self._members()}
+                "ensemble": list(self.ensemble_)}
 
     def _restore_fitted(self, state: dict[str, Any]) -> None:
         super()._restore_fitted(state)
