@@ -50,6 +50,8 @@ def test_cli_search_then_evaluate_end_to_end(tmp_path, ratings_csv, capsys):
     assert all((run / "race" / op / "train_checkpoint.pt").is_file() for op in race["candidates"])
     assert race["epochs"] == sum(race["epochs_per_candidate"].values()) and race["seconds"] > 0
     assert len((run / "search/log.jsonl").read_text().splitlines()) == 3
+    members = (race["ensemble"] or {"members": [results["op"]]})["members"]     # the race's ensemble, if formed
+    assert members[0] == results["op"] and all((run / f"interaction-{op}.png").is_file() for op in members[1:])
     assert json.loads((run / "run.log").read_text().splitlines()[-1])["level"] == "INFO"
     capsys.readouterr()
     assert main(["evaluate", "--run", str(run)]) == 0
@@ -146,3 +148,28 @@ def test_cli_search_with_sampled_softmax_and_a_user_neighbourhood(tmp_path, rati
     results = json.loads((tmp_path / "run/search/results.json").read_text())
     assert 0.0 <= results["test"]["ndcg@10"] <= 1.0 and "rmse" not in results["test"]
     assert results["op"] in ("multiply", "max", "min")          # the ops that can personalise a ranking
+
+
+def test_cli_search_saves_and_draws_the_race_ensemble(tmp_path, capsys):
+    """A run whose race forms an ensemble (planted noisy multiply, seed 1: min, the winner, averaged with multiply;
+    found by trying seeds 0-3) records it in results.json and the saved model, draws every member, and
+    ``sif evaluate`` reloads the averaged model to the same test RMSE."""
+    ds = planted_ratings("multiply", num_users=80, num_items=100, dim=4, n=3000, noise=0.3, seed=2)
+    csv = tmp_path / "p.csv"
+    rows = zip(ds.user_ids[ds.users.numpy()], ds.item_ids[ds.items.numpy()], ds.ratings.tolist(), strict=True)
+    csv.write_text("user,item,rating\n" + "".join(f"{u},{i},{r!r}\n" for u, i, r in rows))
+    cfg = {"seed": 1, "show_progress": False, "out_dir": str(tmp_path / "run"),
+           "data": {"dataset": "file", "path": str(csv), "split": "random", "ratios": [0.8, 0.1, 0.1]},
+           "model": {"embedding_dim": 4, "ops": ["plus", "multiply", "max", "min"]},
+           "search": {"epochs": 2}, "train": {"max_epochs": 15, "patience": 3, "batch_size": 256}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["search", "--config", str(tmp_path / "cfg.yaml")]) == 0
+    run = tmp_path / "run" / "search"
+    results = json.loads((run / "results.json").read_text())
+    assert results["op"] == "min" and results["race"]["ensemble"]["members"] == ["min", "multiply"]
+    assert (run / "interaction.png").is_file() and (run / "interaction-multiply.png").is_file()
+    saved = json.loads((run / "model" / "recommender.json").read_text())
+    assert saved["fitted"]["ensemble"] == ["min", "multiply"] and saved["params"]["race_ensemble"] is True
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out)["test"]["rmse"] == pytest.approx(results["test"]["rmse"], rel=1e-6)
