@@ -141,3 +141,26 @@ def test_race_ensemble_is_checked():
         SIFRecommender(race_ensemble="yes")
     with pytest.raises(ValueError, match="race_ensemble"):
         SIFRecommender(race_ensemble=None)
+
+
+def test_a_run_killed_in_a_members_refit_resumes_to_the_same_model(tmp_path):
+    """Killed in the second member's refit (after its first epoch; the winner's refit has finished), the run
+    resumes from its folder (race fits, refit/, refit-<op>/) to the predictions of an uninterrupted run."""
+    tr, va, te = _planted()
+    kw = dict(ops=OPS, search={"epochs": 2}, refit=True, **_common())
+    ref = SIFRecommender(**kw).fit(tr, va, show_progress=False)
+    winner_epochs = ref.selection_.ensemble["epochs"][0]
+    calls = []
+
+    def crash(epoch, *_):           # the refits' callback: the winner's epochs, then the second member's
+        calls.append(epoch)
+        if len(calls) == winner_epochs + 1:     # the first epoch of the second member (it trains 1 here)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        SIFRecommender(**kw).fit(tr, va, show_progress=False, run_dir=tmp_path, callback=crash)
+    assert (tmp_path / f"refit-{ref.ensemble_[1]}" / "train_checkpoint.pt").is_file()
+    again = SIFRecommender(**kw).fit(tr, va, show_progress=False, run_dir=tmp_path)
+    assert again.ensemble_ == ref.ensemble_
+    np.testing.assert_array_equal(again.predict(te.users, te.items, ids="index"),
+                                  ref.predict(te.users, te.items, ids="index"))
