@@ -114,8 +114,11 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None)
         from .draw import draw_alphas, draw_interaction
 
         draw_interaction(lead_model(rec.model_), run_dir / "interaction")     # an ensemble: the race's winner
-        for op, member in zip(getattr(rec, "ensemble_", [])[1:], getattr(rec.model_, "members", [])[1:], strict=True):
-            draw_interaction(member, run_dir / f"interaction-{op}")           # and each further member
+        members = getattr(rec, "ensemble_", [])
+        for k, (op, member) in enumerate(zip(members[1:], getattr(rec.model_, "members", [])[1:], strict=True)):
+            draw_interaction(member, run_dir / f"interaction-{op}",            # and each further member
+                             title=f"the race's ensemble, member {k + 2} of {len(members)}: {op} (averaged with "
+                                   f"{members[0]})")
         if isinstance(rec, SIFRecommender):
             draw_alphas(rec.search_result_.history, list(rec.search_candidates_), rec.op_, run_dir / "alphas")
     rec.save(run_dir / "model")
