@@ -113,8 +113,10 @@ def run_fit(cfg: RunConfig, run_dir: Path, name: str | None = None, splits=None)
     if rec.model_.searchable:
         from .draw import draw_alphas, draw_interaction
 
-        draw_interaction(lead_model(rec.model_), run_dir / "interaction")     # an ensemble: the race's winner
         members = getattr(rec, "ensemble_", [])
+        draw_interaction(lead_model(rec.model_), run_dir / "interaction",     # an ensemble: the race's winner
+                         title=f"found interaction: {members[0]}, averaged with {' and '.join(members[1:])} (the "
+                               "race's ensemble)" if len(members) > 1 else None)
         for k, (op, member) in enumerate(zip(members[1:], getattr(rec.model_, "members", [])[1:], strict=True)):
             draw_interaction(member, run_dir / f"interaction-{op}",            # and each further member
                              title=f"the race's ensemble, member {k + 2} of {len(members)}: {op} (averaged with "
