@@ -385,7 +385,7 @@ class BaseRecommender:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         meta = {"class": type(self).__name__, "params": self.get_params(), "fitted": self._fitted_state()}
-        (path / "recommender.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (path / "recommender.json").write_text(json.dumps(meta, indent=2, default=_json_scalar) + "\n")
         save_checkpoint(self.model_.state_dict(), path / "model.pt")
         sp.save_npz(path / "rated.npz", self.rated_)
         sp.save_npz(path / "rated_valid.npz", self.rated_valid_)
@@ -423,6 +423,14 @@ class BaseRecommender:
         ids = np.load(path / "ids.npz", allow_pickle=False)
         rec.user_ids_, rec.item_ids_ = ids["user_ids"], ids["item_ids"]
         return rec
+
+
+def _json_scalar(x: Any) -> Any:
+    """A numpy scalar (np.int64, np.float32, np.bool_: accepted by the constructors) as its Python value for
+    recommender.json; anything else is refused as json refuses it."""
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"Object of type {type(x).__name__} is not JSON serializable")
 
 
 def check_device_available(device: str) -> None:

@@ -4,8 +4,8 @@ training), in one process or as one rank of a torchrun group; writes ``<out>/res
     PYTHONPATH=. torchrun --standalone --nproc_per_node=2 tests/dist_worker.py --out DIR [--jobs toy,sif,mismatch]
         [--kill-at-step N --marker PATH]
 
-Jobs: toy, darts2, sif, sif_sparse (row-wise tables: sparse sync), mismatch (rank 1 nudges an alpha; the check
-must raise everywhere), cli (``sif search``).
+Jobs: toy, darts2, sif, sif_sparse (row-wise tables: sparse sync), sif_ensemble (the race's ensemble, refit),
+mismatch (rank 1 nudges an alpha; the check must raise everywhere), cli (``sif search``).
 ``--kill-at-step``: rank 1 calls ``os._exit`` once at that global search step of the toy search (when ``--marker``
 does not exist yet; it creates it first), so that torchrun's ``--max-restarts`` restarts the group.
 """
@@ -98,6 +98,22 @@ def run_sif(run_dir, sparse_rows: bool = False) -> dict:
             "valid_rmse": rec.train_result_.best_valid["rmse"], "weights": weights.tolist()}
 
 
+def run_sif_ensemble(run_dir) -> dict:
+    """SIF search, race and the race's ensemble with refit (the planted data of tests/test_sif_ensemble.py, on
+    which the ensemble has two members): the members each rank chose and the refit weights."""
+    from data_loaders import random_split
+    from sif.recommender import SIFRecommender
+    from sif.synthetic import planted_ratings
+
+    ds = planted_ratings("multiply", num_users=80, num_items=100, dim=4, n=3000, noise=0.3, seed=2)
+    train, valid, _ = random_split(ds, (0.8, 0.1, 0.1), seed=2)
+    rec = SIFRecommender(ops=["plus", "multiply", "max", "min"], search={"epochs": 2}, embedding_dim=4, random_state=0,
+                         refit=True, train={"max_epochs": 15, "patience": 3, "batch_size": 256})
+    rec.fit(train, valid, show_progress=False, run_dir=run_dir)
+    weights = torch.cat([p.detach().reshape(-1) for p in rec.model_.parameters()])
+    return {"ensemble": rec.ensemble_, "weights": weights.tolist()}
+
+
 def run_mismatch() -> dict:
     """Rank 1 nudges one alpha by one ulp; the checksum check must fail on every rank."""
     from nasp.spaces.toy import ToySpace
@@ -141,6 +157,8 @@ def main(argv=None) -> int:
             result["sif"] = run_sif(out / "sif")
         if "sif_sparse" in jobs:
             result["sif_sparse"] = run_sif(out / "sif_sparse", sparse_rows=True)
+        if "sif_ensemble" in jobs:
+            result["sif_ensemble"] = run_sif_ensemble(out / "sif_ensemble")
         if "mismatch" in jobs:
             result["mismatch"] = run_mismatch()
         (out / f"result_{nd.get_rank()}.json").write_text(json.dumps(result))

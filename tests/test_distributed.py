@@ -126,8 +126,8 @@ def test_grad_sync_hook_sees_weight_and_alpha_grads():
 # ---- two processes, gloo on CPU ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
-    """One torchrun launch: toy search (NASP, DARTS 2nd order), SIF search + stand-alone training, the
-    alpha-mismatch check, the sif search CLI."""
+    """One torchrun launch: toy search (NASP, DARTS 2nd order), SIF search + stand-alone training, the race's
+    ensemble with refit, the alpha-mismatch check, the sif search CLI."""
     out = tmp_path_factory.mktemp("dist2")
     worker = _worker_module()
     train, valid = worker.sif_data()
@@ -139,7 +139,8 @@ def two_rank_run(tmp_path_factory):
     cfg = {"seed": 1, "show_progress": False, "data": {"dataset": "file", "path": str(csv), "ratios": [0.8, 0.1, 0.1]},
            "model": {"embedding_dim": 3}, "search": {"epochs": 1}, "train": {"max_epochs": 1, "batch_size": 128}}
     (out / "cli.yaml").write_text(yaml.safe_dump(cfg))
-    _torchrun(out, "--jobs", "toy,darts2,sif,sif_sparse,mismatch,cli", "--cli-config", str(out / "cli.yaml"))
+    _torchrun(out, "--jobs", "toy,darts2,sif,sif_sparse,sif_ensemble,mismatch,cli", "--cli-config",
+              str(out / "cli.yaml"))
     return out, _results(out), worker
 
 
@@ -181,6 +182,19 @@ def test_sparse_rows_sync_only_touched_rows_and_two_ranks_equal_one_process(two_
         torch.testing.assert_close(torch.tensor(a["alphas"][name]), torch.tensor(alpha), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.tensor(a["weights"]), torch.tensor(single["weights"]), rtol=1e-4, atol=1e-5)
     assert abs(a["valid_rmse"] - single["valid_rmse"]) < 1e-4
+
+
+def test_two_ranks_choose_the_same_race_ensemble_as_one_process(two_rank_run):
+    """The race's ensemble is chosen on each rank from its own evaluation of the whole validation set: both ranks
+    choose the same members (their refits' collectives would otherwise pair different models), refit them to
+    bit-identical weights, and choose what one process chooses."""
+    _, (r0, r1), worker = two_rank_run
+    a, b = r0["sif_ensemble"], r1["sif_ensemble"]
+    assert a["ensemble"] == b["ensemble"] and len(a["ensemble"]) > 1
+    assert a["weights"] == b["weights"]
+    single = worker.run_sif_ensemble(None)
+    assert single["ensemble"] == a["ensemble"]
+    torch.testing.assert_close(torch.tensor(a["weights"]), torch.tensor(single["weights"]), rtol=1e-4, atol=1e-4)
 
 
 def test_alpha_mismatch_is_a_clear_error_on_every_rank(two_rank_run):

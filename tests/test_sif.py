@@ -115,6 +115,20 @@ def test_save_load_round_trip_gives_identical_predictions(name, tmp_path):
     np.testing.assert_array_equal(scores, scores2)
 
 
+def test_numpy_scalar_settings_save_and_load_as_python_values(tmp_path):
+    """The constructors accept numpy scalars (np.int64, np.float32, np.bool_); save writes them as their Python
+    values (json refuses numpy scalars) and load gives the same settings and predictions."""
+    tr, va, te = _small_data()
+    given = {"embedding_dim": np.int64(4), "reg": np.float32(0.25), "use_bias": np.bool_(False),
+             "race_ensemble": np.bool_(False)}
+    rec = SIFRecommender(search={"epochs": 1}, train={"max_epochs": 2}, **given).fit(tr, va, show_progress=False)
+    back = load_recommender(rec.save(tmp_path / "m"))
+    assert {k: back.get_params()[k] for k in given} == {k: v.item() for k, v in given.items()}
+    assert all(type(back.get_params()[k]) is type(v.item()) for k, v in given.items())
+    np.testing.assert_array_equal(back.predict(te.users, te.items, ids="index"),
+                                  rec.predict(te.users, te.items, ids="index"))
+
+
 def test_recommend_filters_rated_items_and_is_batched():
     tr, va, _ = _small_data(1)
     rec = FixedInteractionRecommender(op="multiply", embedding_dim=4, train={"max_epochs": 2}).fit(

@@ -7,8 +7,10 @@ import torch
 from torch import nn
 
 from data_loaders import random_split
+from sif import selection
 from sif.ensemble import AveragedModel, greedy_members, lead_model
 from sif.implicit_feedback import score_all_items
+from sif.ranking import topk_by_score_then_index
 from sif.recommender import FixedInteractionRecommender, SIFRecommender, load_recommender
 from sif.synthetic import planted_ratings
 
@@ -62,7 +64,7 @@ def test_averaged_model_is_the_mean_of_its_members():
 def test_the_race_averages_fits_that_help_on_validation_and_predicts_their_mean(tmp_path):
     """The ensemble's members are fully trained race fits; its validation RMSE is below the winner's alone; its
     predictions are the mean of the members' stand-alone fits (the race's fits are those fits); saved and loaded it
-    predicts the same; race_ensemble=False gives the winner alone."""
+    predicts the same; set to race_ensemble=False and fitted again it gives the winner alone."""
     tr, va, te = _planted()
     rec = SIFRecommender(ops=OPS, search={"epochs": 2}, **_common()).fit(tr, va, show_progress=False)
     ens = rec.selection_.ensemble
@@ -80,11 +82,45 @@ def test_the_race_averages_fits_that_help_on_validation_and_predicts_their_mean(
     back = load_recommender(rec.save(tmp_path / "m"))
     assert back.ensemble_ == rec.ensemble_ and isinstance(back.model_, AveragedModel)
     np.testing.assert_array_equal(back.predict(te.users, te.items, ids="index"), pred)
-    alone = SIFRecommender(ops=OPS, search={"epochs": 2}, race_ensemble=False, **_common()).fit(tr, va,
-                                                                                                show_progress=False)
+    alone = rec.set_params(race_ensemble=False).fit(tr, va, show_progress=False)    # fit again: nothing stale
+    assert alone.get_params()["race_ensemble"] is False and not isinstance(alone.model_, AveragedModel)
     assert alone.ensemble_ == [alone.op_] and alone.selection_.ensemble is None
     np.testing.assert_allclose(alone.predict(te.users, te.items, ids="index"),
                                fixed[alone.op_].predict(te.users, te.items, ids="index"), rtol=0, atol=1e-5)
+
+
+def test_on_context_data_the_ensemble_is_of_fully_trained_fits_and_averages_with_contexts(monkeypatch):
+    """(user, item, context) data, the race capped at 4 epochs: only fits that reached their own early stop are
+    members (the capped ones are left out; each member's epochs are those of its stand-alone fit); predict and
+    recommend with a context give the mean of the members' stand-alone fits (seed 5: 4 candidates capped, two
+    members; found by trying seeds 0-5)."""
+    ds = planted_ratings("multiply_multiply", num_users=40, num_items=50, num_contexts=3, dim=4, n=3000, noise=0.3,
+                         seed=5)
+    tr, va, te = random_split(ds, (0.8, 0.1, 0.1), seed=5)
+    kw = dict(embedding_dim=4, random_state=5, clip_predictions=False,
+              train={"max_epochs": 12, "patience": 2, "batch_size": 256})
+    pools = []
+
+    def spy(winner, pool, loss, min_delta):
+        pools.append(list(pool))
+        return greedy_members(winner, pool, loss, min_delta)
+
+    monkeypatch.setattr(selection, "greedy_members", spy)
+    rec = SIFRecommender(search={"epochs": 1}, tensor_race_cap=4, **kw).fit(tr, va, show_progress=False)
+    race = rec.selection_
+    assert len(rec.ensemble_) > 1 and set(rec.ensemble_) <= set(race.stopped)
+    assert set(race.candidates) - set(race.stopped)                     # capped fits exist and are not members
+    assert pools == [list(race.stopped)]                                # nor candidates of the greedy selection
+    fixed = {op: FixedInteractionRecommender(op=op, **kw).fit(tr, va, show_progress=False) for op in rec.ensemble_}
+    assert race.ensemble["epochs"] == [fixed[op].train_result_.best_epoch + 1 for op in rec.ensemble_]
+    mean = np.mean([f.predict(te.users, te.items, te.contexts, ids="index") for f in fixed.values()], axis=0)
+    np.testing.assert_allclose(rec.predict(te.users, te.items, te.contexts, ids="index"), mean, rtol=0, atol=1e-5)
+    items = np.arange(rec.num_items_)
+    scores = np.mean([f.predict(np.full_like(items, 3), items, np.full_like(items, 2), ids="index")
+                      for f in fixed.values()], axis=0)                  # user 3, context 2, every item
+    got, got_scores = rec.recommend(3, N=5, context=2, filter_already_rated=False, ids="index")
+    np.testing.assert_array_equal(got, np.argsort(-scores, kind="stable")[:5])
+    np.testing.assert_allclose(got_scores, np.sort(scores)[::-1][:5], rtol=0, atol=1e-5)
 
 
 def test_the_refit_refits_every_member_for_its_own_epochs_and_resumes(tmp_path):
@@ -122,7 +158,15 @@ def test_ranking_tasks_average_by_validation_ndcg(setting):
         steps = rec.selection_.ensemble["steps"]
         assert steps[-1]["ndcg@10"] > steps[0]["ndcg@10"] + 1e-4
         assert rec.train_result_.best_valid["ndcg@10"] == pytest.approx(steps[-1]["ndcg@10"])
-    assert rec.recommend(np.arange(5), N=3, ids="index")[0].shape == (5, 3)
+    users = torch.arange(5)         # recommend ranks the mean of the members' scores, the training positives left out
+    members = rec.model_.members if setting else [rec.model_]
+    with torch.no_grad():
+        mean = torch.stack([score_all_items(m, users) for m in members]).mean(dim=0)
+    mean = mean.masked_fill(torch.from_numpy(rec.rated_[:5].toarray() > 0), float("-inf"))
+    top = topk_by_score_then_index(mean, 3)
+    items, scores = rec.recommend(users.numpy(), N=3, ids="index")
+    np.testing.assert_array_equal(items, top.numpy())
+    np.testing.assert_allclose(scores, mean.gather(1, top).numpy(), rtol=0, atol=1e-6)
 
 
 def test_ranking_scores_of_an_ensemble_are_its_members_mean():
