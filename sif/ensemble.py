@@ -3,8 +3,9 @@
 The race (:func:`sif.selection.race_fit`) trains several interaction functions to their own early stop and keeps only
 the winner. Fits of different functions make different errors, so their average can predict better than any one of
 them: on ML-100K u1..u5 (benchmarks/README.md, "The race's ensemble") multiply+max averaged with multiply scored
-0.8856 test RMSE against 0.8889 for multiply+max alone and 0.8861 for two seeds of multiply+max, while averaging
-with max or min was worse than multiply+max alone (0.893).
+0.8856 test RMSE against 0.8889 for multiply+max alone (level with two seeds of multiply+max, 0.8861, at a fraction
+of the cost: the race has trained multiply already), while averaging with max or min was worse than multiply+max
+alone (0.893).
 
 :func:`greedy_members` chooses the members by forward selection on the validation metric (Caruana et al., 2004,
 without replacement and with equal weights): start from the race's winner, add the fit that improves the average most,
