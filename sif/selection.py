@@ -292,7 +292,7 @@ def _race_ensemble(rec, fits: dict, eval_it, metric: str, sign: float) -> tuple[
     def average(ops):
         return AveragedModel([fits[op][0] for op in ops]) if len(ops) > 1 else fits[ops[0]][0]
 
-    pool = [op for op in rec.selection_.stopped if op in fits]
+    pool = list(rec.selection_.stopped)     # every stopped candidate has its fit in fits
     members, steps = greedy_members(rec.op_, pool, lambda ops: sign * rec.task_.evaluate(average(ops), eval_it)[metric],
                                     rec.train_config_.min_delta)
     rec.ensemble_ = members
