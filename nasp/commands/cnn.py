@@ -14,10 +14,9 @@ import torch
 
 from ..checkpoint import seed_everything
 from ..config import load, to_dict
-from ..device import check_device
 from ..search import SearchConfig, Searcher
 from ..train.image import TrainConfig, train_classifier
-from . import check_threads, genotype_error
+from . import CommandRun, genotype_error
 from .runs import digest, prepare_run_dir
 
 __all__ = ["ImageDataConfig", "CNNSpaceConfig", "CNNModelConfig", "CNNSearchRun", "CNNTrainRun",
@@ -103,12 +102,9 @@ class CNNModelConfig:
 
 
 @dataclass
-class CNNSearchRun:
+class CNNSearchRun(CommandRun):
     """``nasp cnn search``; ``seed`` drives everything (data split, subset, loaders, alphas, weights)."""
 
-    seed: int = 0
-    device: str = "cpu"
-    threads: int = 0                # 0: torch's default
     channels_last: bool = False
     run_dir: str = "runs/cnn_search"
     eval_batches: int = 0           # > 0: validation on this many batches per epoch
@@ -118,30 +114,17 @@ class CNNSearchRun:
 
     __derived__: ClassVar[dict[str, str]] = {"search.seed": "seed"}
 
-    def __post_init__(self):
-        check_device(self.device)
-        check_threads(self.threads)
-        self.search.seed = self.seed
-
 
 @dataclass
-class CNNTrainRun:
+class CNNTrainRun(CommandRun):
     """``nasp cnn train``: a genotype trained stand-alone (defaults: DARTS' CIFAR-10 evaluation)."""
 
-    seed: int = 0
-    device: str = "cpu"
-    threads: int = 0
     run_dir: str = "runs/cnn_train"
     data: ImageDataConfig = field(default_factory=lambda: ImageDataConfig(batch_size=96, cutout=16))
     model: CNNModelConfig = field(default_factory=CNNModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     __derived__: ClassVar[dict[str, str]] = {"train.seed": "seed"}
-
-    def __post_init__(self):
-        check_device(self.device)
-        check_threads(self.threads)
-        self.train.seed = self.seed
 
 
 

@@ -16,10 +16,9 @@ from typing import ClassVar
 import torch
 
 from ..config import to_dict
-from ..device import check_device
 from ..search import SearchConfig, Searcher
 from ..train.language import LMTrainConfig, evaluate_language_model, train_language_model
-from . import check_threads, genotype_error
+from . import CommandRun, genotype_error
 from .runs import digest, prepare_run_dir
 
 __all__ = ["TextDataConfig", "RNNSpaceConfig", "RNNModelConfig", "RNNSearchConfig", "RNNSearchRun", "RNNTrainRun",
@@ -141,12 +140,9 @@ class RNNSearchConfig(SearchConfig):
 
 
 @dataclass
-class RNNSearchRun:
+class RNNSearchRun(CommandRun):
     """``nasp rnn search``; ``seed`` drives everything."""
 
-    seed: int = 0
-    device: str = "cpu"
-    threads: int = 0
     run_dir: str = "runs/rnn_search"
     data: TextDataConfig = field(default_factory=TextDataConfig)
     space: RNNSpaceConfig = field(default_factory=RNNSpaceConfig)
@@ -154,30 +150,17 @@ class RNNSearchRun:
 
     __derived__: ClassVar[dict[str, str]] = {"search.seed": "seed"}
 
-    def __post_init__(self):
-        check_device(self.device)
-        check_threads(self.threads)
-        self.search.seed = self.seed
-
 
 @dataclass
-class RNNTrainRun:
+class RNNTrainRun(CommandRun):
     """``nasp rnn train``: a recurrent cell trained stand-alone as a language model."""
 
-    seed: int = 0
-    device: str = "cpu"
-    threads: int = 0
     run_dir: str = "runs/rnn_train"
     data: TextDataConfig = field(default_factory=lambda: TextDataConfig(batch_size=64))
     model: RNNModelConfig = field(default_factory=RNNModelConfig)
     train: LMTrainConfig = field(default_factory=LMTrainConfig)
 
     __derived__: ClassVar[dict[str, str]] = {"train.seed": "seed"}
-
-    def __post_init__(self):
-        check_device(self.device)
-        check_threads(self.threads)
-        self.train.seed = self.seed
 
 
 def _prepare(cfg, run_dir: Path, command: str):
