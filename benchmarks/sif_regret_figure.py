@@ -28,13 +28,16 @@ PNG = ROOT / "benchmarks" / "results" / "sif_regret_folds.png"
 TARGET = 0.003          # issue 14: regret <= 0.003 on every fold
 
 
-def merge(sources: list[tuple[str, list[str]]], command: str, out: Path) -> dict:
+WHAT = ("ML-100K u1..u5, the default settings (configs/sif_ml100k_folds_regret.yaml): the searched model, every "
+        "fixed op of the default space, random search, tuned MF and tuned SVD++")
+
+
+def merge(sources: list[tuple[str, list[str]]], command: str, out: Path, what: str = WHAT) -> dict:
     """One result file from (path, models to keep or [] for all) pairs."""
     rows = []
     for path, keep in sources:
         rows += [r for r in load_rows([path]) if not keep or r["model"] in keep]
-    result = {"what": "ML-100K u1..u5, the default settings (configs/sif_ml100k_folds_regret.yaml): the searched "
-                      "model, every fixed op of the default space, random search, tuned MF and tuned SVD++",
+    result = {"what": what,
               "command": command, "sources": [{"path": p, "models": k or "all"} for p, k in sources],
               "machine": machine(), "table": benchmark_table(rows),
               "regret": regret_summary(rows), "rows": rows}
@@ -86,12 +89,13 @@ def main() -> None:
     ap.add_argument("--rows", nargs="*", default=[],
                     help="benchmark.json / result files to merge: PATH (all rows) or PATH=MODEL,MODEL")
     ap.add_argument("--command", default="", help="the commands that made the rows (recorded)")
+    ap.add_argument("--what", default=WHAT, help="what the rows are (recorded)")
     ap.add_argument("--json", type=Path, default=JSON)
     ap.add_argument("--png", type=Path, default=PNG)
     args = ap.parse_args()
     if args.rows:
         sources = [(p, [m for m in keep.split(",") if m]) for p, _, keep in (a.partition("=") for a in args.rows)]
-        result = merge(sources, args.command, args.json)
+        result = merge(sources, args.command, args.json, args.what)
     else:
         result = json.loads(args.json.read_text())
     print(result["table"])
