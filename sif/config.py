@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from data_loaders.contexts import CONTEXTS
+from nasp.commands import check_threads
 from nasp.config import load, merge, parse_assignments, to_dict
 from nasp.device import check_device
 from nasp.search import SearchConfig
@@ -210,7 +211,7 @@ class RunConfig:
 
     seed: int = 0
     device: str = "cpu"
-    threads: int | None = None      # torch intra-op threads (None: torch's default)
+    threads: int = 0                # torch intra-op threads (0: torch's default), as in the nasp commands
     out_dir: str = "runs/sif"
     show_progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
@@ -224,8 +225,7 @@ class RunConfig:
 
     def __post_init__(self):
         check_device(self.device)
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1 (or null), got {self.threads}")
+        check_threads(self.threads)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
