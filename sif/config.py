@@ -211,7 +211,7 @@ class RunConfig:
 
     seed: int = 0
     device: str = "cpu"
-    threads: int = 0                # torch intra-op threads (0: torch's default), as in the nasp commands
+    threads: int | None = 0         # torch intra-op threads (0: torch's default), as in the nasp commands
     out_dir: str = "runs/sif"
     show_progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
@@ -225,6 +225,8 @@ class RunConfig:
 
     def __post_init__(self):
         check_device(self.device)
+        if self.threads is None:        # the run folders' config.yaml before 2026-12-05 held null for the default
+            self.threads = 0
         check_threads(self.threads)
 
     def to_dict(self) -> dict[str, Any]:

@@ -544,3 +544,16 @@ def test_a_held_out_valid_split_that_is_empty_names_valid_fraction():
     tiny = RatingDataset.from_arrays([1, 2, 3], [1, 2, 3], [4.0, 3.0, 5.0])
     with pytest.raises(ValueError, match=r"valid_fraction=0\.1 of 3 training ratings holds out none for validation"):
         BaselineRecommender(model="mf").fit(tiny, show_progress=False)
+
+
+def test_threads_is_zero_for_torch_default_as_in_the_nasp_commands_and_old_null_still_loads(tmp_path):
+    from nasp.commands.cnn import CNNSearchRun
+    from nasp.config import ConfigError
+    from sif.config import RunConfig, load_config
+
+    assert RunConfig().threads == CNNSearchRun().threads == 0
+    old = tmp_path / "config.yaml"                  # a run folder's config.yaml written before threads became 0
+    old.write_text("seed: 3\nthreads: null\n")
+    assert load_config(old).threads == 0
+    with pytest.raises(ConfigError, match=r"threads must be >= 0 \(0: torch's default\), got -1"):
+        load_config(None, ["threads=-1"])
