@@ -109,7 +109,7 @@ def run_benchmark(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
                 metric = feedback_strategy(cfg.model.task).metric
                 print(f"[{split_id}] {spec:14s} test {metric}={row['test'][metric]:.4f} ({row['seconds']:.1f}s)"
                       + (f" op={row['op']}" if "op" in row else "")
-                      + (f" ensemble={'+'.join(row['ensemble'])}" if len(row.get("ensemble", ())) > 1 else ""),
+                      + (f" ensemble=[{', '.join(row['ensemble'])}]" if len(row.get("ensemble", ())) > 1 else ""),
                       flush=True)
                 (run_dir / "benchmark.json").write_text(json.dumps(rows, indent=2) + "\n")
         _add_regret([r for r in rows if r["split"] == split_id])

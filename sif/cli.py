@@ -350,6 +350,9 @@ def _evaluate(run_dir: Path) -> int:
 
 def _print_results(r: dict[str, Any], run_dir: Path) -> None:
     head = f"model={r['model']}" + (f" found={r['op']}" if "op" in r else "")
+    members = ((r.get("race") or {}).get("ensemble") or {}).get("members", [])
+    if len(members) > 1:                        # the scores below are the average's, not the winner's alone
+        head += f" averaged with the race's fits of {' + '.join(members[1:])} (race_ensemble)"
     if "rmse" in r["test"]:
         scores = (f"valid RMSE {r['valid']['rmse']:.4f}   test RMSE {r['test']['rmse']:.4f}   "
                   f"test MAE {r['test']['mae']:.4f}   (z-scale test RMSE {r['test']['rmse_z']:.4f})")

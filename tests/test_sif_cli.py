@@ -167,6 +167,7 @@ def test_cli_search_saves_and_draws_the_race_ensemble(tmp_path, capsys):
     run = tmp_path / "run" / "search"
     results = json.loads((run / "results.json").read_text())
     assert results["op"] == "min" and results["race"]["ensemble"]["members"] == ["min", "multiply"]
+    assert "model=sif found=min averaged with the race's fits of multiply (race_ensemble)" in capsys.readouterr().out
     assert (run / "interaction.png").is_file() and (run / "interaction-multiply.png").is_file()
     saved = json.loads((run / "model" / "recommender.json").read_text())
     assert saved["fitted"]["ensemble"] == ["min", "multiply"] and saved["params"]["race_ensemble"] is True
