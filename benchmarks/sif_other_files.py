@@ -1,12 +1,14 @@
 """The quick-start defaults, unchanged, on rating files that are not ML-100K as shipped (issue 14, item 7).
 
-Three MovieLens-format files are derived (``--make DIR``), none of them in the repository:
+Four MovieLens-format files are derived (``--make DIR``), none of them in the repository:
 
 - ``ml100k_half.tsv``: the users of ML-100K's ``u.data`` with an odd id (half the users, tab-separated, no header);
 - ``ml100k_dense.tsv``: the 40-core of ``u.data`` (users and items with >= 40 ratings, pruned until stable);
 - ``planted_lowrank.csv``: synthetic, ``user,item,rating,timestamp`` with a header (ML-20M's layout): 1,500 users
   x 1,000 items, 90,000 distinct pairs drawn with Pareto popularity and activity, rating
-  ``round(3.6 + b_u + b_i + p_u . q_i + N(0, 0.8^2))`` clipped to 1..5 (rank 8).
+  ``round(3.6 + b_u + b_i + p_u . q_i + N(0, 0.8^2))`` clipped to 1..5 (rank 8);
+- ``planted_halfstar.dat``: the same generator with another seed, ratings rounded to half stars and clipped to
+  0.5..5, in ML-10M's layout (``user::item::rating::timestamp``, no header).
 
 Then, per file and seed, the main job and MF on the same config (``--run``; the exact CLI commands)::
 
@@ -37,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._machine import machine  # noqa: E402
 from sif.evaluation import format_mean_std  # noqa: E402
 
-FILES = ("ml100k_half.tsv", "ml100k_dense.tsv", "planted_lowrank.csv")
+FILES = ("ml100k_half.tsv", "ml100k_dense.tsv", "planted_lowrank.csv", "planted_halfstar.dat")
 
 
 def _kcore(frame: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -50,8 +52,9 @@ def _kcore(frame: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def planted_lowrank(num_users: int = 1500, num_items: int = 1000, n: int = 90_000, rank: int = 8,
-                    seed: int = 7) -> pd.DataFrame:
-    """Skewed planted low-rank ratings on 1..5 (see the module docstring); 1-based ids."""
+                    seed: int = 7, step: float = 1.0) -> pd.DataFrame:
+    """Skewed planted low-rank ratings on 1..5, or on 0.5..5 in half stars with ``step=0.5`` (see the module
+    docstring); 1-based ids."""
     rng = np.random.default_rng(seed)
     pop, act = rng.pareto(1.2, num_items) + 1, rng.pareto(1.5, num_users) + 1
     pairs = pd.DataFrame({"user": rng.choice(num_users, 3 * n, p=act / act.sum()),
@@ -60,23 +63,26 @@ def planted_lowrank(num_users: int = 1500, num_items: int = 1000, n: int = 90_00
     bu, bi = rng.normal(0, 0.4, num_users), rng.normal(0, 0.5, num_items)
     u, i = pairs.user.to_numpy(), pairs.item.to_numpy()
     r = 3.6 + bu[u] + bi[i] + (p[u] * q[i]).sum(1) + rng.normal(0, 0.8, len(u))
-    return pd.DataFrame({"user": u + 1, "item": i + 1, "rating": np.clip(np.round(r), 1, 5).astype(int),
+    rating = np.clip(np.round(r / step) * step, step if step < 1 else 1, 5)
+    return pd.DataFrame({"user": u + 1, "item": i + 1, "rating": rating if step < 1 else rating.astype(int),
                          "timestamp": rng.integers(874_724_710, 1_000_000_000, len(u))})
 
 
 def make(udata: Path, out: Path) -> None:
-    """Write the three files of the module docstring into ``out``."""
+    """Write the four files of the module docstring into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     d = pd.read_csv(udata, sep="\t", header=None, names=["user", "item", "rating", "timestamp"])
     d[d.user % 2 == 1].to_csv(out / FILES[0], sep="\t", header=False, index=False)
     _kcore(d, 40).to_csv(out / FILES[1], sep="\t", header=False, index=False)
     planted_lowrank().to_csv(out / FILES[2], index=False)
+    half = planted_lowrank(seed=11, step=0.5)
+    (out / FILES[3]).write_text("".join(f"{u}::{i}::{r:g}::{t}\n" for u, i, r, t in half.itertuples(index=False)))
 
 
-def run(files: Path, runs: Path, seeds: list[int]) -> None:
+def run(files: Path, runs: Path, seeds: list[int], names: tuple[str, ...] = FILES) -> None:
     """The CLI commands of the module docstring, one after the other."""
     for seed in seeds:
-        for name in FILES:
+        for name in names:
             for model in ("sif", "mf"):
                 out = runs / f"{Path(name).stem}_{model}_s{seed}"
                 cmd = [sys.executable, "-m", "sif.cli", "search" if model == "sif" else "train", "--config",
@@ -105,18 +111,19 @@ def table(runs: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--make", type=Path, help="write the three files into this folder")
+    p.add_argument("--make", type=Path, help="write the four files into this folder")
     p.add_argument("--udata", type=Path, help="ML-100K's u.data (default: $NASP_DATA_DIR/ml-100k/u.data)")
     p.add_argument("--run", type=Path, help="fit every (file, seed, model) into run folders under this folder")
     p.add_argument("--files", type=Path, help="the folder --make wrote (with --run)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--names", nargs="+", choices=FILES, default=FILES, help="run only these files (with --run)")
     p.add_argument("--table", type=Path, help="summarise the run folders under this folder")
     p.add_argument("--out", type=Path, help="JSON file for --table")
     a = p.parse_args()
     if a.make:
         make(a.udata or Path(os.environ["NASP_DATA_DIR"]) / "ml-100k" / "u.data", a.make)
     if a.run:
-        run(a.files or a.make, a.run, a.seeds)
+        run(a.files or a.make, a.run, a.seeds, tuple(a.names))
     if a.table:
         rows = table(a.table)
         if a.out:
