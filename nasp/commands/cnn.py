@@ -127,7 +127,6 @@ class CNNTrainRun(CommandRun):
     __derived__: ClassVar[dict[str, str]] = {"train.seed": "seed"}
 
 
-
 # ---- configuration ---------------------------------------------------------------------------------------------
 def resolve_config(cls: type, config_file: str | Path | None = None, overrides: list[str] = ()):
     """``cls`` (CNNSearchRun or CNNTrainRun) <- YAML file <- ``key.sub=value`` overrides (:func:`nasp.config.load`)."""
