@@ -216,15 +216,20 @@ def test_torchrun_sif_cli_search_writes_one_run_folder(two_rank_run):
 
 
 def test_killed_worker_restarts_from_checkpoint_with_the_same_result(two_rank_run, tmp_path):
-    """torchrun --max-restarts=1: rank 1 dies at global step 6 of epoch 0 (8 steps per epoch, checkpoint every 4);
-    the group restarts, resumes at step 4 and ends exactly where the uninterrupted 2-process run ended."""
+    """torchrun: rank 1 dies at global step 6 of epoch 0 (8 steps per epoch, checkpoint every 4); the group
+    restarts, resumes at step 4 and ends exactly where the uninterrupted 2-process run ended.
+
+    ``--max-restarts=2``, not 1: in about one full-suite run in four (2026-12-05), a restarted gloo rank aborted
+    at start-up (``terminate called without an active exception``, SIGABRT, about 2 s after the restart, before
+    any step), and torchrun's answer to that is one more restart. An attempt that aborts before its first step
+    writes no checkpoint, so the finishing attempt still resumes at step 4."""
     _, (ref, _), _ = two_rank_run
     marker = tmp_path / "killed"
-    _torchrun(tmp_path, "--jobs", "toy", "--kill-at-step", "6", "--marker", str(marker), restarts=1)
+    _torchrun(tmp_path, "--jobs", "toy", "--kill-at-step", "6", "--marker", str(marker), restarts=2)
     assert marker.read_text().strip() == "killed at step 6"
     r0, r1 = _results(tmp_path)
+    assert r0["restart"] == r1["restart"] in (1, 2)     # a later attempt of the group finished, both ranks in it
     for r in (r0, r1):
-        assert r["restart"] == 1                        # the second attempt of the group finished
         assert r["toy"]["first_step"] == 4              # resumed from the step-4 checkpoint, not from scratch
         assert r["toy"]["genotype"] == ref["toy"]["genotype"]
         assert r["toy"]["alphas"] == ref["toy"]["alphas"]                 # exact resume: bit-identical
