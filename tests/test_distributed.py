@@ -220,9 +220,10 @@ def test_killed_worker_restarts_from_checkpoint_with_the_same_result(two_rank_ru
     restarts, resumes at step 4 and ends exactly where the uninterrupted 2-process run ended.
 
     ``--max-restarts=2``, not 1: in about one full-suite run in four (2026-12-05), a restarted gloo rank aborted
-    at start-up (``terminate called without an active exception``, SIGABRT, about 2 s after the restart, before
-    any step), and torchrun's answer to that is one more restart. An attempt that aborts before its first step
-    writes no checkpoint, so the finishing attempt still resumes at step 4."""
+    at start-up (``terminate called without an active exception``, SIGABRT, about 2 s after the restart: before
+    any step, by the timing; the cause was not found), and torchrun's answer to that is one more restart. An
+    attempt that aborts before its first step writes no checkpoint, so the finishing attempt still resumes at
+    step 4."""
     _, (ref, _), _ = two_rank_run
     marker = tmp_path / "killed"
     _torchrun(tmp_path, "--jobs", "toy", "--kill-at-step", "6", "--marker", str(marker), restarts=2)
